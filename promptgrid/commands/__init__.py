@@ -1,0 +1,1 @@
+"""Subcommands of the `promptgrid` CLI, one module each; each exposes `register(app)`."""

@@ -1,0 +1,1 @@
+"""Stages of the pipeline, one module each, usable without Prefect running."""

@@ -1,0 +1,15 @@
+"""Test-wide setup: an isolated Prefect home, no telemetry, no real API key, shared fixtures."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Before anything imports prefect: its settings are read once, at import.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="promptgrid-test-prefect-")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ.pop("PREFECT_API_URL", None)
+os.environ.pop("EACHLABS_API_KEY", None)
+os.environ.pop("EACHLABS_API_BASE", None)
+
+pytest_plugins = ["tests.fixtures_sandbox", "tests.fixtures_s3"]

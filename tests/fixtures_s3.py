@@ -1,0 +1,1 @@
+"""Fixtures that start an S3-compatible server (moto) on loopback."""

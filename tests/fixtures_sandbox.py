@@ -1,0 +1,1 @@
+"""Fixtures that start the sandbox API in-process."""
