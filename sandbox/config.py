@@ -1,0 +1,94 @@
+"""The sandbox's settings: limits, latency and fault rates, all in "real API" seconds, and its clock."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+# Retryable provider failures and final ones, in the proportions the sandbox draws them.
+DEFAULT_ERROR_CODES: tuple[tuple[str, bool], ...] = (
+    ("PROVIDER_SERVER_ERROR", True),
+    ("PROVIDER_RATE_LIMIT", True),
+    ("PROVIDER_REJECTED", False),
+)
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    """How the sandbox behaves. Durations are the real API's; `time_scale` divides every one of them."""
+
+    time_scale: float = 1.0
+    rate_limit: int = 60
+    window_s: float = 60.0
+    max_in_flight: int = 10
+    polls_count: bool = True
+    cancels_count: bool = True
+    latency_median_s: float = 8.0
+    latency_sigma: float = 0.25
+    # Share of the latency a prediction spends `created` (queued) before it is `processing`.
+    queue_share: float = 0.1
+    api_key: str | None = field(default=None, repr=False)
+    seed: int = 0
+    create_5xx_rate: float = 0.0
+    get_5xx_rate: float = 0.0
+    drop_rate: float = 0.0
+    # Of the creates whose connection is dropped, the share that did create a prediction first.
+    drop_after_create_share: float = 0.5
+    error_rate: float = 0.0
+    error_codes: tuple[tuple[str, bool], ...] = DEFAULT_ERROR_CODES
+    never_finish_rate: float = 0.0
+    url_lifetime_s: float = 3600.0
+    cost_per_image_usd: float = 0.065
+    host: str = "127.0.0.1"
+    port: int = 0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.time_scale <= 0:
+            problems.append("time_scale must be positive")
+        if self.rate_limit < 1 or self.window_s <= 0:
+            problems.append("rate_limit must be at least 1 and window_s positive")
+        if self.max_in_flight < 1:
+            problems.append("max_in_flight must be at least 1")
+        if self.latency_median_s < 0 or self.latency_sigma < 0 or self.url_lifetime_s <= 0:
+            problems.append("latency_median_s and latency_sigma must be >= 0, url_lifetime_s positive")
+        rates = ("create_5xx_rate", "get_5xx_rate", "drop_rate", "error_rate", "never_finish_rate")
+        for name in (*rates, "drop_after_create_share", "queue_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                problems.append(f"{name} must be between 0 and 1")
+        if not self.error_codes:
+            problems.append("error_codes must name at least one code")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def scaled(self, seconds: float) -> float:
+        """A duration of the real API as the sandbox's clock runs it."""
+        return seconds / self.time_scale
+
+    @property
+    def window(self) -> float:
+        return self.scaled(self.window_s)
+
+    @property
+    def url_lifetime(self) -> float:
+        return self.scaled(self.url_lifetime_s)
+
+
+class ManualClock:
+    """A clock tests move by hand, so windows and latencies pass without waiting them out."""
+
+    def __init__(self, start: float = 1000.0):
+        self._now = start
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
+
+
+def system_clock() -> float:
+    return time.monotonic()

@@ -1,0 +1,118 @@
+"""Predictions the sandbox holds, whose status follows from the clock, and the counters it reports."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandbox.faults import Fate
+
+TERMINAL = frozenset({"success", "error", "cancelled"})
+
+
+def input_hash(model: str, inputs: Mapping[str, Any]) -> str:
+    """Identifies what was asked for (canonical model, normalised inputs): equal hashes are duplicate creates."""
+    blob = json.dumps({"model": model, "inputs": dict(inputs)}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Prediction:
+    """One prediction. Its status is not stored but read off the clock, so nobody has to poll it forward."""
+
+    id: str
+    owner: str
+    model: str
+    raw_input: Mapping[str, Any]
+    inputs: dict[str, Any]
+    created_at: float
+    fate: Fate
+    output_format: str
+    size: tuple[int, int] | None  # None until an image-to-image input has been fetched
+    input_failure: str | None = None
+    input_pending: bool = False
+    cancelled_at: float | None = None
+    logs: list[str] = field(default_factory=list)
+
+    @property
+    def started_at(self) -> float:
+        return self.created_at + self.fate.queue_s
+
+    @property
+    def finished_at(self) -> float:
+        return self.started_at + self.fate.run_s
+
+    def status(self, now: float) -> str:
+        if self.cancelled_at is not None:
+            return "cancelled"
+        if now < self.started_at:
+            return "created"
+        if self.fate.never_finishes or now < self.finished_at or self.input_pending:
+            return "processing"
+        if self.input_failure or self.fate.error_code:
+            return "error"
+        return "success"
+
+    def error_output(self) -> dict[str, Any]:
+        if self.input_failure:
+            return {
+                "error_code": "INPUT_DOWNLOAD_ERROR",
+                "error_message": f"Could not download the input image: {self.input_failure}",
+                "retryable": False,
+            }
+        messages = {
+            "PROVIDER_SERVER_ERROR": "The model provider failed while generating the image.",
+            "PROVIDER_RATE_LIMIT": "The model provider is rate limiting requests; try again later.",
+            "PROVIDER_REJECTED": "The model provider rejected the request (content filter).",
+        }
+        code = self.fate.error_code or "PROVIDER_SERVER_ERROR"
+        return {
+            "error_code": code,
+            "error_message": messages.get(code, "The prediction failed."),
+            "retryable": self.fate.retryable,
+        }
+
+    def output_expired(self, now: float, lifetime: float) -> bool:
+        return now >= self.finished_at + lifetime
+
+
+@dataclass
+class Counters:
+    """What the stats endpoint reports; `reset` starts them over without touching limits or predictions."""
+
+    requests: Counter = field(default_factory=Counter)
+    responses: Counter = field(default_factory=Counter)
+    faults: Counter = field(default_factory=Counter)
+    throttled: int = 0
+    creates: int = 0
+    creates_per_input: Counter = field(default_factory=Counter)
+    max_window_requests: int = 0
+    max_in_flight: int = 0
+    predictions: list[Prediction] = field(default_factory=list)
+
+    def record_create(self, prediction: Prediction, digest: str, in_flight: int) -> None:
+        self.creates += 1
+        self.creates_per_input[digest] += 1
+        self.max_in_flight = max(self.max_in_flight, in_flight)
+        self.predictions.append(prediction)
+
+    def snapshot(self, now: float) -> dict[str, Any]:
+        by_status = Counter(p.status(now) for p in self.predictions)
+        return {
+            "requests": {kind: self.requests[kind] for kind in ("create", "get", "cancel", "output")},
+            "throttled": self.throttled,
+            "max_window_requests": self.max_window_requests,
+            "max_in_flight": self.max_in_flight,
+            "creates": self.creates,
+            "duplicate_creates": sum(n - 1 for n in self.creates_per_input.values() if n > 1),
+            "creates_per_input": dict(self.creates_per_input),
+            "predictions_by_status": {
+                status: by_status[status] for status in ("created", "processing", "success", "error", "cancelled")
+            },
+            "responses": {str(code): n for code, n in sorted(self.responses.items())},
+            "faults": dict(self.faults),
+        }

@@ -1,0 +1,247 @@
+"""The sandbox's HTTP face: routes, dropped connections, request ids, and running it in-process or as a CLI.
+
+Usage from tests:
+
+    with running_sandbox(SandboxConfig(time_scale=10.0)) as sb:
+        sb.url      # the API base URL; clients append /v1/prediction/
+        sb.stats()  # the same JSON as GET /sandbox/stats
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from promptgrid.models import CONTENT_TYPES
+from sandbox.config import SandboxConfig, system_clock
+from sandbox.service import Reply, SandboxService, key_owner
+
+__all__ = ["SandboxConfig", "RunningSandbox", "create_app", "running_sandbox", "serve_forever"]
+
+_DROP = "sandbox.drop_connection"
+_STARTUP_TIMEOUT_S = 10.0
+
+
+def _respond(request: Request, reply: Reply) -> Response:
+    if reply.drop:
+        # The wrapper below sees the flag when the response starts and closes the socket instead.
+        request.scope[_DROP] = True
+        return Response(status_code=200)
+    return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+
+
+def _unauthorised() -> Response:
+    return JSONResponse({"error": "Invalid or missing API key"}, status_code=401)
+
+
+def _base_url(request: Request) -> str:
+    return str(request.base_url).rstrip("/")
+
+
+def _routes(service: SandboxService) -> list[Route]:
+    required_key = service.config.api_key
+
+    async def create(request: Request) -> Response:
+        service.counters.requests["create"] += 1
+        body = await request.body()
+        owner = key_owner(request.headers, required_key)
+        if owner is None:
+            return _unauthorised()
+        return _respond(request, service.create(owner, body))
+
+    async def get(request: Request) -> Response:
+        service.counters.requests["get"] += 1
+        owner = key_owner(request.headers, required_key)
+        if owner is None:
+            return _unauthorised()
+        reply = service.get(owner, request.path_params["prediction_id"], _base_url(request))
+        return _respond(request, reply)
+
+    async def cancel(request: Request) -> Response:
+        service.counters.requests["cancel"] += 1
+        owner = key_owner(request.headers, required_key)
+        if owner is None:
+            return _unauthorised()
+        return _respond(request, service.cancel(owner, request.path_params["prediction_id"]))
+
+    async def output(request: Request) -> Response:
+        service.counters.requests["output"] += 1
+        status, content, fmt = await service.output(request.path_params["name"])
+        if status != 200:
+            return JSONResponse(content, status_code=status)
+        return Response(content, media_type=CONTENT_TYPES[fmt], headers={"Cache-Control": "no-store"})
+
+    async def stats(request: Request) -> Response:
+        return JSONResponse(service.stats())
+
+    async def reset(request: Request) -> Response:
+        service.reset()
+        return JSONResponse(service.stats())
+
+    return [
+        Route("/v1/prediction/", create, methods=["POST"]),
+        Route("/v1/prediction", create, methods=["POST"]),
+        Route("/v1/prediction/{prediction_id}", get, methods=["GET"]),
+        Route("/v1/prediction/{prediction_id}/", get, methods=["GET"]),
+        Route("/v1/prediction/{prediction_id}/cancel", cancel, methods=["POST"]),
+        Route("/outputs/{name}", output, methods=["GET"]),
+        Route("/sandbox/stats", stats, methods=["GET"]),
+        Route("/sandbox/reset", reset, methods=["POST"]),
+    ]
+
+
+class _Wire:
+    """Outermost ASGI layer: stamps X-Request-Id on every answer, counts statuses, and drops connections."""
+
+    def __init__(self, app: Any, service: SandboxService):
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex.encode()
+        responses = self.service.counters.responses
+        counted = not scope["path"].startswith("/sandbox/")
+
+        async def stamped_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                if scope.get(_DROP):
+                    _close_connection(send)
+                    responses["dropped"] += 1
+                elif counted:
+                    responses[message["status"]] += 1
+                message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id)]}
+            await send(message)
+
+        await self.app(scope, receive, stamped_send)
+
+
+def _close_connection(send: Callable) -> None:
+    """Close the client's socket before any byte of the answer is written.
+
+    ASGI has no message for this; uvicorn's `send` is a method of the connection's request cycle, which
+    holds the transport. What is sent afterwards goes nowhere, and uvicorn logs nothing.
+    """
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if transport is None:
+        raise RuntimeError("this server does not expose its transport; cannot drop the connection")
+    transport.close()
+
+
+def create_app(config: SandboxConfig, clock: Callable[[], float] | None = None) -> tuple[Any, SandboxService]:
+    """The ASGI app and the service behind it (the service is how in-process callers read its state)."""
+    service = SandboxService(config, clock or system_clock)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette):
+        service.loop = asyncio.get_running_loop()
+        yield
+        await service.close()
+
+    app = Starlette(routes=_routes(service), lifespan=lifespan)
+    return _Wire(app, service), service
+
+
+@dataclass
+class RunningSandbox:
+    """A sandbox serving in a background thread with its own event loop."""
+
+    url: str
+    config: SandboxConfig
+    service: SandboxService
+    loop: asyncio.AbstractEventLoop
+
+    def _on_loop(self, fn: Callable[[], Any]) -> Any:
+        async def call() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(timeout=10)
+
+    def stats(self) -> dict[str, Any]:
+        """The counters (same JSON as GET /sandbox/stats), read on the server's loop so they are consistent."""
+        return self._on_loop(self.service.stats)
+
+    def reset(self) -> None:
+        self._on_loop(self.service.reset)
+
+
+def _bound_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def _server(config: SandboxConfig, clock: Callable[[], float] | None, quiet: bool):
+    app, service = create_app(config, clock)
+    uv_config = uvicorn.Config(
+        app,
+        lifespan="on",
+        loop="asyncio",
+        http="h11",
+        access_log=False,
+        log_config=None if quiet else uvicorn.config.LOGGING_CONFIG,
+        log_level="warning",
+        timeout_graceful_shutdown=1,
+        timeout_keep_alive=30,
+    )
+    return uvicorn.Server(uv_config), service
+
+
+def _url(config: SandboxConfig, sock: socket.socket) -> str:
+    host = config.host if ":" not in config.host else f"[{config.host}]"
+    return f"http://{host}:{sock.getsockname()[1]}"
+
+
+@contextlib.contextmanager
+def running_sandbox(
+    config: SandboxConfig | None = None, *, clock: Callable[[], float] | None = None
+) -> Iterator[RunningSandbox]:
+    """Serve the sandbox on `config.host:config.port` (0: any free port) until the block ends.
+
+    `clock` replaces the monotonic clock (see sandbox.config.ManualClock). It never touches the caller's
+    event loop, so it works from sync and async tests alike.
+    """
+    config = config or SandboxConfig()
+    sock = _bound_socket(config.host, config.port)
+    server, service = _server(config, clock, quiet=True)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="sandbox", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + _STARTUP_TIMEOUT_S
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the sandbox server did not start")
+            time.sleep(0.002)  # startup takes a few milliseconds; nothing to wait on but the flag
+        yield RunningSandbox(url=_url(config, sock), config=config, service=service, loop=service.loop)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+def serve_forever(config: SandboxConfig, on_ready: Callable[[str], None]) -> None:
+    """Serve in the calling thread until interrupted (Ctrl-C); `on_ready` receives the URL once bound."""
+    sock = _bound_socket(config.host, config.port)
+    server, _ = _server(config, None, quiet=False)
+    on_ready(_url(config, sock))
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()

@@ -1,0 +1,323 @@
+"""What the sandbox answers to each API call, decided against its limits, faults and predictions.
+
+Every method runs on the server's event loop and does its checks and bookkeeping without awaiting in
+between, so a limit is checked and the request recorded as one step: no two requests can both take the
+last slot of a window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from promptgrid.models import ASPECT_RATIOS, MODELS, UnknownModel, check_input, get_model
+from sandbox.config import SandboxConfig
+from sandbox.faults import CreateFault, Dice, GetFault
+from sandbox.limits import InFlight, RequestWindow
+from sandbox.predictions import TERMINAL, Counters, Prediction, input_hash
+from sandbox.render import RenderCache, image_size, render, render_key
+
+INPUT_IMAGE_MAX_BYTES = 20 * 1024 * 1024
+INPUT_IMAGE_TIMEOUT_S = 10.0
+
+
+@dataclass
+class Reply:
+    """One answer: HTTP status, JSON body and headers, or `drop` to close the connection unanswered."""
+
+    status: int = 200
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    drop: bool = False
+
+
+def _error(status: int, message: str, **extra: Any) -> Reply:
+    return Reply(status, {"error": message, **extra})
+
+
+def _format_seconds(seconds: float) -> str:
+    # Fractional seconds: at a time scale of 100 a whole-second Retry-After would waste most of a window.
+    return f"{max(seconds, 0.001):.3f}".rstrip("0").rstrip(".")
+
+
+def _throttled(seconds: float, details: str) -> Reply:
+    body = {"status": 429, "error": "too many requests", "details": details, "retry_after": round(seconds, 3)}
+    return Reply(429, body, {"Retry-After": _format_seconds(seconds)})
+
+
+def key_owner(headers: Mapping[str, str], required_key: str | None) -> str | None:
+    """Who is calling (a digest of the key, so the key itself is never kept), or None when not allowed."""
+    key = headers.get("x-api-key", "").strip()
+    if not key:
+        scheme, _, value = headers.get("authorization", "").partition(" ")
+        key = value.strip() if scheme.lower() == "bearer" else ""
+    if not key:
+        return None
+    if required_key is not None and not hmac.compare_digest(key.encode(), required_key.encode()):
+        return None
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+class SandboxService:
+    """The sandbox's state: predictions, per-key limits, counters, dice and rendered images."""
+
+    def __init__(self, config: SandboxConfig, clock: Callable[[], float]):
+        self.config = config
+        self.clock = clock
+        self.dice = Dice(config)
+        self.counters = Counters()
+        self.renders = RenderCache()
+        self.predictions: dict[str, Prediction] = {}
+        self._windows: dict[str, RequestWindow] = {}
+        self._in_flight: dict[str, InFlight] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._http: httpx.AsyncClient | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None  # set when the server starts
+
+    # --- limits -------------------------------------------------------------------------------------
+
+    def _window(self, owner: str) -> RequestWindow:
+        if owner not in self._windows:
+            self._windows[owner] = RequestWindow(self.config.rate_limit, self.config.window)
+        return self._windows[owner]
+
+    def _flights(self, owner: str) -> InFlight:
+        if owner not in self._in_flight:
+            self._in_flight[owner] = InFlight(self.config.max_in_flight, self._is_done)
+        return self._in_flight[owner]
+
+    def _is_done(self, prediction_id: str, now: float) -> bool:
+        return self.predictions[prediction_id].status(now) in TERMINAL
+
+    def _window_refusal(self, window: RequestWindow, now: float) -> Reply | None:
+        wait = window.retry_after(now)
+        if wait <= 0:
+            return None
+        self.counters.throttled += 1
+        cfg = self.config
+        return _throttled(wait, f"at most {cfg.rate_limit} requests per {cfg.window_s:g} s per API key")
+
+    def _in_flight_refusal(self, owner: str, now: float) -> Reply | None:
+        flights = self._flights(owner)
+        if not flights.is_full(now):
+            return None
+        self.counters.throttled += 1
+        unfinished = [self.predictions[pid] for pid in flights.ids(now)]
+        ends = [p.finished_at for p in unfinished if not p.fate.never_finishes]
+        wait = min(ends) - now if ends else self.config.scaled(1.0)
+        return _throttled(wait, f"at most {self.config.max_in_flight} predictions in flight per API key")
+
+    def _record(self, window: RequestWindow, now: float) -> None:
+        window.record(now)
+        self.counters.max_window_requests = max(self.counters.max_window_requests, window.current(now))
+
+    # --- create -------------------------------------------------------------------------------------
+
+    def create(self, owner: str, body: bytes) -> Reply:
+        now = self.clock()
+        window = self._window(owner)
+        refusal = self._window_refusal(window, now)
+        if refusal:
+            return refusal
+        parsed = self._parse_create(body)
+        if isinstance(parsed, Reply):
+            self._record(window, now)
+            return parsed
+        refusal = self._in_flight_refusal(owner, now)
+        if refusal:
+            return refusal
+        self._record(window, now)
+        fault = self.dice.create_fault()
+        if fault is not CreateFault.NONE:
+            self.counters.faults[f"create_{fault.value}"] += 1
+        if fault is CreateFault.SERVER_ERROR:
+            return _error(self.dice.server_error_status(), "Failed to create prediction")
+        if fault is CreateFault.DROP_BEFORE:
+            return Reply(drop=True)
+        prediction = self._start(owner, *parsed, now)
+        if fault is CreateFault.DROP_AFTER:
+            return Reply(drop=True)
+        return Reply(
+            200,
+            {"status": "success", "message": "Prediction created successfully", "predictionID": prediction.id},
+        )
+
+    def _parse_create(self, body: bytes) -> Reply | tuple[str, dict[str, Any], dict[str, Any]]:
+        try:
+            payload = json.loads(body or b"null")
+        except ValueError:
+            return _error(400, "Invalid JSON body")
+        if not isinstance(payload, dict):
+            return _error(400, "The body must be a JSON object with model, version and input")
+        try:
+            schema = get_model(payload.get("model"))
+        except UnknownModel:
+            return _error(400, "Unknown model", model=payload.get("model"), known=list(MODELS))
+        raw = payload.get("input")
+        if not isinstance(raw, dict):
+            return _error(400, "Invalid input for model", message="input: expected a JSON object", fields=["input"])
+        inputs, problems = check_input(schema, raw)
+        if problems:
+            return _error(
+                400,
+                "Invalid input for model",
+                message="; ".join(str(p) for p in problems),
+                fields=[p.field for p in problems],
+                details=[{"field": p.field, "value": p.value, "allowed": p.allowed} for p in problems],
+            )
+        return schema.slug, raw, inputs
+
+    def _start(self, owner: str, model: str, raw: dict, inputs: dict, now: float) -> Prediction:
+        digest = input_hash(model, inputs)
+        resolved = dict(inputs)
+        if resolved.get("seed") is None:
+            resolved["seed"] = self.dice.random_seed()
+        fate = self.dice.fate()
+        if fate.never_finishes:
+            self.counters.faults["never_finish"] += 1
+        if fate.error_code is not None:
+            self.counters.faults["prediction_error"] += 1
+        prediction = Prediction(
+            id=str(uuid.uuid4()),
+            owner=owner,
+            model=model,
+            raw_input=raw,
+            inputs=resolved,
+            created_at=now,
+            fate=fate,
+            output_format=resolved["output_format"],
+            size=ASPECT_RATIOS[resolved["aspect_ratio"]] if not resolved.get("image") else None,
+            input_pending=bool(resolved.get("image")),
+        )
+        self.predictions[prediction.id] = prediction
+        flights = self._flights(owner)
+        flights.add(prediction.id)
+        self.counters.record_create(prediction, digest, flights.count(now))
+        if prediction.input_pending:
+            task = asyncio.get_running_loop().create_task(self._fetch_input(prediction))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return prediction
+
+    async def _fetch_input(self, prediction: Prediction) -> None:
+        """Image-to-image: the output takes the input's pixel size; an input that cannot be read fails it."""
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=INPUT_IMAGE_TIMEOUT_S, follow_redirects=True)
+        try:
+            response = await self._http.get(prediction.inputs["image"])
+            response.raise_for_status()
+            if len(response.content) > INPUT_IMAGE_MAX_BYTES:
+                raise ValueError("the image is larger than 20 MB")
+            prediction.size = image_size(response.content)
+        except (httpx.HTTPError, ValueError, OSError) as exc:
+            prediction.input_failure = type(exc).__name__ + (
+                f" (HTTP {exc.response.status_code})" if isinstance(exc, httpx.HTTPStatusError) else ""
+            )
+        finally:
+            prediction.input_pending = False
+
+    # --- get and cancel -----------------------------------------------------------------------------
+
+    def _admit_counted(self, owner: str, counted: bool, now: float) -> Reply | None:
+        if not counted:
+            return None
+        window = self._window(owner)
+        refusal = self._window_refusal(window, now)
+        if refusal is None:
+            self._record(window, now)
+        return refusal
+
+    def get(self, owner: str, prediction_id: str, base_url: str) -> Reply:
+        now = self.clock()
+        refusal = self._admit_counted(owner, self.config.polls_count, now)
+        if refusal:
+            return refusal
+        fault = self.dice.get_fault()
+        if fault is not GetFault.NONE:
+            self.counters.faults[f"get_{fault.value}"] += 1
+        if fault is GetFault.DROP:
+            return Reply(drop=True)
+        if fault is GetFault.SERVER_ERROR:
+            return _error(self.dice.server_error_status(), "Internal server error")
+        prediction = self.predictions.get(prediction_id)
+        if prediction is None or prediction.owner != owner:
+            return _error(404, "Prediction not found")
+        return Reply(200, self._describe(prediction, base_url, now))
+
+    def cancel(self, owner: str, prediction_id: str) -> Reply:
+        now = self.clock()
+        refusal = self._admit_counted(owner, self.config.cancels_count, now)
+        if refusal:
+            return refusal
+        prediction = self.predictions.get(prediction_id)
+        if prediction is None or prediction.owner != owner:
+            return _error(404, "Prediction not found")
+        status = prediction.status(now)
+        if status in TERMINAL:
+            body = {"status": status, "message": "Prediction already finished", "predictionID": prediction.id}
+            return Reply(200, body)
+        prediction.cancelled_at = now
+        body = {"status": "cancelled", "message": "Prediction canceled successfully", "predictionID": prediction.id}
+        return Reply(200, body)
+
+    def _describe(self, prediction: Prediction, base_url: str, now: float) -> dict[str, Any]:
+        status = prediction.status(now)
+        output: Any = None
+        if status == "success":
+            output = f"{base_url}/outputs/{prediction.id}.{prediction.output_format}"
+        elif status == "error":
+            output = prediction.error_output()
+        ended = status in ("success", "error")
+        api_url = f"{base_url}/v1/prediction/{prediction.id}"
+        return {
+            "id": prediction.id,
+            "input": prediction.raw_input,
+            "status": status,
+            "output": output,
+            "logs": "sandbox render\n" if status == "success" else "",
+            "metrics": {
+                "predict_time": round(prediction.fate.run_s, 4) if ended else None,
+                "cost": self.config.cost_per_image_usd if status == "success" else 0.0,
+            },
+            "urls": {"get": api_url, "cancel": f"{api_url}/cancel"},
+        }
+
+    # --- outputs, stats -----------------------------------------------------------------------------
+
+    async def output(self, name: str) -> tuple[int, bytes | dict[str, Any], str]:
+        """The image behind an output URL, rendered in a worker thread and cached per render key."""
+        prediction_id, _, fmt = name.rpartition(".")
+        prediction = self.predictions.get(prediction_id)
+        now = self.clock()
+        if prediction is None or fmt != prediction.output_format or prediction.status(now) != "success":
+            return 404, {"error": "Output not found"}, ""
+        if prediction.output_expired(now, self.config.url_lifetime):
+            return 410, {"error": "Output expired"}, ""
+        key = render_key(prediction.model, prediction.inputs, prediction.size)
+        data = self.renders.get(key)
+        if data is None:
+            data = await asyncio.to_thread(render, key, prediction.inputs, prediction.size)
+            self.renders.put(key, data)
+        return 200, data, fmt
+
+    def stats(self) -> dict[str, Any]:
+        return self.counters.snapshot(self.clock())
+
+    def reset(self) -> None:
+        self.counters = Counters()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._http is not None:
+            await self._http.aclose()
