@@ -15,7 +15,7 @@ TERMINAL = frozenset({"success", "error", "cancelled"})
 
 
 def input_hash(model: str, inputs: Mapping[str, Any]) -> str:
-    """Identifies what was asked for (canonical model, normalised inputs): equal hashes are duplicate creates."""
+    """What was asked for (canonical model, normalised inputs): equal hashes are duplicate creates."""
     blob = json.dumps({"model": model, "inputs": dict(inputs)}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -111,7 +111,8 @@ class Counters:
             "duplicate_creates": sum(n - 1 for n in self.creates_per_input.values() if n > 1),
             "creates_per_input": dict(self.creates_per_input),
             "predictions_by_status": {
-                status: by_status[status] for status in ("created", "processing", "success", "error", "cancelled")
+                status: by_status[status]
+                for status in ("created", "processing", "success", "error", "cancelled")
             },
             "responses": {str(code): n for code, n in sorted(self.responses.items())},
             "faults": dict(self.faults),

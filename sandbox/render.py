@@ -1,4 +1,4 @@
-"""The sandbox's stand-in images: cheap, deterministic in the inputs, and plainly marked as sandbox renders."""
+"""The sandbox's stand-in images: cheap, deterministic in the inputs, plainly marked as sandbox renders."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ _PIL_FORMATS = {"webp": "WEBP", "jpg": "JPEG", "png": "PNG"}
 
 def render_key(model: str, inputs: Mapping[str, Any], size: tuple[int, int]) -> str:
     """A hash of everything that decides the image: model, every input (the seed resolved) and pixel size."""
-    blob = json.dumps({"model": model, "inputs": dict(inputs), "size": list(size)}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {"model": model, "inputs": dict(inputs), "size": list(size)}, sort_keys=True, default=str
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -46,7 +48,7 @@ def _caption(inputs: Mapping[str, Any]) -> list[str]:
 
 
 def draw_image(key: str, inputs: Mapping[str, Any], size: tuple[int, int]) -> Image.Image:
-    """A colour field derived from the hash, a band and the word SANDBOX, the prompt and seed written on it."""
+    """A colour field and band derived from the hash, the word SANDBOX, the prompt and seed written on it."""
     width, height = size
     background, accent = _palette(key)
     image = Image.new("RGB", size, background)

@@ -173,7 +173,7 @@ class RunningSandbox:
         return asyncio.run_coroutine_threadsafe(call(), self.loop).result(timeout=10)
 
     def stats(self) -> dict[str, Any]:
-        """The counters (same JSON as GET /sandbox/stats), read on the server's loop so they are consistent."""
+        """The counters (the JSON of GET /sandbox/stats), read on the server's loop so they are consistent."""
         return self._on_loop(self.service.stats)
 
     def reset(self) -> None:

@@ -147,7 +147,11 @@ class SandboxService:
             return Reply(drop=True)
         return Reply(
             200,
-            {"status": "success", "message": "Prediction created successfully", "predictionID": prediction.id},
+            {
+                "status": "success",
+                "message": "Prediction created successfully",
+                "predictionID": prediction.id,
+            },
         )
 
     def _parse_create(self, body: bytes) -> Reply | tuple[str, dict[str, Any], dict[str, Any]]:
@@ -163,7 +167,9 @@ class SandboxService:
             return _error(400, "Unknown model", model=payload.get("model"), known=list(MODELS))
         raw = payload.get("input")
         if not isinstance(raw, dict):
-            return _error(400, "Invalid input for model", message="input: expected a JSON object", fields=["input"])
+            return _error(
+                400, "Invalid input for model", message="input: expected a JSON object", fields=["input"]
+            )
         inputs, problems = check_input(schema, raw)
         if problems:
             return _error(
@@ -265,7 +271,11 @@ class SandboxService:
             body = {"status": status, "message": "Prediction already finished", "predictionID": prediction.id}
             return Reply(200, body)
         prediction.cancelled_at = now
-        body = {"status": "cancelled", "message": "Prediction canceled successfully", "predictionID": prediction.id}
+        body = {
+            "status": "cancelled",
+            "message": "Prediction canceled successfully",
+            "predictionID": prediction.id,
+        }
         return Reply(200, body)
 
     def _describe(self, prediction: Prediction, base_url: str, now: float) -> dict[str, Any]:
