@@ -1,0 +1,332 @@
+"""The async client for the prediction API: one request per call, answers parsed, failures mapped to one tree.
+
+The client sends exactly one HTTP request per call and never retries: retrying safely depends on the request
+budget and on what kind of call failed, which the engine decides. Every foreign failure is translated here,
+in `_send`, into this tree:
+
+    ApiError                    base; `.prediction_id`, `.status_code`, `.request_id` when known
+    ├── TransportFailure        no HTTP answer. `.sent` is False when the request provably never left
+    │                           (connect error or timeout, pool timeout): resending cannot duplicate it.
+    │                           True means it may have reached the server (read/write error or timeout,
+    │                           dropped connection): a create's outcome is unknown.
+    ├── Throttled               429; `.retry_after_s` from `Retry-After` when present
+    ├── ServerFailure           5xx
+    ├── PaymentRequired         402: the balance cannot cover more work
+    ├── AuthenticationFailed    401/403 from the API
+    ├── InputRejected           400/422: the model refused the inputs
+    ├── PredictionNotFound      404 on a prediction
+    └── UnexpectedAnswer        any other status, or a body that does not parse
+
+The API key goes into one header and nowhere else: not in reprs, messages or logs, and any text the server
+sends back is scrubbed of it before it lands in an exception.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import httpx
+
+from promptgrid.settings import ApiKey, read_api_settings
+
+DEFAULT_TIMEOUTS = httpx.Timeout(connect=10.0, read=60.0, write=30.0, pool=60.0)
+_MESSAGE_LIMIT = 300
+
+
+class ApiError(Exception):
+    """A call to the prediction API that did not give the answer asked for."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        prediction_id: str | None = None,
+        status_code: int | None = None,
+        request_id: str | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.prediction_id = prediction_id
+        self.status_code = status_code
+        self.request_id = request_id
+
+
+class TransportFailure(ApiError):
+    def __init__(self, message: str, *, sent: bool, **context: Any):
+        super().__init__(message, **context)
+        self.sent = sent
+
+
+class Throttled(ApiError):
+    def __init__(self, message: str, *, retry_after_s: float | None, **context: Any):
+        super().__init__(message, **context)
+        self.retry_after_s = retry_after_s
+
+
+class ServerFailure(ApiError):
+    pass
+
+
+class PaymentRequired(ApiError):
+    pass
+
+
+class AuthenticationFailed(ApiError):
+    pass
+
+
+class InputRejected(ApiError):
+    pass
+
+
+class PredictionNotFound(ApiError):
+    pass
+
+
+class UnexpectedAnswer(ApiError):
+    pass
+
+
+# Exceptions httpx raises before any byte of the request reached the server.
+_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+_BY_STATUS: dict[int, type[ApiError]] = {
+    400: InputRejected,
+    401: AuthenticationFailed,
+    402: PaymentRequired,
+    403: AuthenticationFailed,
+    404: PredictionNotFound,
+    422: InputRejected,
+}
+
+
+class PredictionStatus(StrEnum):
+    """The closed set of states a prediction is in, older spellings folded in by `parse_status`."""
+
+    CREATED = "created"
+    PROCESSING = "processing"
+    SUCCESS = "success"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"  # a status this client does not know: treated as not finished
+
+
+TERMINAL = frozenset({PredictionStatus.SUCCESS, PredictionStatus.ERROR, PredictionStatus.CANCELLED})
+_STATUS_ALIASES = {
+    "created": PredictionStatus.CREATED,
+    "queued": PredictionStatus.CREATED,
+    "pending": PredictionStatus.CREATED,
+    "starting": PredictionStatus.CREATED,
+    "processing": PredictionStatus.PROCESSING,
+    "running": PredictionStatus.PROCESSING,
+    "success": PredictionStatus.SUCCESS,
+    "succeeded": PredictionStatus.SUCCESS,
+    "error": PredictionStatus.ERROR,
+    "failed": PredictionStatus.ERROR,
+    "cancelled": PredictionStatus.CANCELLED,
+    "canceled": PredictionStatus.CANCELLED,
+}
+
+
+def parse_status(raw: Any) -> PredictionStatus:
+    return _STATUS_ALIASES.get(str(raw).strip().lower(), PredictionStatus.UNKNOWN)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One prediction as the API last reported it."""
+
+    id: str
+    status: PredictionStatus
+    raw_status: str
+    output_url: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    retryable: bool | None = None
+    predict_time_s: float | None = None
+    cost_usd: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+def parse_prediction(prediction_id: str, body: Mapping[str, Any]) -> Prediction:
+    """Read a get answer defensively: output as a string, a one-item list or {url}; errors as text or dict."""
+    raw_status = str(body.get("status", ""))
+    status = parse_status(raw_status)
+    output = body.get("output")
+    metrics = body.get("metrics") if isinstance(body.get("metrics"), Mapping) else {}
+    fields: dict[str, Any] = {
+        "predict_time_s": _as_float(metrics.get("predict_time")),
+        "cost_usd": _as_float(metrics.get("cost")),
+    }
+    if status is PredictionStatus.SUCCESS:
+        fields["output_url"] = _output_url(output)
+    elif status is PredictionStatus.ERROR:
+        fields.update(_error_detail(output, body))
+    return Prediction(id=str(body.get("id") or prediction_id), status=status, raw_status=raw_status, **fields)
+
+
+def _output_url(output: Any) -> str | None:
+    if isinstance(output, list | tuple) and output:
+        output = output[0]
+    if isinstance(output, Mapping):
+        output = output.get("url") or output.get("uri")
+    if isinstance(output, str) and output.strip().startswith(("http://", "https://")):
+        return output.strip()
+    return None
+
+
+def _error_detail(output: Any, body: Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(output, Mapping):
+        retryable = output.get("retryable")
+        return {
+            "error_code": str(output.get("error_code") or "PREDICTION_ERROR"),
+            "error_message": _clip(str(output.get("error_message") or output.get("message") or "")),
+            "retryable": retryable if isinstance(retryable, bool) else None,
+        }
+    text = output if isinstance(output, str) else body.get("error") or body.get("logs") or ""
+    return {"error_code": "PREDICTION_ERROR", "error_message": _clip(str(text)), "retryable": None}
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        return float(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MESSAGE_LIMIT else text[:_MESSAGE_LIMIT] + "…"
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delta-seconds or an HTTP date; None when absent or bad."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value.strip()))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+
+
+class ApiClient:
+    """The prediction API over one long-lived httpx client; use as `async with ApiClient(...) as client`.
+
+    `storage` is a second client on the same transport, without the key, for downloading outputs from
+    hosted storage: the key must never travel to another host.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: ApiKey,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeouts: httpx.Timeout = DEFAULT_TIMEOUTS,
+        limits: httpx.Limits | None = None,
+    ):
+        if not isinstance(api_key, ApiKey):
+            raise TypeError("api_key must be a promptgrid.settings.ApiKey")
+        self.base_url = base_url.rstrip("/")
+        self._key = api_key
+        pool = limits or httpx.Limits(max_connections=64, max_keepalive_connections=32)
+        common = {"transport": transport, "timeout": timeouts, "limits": pool}
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers={"X-API-Key": api_key.reveal()}, follow_redirects=False, **common
+        )
+        self.storage = httpx.AsyncClient(follow_redirects=True, **common)
+
+    @classmethod
+    def from_environment(cls, base_url: str | None = None, **options: Any) -> ApiClient:
+        """A client for EACHLABS_API_BASE (or `base_url`) with EACHLABS_API_KEY."""
+        settings = read_api_settings(base_url)
+        if settings.api_key is None:
+            raise AuthenticationFailed("no API key: set EACHLABS_API_KEY")
+        return cls(settings.base_url, settings.api_key, **options)
+
+    def __repr__(self) -> str:
+        return f"ApiClient({self.base_url!r})"
+
+    async def __aenter__(self) -> ApiClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        await self.storage.aclose()
+
+    async def create(self, model: str, version: str, inputs: Mapping[str, Any]) -> str:
+        """Start a prediction; return its id. Sends real JSON numbers, never strings."""
+        payload = {"model": model, "version": version, "input": dict(inputs)}
+        body = await self._send("POST", "/v1/prediction/", json=payload)
+        prediction_id = body.get("predictionID") or body.get("prediction_id") or body.get("id")
+        if not isinstance(prediction_id, str) or not prediction_id:
+            # The server answered 2xx: something may have been created, but we cannot name it.
+            raise UnexpectedAnswer("create answered without a predictionID", status_code=200)
+        return prediction_id
+
+    async def get(self, prediction_id: str) -> Prediction:
+        body = await self._send("GET", f"/v1/prediction/{prediction_id}", prediction_id=prediction_id)
+        return parse_prediction(prediction_id, body)
+
+    async def cancel(self, prediction_id: str) -> None:
+        """Ask the API to stop a prediction (best effort on its side)."""
+        await self._send("POST", f"/v1/prediction/{prediction_id}/cancel", prediction_id=prediction_id)
+
+    async def _send(self, method: str, path: str, *, prediction_id: str | None = None, **kwargs: Any) -> dict:
+        what = f"{method} {path}"
+        try:
+            response = await self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            sent = not isinstance(exc, _NEVER_SENT)
+            detail = self._scrub(str(exc)) or type(exc).__name__
+            raise TransportFailure(
+                f"{what}: {type(exc).__name__}: {detail}", sent=sent, prediction_id=prediction_id
+            ) from None
+        context = {
+            "prediction_id": prediction_id,
+            "status_code": response.status_code,
+            "request_id": response.headers.get("x-request-id"),
+        }
+        if response.is_success:
+            try:
+                body = response.json()
+            except ValueError:
+                body = None
+            if not isinstance(body, dict):
+                raise UnexpectedAnswer(f"{what}: answer is not a JSON object", **context)
+            return body
+        message = f"{what}: HTTP {response.status_code}: {self._scrub(_error_text(response))}"
+        if response.status_code == 429:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            raise Throttled(message, retry_after_s=retry_after, **context)
+        if response.status_code >= 500:
+            raise ServerFailure(message, **context)
+        raise _BY_STATUS.get(response.status_code, UnexpectedAnswer)(message, **context)
+
+    def _scrub(self, text: str) -> str:
+        return _clip(text.replace(self._key.reveal(), "***"))
+
+
+def _error_text(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()
+    if isinstance(body, dict):
+        parts = [str(body[k]) for k in ("error", "message", "details") if body.get(k)]
+        return "; ".join(parts) or str(body)
+    return str(body)
