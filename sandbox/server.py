@@ -167,6 +167,9 @@ class RunningSandbox:
     loop: asyncio.AbstractEventLoop
 
     def _on_loop(self, fn: Callable[[], Any]) -> Any:
+        if self.loop.is_closed():
+            raise RuntimeError("the sandbox has stopped; read its stats inside the `with` block")
+
         async def call() -> Any:
             return fn()
 

@@ -39,8 +39,8 @@ class Reply:
     drop: bool = False
 
 
-def _error(status: int, message: str, **extra: Any) -> Reply:
-    return Reply(status, {"error": message, **extra})
+def _error(status: int, error: str, **extra: Any) -> Reply:
+    return Reply(status, {"error": error, **extra})
 
 
 def _format_seconds(seconds: float) -> str:
