@@ -1,0 +1,174 @@
+"""The report stage: an output's manifest turned into HTML pages and PNG contact sheets under report/.
+
+Layout inside the output: `report/index.html` (summary and the first prompts), `report/page-N.html`,
+`report/thumbs/<job_id>.webp` (made once, reused by later reports), `report/sheets/<prompt-slug>.png`.
+Links in a local report are relative, so the folder can be moved or zipped; links in an S3 report are
+presigned URLs (valid `link_expires_s`, at most 7 days), so the pages work wherever they are opened.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from PIL import Image
+
+from tasks.contact_sheet import draw_contact_sheet
+from tasks.report_grid import PromptGrid, build_grids, check_axes, sweep_params
+from tasks.report_html import PageLinks, Thumbnail, display_size, render_page
+from tasks.report_summary import summarize
+from tasks.report_thumbnails import ThumbnailCache, key_in_sink, thumb_key
+from tasks.storage import PRESIGN_MAX_S, Sink
+
+REPORT_PREFIX = "report/"
+INDEX_KEY = "report/index.html"
+SHEETS_PREFIX = "report/sheets/"
+DEFAULT_PAGE_SIZE = 25
+DEFAULT_PRICE_PER_IMAGE = 0.065
+# Reading images and writing thumbnails is I/O bound (S3 round trips); a few threads keep it moving.
+IO_THREADS = 4
+_PAGE_KEY = re.compile(r"^report/page-(\d+)\.html$")
+
+
+@dataclass(frozen=True)
+class ReportLinks:
+    """Turns sink keys into hrefs usable from a report page: relative for a folder, presigned for S3."""
+
+    sink: Sink
+    presign: bool
+    expires_s: int
+
+    def href(self, key: str) -> str:
+        if self.presign:
+            return self.sink.url_for_reading(key, self.expires_s)
+        if key.startswith(REPORT_PREFIX):
+            return urllib.parse.quote(key[len(REPORT_PREFIX) :])
+        return "../" + urllib.parse.quote(key)
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """What one report run wrote: where to open it and how much work it did."""
+
+    uri: str
+    pages: int
+    prompts: int
+    thumbnails_made: int
+    sheets: int
+
+
+def write_report(
+    sink: Sink,
+    *,
+    across: str | None = None,
+    down: str | None = None,
+    price_per_image: float = DEFAULT_PRICE_PER_IMAGE,
+    page_size: int = DEFAULT_PAGE_SIZE,
+    sheets: bool = True,
+    link_expires_s: int = PRESIGN_MAX_S,
+) -> str:
+    """Write the report for everything in the sink's manifest; returns the URI of report/index.html.
+
+    Raises InvalidInput when --across/--down name no manifest column.
+    """
+    from tasks.manifest import read_manifest
+
+    table = read_manifest(sink)
+    result = render_report(
+        sink,
+        table,
+        across=across,
+        down=down,
+        price_per_image=price_per_image,
+        page_size=page_size,
+        sheets=sheets,
+        link_expires_s=link_expires_s,
+    )
+    return result.uri
+
+
+def render_report(
+    sink: Sink,
+    table: pa.Table,
+    *,
+    across: str | None = None,
+    down: str | None = None,
+    price_per_image: float = DEFAULT_PRICE_PER_IMAGE,
+    page_size: int = DEFAULT_PAGE_SIZE,
+    sheets: bool = True,
+    link_expires_s: int = PRESIGN_MAX_S,
+) -> ReportResult:
+    """Write the report for a manifest table (the latest row per job) already in hand."""
+    check_axes(table.column_names, across, down)
+    rows = table.to_pylist()
+    grids = build_grids(rows, across, down)
+    params = sweep_params(table.column_names)
+    summary = summarize(rows, price_per_image)
+    links = ReportLinks(sink, presign=not _is_local(sink), expires_s=link_expires_s)
+    pages = [grids[start : start + page_size] for start in range(0, len(grids), max(1, page_size))] or [[]]
+    page_keys = [INDEX_KEY, *(f"{REPORT_PREFIX}page-{n}.html" for n in range(2, len(pages) + 1))]
+    page_hrefs = [links.href(key) for key in page_keys]
+    sheet_count = 0
+    with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
+        cache = ThumbnailCache(sink, pool)
+        for index, page_grids in enumerate(pages):
+            thumbnails: dict[str, Thumbnail | str] = {}
+            for grid in page_grids:
+                thumbnails.update(_place_grid(sink, grid, cache, links, sheets))
+                sheet_count += int(sheets)
+            html = render_page(
+                "promptgrid report",
+                page_grids,
+                summary if index == 0 else None,
+                PageLinks(page_hrefs, index),
+                thumbnails,
+                lambda grid: links.href(sheet_key(grid)) if sheets else None,
+                params,
+            )
+            sink.put_bytes(page_keys[index], html.encode("utf-8"), "text/html; charset=utf-8")
+    _delete_stale_pages(sink, len(pages))
+    return ReportResult(sink.uri(INDEX_KEY), len(pages), len(grids), cache.made, sheet_count)
+
+
+def sheet_key(grid: PromptGrid) -> str:
+    return f"{SHEETS_PREFIX}{grid.slug}.png"
+
+
+def _place_grid(
+    sink: Sink, grid: PromptGrid, cache: ThumbnailCache, links: ReportLinks, sheets: bool
+) -> dict[str, Thumbnail | str]:
+    """Make the grid's missing thumbnails and its contact sheet; return each job's thumbnail for the page."""
+    rows = list(grid.rows())
+    pixels = cache.thumbnails_for(rows, need_pixels=sheets)
+    if sheets:
+        images = {job_id: image for job_id, image in pixels.items() if isinstance(image, Image.Image)}
+        sheet = draw_contact_sheet(grid, images)
+        sink.put_bytes(sheet_key(grid), sheet, "image/png", {"prompt-slug": grid.slug})
+    by_job = {str(row["job_id"]): row for row in rows}
+    return {job_id: _thumbnail(by_job[job_id], value, links) for job_id, value in pixels.items()}
+
+
+def _thumbnail(row: Mapping[str, Any], value: Any, links: ReportLinks) -> Thumbnail | str:
+    if isinstance(value, str):
+        return value  # the reason the image could not be read
+    width, height = display_size(row.get("width"), row.get("height"))
+    image_key = key_in_sink(links.sink, row.get("image_uri"))
+    href = links.href(image_key) if image_key else str(row.get("image_uri"))
+    return Thumbnail(src=links.href(thumb_key(str(row["job_id"]))), href=href, width=width, height=height)
+
+
+def _delete_stale_pages(sink: Sink, page_count: int) -> None:
+    # An earlier report with more prompts left page files this one no longer links to.
+    for key in list(sink.list_keys(f"{REPORT_PREFIX}page-")):
+        match = _PAGE_KEY.match(key)
+        if match and int(match.group(1)) > page_count:
+            sink.delete(key)
+
+
+def _is_local(sink: Sink) -> bool:
+    return "://" not in sink.root
