@@ -25,7 +25,7 @@ th{background:#f5f5f7;font-weight:600;text-align:left}
 .cell{display:flex;flex-wrap:wrap;gap:6px}
 figure{margin:0;width:160px}figure img{display:block;max-width:160px;max-height:160px;height:auto}
 figcaption{font-size:12px;color:#555}
-.failure{box-sizing:border-box;min-height:96px;padding:6px;background:#fdecea;border:1px solid #e0a8a2;
+.failure{box-sizing:border-box;min-height:160px;padding:6px;background:#fdecea;border:1px solid #e0a8a2;
  color:#7a1c12;font-size:12px;word-break:break-word}
 .failure code{font-weight:700}
 .empty{color:#aaa;text-align:center}

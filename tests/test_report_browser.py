@@ -1,0 +1,76 @@
+"""The report as a browser draws it: headless Chromium screenshots the page, Pillow checks the grid in it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from promptgrid.types import JobStatus
+from tasks.report import write_report
+from tasks.storage import LocalSink
+from tests.test_report import PROMPTS, assert_laid_out, colour_centre, record_run
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install chromium)"
+)
+
+FAILURE_FILL = (253, 236, 234)  # .failure's background in the report's CSS
+THUMB_CSS_PX = 160
+GAP_CSS_PX = 6
+
+
+def screenshot(page: Path, tmp_path: Path, size: tuple[int, int] = (1200, 900)) -> Image.Image:
+    """Chromium's rendering of a local page, offline: no network services, a throwaway profile."""
+    target = tmp_path / "screenshot.png"
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        "--force-device-scale-factor=1",
+        # Lets lazy images in the viewport finish loading before the shot, without a wall-clock wait.
+        "--virtual-time-budget=5000",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        f"--screenshot={target}",
+        f"--window-size={size[0]},{size[1]}",
+        page.as_uri(),
+    ]
+    subprocess.run(command, capture_output=True, timeout=90, check=True)
+    with Image.open(target) as shot:
+        return shot.convert("RGB")
+
+
+def test_browser_shows_the_first_prompts_grid_with_its_failures(tmp_path: Path):
+    sink = LocalSink(tmp_path / "out")
+    recorded = record_run(sink)
+    shot = screenshot(Path(write_report(sink)), tmp_path)
+    assert shot.size == (1200, 900)
+
+    first_prompt = [job for job in recorded if job.prompt == PROMPTS[0]]
+    centres = {job.job_id: colour_centre(shot, job.colour) for job in first_prompt if job.colour}
+    assert_laid_out(first_prompt, centres)
+
+    failures = [job for job in first_prompt if job.status != JobStatus.SUCCESS]
+    assert failures
+    pixels = np.asarray(shot, dtype=np.int16)
+    for failed in failures:
+        # The failure box sits where its thumbnail would: beside the other seed of the same cell.
+        other = next(j for j in first_prompt if (j.cfg, j.steps) == (failed.cfg, failed.steps) and j.colour)
+        x, y = centres[other.job_id]
+        step = (THUMB_CSS_PX + GAP_CSS_PX) * (1 if failed.seed > other.seed else -1)
+        box_x, box_y = round(x + step), round(y + THUMB_CSS_PX / 2 - 10)  # below its text
+        region = pixels[box_y - 4 : box_y + 4, box_x - 40 : box_x + 40]
+        near = (np.abs(region - np.array(FAILURE_FILL)) <= 3).all(axis=2)
+        assert near.mean() > 0.5, f"no failure box for {failed.job_id} at ({box_x}, {box_y})"
