@@ -1,0 +1,165 @@
+"""Expanding grid rows × sweep × zip × seeds into Jobs with deterministic ids, identical jobs collapsed.
+
+A job's inputs come from, last one winning: the model's defaults, the spec's `inputs`, the sweep and zip
+axes and seed, then the row's own input columns (an empty cell falls back). The job id is a hash of model,
+version and those normalised inputs, so neither row nor axis order changes it; carried columns do not
+enter it. Rows are read in batches and only 16-byte digests are kept for dedup, so a grid of millions of
+rows never sits in memory as jobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from promptgrid.models import get_model
+from promptgrid.types import Job
+from tasks.grid import GridBatch, GridContext, check_value, iter_grid
+from tasks.spec import SweepSpec
+
+ID_BYTES = 16  # the job id is the first 32 hex characters of the sha256
+GRID_BATCH_ROWS = 50_000
+
+# Canonical JSON: sorted keys, no spaces; check_input already made numbers real floats and ints, so 3.5,
+# "3.5" and 3.50 encode alike. NaN can never reach here: validation rejects it.
+_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def job_digest(model: str, version: str, inputs: Mapping[str, Any]) -> bytes:
+    """The 16 bytes a job id is the hex of: a hash of model, version and the normalised inputs."""
+    present = {key: value for key, value in inputs.items() if value is not None}
+    return hashlib.sha256(_encode([model, version, present]).encode("utf-8")).digest()[:ID_BYTES]
+
+
+def job_id(model: str, version: str, inputs: Mapping[str, Any]) -> str:
+    return job_digest(model, version, inputs).hex()
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One combination applied to every row: a model and its inputs from defaults, inputs, axes and seed."""
+
+    model: str
+    inputs: dict[str, Any]
+
+
+def _normalised(spec: SweepSpec, name: str, raw: Any) -> Any:
+    value, allowed = check_value(spec.model_schemas(), name, raw, spec.prompts.parent)
+    if allowed is not None:  # load_spec rejects these; a spec built by hand may not have been through it
+        raise ValueError(f"{name}: {raw!r} is not allowed; expected {allowed}")
+    return value
+
+
+def _axis_combinations(spec: SweepSpec) -> list[dict[str, Any]]:
+    """Every combination of the sweep axes, each with every step of the zip axes."""
+    sweep_keys = list(spec.sweep)
+    products = [
+        dict(zip(sweep_keys, values, strict=True)) for values in itertools.product(*spec.sweep.values())
+    ]
+    zip_keys = list(spec.zip)
+    steps = [dict(zip(zip_keys, values, strict=True)) for values in zip(*spec.zip.values(), strict=True)]
+    return [{**product, **step} for product in products for step in (steps or [{}])]
+
+
+def build_variants(spec: SweepSpec) -> list[Variant]:
+    """The combinations every row is expanded into, in spec order (models, axes, then seeds)."""
+    variants = []
+    for combination in _axis_combinations(spec):
+        model = get_model(combination.pop("model", spec.model))
+        base = model.default_inputs()
+        for name, raw in {**spec.inputs, **combination}.items():
+            base[name] = _normalised(spec, name, raw)
+        for seed in spec.seeds:
+            inputs = {key: value for key, value in {**base, "seed": seed}.items() if value is not None}
+            variants.append(Variant(model.slug, inputs))
+    return variants
+
+
+@dataclass(frozen=True)
+class ExpandedJob:
+    """A job before it becomes a Job: digest, model, inputs and the grid row it came from."""
+
+    digest: bytes
+    model: str
+    inputs: dict[str, Any]
+    batch: GridBatch
+    row: int
+
+
+def _row_inputs(batch: GridBatch) -> Iterator[dict[str, Any]]:
+    names = list(batch.inputs)
+    for values in zip(*batch.inputs.values(), strict=True):
+        yield {name: value for name, value in zip(names, values, strict=True) if value is not None}
+
+
+def _expand_batch(batch: GridBatch, variants: list[Variant], version: str, seen: set[bytes]):
+    """The batch's jobs not in `seen` (which they are added to), row by row, variants in spec order."""
+    sha256, encode = hashlib.sha256, _encode  # local names: this loop runs once per job of the grid
+    for row, own in enumerate(_row_inputs(batch)):
+        for variant in variants:
+            inputs = {**variant.inputs, **own}
+            digest = sha256(encode([variant.model, version, inputs]).encode("utf-8")).digest()[:ID_BYTES]
+            if digest not in seen:
+                seen.add(digest)
+                yield ExpandedJob(digest, variant.model, inputs, batch, row)
+
+
+def _grid_batches(spec: SweepSpec, carried: bool) -> Iterator[GridBatch]:
+    ctx = GridContext(spec.prompts, spec.model_schemas(), spec.prompts.parent)
+    return iter_grid(ctx, GRID_BATCH_ROWS, carried=carried)
+
+
+def _to_job(spec: SweepSpec, expanded: ExpandedJob) -> Job:
+    carried = {name: values[expanded.row] for name, values in expanded.batch.carried.items()}
+    return Job(expanded.digest.hex(), expanded.model, expanded.inputs, spec.version, carried)
+
+
+def iter_job_batches(spec: SweepSpec, batch_size: int = 5000) -> Iterator[list[Job]]:
+    """All distinct jobs of a spec in lists of at most `batch_size`; the grid is read as they are needed."""
+    if batch_size < 1:
+        raise ValueError("batch_size must be at least 1")
+    variants, seen = build_variants(spec), set()
+    jobs = (
+        _to_job(spec, expanded)
+        for batch in _grid_batches(spec, carried=True)
+        for expanded in _expand_batch(batch, variants, spec.version, seen)
+    )
+    while chunk := list(itertools.islice(jobs, batch_size)):
+        yield chunk
+
+
+@dataclass
+class JobPlan:
+    """What a spec expands to, counted without keeping the jobs: the dry run's figures."""
+
+    total_jobs: int = 0
+    distinct_prompts: int = 0
+    duplicates_collapsed: int = 0
+    rows: int = 0
+    variants_per_row: int = 0
+    models: tuple[str, ...] = ()
+    samples: list[Job] = field(default_factory=list)
+
+
+def plan_jobs(spec: SweepSpec, samples: int = 3) -> JobPlan:
+    """Count the distinct jobs, prompts and collapsed duplicates of a spec; keep the first few as samples.
+
+    Samples carry no grid columns: reading those for every row would only slow the count down.
+    """
+    variants, seen = build_variants(spec), set()
+    plan = JobPlan(variants_per_row=len(variants), models=spec.models)
+    prompts: set[int] = set()  # hashes, not the strings: a million prompts would weigh hundreds of MB
+    for batch in _grid_batches(spec, carried=False):
+        plan.rows += len(batch)
+        prompts.update(hash(prompt) for prompt in batch.inputs["prompt"])
+        for expanded in _expand_batch(batch, variants, spec.version, seen):
+            if len(plan.samples) < samples:
+                plan.samples.append(_to_job(spec, expanded))
+    plan.total_jobs = len(seen)
+    plan.distinct_prompts = len(prompts)
+    plan.duplicates_collapsed = plan.rows * len(variants) - plan.total_jobs
+    return plan

@@ -1,0 +1,468 @@
+"""Reading prompt grids (CSV or Parquet) in batches and checking every row's inputs before anything is sent.
+
+A row is named as a person finds it: `line N` of a CSV file as an editor counts it (header = line 1,
+quoted multi-line fields counted), `row N` (1-based) of a Parquet file. Each input column is checked per
+distinct value with promptgrid.models.check_input when it has few of them, and with vectorised range checks
+when it has many (a seed per row), so a million-row grid is checked in seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import ipaddress
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from promptgrid.errors import InvalidInput
+from promptgrid.models import INPUT_NAMES, SEED_MAX, ModelSchema, check_input
+
+MAX_PROBLEMS = 20
+CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
+PARQUET_SUFFIXES = (".parquet", ".pq")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+TEXT_INPUTS = ("prompt", "aspect_ratio", "output_format", "image")
+INTEGER_INPUTS = ("steps", "seed", "output_quality")
+# Above this many distinct values per batch a column is checked with vectorised ranges, not value by value.
+FEW_VALUES = 2048
+_PLACEHOLDER_PROMPT = "x"
+_LOOPBACK_HOSTS = ("localhost",)
+
+
+class ProblemLog:
+    """Problems found so far: the first MAX_PROBLEMS kept as sentences, all of them counted."""
+
+    def __init__(self, cap: int = MAX_PROBLEMS):
+        self.cap = cap
+        self.problems: list[str] = []
+        self.total = 0
+
+    def add(self, problem: str) -> None:
+        self.total += 1
+        if len(self.problems) < self.cap:
+            self.problems.append(problem)
+
+    def raise_if_any(self) -> None:
+        if self.total:
+            raise InvalidInput(self.problems, self.total)
+
+
+def display_path(path: Path) -> str:
+    """The path as a person typed it: relative to the working directory when it is inside it."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:
+        return str(path)
+    return str(path) if relative.startswith("..") else relative
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_image_ref(ref: Any, base_dir: Path) -> str | None:
+    """None when `ref` is a usable image reference, else what is allowed.
+
+    https URLs (http only on loopback, for testing), s3://bucket/key URIs, and existing local jpeg, png or
+    webp files (relative to the spec file) are allowed.
+    """
+    allowed = (
+        "an https:// URL, an s3://bucket/key URI, or an existing local .jpg/.jpeg/.png/.webp file "
+        "(relative to the spec file)"
+    )
+    if not isinstance(ref, str) or not ref.strip():
+        return allowed
+    parts = urlsplit(ref)
+    if parts.scheme == "https" or parts.scheme == "http":
+        host = parts.hostname or ""
+        if not host or (parts.scheme == "http" and not _is_loopback(host)):
+            return allowed + "; http:// only for 127.0.0.1/localhost"
+        return None
+    if parts.scheme == "s3":
+        return None if parts.netloc and parts.path.strip("/") else allowed
+    if parts.scheme and len(parts.scheme) > 1:  # a one-letter scheme is a Windows drive, i.e. a path
+        return allowed
+    path = Path(ref) if Path(ref).is_absolute() else base_dir / ref
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return allowed
+    if not path.is_file():
+        return f"{allowed}; {display_path(path)} does not exist"
+    return None
+
+
+def check_value(models: Sequence[ModelSchema], name: str, raw: Any, base_dir: Path) -> tuple[Any, str | None]:
+    """One input value, normalised (None when absent), and what is allowed when it is bad for any model.
+
+    Absent means None or "", as check_input has it. The image reference is kept as written.
+    """
+    if raw is None or (isinstance(raw, str) and raw == "" and name != "prompt"):
+        return None, None
+    if name == "image":
+        return raw, check_image_ref(raw, base_dir)
+    value = None
+    for model in models:
+        inputs = {"prompt": _PLACEHOLDER_PROMPT, name: raw} if name != "prompt" else {"prompt": raw}
+        out, errors = check_input(model, inputs)
+        for error in errors:
+            if error.field == name:
+                suffix = f" (model {model.slug})" if len(models) > 1 else ""
+                return None, error.allowed + suffix
+        value = out[name]
+    if isinstance(value, float) and value == 0:
+        value = 0.0  # -0.0 and 0.0 must give the same job id
+    return value, None
+
+
+def describe_problem(where: str, column: str, raw: Any, allowed: str) -> str:
+    return f"{where}, column {column}: {raw!r} is not allowed; expected {allowed}"
+
+
+@dataclass(frozen=True)
+class GridContext:
+    """What checking a grid needs from its spec: the file, the models rows run on, where images live."""
+
+    path: Path
+    models: tuple[ModelSchema, ...]
+    base_dir: Path
+
+    @property
+    def display(self) -> str:
+        return display_path(self.path)
+
+
+@dataclass
+class GridBatch:
+    """Consecutive rows of a grid: normalised input values (None = not set) and the carried columns."""
+
+    numbers: Sequence[int]  # per row: the CSV line or the Parquet row number, as a person counts
+    unit: str  # "line" or "row"
+    inputs: dict[str, list[Any]]
+    carried: dict[str, list[Any]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+    def label(self, row: int) -> str:
+        return f"{self.unit} {self.numbers[row]}"
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """A grid's columns, split into model inputs and columns carried into the manifest."""
+
+    columns: tuple[str, ...]
+    kind: str  # "csv" or "parquet"
+
+    @property
+    def input_columns(self) -> tuple[str, ...]:
+        return tuple(name for name in self.columns if name in INPUT_NAMES)
+
+    @property
+    def carried_columns(self) -> tuple[str, ...]:
+        return tuple(name for name in self.columns if name not in INPUT_NAMES)
+
+
+def read_layout(ctx: GridContext) -> GridLayout:
+    """The grid's columns, after checking the file exists, is a known format, and has a usable header."""
+    shown = ctx.display
+    if not ctx.path.is_file():
+        reason = "is a directory" if ctx.path.is_dir() else "does not exist"
+        raise InvalidInput([f"{shown}: the prompts file {reason}"])
+    suffix = ctx.path.suffix.lower()
+    if suffix in CSV_SUFFIXES:
+        columns, kind = _csv_header(ctx), "csv"
+    elif suffix in PARQUET_SUFFIXES:
+        columns, kind = _parquet_header(ctx), "parquet"
+    else:
+        known = "expected .csv, .tsv or .parquet"
+        raise InvalidInput([f"{shown}: unknown grid format {suffix or '(none)'!r}; {known}"])
+    log = ProblemLog()
+    _check_columns(shown, columns, log)
+    log.raise_if_any()
+    return GridLayout(tuple(columns), kind)
+
+
+def _check_columns(shown: str, columns: Sequence[str], log: ProblemLog) -> None:
+    seen: set[str] = set()
+    for number, name in enumerate(columns, 1):
+        if not str(name).strip():
+            log.add(f"{shown}: column {number} has no name")
+        elif name in seen:
+            log.add(f"{shown}: column {name!r} appears more than once")
+        seen.add(name)
+    if "prompt" not in columns:
+        found = ", ".join(repr(name) for name in columns)
+        log.add(f"{shown}: no 'prompt' column (found {found}); the grid needs one prompt per row")
+
+
+def _open_csv(ctx: GridContext) -> io.TextIOWrapper:
+    # utf-8-sig: spreadsheets often save a byte-order mark, which must not become part of the first name.
+    return open(ctx.path, encoding="utf-8-sig", newline="")
+
+
+def _csv_reader(handle: io.TextIOWrapper, ctx: GridContext):
+    return csv.reader(handle, delimiter=CSV_SUFFIXES[ctx.path.suffix.lower()])
+
+
+def _csv_header(ctx: GridContext) -> list[str]:
+    try:
+        with _open_csv(ctx) as handle:
+            for record in _csv_reader(handle, ctx):
+                if record:
+                    return record
+    except UnicodeDecodeError:
+        _raise_encoding_problems(ctx)
+    except csv.Error as exc:
+        raise InvalidInput([f"{ctx.display} line 1: cannot read the header ({exc})"]) from None
+    raise InvalidInput([f"{ctx.display}: the file is empty; expected a header line with a 'prompt' column"])
+
+
+def _raise_encoding_problems(ctx: GridContext) -> None:
+    log = ProblemLog()
+    with open(ctx.path, "rb") as handle:
+        for number, line in enumerate(handle, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                byte = line[exc.start]
+                log.add(
+                    f"{ctx.display} line {number}: byte 0x{byte:02x} at position {exc.start + 1} is not "
+                    "UTF-8; save the file as UTF-8"
+                )
+    if not log.total:
+        log.add(f"{ctx.display}: the file is not valid UTF-8; save it as UTF-8")
+    log.raise_if_any()
+
+
+def _csv_batches(ctx: GridContext, layout: GridLayout, batch_size: int, log: ProblemLog):
+    """Batches of (line numbers, {column: arrow strings}); records with the wrong field count are problems."""
+    width = len(layout.columns)
+    lines: list[int] = []
+    records: list[list[str]] = []
+    try:
+        with _open_csv(ctx) as handle:
+            reader = _csv_reader(handle, ctx)
+            header_seen = False
+            for start, record in _numbered_records(reader):
+                if not header_seen:
+                    header_seen = True
+                elif len(record) != width:
+                    log.add(
+                        f"{ctx.display} line {start}: {len(record)} fields, but the header has {width} "
+                        "(quote fields that contain the delimiter)"
+                    )
+                else:
+                    lines.append(start)
+                    records.append(record)
+                if len(records) >= batch_size:
+                    yield lines, _string_columns(layout.columns, records)
+                    lines, records = [], []
+    except UnicodeDecodeError:
+        _raise_encoding_problems(ctx)
+    except csv.Error as exc:
+        log.add(f"{ctx.display} line {reader.line_num}: cannot read the file ({exc})")
+    if records:
+        yield lines, _string_columns(layout.columns, records)
+
+
+def _numbered_records(reader) -> Iterator[tuple[int, list[str]]]:
+    """Non-blank records with the line each starts on (a quoted field may span several lines)."""
+    last_line = 0
+    for record in reader:
+        start, last_line = last_line + 1, reader.line_num
+        if record:
+            yield start, record
+
+
+def _string_columns(columns: Sequence[str], records: list[list[str]]) -> dict[str, pa.Array]:
+    return {name: pa.array([record[i] for record in records], pa.string()) for i, name in enumerate(columns)}
+
+
+def _parquet_file(ctx: GridContext) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(ctx.path)
+    except (pa.ArrowException, OSError) as exc:
+        raise InvalidInput([f"{ctx.display}: not a readable Parquet file ({exc})"]) from None
+
+
+def _parquet_header(ctx: GridContext) -> list[str]:
+    schema = _parquet_file(ctx).schema_arrow
+    log = ProblemLog()
+    for column in schema:
+        expected = _type_problem(column.name, column.type)
+        if expected:
+            log.add(f"{ctx.display}, column {column.name}: has type {column.type}; expected {expected}")
+    log.raise_if_any()
+    return list(schema.names)
+
+
+def _type_problem(name: str, kind: pa.DataType) -> str | None:
+    if name not in INPUT_NAMES or (pa.types.is_null(kind) and name != "prompt"):
+        return None
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+    if name in TEXT_INPUTS:
+        return None if text else "text"
+    numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
+    return None if numeric or text else "numbers"
+
+
+def _parquet_batches(ctx: GridContext, columns: Sequence[str], batch_size: int):
+    source = _parquet_file(ctx)
+    if source.metadata.num_rows == 0:
+        raise InvalidInput([f"{ctx.display}: the grid has no data rows"])
+    first = 0
+    try:
+        for batch in source.iter_batches(batch_size=batch_size, columns=list(columns)):
+            numbers = range(first + 1, first + batch.num_rows + 1)
+            first += batch.num_rows
+            yield numbers, {name: batch.column(name) for name in columns}
+    except (pa.ArrowException, OSError) as exc:
+        raise InvalidInput([f"{ctx.display} after row {first}: the file is damaged ({exc})"]) from None
+
+
+def _plain(column: pa.Array) -> pa.Array:
+    return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
+
+
+def _bad_rows(mask: pa.Array) -> list[int]:
+    return [i for i, bad in enumerate(mask.to_pylist()) if bad]
+
+
+def _check_prompts(column: pa.Array) -> tuple[list[Any], list[int]]:
+    if pa.types.is_null(column.type):
+        return [None] * len(column), list(range(len(column)))
+    empty = pc.equal(pc.utf8_trim_whitespace(column), "")
+    return column.to_pylist(), _bad_rows(pc.or_kleene(pc.is_null(column), empty).fill_null(True))
+
+
+def _numeric_limits(models: Sequence[ModelSchema], name: str) -> tuple[float, float]:
+    """The range every model accepts (the narrowest), mirroring check_input's table for the fast path."""
+    if name == "cfg":
+        ranges = [model.cfg_range for model in models]
+    elif name == "steps":
+        ranges = [model.steps_range for model in models]
+    else:
+        ranges = [{"seed": (0, SEED_MAX), "prompt_strength": (0, 1), "output_quality": (0, 100)}[name]]
+    return max(low for low, _ in ranges), min(high for _, high in ranges)
+
+
+def _check_many_numbers(column: pa.Array, name: str, ctx: GridContext) -> tuple[list[Any], list[int]] | None:
+    """Vectorised check of a column with many distinct values; None when it is not all numbers."""
+    if name in TEXT_INPUTS:
+        return None
+    try:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            column = pc.if_else(pc.equal(column, ""), pa.scalar(None, column.type), column)
+        numbers = pc.cast(column, pa.float64(), safe=False)
+    except pa.ArrowException:
+        return None
+    low, high = _numeric_limits(ctx.models, name)
+    bad = pc.or_(pc.is_nan(numbers), pc.or_(pc.less(numbers, low), pc.greater(numbers, high)))
+    integer = name in INTEGER_INPUTS
+    if integer:
+        bad = pc.or_(bad, pc.not_equal(numbers, pc.floor(numbers)))
+    if integer:
+        values = [None if v is None else int(v) for v in numbers.to_pylist()]
+    else:  # adding 0.0 turns -0.0 into 0.0, as check_value does
+        values = [None if v is None else v + 0.0 for v in numbers.to_pylist()]
+    return values, _bad_rows(bad.fill_null(False))
+
+
+def _allowed(ctx: GridContext, name: str, raw: Any) -> str:
+    return check_value(ctx.models, name, raw, ctx.base_dir)[1] or "a valid value"
+
+
+def _check_column(column: pa.Array, name: str, ctx: GridContext) -> tuple[list[Any], dict[int, str]]:
+    """Normalised values of one input column and, for bad rows, what is allowed."""
+    column = _plain(column)
+    if name == "prompt":
+        values, bad = _check_prompts(column)
+        return values, {row: "a non-empty string" for row in bad}
+    distinct = pc.unique(column)
+    if len(distinct) > FEW_VALUES:
+        checked = _check_many_numbers(column, name, ctx)
+        if checked is not None:
+            values, bad = checked
+            raws = column.to_pylist()
+            return values, {row: _allowed(ctx, name, raws[row]) for row in bad}
+    verdicts: dict[Any, tuple[Any, str | None]] = {}
+    values, problems = [], {}
+    for row, raw in enumerate(column.to_pylist()):
+        key = (type(raw), raw)
+        if key not in verdicts:
+            verdicts[key] = check_value(ctx.models, name, raw, ctx.base_dir)
+        value, allowed = verdicts[key]
+        if allowed is not None:
+            problems[row] = allowed
+        values.append(value)
+    return values, problems
+
+
+def check_batch(batch: GridBatch, columns: dict[str, pa.Array], ctx: GridContext, log: ProblemLog) -> None:
+    """Fill `batch.inputs` with normalised input values; each bad cell is logged as a problem."""
+    bad_cells: list[tuple[int, str, str]] = []
+    for name, column in columns.items():
+        if name not in INPUT_NAMES:
+            continue
+        batch.inputs[name], problems = _check_column(column, name, ctx)
+        bad_cells.extend((row, name, allowed) for row, allowed in problems.items())
+    for row, name, allowed in sorted(bad_cells):
+        raw = _plain(columns[name])[row].as_py()
+        log.add(describe_problem(f"{ctx.display} {batch.label(row)}", name, raw, allowed))
+
+
+def iter_grid(
+    ctx: GridContext, batch_size: int = 50_000, *, carried: bool = True, log: ProblemLog | None = None
+) -> Iterator[GridBatch]:
+    """The grid's rows in batches, inputs checked and normalised.
+
+    With `log`, problems are collected there and reading goes on; without, the first bad batch raises
+    InvalidInput (the spec was checked already, so that means the file changed under us).
+    """
+    layout = read_layout(ctx)
+    collect = log if log is not None else ProblemLog()
+    wanted = layout.columns if carried else layout.input_columns
+    if layout.kind == "csv":
+        unit, batches = "line", _csv_batches(ctx, layout, batch_size, collect)
+    else:
+        unit, batches = "row", _parquet_batches(ctx, wanted, batch_size)
+    rows = 0
+    for numbers, columns in batches:
+        batch = GridBatch(numbers, unit, {})
+        check_batch(batch, columns, ctx, collect)
+        rows += len(batch)
+        if log is None:
+            collect.raise_if_any()
+        if carried:
+            batch.carried = {name: columns[name].to_pylist() for name in layout.carried_columns}
+        yield batch
+    if rows == 0 and collect.total == 0:
+        collect.add(f"{ctx.display}: the grid has a header but no data rows")
+    if log is None:
+        collect.raise_if_any()
+
+
+def validate_grid(ctx: GridContext, log: ProblemLog) -> int:
+    """Check every row of the grid, adding each problem to `log`; the number of rows read."""
+    try:
+        return sum(len(batch) for batch in iter_grid(ctx, carried=False, log=log))
+    except InvalidInput as exc:
+        for problem in exc.problems:
+            log.add(problem)
+        log.total += exc.total - len(exc.problems)
+        return 0
