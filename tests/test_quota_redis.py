@@ -1,0 +1,225 @@
+"""The Redis-backed budget against a real redis-server on loopback: window, slots, leases, pause, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tasks.budget import Limits
+from tasks.quota_redis import QuotaUnavailable, RedisBudget
+
+PR_SET_PDEATHSIG = 1
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def die_with_parent() -> None:
+    """Runs in a child before exec: the kernel kills it if the test process dies without tearing down."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def running_redis_server() -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port, nothing persisted; yields its URL."""
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="promptgrid-redis-")
+    process = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir]
+        + ["--save", "", "--appendonly", "no", "--daemonize", "no", "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=die_with_parent,
+    )
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+        client = redis.Redis.from_url(url)
+        for _ in range(200):
+            with contextlib.suppress(redis.ConnectionError):
+                if client.ping():
+                    break
+            time.sleep(0.02)  # waiting for the server to bind, bounded at 4 s
+        client.close()
+        yield url
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with running_redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+def namespace(request) -> str:
+    # One namespace per test: tests share the server, never the quota.
+    return request.node.name
+
+
+def max_in_any_window(times: list[float], window_s: float) -> int:
+    times = sorted(times)
+    best, start = 0, 0
+    for end, t in enumerate(times):
+        while t - times[start] > window_s:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+async def test_window_holds_across_budgets(redis_url, namespace):
+    limits = Limits(requests=5, window_s=0.3, max_in_flight=10)
+    budgets = [RedisBudget(limits, redis_url, namespace) for _ in range(3)]
+    admitted: list[float] = []
+
+    async def worker(budget: RedisBudget) -> None:
+        for _ in range(5):
+            await budget.take_request("create")
+            admitted.append(time.monotonic())
+
+    await asyncio.wait_for(asyncio.gather(*(worker(b) for b in budgets)), 10)
+    for budget in budgets:
+        await budget.aclose()
+    assert len(admitted) == 15
+    assert max_in_any_window(admitted, 0.3) <= 5
+    # Fifteen requests at five per window need at least two full windows after the first burst.
+    assert admitted[-1] - min(admitted) >= 0.6
+
+
+async def test_polls_pass_when_they_do_not_count(redis_url, namespace):
+    limits = Limits(requests=2, window_s=60.0, max_in_flight=10, polls_count=False)
+    budget = RedisBudget(limits, redis_url, namespace)
+    await budget.take_request("create")
+    await budget.take_request("create")
+    await asyncio.wait_for(asyncio.gather(*(budget.take_request("poll") for _ in range(20))), 2)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(budget.take_request("create"), 0.2)
+    await budget.aclose()
+
+
+async def test_namespaces_keep_quotas_apart(redis_url, namespace):
+    limits = Limits(requests=1, window_s=60.0, max_in_flight=1)
+    first = RedisBudget(limits, redis_url, namespace + "-a")
+    second = RedisBudget(limits, redis_url, namespace + "-b")
+    await first.take_request("create")
+    await asyncio.wait_for(second.take_request("create"), 2)
+    await asyncio.wait_for(second.take_slot(), 2)
+    await asyncio.wait_for(first.take_slot(), 2)
+    await first.aclose()
+    await second.aclose()
+
+
+async def test_slots_hold_across_budgets_and_waiters_wake_on_release(redis_url, namespace):
+    limits = Limits(requests=1000, window_s=1.0, max_in_flight=3)
+    # A long recheck: only the release announcement can wake waiters in time for the deadline below.
+    budgets = [RedisBudget(limits, redis_url, namespace, recheck_s=30.0) for _ in range(4)]
+    running, most = 0, 0
+
+    async def job(budget: RedisBudget) -> None:
+        nonlocal running, most
+        token = await budget.take_slot()
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.02)  # stands in for a prediction being generated
+        running -= 1
+        await budget.release_slot(token)
+
+    await asyncio.wait_for(asyncio.gather(*(job(budgets[i % 4]) for i in range(24))), 5)
+    for budget in budgets:
+        await budget.aclose()
+    assert most == 3
+
+
+async def test_killed_holders_slots_come_back_after_the_lease(redis_url, namespace):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER_SCRIPT, redis_url, namespace],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+        holder.stdout.close()
+    limits = Limits(requests=1000, window_s=1.0, max_in_flight=2)
+    budget = RedisBudget(limits, redis_url, namespace, lease_s=0.5, recheck_s=0.05)
+    started = time.monotonic()
+    tokens = await asyncio.wait_for(asyncio.gather(budget.take_slot(), budget.take_slot()), 5)
+    assert len(set(tokens)) == 2
+    # The dead holder's two leases (0.5 s, renewed until the kill) blocked both slots for a while.
+    assert time.monotonic() - started > 0.1
+    await budget.aclose()
+
+
+HOLDER_SCRIPT = """
+import asyncio, sys, time
+from tasks.budget import Limits
+from tasks.quota_redis import RedisBudget
+
+async def main():
+    budget = RedisBudget(Limits(requests=1000, window_s=1.0, max_in_flight=2), sys.argv[1], sys.argv[2],
+                         lease_s=0.5)
+    await budget.take_slot()
+    await budget.take_slot()
+    print("held", flush=True)
+    await asyncio.sleep(60)
+
+asyncio.run(main())
+"""
+
+
+async def test_held_slots_are_renewed_past_the_lease(redis_url, namespace):
+    limits = Limits(requests=1000, window_s=1.0, max_in_flight=1)
+    holder = RedisBudget(limits, redis_url, namespace, lease_s=0.15)
+    other = RedisBudget(limits, redis_url, namespace, lease_s=0.15, recheck_s=0.02)
+    token = await holder.take_slot()
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(other.take_slot(), 0.6)  # four leases long
+    await holder.release_slot(token)
+    await asyncio.wait_for(other.take_slot(), 2)
+    await holder.aclose()
+    await other.aclose()
+
+
+async def test_a_429_pauses_every_budget(redis_url, namespace):
+    limits = Limits(requests=1000, window_s=1.0, max_in_flight=10)
+    throttled = RedisBudget(limits, redis_url, namespace)
+    bystander = RedisBudget(limits, redis_url, namespace)
+    await throttled.on_throttled(0.3)
+    started = time.monotonic()
+    await asyncio.wait_for(bystander.take_request("poll"), 5)
+    assert time.monotonic() - started >= 0.25
+    await throttled.aclose()
+    await bystander.aclose()
+
+
+async def test_unreachable_redis_fails_loudly_without_the_password():
+    url = f"redis://user:hunter2secret@127.0.0.1:{free_port()}/0"
+    budget = RedisBudget(Limits(), url)
+    with pytest.raises(QuotaUnavailable) as caught:
+        await budget.take_request("create")
+    assert "hunter2secret" not in str(caught.value)
+    assert "127.0.0.1" in str(caught.value)
+    await budget.aclose()
