@@ -176,7 +176,9 @@ def check_input(model: str | ModelSchema, raw: Mapping[str, Any]) -> tuple[dict[
         if raw["aspect_ratio"] in ASPECT_RATIOS:
             out["aspect_ratio"] = raw["aspect_ratio"]
         else:
-            errors.append(InputError("aspect_ratio", raw["aspect_ratio"], "one of " + ", ".join(ASPECT_RATIOS)))
+            errors.append(
+                InputError("aspect_ratio", raw["aspect_ratio"], "one of " + ", ".join(ASPECT_RATIOS))
+            )
     if present("cfg"):
         out["cfg"] = _check_number("cfg", raw["cfg"], *schema.cfg_range, errors, integer=False)
     if present("steps"):
@@ -191,9 +193,13 @@ def check_input(model: str | ModelSchema, raw: Mapping[str, Any]) -> tuple[dict[
         if raw["output_format"] in OUTPUT_FORMATS:
             out["output_format"] = raw["output_format"]
         else:
-            errors.append(InputError("output_format", raw["output_format"], "one of " + ", ".join(OUTPUT_FORMATS)))
+            errors.append(
+                InputError("output_format", raw["output_format"], "one of " + ", ".join(OUTPUT_FORMATS))
+            )
     if present("output_quality"):
-        out["output_quality"] = _check_number("output_quality", raw["output_quality"], 0, 100, errors, integer=True)
+        out["output_quality"] = _check_number(
+            "output_quality", raw["output_quality"], 0, 100, errors, integer=True
+        )
     if present("image"):
         out["image"] = _check_image(raw["image"], errors)
     return out, errors

@@ -1,0 +1,52 @@
+"""The generate flow: spec → validate → expand → skip what is done → predict → store → manifest.
+
+Run it with `promptgrid run SPEC`, or as a deployment (deployments/prefect.yaml). The API key is read from
+EACHLABS_API_KEY inside the run and is never a parameter, so it cannot land in Prefect's database.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from flows.pipeline import RunPlan, Selection, run_plan
+from promptgrid.overrides import spec_overrides
+from tasks.spec import load_spec
+
+
+def current_run_id() -> str | None:
+    """The Prefect flow run's id, shortened, so manifest rows and parts name the run that wrote them."""
+    run_id = flow_run.get_id()
+    return str(run_id).replace("-", "")[:12] if run_id else None
+
+
+@flow(name="generate")
+async def generate(
+    spec_path: str,
+    output: str | None = None,
+    api_base: str | None = None,
+    rate_limit: str | None = None,
+    max_concurrent: int | None = None,
+    polls_count: bool | None = None,
+    shard_index: int = 0,
+    shard_count: int = 1,
+    price_per_image: float = 0.065,
+    time_scale: float = 1.0,
+) -> dict[str, Any]:
+    """Generate every image of a spec that its output does not have yet.
+
+    `shard_index`/`shard_count` split one spec across flow runs that share the output; `time_scale` is the
+    speed of the API's clock (1 for the real API; a sandbox started with --time-scale runs faster).
+    """
+    overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count)
+    spec = load_spec(Path(spec_path), overrides=overrides)
+    return await run_plan(
+        RunPlan.from_spec(spec),
+        Selection(shard_index, shard_count),
+        price_per_image=price_per_image,
+        time_scale=time_scale,
+        run_id=current_run_id(),
+    )

@@ -1,0 +1,245 @@
+"""What every flow shares: pick a spec's jobs, run them in shards through one engine, store, summarise.
+
+The unit of Prefect work is a shard of jobs, not a job: a task run costs milliseconds and tens of KB of
+client memory, so per-job tasks would dominate a 100,000-image run. Inside a shard the engine runs many jobs
+at once; a small window of shards is in flight, so memory stays bounded by the window, not the run. All
+shards of a run share one API client, one request budget and one engine, so the quota holds process-wide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.utilities.annotations import quote
+
+from promptgrid.errors import InvalidInput
+from promptgrid.settings import read_api_settings
+from promptgrid.types import Job, JobStatus
+from tasks.budget import Limits
+from tasks.client import ApiClient, ApiError
+from tasks.engine import Engine, EngineConfig
+from tasks.expand import iter_job_batches
+from tasks.journal import Journal
+from tasks.manifest import ManifestWriter, latest_status, save_spec
+from tasks.progress import RunProgress, TerminalProgress
+from tasks.quota import open_budget, quota_namespace
+from tasks.spec import ApiConfig, SweepSpec
+from tasks.storage import Sink, open_sink
+from tasks.store import OutcomeStore
+
+SHARD_SIZE = 200
+SHARDS_IN_FLIGHT = 2
+TICK_S = 1.0
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which of a spec's jobs a run takes: its shard of the spec, minus jobs the manifest already has.
+
+    A backfill names the jobs to run again in `rerun` instead; they are taken whatever their last status.
+    """
+
+    shard_index: int = 0
+    shard_count: int = 1
+    rerun: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.shard_index < self.shard_count:
+            raise InvalidInput([f"shard_index must be in 0..{self.shard_count - 1}, got {self.shard_index}"])
+
+    def owns(self, job_id: str) -> bool:
+        return self.shard_count == 1 or int(job_id[:12], 16) % self.shard_count == self.shard_index
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything a run needs: where to send and store, and the job source (read twice: count, then run)."""
+
+    api: ApiConfig
+    output: str
+    spec_text: str
+    spec_hash: str
+    batches: Callable[[], Iterable[list[Job]]]
+
+    @classmethod
+    def from_spec(cls, spec: SweepSpec) -> RunPlan:
+        return cls(spec.api, spec.output, spec.source_text, spec.spec_hash, lambda: iter_job_batches(spec))
+
+
+@dataclass
+class Tally:
+    """What selection passed over: jobs already recorded, and how many of those did not succeed."""
+
+    skipped: int = 0
+    previously_failed: int = 0
+
+
+def select_jobs(plan: RunPlan, latest: dict[str, str], selection: Selection, tally: Tally) -> Iterator[Job]:
+    for batch in plan.batches():
+        for job in batch:
+            if not selection.owns(job.job_id):
+                continue
+            if selection.rerun is not None:
+                if job.job_id in selection.rerun:
+                    yield job
+                continue
+            status = latest.get(job.job_id)
+            if status is None:
+                yield job
+                continue
+            tally.skipped += 1
+            tally.previously_failed += status != JobStatus.SUCCESS
+
+
+def chunked(jobs: Iterable[Job], size: int) -> Iterator[list[Job]]:
+    shard: list[Job] = []
+    for job in jobs:
+        shard.append(job)
+        if len(shard) == size:
+            yield shard
+            shard = []
+    if shard:
+        yield shard
+
+
+@dataclass
+class RunContext:
+    """The run's shared machinery, handed to every shard."""
+
+    engine: Engine
+    store: OutcomeStore
+    terminal: TerminalProgress
+    resume: dict[str, str] = field(default_factory=dict)
+
+
+@task(name="predict-shard", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+async def predict_shard(jobs: list[Job], run: RunContext) -> int:
+    """Run one shard's jobs to outcomes and store them; a retry skips what an earlier try stored."""
+    todo = [job for job in jobs if job.job_id not in run.store.saved]
+    by_id = {job.job_id: job for job in todo}
+    resume = {**run.resume, **run.store.created}
+    try:
+        async for outcome in run.engine.run(todo, resume=resume):
+            await run.store.save(by_id[outcome.job_id], outcome)
+            run.terminal.refresh()
+    except ApiError as exc:
+        if exc is not run.engine.halted:
+            raise
+        # 402/401: retrying the shard cannot help; the flow reports it once every shard has stopped.
+    return len(todo)
+
+
+def engine_config(api: ApiConfig, time_scale: float) -> EngineConfig:
+    limits = Limits(
+        requests=api.rate_limit.requests,
+        window_s=api.rate_limit.window_s,
+        max_in_flight=api.max_concurrent,
+        polls_count=api.polls_count,
+    )
+    # Limits come from the spec as given (a sandbox run's are already scaled); only the engine's own
+    # clocks (deadlines, backoff, poll intervals) follow the API's time scale.
+    return EngineConfig(limits=limits).scaled(time_scale)
+
+
+def plan_selection(plan: RunPlan, sink: Sink, selection: Selection) -> tuple[dict[str, str], int, Tally]:
+    """Read what is done, count what is left: one streaming pass, so progress can show an ETA."""
+    latest = latest_status(sink)
+    tally = Tally()
+    total = sum(1 for _ in select_jobs(plan, latest, selection, tally))
+    return latest, total, tally
+
+
+async def run_plan(
+    plan: RunPlan,
+    selection: Selection,
+    *,
+    price_per_image: float = 0.065,
+    time_scale: float = 1.0,
+    run_id: str | None = None,
+) -> dict[str, Any]:
+    """Run the selected jobs of a plan to outcomes in its output; returns the run's summary counts."""
+    from flows.reporting import ProgressArtifact, finish_run
+
+    settings = read_api_settings(plan.api.base_url)
+    if settings.api_key is None:
+        raise InvalidInput(["EACHLABS_API_KEY is not set: export your Eachlabs API key (or use --sandbox)"])
+    run_id = run_id or uuid.uuid4().hex[:12]
+    sink = open_sink(plan.output)
+    await asyncio.to_thread(save_spec, sink, plan.spec_text)
+    latest, total, tally = await asyncio.to_thread(plan_selection, plan, sink, selection)
+    progress = RunProgress(total=total, skipped=tally.skipped, price_per_image=price_per_image)
+    journal = Journal(sink, writer_id=f"{run_id}-s{selection.shard_index}")
+    resume = await journal.load_async()
+    config = engine_config(plan.api, time_scale)
+    budget = open_budget(config.limits, plan.api.quota_url, quota_namespace(settings.api_key))
+    writer = ManifestWriter(
+        sink, run_id=run_id, spec_hash=plan.spec_hash, worker_id=f"s{selection.shard_index}"
+    )
+    failures: list[BaseException] = []
+    async with ApiClient(settings.base_url, settings.api_key) as client:
+        store = OutcomeStore(sink, journal, writer, progress)
+        engine = Engine(client, budget, config, on_created=store.on_created)
+        with TerminalProgress(progress) as terminal:
+            run = RunContext(engine, store, terminal, resume)
+            artifact = await ProgressArtifact.start(progress)
+            ticker = asyncio.create_task(_tick(run, writer, artifact))
+            try:
+                jobs = select_jobs(plan, latest, selection, Tally())
+                failures = await _run_shards(chunked(jobs, SHARD_SIZE), run)
+            finally:
+                ticker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await ticker
+                await asyncio.to_thread(writer.close)
+                await budget.aclose()
+    return await finish_run(
+        sink,
+        progress,
+        tally,
+        run_id=run_id,
+        failures=failures,
+        halted=engine.halted,
+        price_per_image=price_per_image,
+    )
+
+
+async def _run_shards(shards: Iterator[list[Job]], run: RunContext) -> list[BaseException]:
+    """Keep SHARDS_IN_FLIGHT shards going; a shard that fails after its retries is reported, not fatal."""
+    pending: set[asyncio.Task] = set()
+    failures: list[BaseException] = []
+
+    def collect(done: set[asyncio.Task]) -> None:
+        failures.extend(t.exception() for t in done if t.exception() is not None)
+
+    for shard in shards:
+        if run.engine.halted is not None:
+            break
+        if len(pending) >= SHARDS_IN_FLIGHT:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            collect(done)
+        pending.add(asyncio.create_task(predict_shard(quote(shard), quote(run))))
+    if pending:
+        done, _ = await asyncio.wait(pending)
+        collect(done)
+    return failures
+
+
+async def _tick(run: RunContext, writer: ManifestWriter, artifact) -> None:
+    """Once a second: refresh the display, commit manifest rows that waited too long, update the artifact."""
+    logger = get_run_logger()
+    while True:
+        await asyncio.sleep(TICK_S)
+        run.store.progress.in_flight = run.engine.stats.in_flight
+        run.terminal.refresh()
+        try:
+            await asyncio.to_thread(writer.maybe_flush)
+            await artifact.update()
+        except Exception as exc:  # a slow store or API must not stop the run; the next tick tries again
+            logger.warning("progress tick failed: %s", exc)

@@ -1,0 +1,94 @@
+"""A run's face in Prefect: a progress artifact while it runs, a summary table and report link at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.artifacts import (
+    acreate_link_artifact,
+    acreate_progress_artifact,
+    acreate_table_artifact,
+    aupdate_progress_artifact,
+)
+from prefect.context import FlowRunContext
+
+from tasks.progress import RunProgress, summarize
+from tasks.storage import Sink
+
+
+class ProgressArtifact:
+    """The run's progress in the Prefect UI, updated at most every `interval_s` (each update costs a call)."""
+
+    def __init__(self, progress: RunProgress, artifact_id=None, interval_s: float = 5.0):
+        self.progress, self.artifact_id, self.interval_s = progress, artifact_id, interval_s
+        self._last = time.monotonic()
+
+    @classmethod
+    async def start(cls, progress: RunProgress) -> ProgressArtifact:
+        if FlowRunContext.get() is None:  # plain Python use: nothing to show in Prefect
+            return cls(progress)
+        artifact_id = await acreate_progress_artifact(
+            progress=progress.fraction(), description=f"promptgrid: {progress.describe()}"
+        )
+        return cls(progress, artifact_id)
+
+    async def update(self, force: bool = False) -> None:
+        if self.artifact_id is None or (not force and time.monotonic() - self._last < self.interval_s):
+            return
+        self._last = time.monotonic()
+        await aupdate_progress_artifact(
+            self.artifact_id, progress=self.progress.fraction(), description=self.progress.describe()
+        )
+
+
+async def _write_report(sink: Sink, price_per_image: float) -> str | None:
+    from tasks.report import write_report
+
+    try:
+        return await asyncio.to_thread(write_report, sink, price_per_image=price_per_image)
+    except Exception as exc:  # the images and manifest are what matter; a report can be rebuilt later
+        get_run_logger().warning("could not write the report (run `promptgrid report` to retry): %s", exc)
+        return None
+
+
+async def finish_run(
+    sink: Sink,
+    progress: RunProgress,
+    tally,
+    *,
+    run_id: str,
+    failures: list[BaseException],
+    halted: BaseException | None,
+    price_per_image: float,
+) -> dict[str, Any]:
+    """Publish the summary and report; raise when shards failed or the API stopped the run, so it is not
+    mistaken for a completed one."""
+    logger = get_run_logger()
+    report_uri = await _write_report(sink, price_per_image)
+    rows = summarize(progress)
+    if FlowRunContext.get() is not None:
+        await acreate_table_artifact(table=rows, key="promptgrid-summary", description=f"run {run_id}")
+        if report_uri:
+            link = report_uri if "://" in report_uri else f"file://{report_uri}"
+            await acreate_link_artifact(link=link, link_text="promptgrid report", key="promptgrid-report")
+    for row in rows:
+        logger.info("%s: %s", row["metric"], row["value"])
+    summary = {
+        "run_id": run_id,
+        "output": sink.root,
+        "planned": progress.total,
+        "succeeded": progress.succeeded,
+        "failed": progress.failed,
+        "skipped": tally.skipped,
+        "previously_failed": tally.previously_failed,
+        "api_requests": progress.api_requests,
+        "report": report_uri,
+    }
+    if halted is not None:
+        raise RuntimeError(f"the API stopped this run: {halted}; rerun the same command to continue")
+    if failures:
+        raise RuntimeError(f"{len(failures)} shard(s) failed after retries; first: {failures[0]!r}")
+    return summary

@@ -1,0 +1,49 @@
+"""The store stage: prediction ids to the journal as they are created, outcomes to the sink and manifest."""
+
+from __future__ import annotations
+
+import asyncio
+
+from promptgrid.models import CONTENT_TYPES
+from promptgrid.types import Job, JobOutcome, JobStatus
+from tasks.journal import Journal
+from tasks.manifest import ManifestWriter
+from tasks.progress import RunProgress
+from tasks.storage import Sink, image_key
+
+
+class OutcomeStore:
+    """Persists what the engine hands out, in the order that keeps a crash from losing or re-buying an image.
+
+    A prediction id reaches the journal before the prediction is polled; an image reaches the sink before
+    its manifest row, so a row marked success always points at a written object.
+    """
+
+    def __init__(self, sink: Sink, journal: Journal, writer: ManifestWriter, progress: RunProgress):
+        self.sink, self.journal, self.writer, self.progress = sink, journal, writer, progress
+        # Predictions created during this run, so a retried shard polls them instead of creating again,
+        # and jobs already saved, so it does not run them twice.
+        self.created: dict[str, str] = {}
+        self.saved: set[str] = set()
+
+    async def on_created(self, job: Job, prediction_id: str, attempt: int) -> None:
+        await self.journal.record(job.job_id, prediction_id, attempt)
+        self.created[job.job_id] = prediction_id
+
+    async def save(self, job: Job, outcome: JobOutcome) -> None:
+        image_uri = None
+        if outcome.status == JobStatus.SUCCESS and outcome.image is not None:
+            # The engine verified the bytes are in the requested format.
+            fmt = job.inputs.get("output_format") or "webp"
+            image_uri = await asyncio.to_thread(
+                self.sink.put_bytes,
+                image_key(job, fmt),
+                outcome.image,
+                CONTENT_TYPES.get(fmt, "application/octet-stream"),
+                {"job-id": job.job_id, "sha256": outcome.sha256 or ""},
+            )
+            outcome.image = None  # the bytes are stored; keep memory flat on long runs
+        await asyncio.to_thread(self.writer.add, job, outcome, image_uri)
+        self.created.pop(job.job_id, None)
+        self.saved.add(job.job_id)
+        self.progress.record(outcome)
