@@ -42,7 +42,6 @@ OUTCOME_COLUMNS = frozenset(
         "version",
         "carried",
         "prompt",
-        "seed",
         "image_uri",
         "sha256",
         "bytes",
@@ -107,11 +106,10 @@ def varying_params(rows: Sequence[Row], candidates: Iterable[str]) -> list[str]:
 
 
 def sweep_params(columns: Iterable[str]) -> list[str]:
-    """Every column a grid may use as an axis: the model's inputs first, then the grid's carried columns."""
+    """Every column a grid may use as an axis: model inputs and seed, then the grid's carried columns."""
     columns = list(columns)
-    known = [name for name in AXIS_PREFERENCE if name in columns]
-    carried = [name for name in columns if name not in OUTCOME_COLUMNS and name not in AXIS_PREFERENCE]
-    return known + carried
+    known = [name for name in (*AXIS_PREFERENCE, "seed") if name in columns]
+    return known + [name for name in columns if name not in OUTCOME_COLUMNS and name not in known]
 
 
 def check_axes(columns: Iterable[str], across: str | None, down: str | None) -> None:
@@ -147,9 +145,8 @@ def choose_axes(
 def build_grid(prompt: str, rows: Sequence[Row], across: str | None, down: str | None) -> PromptGrid:
     """Arrange one prompt's rows; within a cell, variants sort by the other swept values, then seed."""
     chosen_across, chosen_down = choose_axes(rows, across, down)
-    others = [
-        name for name in varying_params(rows, AXIS_PREFERENCE) if name not in (chosen_across, chosen_down)
-    ]
+    axes = (chosen_across, chosen_down)
+    others = [name for name in varying_params(rows, AXIS_PREFERENCE) if name not in axes]
     grid = PromptGrid(
         prompt=prompt,
         slug=prompt_slug(prompt),
@@ -157,13 +154,14 @@ def build_grid(prompt: str, rows: Sequence[Row], across: str | None, down: str |
         down=chosen_down,
         across_values=_axis_values(rows, chosen_across),
         down_values=_axis_values(rows, chosen_down),
-        variant_params=others,
+        # Seed sets the variants apart inside a cell, unless a flag made it an axis.
+        variant_params=[*others, "seed"] if "seed" not in axes else others,
     )
     for row in rows:
         key = (_value(row, chosen_across), _value(row, chosen_down))
         grid.cells.setdefault(key, []).append(row)
     for variants in grid.cells.values():
-        variants.sort(key=lambda row: [sort_key(row.get(name)) for name in [*others, "seed", "job_id"]])
+        variants.sort(key=lambda row: [sort_key(row.get(name)) for name in [*grid.variant_params, "job_id"]])
     return grid
 
 
@@ -184,7 +182,8 @@ def _first_queued(rows: Sequence[Row]) -> tuple[int, Any]:
 
 def describe_job(row: Row, params: Sequence[str]) -> str:
     """The job's parameters, one per line, for a hover title or a caption."""
-    lines = [f"{name}: {format_value(row.get(name))}" for name in ["prompt", *params, "seed"]]
+    names = dict.fromkeys(["prompt", *params, "seed"])  # seed last unless params list it already
+    lines = [f"{name}: {format_value(row.get(name))}" for name in names]
     lines.append(f"status: {row.get('status')}")
     lines.append(f"job: {row.get('job_id')}")
     return "\n".join(lines)

@@ -52,11 +52,18 @@ class PageLinks:
     current: int
 
 
+@dataclass(frozen=True)
+class PageContent:
+    """What one page shows: its prompts' grids, the run summary (first page only) and the page links."""
+
+    grids: Sequence[PromptGrid]
+    summary: RunSummary | None
+    pages: PageLinks
+    title: str = "promptgrid report"
+
+
 def render_page(
-    title: str,
-    grids: Sequence[PromptGrid],
-    summary: RunSummary | None,
-    pages: PageLinks,
+    content: PageContent,
     thumbnails: Mapping[str, Thumbnail | str],
     sheet_href: Callable[[PromptGrid], str | None],
     params: Sequence[str],
@@ -66,16 +73,18 @@ def render_page(
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>",
-        f"<h1>{escape(title)}</h1>",
+        f"<title>{escape(content.title)}</title><style>{STYLE}</style></head><body>",
+        f"<h1>{escape(content.title)}</h1>",
     ]
-    if summary is not None:
-        parts.append(render_summary(summary))
-    parts.append(render_page_links(pages))
-    for grid in grids:
+    if content.summary is not None:
+        parts.append(render_summary(content.summary))
+    parts.append(render_page_links(content.pages))
+    if content.summary is not None and not content.summary.jobs:
+        parts.append("<p>The manifest has no jobs yet.</p>")
+    for grid in content.grids:
         parts.append(render_grid(grid, thumbnails, sheet_href(grid), params))
-    if len(pages.hrefs) > 1:
-        parts.append(render_page_links(pages))
+    if len(content.pages.hrefs) > 1:
+        parts.append(render_page_links(content.pages))
     parts.append("</body></html>")
     return "\n".join(parts)
 
@@ -152,9 +161,7 @@ def render_grid(
     """One prompt's table: across values as columns, down values as rows, variants inside each cell."""
     axes = [f"across: {grid.across or '—'}", f"down: {grid.down or '—'}"]
     if grid.variant_params:
-        axes.append(f"within a cell: {', '.join(grid.variant_params)}, seed")
-    else:
-        axes.append("within a cell: seed")
+        axes.append(f"within a cell: {', '.join(grid.variant_params)}")
     sheet_link = f' · <a href="{escape(sheet)}">contact sheet (PNG)</a>' if sheet else ""
     parts = [
         f'<section class="prompt" id="{escape(grid.slug)}"><h2>{escape(grid.prompt)}</h2>',
@@ -222,9 +229,7 @@ def failure_text(row: Mapping[str, Any], problem: str | None = None) -> str:
 
 
 def variant_caption(row: Mapping[str, Any], variant_params: Sequence[str]) -> str:
-    parts = [f"{name} {format_value(row.get(name))}" for name in variant_params]
-    parts.append(f"seed {format_value(row.get('seed'))}")
-    return " · ".join(parts)
+    return " · ".join(f"{name} {format_value(row.get(name))}" for name in variant_params)
 
 
 def display_size(width: Any, height: Any) -> tuple[int, int]:

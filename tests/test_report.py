@@ -24,7 +24,7 @@ from promptgrid.errors import InvalidInput
 from promptgrid.types import Job, JobOutcome, JobStatus
 from tasks.contact_sheet import FAILURE_FILL, PAD
 from tasks.keys import image_key
-from tasks.manifest import ManifestWriter, read_manifest
+from tasks.manifest import MANIFEST_SCHEMA, ManifestWriter, read_manifest
 from tasks.report import render_report, write_report
 from tasks.report_grid import build_grids
 from tasks.report_summary import summarize
@@ -89,8 +89,7 @@ def record_run(
     recorded = []
     with ManifestWriter(sink, run_id="run-1", spec_hash="spec-1") as writer:
         for index, (prompt, cfg, steps, seed) in enumerate(product(prompts, CFGS, STEPS, SEEDS)):
-            inputs = {"prompt": prompt, "cfg": cfg, "steps": steps, "seed": seed, "aspect_ratio": "1:1"}
-            job = Job(job_id=f"job-{index:03d}", model="stable-diffusion-3-5-large", inputs=inputs)
+            job = make_job(f"job-{index:03d}", prompt, cfg, steps, seed)
             times = {
                 "queued_at": T0 + timedelta(seconds=index),
                 "submitted_at": T0 + timedelta(seconds=index),
@@ -116,6 +115,24 @@ def record_run(
                 RecordedJob(job.job_id, prompt, cfg, steps, seed, JobStatus.SUCCESS, colour, image_key=key)
             )
     return recorded
+
+
+def make_job(job_id: str, prompt: str, cfg: float, steps: int, seed: int) -> Job:
+    inputs = {"prompt": prompt, "cfg": cfg, "steps": steps, "seed": seed, "aspect_ratio": "1:1"}
+    return Job(job_id=job_id, model="stable-diffusion-3-5-large", inputs=inputs)
+
+
+def record_retry_success(sink: Sink, failed: RecordedJob, colour: tuple[int, int, int]) -> None:
+    """A later run that got the image a failed job had missed."""
+    job = make_job(failed.job_id, failed.prompt, failed.cfg, failed.steps, failed.seed)
+    uri = sink.put_bytes(image_key(job, "png"), png_bytes(colour), "image/png")
+    done = T0 + timedelta(hours=1)
+    outcome = JobOutcome(
+        job.job_id, JobStatus.SUCCESS, api_requests=4, width=96, height=96,
+        queued_at=done, submitted_at=done, completed_at=done + timedelta(seconds=7),
+    )  # fmt: skip
+    with ManifestWriter(sink, run_id="run-2", spec_hash="spec-1") as writer:
+        writer.add(job, outcome, uri)
 
 
 @dataclass
@@ -275,6 +292,34 @@ def test_thumbnails_are_made_once_and_reused(local_run):
     assert thumb.stat().st_mtime_ns == stamp
 
 
+def test_unchanged_grids_keep_their_contact_sheets(local_run):
+    sink, recorded = local_run
+    assert render_report(sink, read_manifest(sink)).sheets_drawn == len(PROMPTS)
+    assert render_report(sink, read_manifest(sink)).sheets_drawn == 0
+
+    failed = next(job for job in recorded if job.status != JobStatus.SUCCESS)
+    record_retry_success(sink, failed, (10, 20, 30))
+    third = render_report(sink, read_manifest(sink))
+    assert (third.sheets_drawn, third.thumbnails_made) == (1, 1)
+    page = ReportPage((sink.path / "report" / "index.html").read_text(encoding="utf-8"))
+    assert page.figure_for(failed.job_id).kind == "ok"
+
+
+def test_seed_can_be_made_an_axis(local_run):
+    sink, _ = local_run
+    grid = build_grids(read_manifest(sink).to_pylist(), across="seed")[0]
+    assert (grid.across, grid.down, grid.variant_params) == ("seed", "cfg", ["steps"])
+    assert grid.across_values == list(SEEDS)
+    assert [row["steps"] for row in grid.cell(SEEDS[0], CFGS[0])] == list(STEPS)
+
+
+def test_empty_manifest_gives_a_report_saying_so(tmp_path: Path):
+    sink = LocalSink(tmp_path / "out")
+    result = render_report(sink, MANIFEST_SCHEMA.empty_table())
+    assert (result.pages, result.prompts) == (1, 0)
+    assert "no jobs yet" in (sink.path / "report" / "index.html").read_text(encoding="utf-8")
+
+
 def test_large_sweeps_are_split_into_pages(local_run):
     sink, recorded = local_run
     result = render_report(sink, read_manifest(sink), page_size=1)
@@ -389,6 +434,6 @@ def test_s3_report_uses_thumbnails_in_the_bucket_and_presigned_links(s3_output: 
     assert thumb.status_code == 200 and close(mean_colour(thumb.content), job.colour)
     assert full.status_code == 200 and full.content == sink.get_bytes(job.image_key)
     assert sink.exists(f"report/thumbs/{job.job_id}.webp")
-    assert len(list(sink.list_keys("report/sheets/"))) == len(PROMPTS)
+    assert len([key for key in sink.list_keys("report/sheets/") if key.endswith(".png")]) == len(PROMPTS)
     failed = next(job for job in recorded if job.status != JobStatus.SUCCESS)
     assert failed.error_message in page.figure_for(failed.job_id).text
