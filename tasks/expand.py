@@ -14,6 +14,7 @@ import itertools
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from promptgrid.models import get_model
@@ -79,33 +80,82 @@ def build_variants(spec: SweepSpec) -> list[Variant]:
     return variants
 
 
-@dataclass(frozen=True)
-class ExpandedJob:
-    """A job before it becomes a Job: digest, model, inputs and the grid row it came from."""
-
-    digest: bytes
-    model: str
-    inputs: dict[str, Any]
-    batch: GridBatch
-    row: int
+def _encode_value(value: Any) -> str:
+    """One value exactly as the canonical JSON writes it (json's own string escaping and number repr)."""
+    if isinstance(value, str):
+        return encode_basestring(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return _encode(value)
+    return repr(value)
 
 
-def _row_inputs(batch: GridBatch) -> Iterator[dict[str, Any]]:
-    names = list(batch.inputs)
-    for values in zip(*batch.inputs.values(), strict=True):
-        yield {name: value for name, value in zip(names, values, strict=True) if value is not None}
+def _template(model: str, version: str, fixed: Mapping[str, Any], own_keys: tuple[str, ...]) -> str:
+    """The canonical JSON of a job as a %-template: fixed values written in, a `%s` per row value.
+
+    Keys stay in sorted order whichever side a value comes from, so the text (and id) is the same as
+    job_digest's for the merged inputs.
+    """
+    parts = []
+    for key in sorted({*fixed, *own_keys}):
+        head = _encode_value(key) + ":"
+        parts.append(
+            head.replace("%", "%%") + "%s"
+            if key in own_keys
+            else (head + _encode_value(fixed[key])).replace("%", "%%")
+        )
+    start = f"[{_encode_value(model)},{_encode_value(version)},{{".replace("%", "%%")
+    return start + ",".join(parts) + "}]"
 
 
-def _expand_batch(batch: GridBatch, variants: list[Variant], version: str, seen: set[bytes]):
-    """The batch's jobs not in `seen` (which they are added to), row by row, variants in spec order."""
-    sha256, encode = hashlib.sha256, _encode  # local names: this loop runs once per job of the grid
-    for row, own in enumerate(_row_inputs(batch)):
-        for variant in variants:
-            inputs = {**variant.inputs, **own}
-            digest = sha256(encode([variant.model, version, inputs]).encode("utf-8")).digest()[:ID_BYTES]
-            if digest not in seen:
-                seen.add(digest)
-                yield ExpandedJob(digest, variant.model, inputs, batch, row)
+class _Expander:
+    """Expands rows into job digests, keeping the digests seen; per job only a %-format and a hash."""
+
+    def __init__(self, spec: SweepSpec):
+        self.variants = build_variants(spec)
+        self.version = spec.version
+        self.seen: set[bytes] = set()
+        self._templates: dict[tuple[str, ...], list[str]] = {}
+
+    def templates(self, own_keys: tuple[str, ...]) -> list[str]:
+        found = self._templates.get(own_keys)
+        if found is None:
+            found = [_template(v.model, self.version, v.inputs, own_keys) for v in self.variants]
+            self._templates[own_keys] = found
+        return found
+
+    def expand(self, batch: GridBatch) -> Iterator[tuple[bytes, Variant, int]]:
+        """Jobs not seen before, row by row, variants in spec order, as (digest, variant, row)."""
+        names = tuple(sorted(batch.inputs))
+        columns = [_encode_column(batch.inputs[name]) for name in names]
+        sha256, seen, variants = hashlib.sha256, self.seen, self.variants  # this loop runs once per job
+        for row, values in enumerate(zip(*columns, strict=True)):
+            keys = names
+            if None in values:  # an empty cell: this row falls back to the spec for that input
+                keys = tuple(name for name, value in zip(names, values, strict=True) if value is not None)
+                values = tuple(value for value in values if value is not None)
+            for variant, template in zip(variants, self.templates(keys), strict=True):
+                digest = sha256((template % values).encode("utf-8")).digest()[:ID_BYTES]
+                if digest not in seen:
+                    seen.add(digest)
+                    yield digest, variant, row
+
+
+def _encode_column(values: list[Any]) -> list[str | None]:
+    """A column's values as canonical JSON text (None stays None); repeated values are encoded once."""
+    if all(isinstance(value, str) for value in values):
+        return list(map(encode_basestring, values))
+    memo: dict[tuple[type, Any], str] = {}
+    out: list[str | None] = []
+    for value in values:
+        if value is None:
+            out.append(None)
+            continue
+        key = (type(value), value)
+        text = memo.get(key)
+        if text is None:
+            text = memo[key] = _encode_value(value)
+        out.append(text)
+    return out
 
 
 def _grid_batches(spec: SweepSpec, carried: bool) -> Iterator[GridBatch]:
@@ -113,20 +163,21 @@ def _grid_batches(spec: SweepSpec, carried: bool) -> Iterator[GridBatch]:
     return iter_grid(ctx, GRID_BATCH_ROWS, carried=carried)
 
 
-def _to_job(spec: SweepSpec, expanded: ExpandedJob) -> Job:
-    carried = {name: values[expanded.row] for name, values in expanded.batch.carried.items()}
-    return Job(expanded.digest.hex(), expanded.model, expanded.inputs, spec.version, carried)
+def _to_job(version: str, batch: GridBatch, digest: bytes, variant: Variant, row: int) -> Job:
+    own = {name: values[row] for name, values in batch.inputs.items() if values[row] is not None}
+    carried = {name: values[row] for name, values in batch.carried.items()}
+    return Job(digest.hex(), variant.model, {**variant.inputs, **own}, version, carried)
 
 
 def iter_job_batches(spec: SweepSpec, batch_size: int = 5000) -> Iterator[list[Job]]:
     """All distinct jobs of a spec in lists of at most `batch_size`; the grid is read as they are needed."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    variants, seen = build_variants(spec), set()
+    expander = _Expander(spec)
     jobs = (
-        _to_job(spec, expanded)
+        _to_job(spec.version, batch, *expanded)
         for batch in _grid_batches(spec, carried=True)
-        for expanded in _expand_batch(batch, variants, spec.version, seen)
+        for expanded in expander.expand(batch)
     )
     while chunk := list(itertools.islice(jobs, batch_size)):
         yield chunk
@@ -150,16 +201,16 @@ def plan_jobs(spec: SweepSpec, samples: int = 3) -> JobPlan:
 
     Samples carry no grid columns: reading those for every row would only slow the count down.
     """
-    variants, seen = build_variants(spec), set()
-    plan = JobPlan(variants_per_row=len(variants), models=spec.models)
+    expander = _Expander(spec)
+    plan = JobPlan(variants_per_row=len(expander.variants), models=spec.models)
     prompts: set[int] = set()  # hashes, not the strings: a million prompts would weigh hundreds of MB
     for batch in _grid_batches(spec, carried=False):
         plan.rows += len(batch)
         prompts.update(hash(prompt) for prompt in batch.inputs["prompt"])
-        for expanded in _expand_batch(batch, variants, spec.version, seen):
+        for expanded in expander.expand(batch):
             if len(plan.samples) < samples:
-                plan.samples.append(_to_job(spec, expanded))
-    plan.total_jobs = len(seen)
+                plan.samples.append(_to_job(spec.version, batch, *expanded))
+    plan.total_jobs = len(expander.seen)
     plan.distinct_prompts = len(prompts)
-    plan.duplicates_collapsed = plan.rows * len(variants) - plan.total_jobs
+    plan.duplicates_collapsed = plan.rows * len(expander.variants) - plan.total_jobs
     return plan
