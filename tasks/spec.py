@@ -135,6 +135,8 @@ def _axes(value: Any) -> Any:
     if not isinstance(value, Mapping):
         raise ValueError(f"{value!r} is not a mapping of input name to values")
     for key in value:
+        if key == "seed":
+            raise ValueError("'seed' is not an axis; use seeds: [..] or seeds: {count, start}")
         if key not in AXIS_NAMES:
             raise ValueError(
                 f"{key!r} is not an input that can be swept; expected one of {', '.join(AXIS_NAMES)}"
@@ -238,6 +240,10 @@ class SweepSpec(_Frozen):
             return {}
         if isinstance(value, Mapping):
             for key in value:
+                if key == "seed":
+                    raise ValueError(
+                        "'seed' cannot be a default input; use seeds: [..] or seeds: {count, start}"
+                    )
                 if key not in AXIS_NAMES or key == "model":
                     names = ", ".join(name for name in AXIS_NAMES if name != "model")
                     raise ValueError(f"{key!r} cannot be a default input; expected one of {names}")
@@ -399,7 +405,12 @@ def load_spec_text(
         raise InvalidInput(problems)
     log = ProblemLog()
     _check_values(spec, base_dir, source_name, log)
-    validate_grid(GridContext(spec.prompts, spec.model_schemas(), base_dir), log)
+    if spec.prompts.is_file():
+        validate_grid(GridContext(spec.prompts, spec.model_schemas(), base_dir), log)
+    else:
+        reason = "is a directory" if spec.prompts.is_dir() else "does not exist"
+        shown = display_path(spec.prompts)
+        log.add(f"{source_name}: prompts: {shown} {reason} (a relative path starts at the spec's folder)")
     log.raise_if_any()
     spec._source_path = Path(source_name)
     spec._source_text = text
