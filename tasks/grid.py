@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import ipaddress
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -377,7 +378,8 @@ def _check_many_numbers(column: pa.Array, name: str, ctx: GridContext) -> tuple[
     if integer:
         bad = pc.or_(bad, pc.not_equal(numbers, pc.floor(numbers)))
     if integer:
-        values = [None if v is None else int(v) for v in numbers.to_pylist()]
+        # NaN and infinity are bad rows already; their value is never used.
+        values = [int(v) if v is not None and math.isfinite(v) else None for v in numbers.to_pylist()]
     else:  # adding 0.0 turns -0.0 into 0.0, as check_value does
         values = [None if v is None else v + 0.0 for v in numbers.to_pylist()]
     return values, _bad_rows(bad.fill_null(False))
