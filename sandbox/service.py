@@ -45,10 +45,11 @@ def _error(status: int, error: str, **extra: Any) -> Reply:
 
 def _format_seconds(seconds: float) -> str:
     # Fractional seconds: at a time scale of 100 a whole-second Retry-After would waste most of a window.
-    return f"{max(seconds, 0.001):.3f}".rstrip("0").rstrip(".")
+    return f"{seconds:.3f}".rstrip("0").rstrip(".")
 
 
 def _throttled(seconds: float, details: str) -> Reply:
+    seconds = max(seconds, 0.001)
     body = {"status": 429, "error": "too many requests", "details": details, "retry_after": round(seconds, 3)}
     return Reply(429, body, {"Retry-After": _format_seconds(seconds)})
 
