@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import math
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -49,7 +50,8 @@ def _format_seconds(seconds: float) -> str:
 
 
 def _throttled(seconds: float, details: str) -> Reply:
-    seconds = max(seconds, 0.001)
+    # Rounded up to the millisecond: a client that waits exactly this long must be admitted.
+    seconds = max(math.ceil(seconds * 1000) / 1000, 0.001)
     body = {"status": 429, "error": "too many requests", "details": details, "retry_after": round(seconds, 3)}
     return Reply(429, body, {"Retry-After": _format_seconds(seconds)})
 
