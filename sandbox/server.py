@@ -190,6 +190,9 @@ def _bound_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
+    # Listening before the URL is announced: a client that connects at once waits in the backlog
+    # for the server to start instead of being refused.
+    sock.listen(2048)
     return sock
 
 
