@@ -49,7 +49,7 @@ class Variant:
 
 
 def _normalised(spec: SweepSpec, name: str, raw: Any) -> Any:
-    value, allowed = check_value(spec.model_schemas(), name, raw, spec.prompts.parent)
+    value, allowed = check_value(spec.model_schemas(), name, raw, spec.base_dir)
     if allowed is not None:  # load_spec rejects these; a spec built by hand may not have been through it
         raise ValueError(f"{name}: {raw!r} is not allowed; expected {allowed}")
     return value
@@ -159,7 +159,7 @@ def _encode_column(values: list[Any]) -> list[str | None]:
 
 
 def _grid_batches(spec: SweepSpec, carried: bool) -> Iterator[GridBatch]:
-    ctx = GridContext(spec.prompts, spec.model_schemas(), spec.prompts.parent)
+    ctx = GridContext(spec.prompts, spec.model_schemas(), spec.base_dir)
     return iter_grid(ctx, GRID_BATCH_ROWS, carried=carried)
 
 

@@ -337,7 +337,12 @@ def _parquet_batches(ctx: GridContext, columns: Sequence[str], batch_size: int):
 
 
 def _plain(column: pa.Array) -> pa.Array:
-    return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
+    """Dictionary columns decoded, decimals as floats: the forms check_input understands."""
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    if pa.types.is_decimal(column.type):
+        column = pc.cast(column, pa.float64())
+    return column
 
 
 def _bad_rows(mask: pa.Array) -> list[int]:

@@ -193,6 +193,7 @@ class SweepSpec(_Frozen):
     _source_path: Path = PrivateAttr(default=Path("spec.yaml"))
     _source_text: str = PrivateAttr(default="")
     _spec_hash: str = PrivateAttr(default="")
+    _base_dir: Path = PrivateAttr(default=Path("."))
 
     @property
     def source_path(self) -> Path:
@@ -207,6 +208,11 @@ class SweepSpec(_Frozen):
     def spec_hash(self) -> str:
         """sha256 of the canonical spec after command-line overrides."""
         return self._spec_hash
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder relative paths in the spec start from: its own, for the grid and local images."""
+        return self._base_dir
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -413,6 +419,7 @@ def load_spec_text(
         log.add(f"{source_name}: prompts: {shown} {reason} (a relative path starts at the spec's folder)")
     log.raise_if_any()
     spec._source_path = Path(source_name)
+    spec._base_dir = base_dir
     spec._source_text = text
     spec._spec_hash = _spec_hash(spec, raw.get("prompts"))
     return spec

@@ -148,3 +148,13 @@ def test_job_ids_are_32_hex_characters_and_stable_across_runs(tmp_path: Path) ->
     assert [job.job_id for job in first] == [job.job_id for job in again]
     assert all(len(job.job_id) == 32 and int(job.job_id, 16) >= 0 for job in first)
     assert job_id("m", "0.0.1", {"cfg": 3.5}) == job_id("m", "0.0.1", {"cfg": 3.5, "image": None})
+
+
+def test_local_images_are_relative_to_the_spec_even_when_the_grid_is_elsewhere(tmp_path: Path) -> None:
+    (tmp_path / "grids").mkdir()
+    (tmp_path / "cat.png").write_bytes(b"png")
+    (tmp_path / "grids" / "grid.csv").write_text("prompt,image\na,cat.png\n", encoding="utf-8")
+    (tmp_path / "spec.yaml").write_text("model: stable-diffusion-3-5-large\nprompts: grids/grid.csv\n")
+    spec = load_spec(tmp_path / "spec.yaml")
+    assert spec.base_dir == tmp_path
+    assert [job.inputs["image"] for job in all_jobs(spec)] == ["cat.png"]

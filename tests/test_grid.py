@@ -230,3 +230,21 @@ def test_the_many_values_fast_path_agrees_with_check_input(tmp_path: Path, name:
         if not bad:
             assert batches[0].inputs[name][row] == expected[0][0][name]
             assert type(batches[0].inputs[name][row]) is type(expected[0][0][name])
+
+
+def test_dictionary_and_decimal_columns_are_read_as_their_values(tmp_path: Path) -> None:
+    import decimal
+
+    table = pa.table(
+        {
+            "prompt": pa.array(["a", "b"]).dictionary_encode(),
+            "cfg": pa.array([decimal.Decimal("3.50"), decimal.Decimal("25")], pa.decimal128(5, 2)),
+        }
+    )
+    path = write_parquet(tmp_path, table)
+    log = ProblemLog()
+    batches = list(iter_grid(context(path), log=log))
+    assert batches[0].inputs == {"prompt": ["a", "b"], "cfg": [3.5, None]}
+    assert log.problems == [
+        "grid.parquet row 2, column cfg: 25.0 is not allowed; expected a number from 0 to 20"
+    ]
