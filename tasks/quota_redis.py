@@ -3,12 +3,13 @@
 Three keys under `promptgrid:quota:{namespace}:` hold the shared state, each changed only by an atomic Lua
 script reading Redis TIME, so every process judges time by one clock:
 
-- `window`  a sorted set of admitted requests scored by admission time (ms): a request is admitted while
-  fewer than `limits.requests` entries are younger than `limits.window_s`; otherwise the script answers how
-  long until the oldest entry leaves the window.
-- `slots`   a sorted set of in-flight tokens scored by lease expiry (ms). A holder renews its leases while it
+- `window`  a sorted set of admitted requests scored by admission time: a request is admitted while fewer
+  than `limits.requests` entries are younger than `limits.window_s` (plus `guard_s`) and the newest is at
+  least `spacing_s` old; otherwise the script answers how long to wait. Guard and spacing are LocalBudget's,
+  for the same reasons (tasks/budget.py).
+- `slots`   a sorted set of in-flight tokens scored by lease expiry. A holder renews its leases while it
   holds them; a killed worker stops renewing, so its slots return after at most `lease_s`.
-- `paused_until`  a timestamp (ms) set when any process meets a 429: every process waits it out.
+- `paused_until`  a timestamp set when any process meets a 429: every process waits it out.
 
 Releases are announced on a pub/sub channel so slot waiters wake at once instead of polling; a waiter still
 re-checks after `recheck_s` in case an announcement is lost. Redis being unreachable raises
@@ -27,47 +28,54 @@ from urllib.parse import urlsplit, urlunsplit
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from tasks.budget import REQUEST_KINDS
+
 if TYPE_CHECKING:
     from tasks.budget import Limits
 
 log = logging.getLogger(__name__)
 
-# KEYS: window, paused_until. ARGV: limit, window_ms, guard_ms, member, counts (1/0).
-# Returns 0 when admitted, else the milliseconds to wait before asking again.
+# Times are microseconds of Redis TIME (exact in a Lua double until the year 2255).
+# KEYS: window, paused_until. ARGV: limit, window_us, guard_us, member, counts (1/0), spacing_us.
+# Returns 0 when admitted, else the microseconds to wait before asking again.
 _TAKE_REQUEST = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
 if paused > now then return paused - now end
 if ARGV[5] == '0' then return 0 end
 local span = tonumber(ARGV[2]) + tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - span))
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if newest[2] and now < tonumber(newest[2]) + tonumber(ARGV[6]) then
+  return tonumber(newest[2]) + tonumber(ARGV[6]) - now
+end
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], now, ARGV[4])
-  redis.call('PEXPIRE', KEYS[1], span * 2)
+  redis.call('PEXPIRE', KEYS[1], math.ceil(span * 2 / 1000))
   return 0
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return math.max(1, tonumber(oldest[2]) + span + 1 - now)
 """
 
-# KEYS: paused_until. ARGV: pause_ms. Only ever pushes the pause later.
+# KEYS: paused_until. ARGV: pause_us. Only ever pushes the pause later.
 _PAUSE = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local until_ms = now + tonumber(ARGV[1])
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local until_us = now + tonumber(ARGV[1])
 local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if until_ms > current then
-  redis.call('SET', KEYS[1], until_ms, 'PX', tonumber(ARGV[1]) + 1000)
+if until_us > current then
+  redis.call('SET', KEYS[1], until_us, 'PX', math.ceil(tonumber(ARGV[1]) / 1000) + 1000)
 end
 return 0
 """
 
-# KEYS: slots. ARGV: max_in_flight, lease_ms, token. Returns 0 when the slot is taken, else ms until the
+# KEYS: slots. ARGV: max_in_flight, lease_us, token. Returns 0 when the slot is taken, else us until the
 # earliest lease could expire (an upper bound on the wait; a release usually wakes the waiter sooner).
 _TAKE_SLOT = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
@@ -77,10 +85,10 @@ local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return math.max(1, tonumber(first[2]) - now)
 """
 
-# KEYS: slots. ARGV: lease_ms, token... Extends only leases still present; returns how many were lost.
+# KEYS: slots. ARGV: lease_us, token... Extends only leases still present; returns how many were lost.
 _RENEW = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local lost = 0
 for i = 2, #ARGV do
   if redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[i]) == 0 then
@@ -122,16 +130,21 @@ class RedisBudget:
         lease_s: float = 30.0,
         recheck_s: float = 0.5,
         guard_s: float | None = None,
+        spacing_s: float | None = None,
         default_pause_s: float | None = None,
+        max_connections: int = 16,
     ):
         self.limits = limits
         self.lease_s = lease_s
         self.recheck_s = recheck_s
-        self.guard_s = guard_s if guard_s is not None else min(0.05, limits.window_s * 0.01)
-        # A 429 without Retry-After: one request's share of the window is the least that can help.
-        self.default_pause_s = default_pause_s or max(1.0, limits.window_s / max(1, limits.requests))
+        self.guard_s = guard_s if guard_s is not None else min(0.5, max(0.02, limits.window_s * 0.02))
+        self.spacing_s = spacing_s if spacing_s is not None else limits.floor_interval_s / 8
+        # A 429 without Retry-After: one request's share of the window, LocalBudget's first backoff step.
+        self.default_pause_s = default_pause_s or limits.floor_interval_s
         self._where = redact_url(url)
-        self._redis = aioredis.Redis.from_url(url)
+        # A bounded pool: thousands of waiting callers must not become thousands of connections.
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30)
+        self._redis = aioredis.Redis.from_pool(pool)
         prefix = f"promptgrid:quota:{namespace}:"
         self._window_key = prefix + "window"
         self._paused_key = prefix + "paused_until"
@@ -146,38 +159,49 @@ class RedisBudget:
         self._released = asyncio.Event()
         self._listener: asyncio.Task | None = None
         self._closing = False
+        # One caller per kind asks Redis at a time and the rest queue here, first come first served: the
+        # ones behind would only be told to wait as long. Kinds queue apart so polls never wait on creates.
+        self._askers = {kind: asyncio.Lock() for kind in (*REQUEST_KINDS, "slot")}
 
     async def take_request(self, kind: str) -> None:
         """Wait until one more request fits the shared window and no shared pause is on, then count it."""
+        if kind not in REQUEST_KINDS:
+            raise ValueError(f"unknown request kind {kind!r}; expected one of {REQUEST_KINDS}")
         counts = "0" if kind == "poll" and not self.limits.polls_count else "1"
-        args = [self.limits.requests, _ms(self.limits.window_s), _ms(self.guard_s), None, counts]
-        while True:
-            args[3] = uuid.uuid4().hex
-            wait_ms = await self._call(self._take_request, [self._window_key, self._paused_key], args)
-            if wait_ms == 0:
-                return
-            await asyncio.sleep(wait_ms / 1000)
+        window = [self.limits.requests, _us(self.limits.window_s), _us(self.guard_s)]
+        args = [*window, None, counts, _us(self.spacing_s)]
+        async with self._askers[kind]:
+            while True:
+                args[3] = uuid.uuid4().hex
+                wait_us = await self._call(self._take_request, [self._window_key, self._paused_key], args)
+                if wait_us == 0:
+                    return
+                await asyncio.sleep(wait_us / 1e6)
 
     async def on_throttled(self, retry_after_s: float | None) -> None:
         """Pause every process sharing this quota for `retry_after_s` (or the default pause)."""
         pause_s = retry_after_s if retry_after_s and retry_after_s > 0 else self.default_pause_s
-        await self._call(self._pause, [self._paused_key], [_ms(pause_s)])
+        await self._call(self._pause, [self._paused_key], [_us(pause_s)])
 
     async def take_slot(self) -> str:
         """Wait for one of the shared in-flight slots; the token returned releases it."""
         token = uuid.uuid4().hex
         self._ensure_listener()
+        async with self._askers["slot"]:
+            return await self._wait_for_slot(token)
+
+    async def _wait_for_slot(self, token: str) -> str:
         while True:
             # Taken before asking, so a release announced while the script runs still wakes this waiter.
             released = self._released
-            args = [self.limits.max_in_flight, _ms(self.lease_s), token]
-            wait_ms = await self._call(self._take_slot, [self._slots_key], args)
-            if wait_ms == 0:
+            args = [self.limits.max_in_flight, _us(self.lease_s), token]
+            wait_us = await self._call(self._take_slot, [self._slots_key], args)
+            if wait_us == 0:
                 self._held.add(token)
                 self._ensure_renewer()
                 return token
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(released.wait(), min(wait_ms / 1000, self.recheck_s))
+                await asyncio.wait_for(released.wait(), min(wait_us / 1e6, self.recheck_s))
 
     async def release_slot(self, token: str) -> None:
         """Give the slot back and wake the processes waiting for one."""
@@ -232,7 +256,7 @@ class RedisBudget:
         while self._held:
             await asyncio.sleep(self.lease_s / 3)
             try:
-                lost = await self._call(self._renew, [self._slots_key], [_ms(self.lease_s), *self._held])
+                lost = await self._call(self._renew, [self._slots_key], [_us(self.lease_s), *self._held])
             except QuotaUnavailable as exc:
                 log.warning("could not renew in-flight leases: %s", exc)
                 continue
@@ -256,5 +280,5 @@ class RedisBudget:
                 await pubsub.aclose()
 
 
-def _ms(seconds: float) -> int:
-    return max(1, round(seconds * 1000))
+def _us(seconds: float) -> int:
+    return max(1, round(seconds * 1_000_000))
