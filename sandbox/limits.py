@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from collections.abc import Callable
 
@@ -45,17 +46,41 @@ class RequestWindow:
 
 
 class InFlight:
-    """The predictions of one key that have not reached a terminal status yet."""
+    """The predictions of one key that have not reached a terminal status yet.
+
+    Predictions end on their own clock, not when someone polls them; a heap of expected end times keeps
+    counting cheap when thousands are in flight (limits lifted for a benchmark).
+    """
 
     def __init__(self, limit: int, is_done: Callable[[str, float], bool]):
         self.limit = limit
         self._is_done = is_done
         self._ids: set[str] = set()
+        self._ends: list[tuple[float, str]] = []
         self.most_seen = 0
 
+    def add(self, prediction_id: str, ends_at: float | None) -> None:
+        """`ends_at` is when it should end by itself; None for one that will not (it must be discarded)."""
+        self._ids.add(prediction_id)
+        if ends_at is not None:
+            heapq.heappush(self._ends, (ends_at, prediction_id))
+        self.most_seen = max(self.most_seen, len(self._ids))
+
+    def discard(self, prediction_id: str) -> None:
+        self._ids.discard(prediction_id)
+
     def count(self, now: float) -> int:
-        # Predictions end on their own clock, not when someone polls them: drop those that have ended.
-        self._ids = {pid for pid in self._ids if not self._is_done(pid, now)}
+        late = []
+        while self._ends and self._ends[0][0] <= now:
+            _, prediction_id = heapq.heappop(self._ends)
+            if prediction_id not in self._ids:
+                continue
+            if self._is_done(prediction_id, now):
+                self._ids.discard(prediction_id)
+            else:
+                late.append(prediction_id)  # still waiting on its input image: look again later
+        for prediction_id in late:
+            heapq.heappush(self._ends, (now + 1e-6, prediction_id))
         return len(self._ids)
 
     def ids(self, now: float) -> list[str]:
@@ -64,7 +89,3 @@ class InFlight:
 
     def is_full(self, now: float) -> bool:
         return self.count(now) >= self.limit
-
-    def add(self, prediction_id: str) -> None:
-        self._ids.add(prediction_id)
-        self.most_seen = max(self.most_seen, len(self._ids))

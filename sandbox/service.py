@@ -208,7 +208,7 @@ class SandboxService:
         )
         self.predictions[prediction.id] = prediction
         flights = self._flights(owner)
-        flights.add(prediction.id)
+        flights.add(prediction.id, None if fate.never_finishes else prediction.finished_at)
         self.counters.record_create(prediction, digest, flights.count(now))
         if prediction.input_pending:
             task = asyncio.get_running_loop().create_task(self._fetch_input(prediction))
@@ -274,6 +274,7 @@ class SandboxService:
             body = {"status": status, "message": "Prediction already finished", "predictionID": prediction.id}
             return Reply(200, body)
         prediction.cancelled_at = now
+        self._flights(owner).discard(prediction.id)
         body = {
             "status": "cancelled",
             "message": "Prediction canceled successfully",

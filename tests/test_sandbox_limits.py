@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from sandbox.limits import RequestWindow
+from sandbox.limits import InFlight, RequestWindow
 
 KEY = {"X-API-Key": "test-key"}
 CREATE = {"model": "stable-diffusion-3-5-large", "version": "0.0.1", "input": {"prompt": "a kite", "seed": 1}}
@@ -122,3 +122,22 @@ def test_outputs_and_stats_are_not_counted(sandbox_factory, manual_clock):
             client.get("/sandbox/stats")
         assert fetched == [200] * 5
         assert statuses(client, 2) == [404, 429]  # the third request of the window, then the limit
+
+
+def test_in_flight_counts_by_end_time_and_rechecks_late_predictions():
+    done_at = {"a": 5.0, "b": 10.0, "late": 5.0}
+    still_waiting = {"late"}  # e.g. its input image is still downloading at its end time
+
+    def is_done(prediction_id: str, now: float) -> bool:
+        return now >= done_at[prediction_id] and prediction_id not in still_waiting
+
+    flights = InFlight(limit=3, is_done=is_done)
+    for prediction_id in ("a", "b", "late"):
+        flights.add(prediction_id, done_at[prediction_id])
+    flights.add("endless", None)
+    assert flights.is_full(0.0) and flights.count(0.0) == 4 and flights.most_seen == 4
+    assert flights.count(6.0) == 3  # "a" ended; "late" has not yet
+    still_waiting.clear()
+    assert flights.count(6.5) == 2
+    flights.discard("endless")  # cancelled
+    assert flights.count(11.0) == 0
