@@ -80,6 +80,7 @@ _OUTCOME_FIELDS = (
     *("submitted_at", "completed_at", "predict_time_s", "cost_usd", "sha256", "bytes", "width", "height"),
 )
 _READ_THREADS = 8
+_RELIST_ATTEMPTS = 20
 assert set(INPUT_NAMES) <= set(BASE_COLUMNS), "every model input has a manifest column"
 
 
@@ -251,14 +252,43 @@ def _read_part(sink: Sink, key: str, columns: Iterable[str] | None) -> pa.Table:
 
 
 def read_parts(sink: Sink, columns: Iterable[str] | None = None, keys: list[str] | None = None) -> pa.Table:
-    """Every row of every part (or of `keys`), as one table with the unified schema."""
-    keys = part_keys(sink) if keys is None else keys
+    """Every row of every part (or of `keys`), as one table with the unified schema.
+
+    A compaction running meanwhile deletes parts only after committing their rows in a new part: a part
+    that vanished is skipped and the listing taken again, until it shows nothing unread, so the reader
+    still sees every job (rows of a compacted part may then appear twice; `latest_rows` folds them).
+    """
     columns = list(columns) if columns is not None else None
+    if keys is not None:
+        return _concat([_read_part(sink, key, columns) for key in keys], columns)
+    tables: dict[str, pa.Table] = {}
+    for _ in range(_RELIST_ATTEMPTS):
+        unread = [key for key in part_keys(sink) if key not in tables]
+        found = _read_existing(sink, unread, columns)
+        tables.update(found)
+        if len(found) == len(unread):
+            return _concat(list(tables.values()), columns)
+    raise FileNotFoundError(f"{sink.root}: manifest parts kept vanishing while being read")
+
+
+def _read_existing(sink: Sink, keys: list[str], columns: list[str] | None) -> dict[str, pa.Table]:
+    def read(key: str) -> pa.Table | None:
+        try:
+            return _read_part(sink, key, columns)
+        except FileNotFoundError:
+            return None
+
     if not keys:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(keys))) as pool:
+        found = dict(zip(keys, pool.map(read, keys), strict=True))
+    return {key: table for key, table in found.items() if table is not None}
+
+
+def _concat(tables: list[pa.Table], columns: list[str] | None) -> pa.Table:
+    if not tables:
         fields = MANIFEST_SCHEMA if columns is None else [MANIFEST_SCHEMA.field(c) for c in columns]
         return pa.schema(fields).empty_table()
-    with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(keys))) as pool:
-        tables = list(pool.map(lambda key: _read_part(sink, key, columns), keys))
     table = pa.concat_tables(tables, promote_options="default")
     return table.replace_schema_metadata(tables[-1].schema.metadata)
 
@@ -352,8 +382,10 @@ def load_spec_text(sink: Sink) -> str:
 
 def provenance(sink: Sink) -> dict[str, str]:
     """The key-value metadata (spec hash, version, run id) of the last part by name; empty without parts."""
-    keys = part_keys(sink)
-    if not keys:
-        return {}
-    metadata = _read_part(sink, keys[-1], columns=["job_id"]).schema.metadata or {}
-    return {k.decode(): v.decode() for k, v in metadata.items() if k.startswith(b"promptgrid.")}
+    for key in reversed(part_keys(sink)):
+        try:
+            metadata = _read_part(sink, key, columns=["job_id"]).schema.metadata or {}
+        except FileNotFoundError:  # compacted away since the listing
+            continue
+        return {k.decode(): v.decode() for k, v in metadata.items() if k.startswith(b"promptgrid.")}
+    return {}

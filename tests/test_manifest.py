@@ -276,3 +276,28 @@ def test_mismatched_job_and_outcome_are_refused(tmp_path):
     writer = ManifestWriter(open_sink(str(tmp_path)), run_id="r", spec_hash="h")
     with pytest.raises(ValueError):
         writer.add(make_job(1), make_outcome(2), None)
+
+
+def test_readers_see_every_job_while_compaction_runs(tmp_path):
+    sink = open_sink(str(tmp_path))
+    write(sink, [(make_job(n), make_outcome(n), None) for n in range(40)], rows_per_part=4)
+    done = threading.Event()
+
+    def compact_repeatedly():
+        for round_ in range(8):
+            write(
+                sink,
+                [(make_job(n), make_outcome(n, minutes=round_), None) for n in range(40)],
+                rows_per_part=8,
+            )
+            compact(sink)
+        done.set()
+
+    compactor = threading.Thread(target=compact_repeatedly)
+    compactor.start()
+    reads = 0
+    while not done.is_set() or reads == 0:
+        assert len(latest_status(sink)) == 40
+        reads += 1
+    compactor.join()
+    assert reads >= 1 and len(part_keys(sink)) == 1
