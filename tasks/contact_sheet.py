@@ -49,7 +49,7 @@ def draw_contact_sheet(grid: PromptGrid, thumbnails: Mapping[str, Image.Image], 
                 sheet, draw, grid, grid.cell(across_value, down_value), thumbnails, origin, tile_px, font
             )
     buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG", optimize=True)
+    sheet.save(buffer, format="PNG")  # optimize=True doubles the time for a few percent smaller
     return buffer.getvalue()
 
 
