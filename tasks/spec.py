@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from promptgrid.errors import InvalidInput
 from promptgrid.models import DEFAULT_VERSION, INPUT_NAMES, SEED_MAX, ModelSchema, UnknownModel, get_model
@@ -67,7 +76,7 @@ class ApiConfig(_Frozen):
 
     base_url: str = "https://api.eachlabs.ai"
     rate_limit: RateLimit = RateLimit(requests=60, window_s=60.0)
-    max_concurrent: int = 10
+    max_concurrent: int = Field(10, strict=True)  # strict: YAML's `true` must not read as 1
     polls_count: bool = True
     quota_url: str | None = None  # redis://... when several runs share one key's quota
 
@@ -104,8 +113,8 @@ def _expand_range(value: Mapping[str, Any]) -> list[Any]:
         raise ValueError("a range needs start and stop, and may have step (nothing else)")
     start, stop, step = value["start"], value["stop"], value.get("step", 1)
     for key, number in (("start", start), ("stop", stop), ("step", step)):
-        if not _strict_number(number):
-            raise ValueError(f"range {key} {number!r} is not a number")
+        if not _strict_number(number) or not math.isfinite(number):
+            raise ValueError(f"range {key} {number!r} is not a finite number")
     if step <= 0:
         raise ValueError(f"range step {step!r} must be above 0")
     if stop < start:
@@ -119,7 +128,10 @@ def _expand_range(value: Mapping[str, Any]) -> list[Any]:
 
 def _axis_values(key: str, value: Any) -> tuple[Any, ...]:
     if isinstance(value, Mapping):
-        return tuple(_expand_range(value))
+        try:
+            return tuple(_expand_range(value))
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
     if not isinstance(value, list):
         raise ValueError(
             f"{key}: {value!r} is not a list or a {{start, stop, step}} range (fixed values go in inputs)"
@@ -356,6 +368,8 @@ def _check_values(spec: SweepSpec, base_dir: Path, source_name: str, log: Proble
         _, allowed = check_value(models, key, value, base_dir)
         if allowed is None and value in (None, ""):
             allowed = "a value (leave the key out to use the default)"
+        if allowed is not None and key == "aspect_ratio" and isinstance(value, int):
+            allowed += ' (quote it, as "1:1": YAML reads an unquoted 1:1 as the number 61)'
         if allowed is not None:
             log.add(f"{source_name}: {where}: {value!r} is not allowed; expected {allowed}")
 
@@ -376,13 +390,15 @@ def _model_axis_problems(data: Mapping[str, Any], source_name: str) -> list[str]
 def _fill_defaults(data: dict[str, Any], base_dir: Path, source_name: str) -> dict[str, Any]:
     data = dict(data)
     data.setdefault("name", Path(source_name).stem)
+    if data.get("prompts") == "":
+        del data["prompts"]  # reported as missing, not read as the spec's own folder
     if "model" not in data:
         for section in ("sweep", "zip"):
             axis = data.get(section)
             if isinstance(axis, Mapping) and isinstance(axis.get("model"), list) and axis["model"]:
                 data["model"] = axis["model"][0]
-    if isinstance(data.get("name"), str):
-        data.setdefault("output", f"out/{data['name']}")
+    name = data["name"] if isinstance(data.get("name"), str) else Path(source_name).stem
+    data.setdefault("output", f"out/{name}")
     if isinstance(data.get("prompts"), str) and data["prompts"].strip():
         data["prompts"] = (base_dir / data["prompts"]).resolve()
     return data

@@ -190,6 +190,10 @@ MALFORMED = {
     "zero concurrency": (BASE + "api: {max_concurrent: 0}\n", ["api.max_concurrent", "at least one"]),
     "bad base url": (BASE + "api: {base_url: api.eachlabs.ai}\n", ["api.base_url", "http"]),
     "seed as a sweep axis": (BASE + "sweep: {seed: [1, 2]}\n", ["'seed'", "use seeds:"]),
+    "empty prompts": ("model: stable-diffusion-3-5-large\nprompts: ''\n", ["prompts", "required"]),
+    "infinite range": (BASE + "sweep: {cfg: {start: 1, stop: .inf}}\n", ["sweep", "cfg", "stop inf"]),
+    "unquoted aspect ratio": (BASE + "sweep: {aspect_ratio: [1:1]}\n", ["sweep.aspect_ratio[0]", "quote it"]),
+    "boolean concurrency": (BASE + "api: {max_concurrent: true}\n", ["api.max_concurrent", "integer"]),
     "prompt as an input": (BASE + "inputs: {prompt: hi}\n", ["inputs", "'prompt'"]),
 }
 
