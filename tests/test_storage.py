@@ -155,3 +155,12 @@ def test_image_key_layout_and_fallbacks():
     assert manifest_part_key("run 1", "w/0", 7) == "manifest/part-run-1-w-0-000007.parquet"
     with pytest.raises(ValueError):
         image_key(make_job(), "gif")
+
+
+def test_the_s3_specific_endpoint_variable_wins(s3_env, s3_server, monkeypatch):
+    # botocore's service-specific variable overrides the general one, as the AWS SDKs document.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", s3_server)
+    sink = open_sink(f"s3://{s3_env}/x")
+    sink.put_bytes("a.txt", b"ok", "text/plain")
+    assert sink.get_bytes("a.txt") == b"ok" and sink.client.meta.endpoint_url == s3_server
