@@ -25,7 +25,7 @@ __all__ = ["LocalSink", "S3Sink", "Sink", "StorageError", "image_key", "open_sin
 
 PRESIGN_MAX_S = 7 * 24 * 3600  # the longest lifetime S3 allows for a presigned URL
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_TEMP_PREFIX = ".tmp-"
+_TEMP_PREFIX = ".tmp-"  # a leading dot: pyarrow.dataset and `*.parquet` globs skip files being written
 
 
 class StorageError(Exception):
