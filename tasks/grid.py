@@ -215,7 +215,8 @@ def _open_csv(ctx: GridContext) -> io.TextIOWrapper:
 
 
 def _csv_reader(handle: io.TextIOWrapper, ctx: GridContext):
-    return csv.reader(handle, delimiter=CSV_SUFFIXES[ctx.path.suffix.lower()])
+    # strict: a quote left open swallows the rest of the file as one field; say so instead.
+    return csv.reader(handle, delimiter=CSV_SUFFIXES[ctx.path.suffix.lower()], strict=True)
 
 
 def _csv_header(ctx: GridContext) -> list[str]:
@@ -274,7 +275,7 @@ def _csv_batches(ctx: GridContext, layout: GridLayout, batch_size: int, log: Pro
     except UnicodeDecodeError:
         _raise_encoding_problems(ctx)
     except csv.Error as exc:
-        log.add(f"{ctx.display} line {reader.line_num}: cannot read the file ({exc})")
+        log.add(f"{ctx.display} {exc}")
     if records:
         yield lines, _string_columns(layout.columns, records)
 
@@ -282,10 +283,16 @@ def _csv_batches(ctx: GridContext, layout: GridLayout, batch_size: int, log: Pro
 def _numbered_records(reader) -> Iterator[tuple[int, list[str]]]:
     """Non-blank records with the line each starts on (a quoted field may span several lines)."""
     last_line = 0
-    for record in reader:
-        start, last_line = last_line + 1, reader.line_num
-        if record:
-            yield start, record
+    try:
+        for record in reader:
+            start, last_line = last_line + 1, reader.line_num
+            if record:
+                yield start, record
+    except csv.Error as exc:
+        hint = "; is a quote left open?" if "end of data" in str(exc) else ""
+        raise csv.Error(
+            f"line {last_line + 1}: cannot read the record starting there ({exc}{hint})"
+        ) from None
 
 
 def _string_columns(columns: Sequence[str], records: list[list[str]]) -> dict[str, pa.Array]:

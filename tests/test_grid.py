@@ -99,6 +99,8 @@ def test_all_row_problems_are_counted_and_the_first_twenty_kept(tmp_path: Path) 
         ("id,text\n1,a\n", "no 'prompt' column (found 'id', 'text')"),
         ("prompt,,id\na,b,c\n", "column 2 has no name"),
         ("prompt,id\n", "has a header but no data rows"),
+        ('prompt\na\n"left open\nmore\n', "line 3: cannot read the record starting there"),
+        ('prompt,id\n"a"b,1\n', "line 2: cannot read the record"),
         ("", "the file is empty"),
         ("\n\n", "the file is empty"),
     ],
