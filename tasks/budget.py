@@ -3,9 +3,13 @@
 Why a sliding log and not a token bucket: a bucket holding a burst of N refills while it drains, so up to 2N
 requests can land in one window. The log admits a request only while fewer than N sends are younger than the
 window (plus a small `guard_s`, so that a server timestamping on receipt, a few milliseconds later and with
-unequal delays, never counts N+1 in its own window). Creates, polls and cancels all count, except polls when
-`Limits.polls_count` is False. Waiters are served by priority — cancels, then polls, then creates, since a
-poll that finds a prediction done frees a slot — and first come, first served within one kind.
+unequal delays, never counts N+1 in its own window). Sends are also spaced at least `spacing_s` apart (half
+the average interval the limit allows): a burst of N at once would queue at the server, and the last of the
+burst, stamped late, would share a window with requests sent a full window after the first.
+
+Creates, polls and cancels all count, except polls when `Limits.polls_count` is False. Waiters are served by
+priority — cancels, then polls, then creates, since a poll that finds a prediction done frees a slot — and
+first come, first served within one kind.
 
 A 429 anywhere pauses the whole budget: for `Retry-After` when the server sent one, else for a backoff that
 starts at one request's share of the window and doubles while 429s keep coming. Uncounted polls wait out
@@ -81,11 +85,13 @@ class LocalBudget:
         clock: Callable[[], float] = time.monotonic,
         *,
         guard_s: float | None = None,
+        spacing_s: float | None = None,
         max_pause_s: float | None = None,
     ):
         self.limits = limits
         self._clock = clock
-        self.guard_s = guard_s if guard_s is not None else min(0.25, max(0.02, limits.window_s * 0.01))
+        self.guard_s = guard_s if guard_s is not None else min(0.5, max(0.02, limits.window_s * 0.02))
+        self.spacing_s = spacing_s if spacing_s is not None else limits.floor_interval_s / 8
         self.max_pause_s = max_pause_s if max_pause_s is not None else max(limits.window_s, 1.0)
         self._sent: deque[float] = deque()
         self._paused_until = float("-inf")
@@ -192,7 +198,7 @@ class LocalBudget:
         horizon = now - self.limits.window_s - self.guard_s
         while self._sent and self._sent[0] <= horizon:
             self._sent.popleft()
-        if len(self._sent) >= self.limits.requests:
+        if len(self._sent) >= self.limits.requests or (self._sent and now < self._sent[-1] + self.spacing_s):
             return False
         self._sent.append(now)
         return True
@@ -224,4 +230,6 @@ class LocalBudget:
         opening = self._paused_until
         if len(self._sent) >= self.limits.requests:
             opening = max(opening, self._sent[0] + self.limits.window_s + self.guard_s)
+        if self._sent:
+            opening = max(opening, self._sent[-1] + self.spacing_s)
         return max(0.0, opening - now)

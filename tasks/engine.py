@@ -143,7 +143,7 @@ class Engine:
         self.config = config or EngineConfig()
         self.on_created = on_created
         self.prepare_inputs = prepare_inputs
-        self.latency = LatencyModel(self.config.poll)
+        self.latency = LatencyModel(self.config.poll, polls_count=self.config.limits.polls_count)
         self.stats = EngineStats()
         self.halted: ApiError | None = None
         self._clock = clock

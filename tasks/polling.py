@@ -1,11 +1,15 @@
 """When to poll a prediction: learn how long predictions take, poll first near when one is likely done.
 
 Every poll counts against the request budget, so the target is close to one poll per image. For each
-(model, steps) the `LatencyModel` tracks one number, the delay after which a share `first_hit` of predictions
-are done, with the stochastic-approximation quantile rule: a first poll that finds the prediction done
-shortens the delay by a factor exp(-rate·(1 − first_hit)), a miss lengthens it by exp(rate·first_hit), so the
-delay settles where a share `first_hit` of first polls succeed — whatever the latency distribution. A miss is
-followed by polls spaced a fraction of the delay apart, widening geometrically.
+(model, steps) the `LatencyModel` learns two numbers with the stochastic-approximation quantile rule, which
+needs only the yes/no answer a poll gives:
+
+- `delay`: when to poll first. A first poll that finds the prediction done shortens it by a factor
+  exp(-rate·(1 − first_hit)), a miss lengthens it by exp(rate·first_hit), so it settles where a share
+  `first_hit` of first polls succeed — whatever the latency distribution. When polls do not count against
+  the rate limit, `first_hit_uncounted` (lower) applies: slots then turn over sooner for a few more polls.
+- `gap`: after a miss, the second poll comes `gap`·delay later; the same rule settles it where a share
+  `second_hit` of second polls succeed. Later polls widen geometrically.
 
 Nothing is known at first: a few "scout" predictions probe on a geometric schedule from `cold_start_s`
 (staggered so their polls interleave), while the others hold back; the first completion seeds the delay and
@@ -25,28 +29,35 @@ LatencyKey = tuple[str, int]
 class PollPolicy:
     """Poll timing knobs in seconds of the API's clock; tests and benchmarks shrink them by the time scale."""
 
-    first_hit: float = 0.88
+    first_hit: float = 0.86
+    # When polls do not count against the rate limit, slots turning over fast matter more than polls saved.
+    first_hit_uncounted: float = 0.8
+    second_hit: float = 0.8
     rate: float = 0.15
     warm_rate: float = 0.3  # larger steps for the first few samples, while the seed is rough
-    warm_samples: int = 6
-    cold_start_s: float = 1.0
-    cold_growth: float = 1.5
+    warm_samples: int = 8
+    initial_gap: float = 0.2
+    min_gap: float = 0.02
+    cold_start_s: float = 2.0
+    cold_growth: float = 2.0
     scouts: int = 2
-    scout_lead: int = 3  # the others start this many cold steps later than the scouts
-    retry_fraction: float = 0.12
+    scout_lead: int = 5  # the others start this many cold steps later, unless a scout finds a delay first
     retry_growth: float = 1.5
     min_interval_s: float = 0.02
     max_interval_s: float = 30.0
     prior_s: float | None = None  # a known typical latency skips the cold start
 
     def __post_init__(self) -> None:
-        if not 0 < self.first_hit < 1 or self.cold_growth <= 1 or self.retry_growth < 1:
-            raise ValueError("PollPolicy needs 0 < first_hit < 1, cold_growth > 1, retry_growth >= 1")
+        if not all(0 < share < 1 for share in (self.first_hit, self.first_hit_uncounted, self.second_hit)):
+            raise ValueError("PollPolicy needs first_hit and second_hit between 0 and 1")
+        if self.cold_growth <= 1 or self.retry_growth < 1 or self.scouts < 1:
+            raise ValueError("PollPolicy needs cold_growth > 1, retry_growth >= 1 and at least one scout")
 
 
 @dataclass
 class _KeyState:
     delay_s: float | None = None
+    gap: float = 0.2
     samples: int = 0
     cold_started: int = 0
     learned: asyncio.Event = field(default_factory=asyncio.Event)
@@ -55,14 +66,18 @@ class _KeyState:
 class LatencyModel:
     """What the engine knows about prediction latency, per (model, steps), shared by all its predictions."""
 
-    def __init__(self, policy: PollPolicy | None = None):
+    def __init__(self, policy: PollPolicy | None = None, *, polls_count: bool = True):
         self.policy = policy or PollPolicy()
+        self.first_hit = self.policy.first_hit if polls_count else self.policy.first_hit_uncounted
         self._keys: dict[LatencyKey, _KeyState] = {}
 
     def estimate(self, key: LatencyKey) -> float | None:
         """The current first-poll delay for `key`, or None while nothing is known."""
-        state = self._state(key)
-        return state.delay_s
+        return self._state(key).delay_s
+
+    def gap(self, key: LatencyKey) -> float:
+        """The current wait after a missed first poll, as a fraction of the delay."""
+        return self._state(key).gap
 
     def plan(self, key: LatencyKey) -> PollPlan:
         """A poll schedule for one new prediction of `key`."""
@@ -76,18 +91,19 @@ class LatencyModel:
     def record_first_poll(self, key: LatencyKey, elapsed_s: float, done: bool) -> None:
         """Move the delay after a first poll made at `elapsed_s`, when that poll says something about it."""
         state = self._state(key)
-        if state.delay_s is None:
-            return
         delay = state.delay_s
-        rate = self.policy.warm_rate if state.samples < self.policy.warm_samples else self.policy.rate
-        # A hit well after the delay, or a miss well before it, says nothing about where the delay should be.
-        if done and elapsed_s <= delay * 1.1:
-            state.delay_s = delay * math.exp(-rate * (1 - self.policy.first_hit))
-        elif not done and elapsed_s >= delay * 0.9:
-            state.delay_s = delay * math.exp(rate * self.policy.first_hit)
-        else:
+        # A hit well after the delay (the poll waited for the budget), or a miss well before it, says nothing.
+        if delay is None or (done and elapsed_s > delay * 1.1) or (not done and elapsed_s < delay * 0.9):
             return
+        state.delay_s = delay * self._factor(state, self.first_hit, done)
         state.samples += 1
+
+    def record_second_poll(self, key: LatencyKey, gap_used: float, done: bool) -> None:
+        """Move the gap after the poll that followed a missed first poll."""
+        state = self._state(key)
+        if (done and gap_used > state.gap * 1.2) or (not done and gap_used < state.gap * 0.8):
+            return
+        state.gap = max(self.policy.min_gap, state.gap * self._factor(state, self.policy.second_hit, done))
 
     def record_done(self, key: LatencyKey, elapsed_s: float) -> None:
         """A prediction was seen done `elapsed_s` after creation; seeds the delay when nothing was known."""
@@ -99,10 +115,14 @@ class LatencyModel:
     def learned_event(self, key: LatencyKey) -> asyncio.Event:
         return self._state(key).learned
 
+    def _factor(self, state: _KeyState, target: float, done: bool) -> float:
+        rate = self.policy.warm_rate if state.samples < self.policy.warm_samples else self.policy.rate
+        return math.exp(-rate * (1 - target)) if done else math.exp(rate * target)
+
     def _state(self, key: LatencyKey) -> _KeyState:
         state = self._keys.get(key)
         if state is None:
-            state = self._keys[key] = _KeyState(delay_s=self._prior(key))
+            state = self._keys[key] = _KeyState(delay_s=self._prior(key), gap=self.policy.initial_gap)
             if state.delay_s is not None:
                 state.learned.set()
         return state
@@ -126,8 +146,9 @@ class PollPlan:
         self.key = key
         self._scout_index = scout_index
         self.polls = 0
-        self._misses_after_learning = 0
+        self._misses = 0  # polls that found it unfinished since the delay was known
         self._last_poll_s = 0.0
+        self._gap_used = 0.0
 
     @property
     def learned(self) -> asyncio.Event:
@@ -139,19 +160,21 @@ class PollPlan:
         delay = self._model.estimate(self.key)
         if delay is None:
             return self._cold_poll_at()
-        if self._misses_after_learning == 0:
+        if self._misses == 0:
             return max(delay, self._last_poll_s + policy.min_interval_s)
-        gap = delay * policy.retry_fraction * policy.retry_growth ** (self._misses_after_learning - 1)
-        return self._last_poll_s + min(policy.max_interval_s, max(policy.min_interval_s, gap))
+        self._gap_used = self._model.gap(self.key) * policy.retry_growth ** (self._misses - 1)
+        wait = min(policy.max_interval_s, max(policy.min_interval_s, delay * self._gap_used))
+        return self._last_poll_s + wait
 
     def record_poll(self, elapsed_s: float, done: bool) -> None:
-        learned_before = self._model.estimate(self.key) is not None
-        if learned_before and self._misses_after_learning == 0:
-            self._model.record_first_poll(self.key, elapsed_s, done)
+        if self._model.estimate(self.key) is not None:
+            if self._misses == 0:
+                self._model.record_first_poll(self.key, elapsed_s, done)
+            elif self._misses == 1:
+                self._model.record_second_poll(self.key, self._gap_used, done)
+            self._misses += 0 if done else 1
         if done:
             self._model.record_done(self.key, elapsed_s)
-        elif learned_before:
-            self._misses_after_learning += 1
         self.polls += 1
         self._last_poll_s = elapsed_s
 
