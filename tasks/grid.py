@@ -119,7 +119,8 @@ def check_value(models: Sequence[ModelSchema], name: str, raw: Any, base_dir: Pa
         out, errors = check_input(model, inputs)
         for error in errors:
             if error.field == name:
-                suffix = f" (model {model.slug})" if len(models) > 1 else ""
+                # Steps ranges differ by model (Turbo: 1-10), so say whose range it is.
+                suffix = f" (model {model.slug})" if len(models) > 1 or name == "steps" else ""
                 return None, error.allowed + suffix
         value = out[name]
     if isinstance(value, float) and value == 0:

@@ -56,9 +56,10 @@ def test_csv_rows_are_named_by_the_line_they_start_on(tmp_path: Path) -> None:
 def test_parquet_rows_are_named_from_one(tmp_path: Path) -> None:
     table = pa.table({"prompt": ["a", "b", "c"], "steps": [20, 60, 30]})
     log = problems(write_parquet(tmp_path, table))
-    assert log.problems == [
-        "grid.parquet row 2, column steps: 60 is not allowed; expected an integer from 1 to 50"
-    ]
+    expected = (
+        "column steps: 60 is not allowed; expected an integer from 1 to 50 (model stable-diffusion-3-5-large)"
+    )
+    assert log.problems == [f"grid.parquet row 2, {expected}"]
 
 
 def test_turbo_rows_are_held_to_its_narrower_steps_range(tmp_path: Path) -> None:
