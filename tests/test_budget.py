@@ -1,0 +1,157 @@
+"""The local request budget: sliding-log admission, uncounted polls, shared pauses, in-flight slots.
+
+Windows are tenths of a second so the tests run in well under a second each; admission times are read from
+the budget's own clock, and the assertions are about counts inside windows, not about speed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tasks.budget import Limits, LocalBudget
+
+WINDOW = 0.2
+
+
+def most_in_any_window(times: list[float], window: float) -> int:
+    """The largest number of times falling in one closed interval of length `window`."""
+    times = sorted(times)
+    best = 0
+    start = 0
+    for end, t in enumerate(times):
+        while t - times[start] > window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
+
+
+async def admit_all(budget: LocalBudget, kinds: list[str]) -> list[float]:
+    async def one(kind: str) -> float:
+        await budget.take_request(kind)
+        return time.monotonic()
+
+    return list(await asyncio.gather(*(one(kind) for kind in kinds)))
+
+
+async def test_never_more_than_n_in_any_trailing_window():
+    budget = LocalBudget(Limits(requests=5, window_s=WINDOW), spacing_s=0.0)
+    start = time.monotonic()
+    times = await admit_all(budget, ["create"] * 16)
+    assert most_in_any_window(times, WINDOW) == 5
+    # A bucket with a burst of 5 would let 10 through within the first window; the log makes the 6th wait.
+    assert sorted(times)[5] - start >= WINDOW
+    await budget.aclose()
+
+
+async def test_the_guard_keeps_a_margin_beyond_the_window():
+    budget = LocalBudget(Limits(requests=3, window_s=WINDOW), guard_s=0.05, spacing_s=0.0)
+    times = sorted(await admit_all(budget, ["poll"] * 6))
+    assert times[3] - times[0] >= WINDOW + 0.05
+    await budget.aclose()
+
+
+async def test_sends_are_spaced_so_a_burst_does_not_queue_at_the_server():
+    budget = LocalBudget(Limits(requests=100, window_s=1.0), spacing_s=0.01)
+    times = sorted(await admit_all(budget, ["create"] * 5))
+    assert min(b - a for a, b in zip(times, times[1:], strict=False)) >= 0.009
+    await budget.aclose()
+
+
+async def test_uncounted_polls_pass_while_creates_wait_for_the_window():
+    budget = LocalBudget(Limits(requests=2, window_s=WINDOW, polls_count=False), spacing_s=0.0)
+    await admit_all(budget, ["create", "create"])
+    started = time.monotonic()
+    blocked_create = asyncio.create_task(budget.take_request("create"))
+    await admit_all(budget, ["poll"] * 20)
+    assert time.monotonic() - started < WINDOW / 2
+    assert not blocked_create.done()
+    await blocked_create
+    assert budget.stats().requests == {"create": 3, "poll": 20}
+    await budget.aclose()
+
+
+async def test_polls_are_served_before_creates_when_both_wait():
+    budget = LocalBudget(Limits(requests=1, window_s=0.05), spacing_s=0.0)
+    await budget.take_request("create")
+    order: list[str] = []
+
+    async def take(kind: str) -> None:
+        await budget.take_request(kind)
+        order.append(kind)
+
+    creates = [asyncio.create_task(take("create")) for _ in range(2)]
+    await asyncio.sleep(0)  # let the creates queue first
+    polls = [asyncio.create_task(take("poll")) for _ in range(2)]
+    await asyncio.gather(*creates, *polls)
+    assert order == ["poll", "poll", "create", "create"]
+    await budget.aclose()
+
+
+async def test_a_throttle_with_retry_after_pauses_every_caller_even_uncounted_polls():
+    budget = LocalBudget(Limits(requests=100, window_s=1.0, polls_count=False), spacing_s=0.0)
+    await budget.on_throttled(0.15)
+    started = time.monotonic()
+    times = await admit_all(budget, ["poll", "create", "cancel"])
+    assert min(times) - started >= 0.14
+    assert budget.stats().throttled == 1
+    await budget.aclose()
+
+
+async def test_a_throttle_without_retry_after_backs_off_doubling():
+    clock_now = [100.0]
+    budget = LocalBudget(Limits(requests=10, window_s=1.0), clock=lambda: clock_now[0], max_pause_s=1.0)
+    pauses = []
+    for _ in range(5):
+        await budget.on_throttled(None)
+        pauses.append(round(budget.stats().paused_for_s, 3))
+        clock_now[0] += budget.stats().paused_for_s
+    assert pauses == [0.1, 0.2, 0.4, 0.8, 1.0]
+    clock_now[0] += 5.0  # a quiet spell resets the backoff
+    await budget.on_throttled(None)
+    assert round(budget.stats().paused_for_s, 3) == 0.1
+    await budget.aclose()
+
+
+async def test_slots_bound_the_predictions_in_flight():
+    budget = LocalBudget(Limits(max_in_flight=3))
+    held = 0
+    most = 0
+
+    async def job() -> None:
+        nonlocal held, most
+        token = await budget.take_slot()
+        held += 1
+        most = max(most, held)
+        await asyncio.sleep(0.001)
+        held -= 1
+        await budget.release_slot(token)
+
+    await asyncio.gather(*(job() for _ in range(20)))
+    assert most == 3
+    assert budget.stats().in_flight == 0
+
+
+async def test_releasing_twice_or_cancelling_a_waiter_leaks_no_slot():
+    budget = LocalBudget(Limits(max_in_flight=1))
+    token = await budget.take_slot()
+    waiter = asyncio.create_task(budget.take_slot())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await budget.release_slot(token)
+    await budget.release_slot(token)
+    first = await budget.take_slot()
+    second = asyncio.create_task(budget.take_slot())
+    await asyncio.sleep(0)
+    assert not second.done()  # still one slot: the double release did not mint a second
+    await budget.release_slot(first)
+    await second
+
+
+async def test_unknown_request_kinds_are_refused():
+    with pytest.raises(ValueError, match="unknown request kind"):
+        await LocalBudget(Limits()).take_request("upload")
