@@ -125,19 +125,37 @@ class _Expander:
 
     def expand(self, batch: GridBatch) -> Iterator[tuple[bytes, Variant, int]]:
         """Jobs not seen before, row by row, variants in spec order, as (digest, variant, row)."""
-        names = tuple(sorted(batch.inputs))
-        columns = [_encode_column(batch.inputs[name]) for name in names]
         sha256, seen, variants = hashlib.sha256, self.seen, self.variants  # this loop runs once per job
-        for row, values in enumerate(zip(*columns, strict=True)):
-            keys = names
-            if None in values:  # an empty cell: this row falls back to the spec for that input
-                keys = tuple(name for name, value in zip(names, values, strict=True) if value is not None)
-                values = tuple(value for value in values if value is not None)
+        for row, (keys, values) in enumerate(_encoded_rows(batch)):
             for variant, template in zip(variants, self.templates(keys), strict=True):
                 digest = sha256((template % values).encode("utf-8")).digest()[:ID_BYTES]
                 if digest not in seen:
                     seen.add(digest)
                     yield digest, variant, row
+
+    def count(self, batch: GridBatch) -> None:
+        """Add the digests of the batch's jobs to `seen`, variant by variant: the fast path of plan_jobs."""
+        groups: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+        for keys, values in _encoded_rows(batch):
+            groups.setdefault(keys, []).append(values)
+        sha256 = hashlib.sha256
+        for keys, rows in groups.items():
+            for template in self.templates(keys):
+                self.seen.update(
+                    [sha256((template % values).encode("utf-8")).digest()[:ID_BYTES] for values in rows]
+                )
+
+
+def _encoded_rows(batch: GridBatch) -> Iterator[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """Per row, the names of the inputs it sets and their canonical JSON text, both in sorted name order."""
+    names = tuple(sorted(batch.inputs))
+    columns = [_encode_column(batch.inputs[name]) for name in names]
+    for values in zip(*columns, strict=True):
+        if None in values:  # an empty cell: this row falls back to the spec for that input
+            keys = tuple(name for name, value in zip(names, values, strict=True) if value is not None)
+            yield keys, tuple(value for value in values if value is not None)
+        else:
+            yield names, values
 
 
 def _encode_column(values: list[Any]) -> list[str | None]:
@@ -205,11 +223,13 @@ def plan_jobs(spec: SweepSpec, samples: int = 3) -> JobPlan:
     plan = JobPlan(variants_per_row=len(expander.variants), models=spec.models)
     prompts: set[int] = set()  # hashes, not the strings: a million prompts would weigh hundreds of MB
     for batch in _grid_batches(spec, carried=False):
+        if len(plan.samples) < samples:  # the first jobs in grid order, found apart from the count
+            first = _Expander(spec).expand(batch)
+            plan.samples += [_to_job(spec.version, batch, *job) for job in itertools.islice(first, samples)]
+            plan.samples = plan.samples[:samples]
         plan.rows += len(batch)
-        prompts.update(hash(prompt) for prompt in batch.inputs["prompt"])
-        for expanded in expander.expand(batch):
-            if len(plan.samples) < samples:
-                plan.samples.append(_to_job(spec.version, batch, *expanded))
+        prompts.update(map(hash, batch.inputs["prompt"]))
+        expander.count(batch)
     plan.total_jobs = len(expander.seen)
     plan.distinct_prompts = len(prompts)
     plan.duplicates_collapsed = plan.rows * len(expander.variants) - plan.total_jobs

@@ -354,14 +354,15 @@ def _plain(column: pa.Array) -> pa.Array:
 
 
 def _bad_rows(mask: pa.Array) -> list[int]:
-    return [i for i, bad in enumerate(mask.to_pylist()) if bad]
+    return pc.indices_nonzero(mask).to_pylist()
 
 
-def _check_prompts(column: pa.Array) -> tuple[list[Any], list[int]]:
+def _check_prompts(column: pa.Array, normalise: bool) -> tuple[list[Any] | None, list[int]]:
     if pa.types.is_null(column.type):
         return [None] * len(column), list(range(len(column)))
     empty = pc.equal(pc.utf8_trim_whitespace(column), "")
-    return column.to_pylist(), _bad_rows(pc.or_kleene(pc.is_null(column), empty).fill_null(True))
+    bad = _bad_rows(pc.or_kleene(pc.is_null(column), empty).fill_null(True))
+    return column.to_pylist() if normalise else None, bad
 
 
 def _numeric_limits(models: Sequence[ModelSchema], name: str) -> tuple[float, float]:
@@ -402,19 +403,24 @@ def _allowed(ctx: GridContext, name: str, raw: Any) -> str:
     return check_value(ctx.models, name, raw, ctx.base_dir)[1] or "a valid value"
 
 
-def _check_column(column: pa.Array, name: str, ctx: GridContext) -> tuple[list[Any], dict[int, str]]:
-    """Normalised values of one input column and, for bad rows, what is allowed."""
-    column = _plain(column)
-    if name == "prompt":
-        values, bad = _check_prompts(column)
-        return values, {row: "a non-empty string" for row in bad}
-    distinct = pc.unique(column)
-    if len(distinct) > FEW_VALUES:
-        checked = _check_many_numbers(column, name, ctx)
-        if checked is not None:
-            values, bad = checked
-            raws = column.to_pylist()
-            return values, {row: _allowed(ctx, name, raws[row]) for row in bad}
+def _check_few_values(column: pa.Array, distinct: pa.Array, name: str, ctx: GridContext, normalise: bool):
+    """Check each distinct value once with check_input, then map verdicts back onto the rows vectorised."""
+    verdicts = [check_value(ctx.models, name, raw, ctx.base_dir) for raw in distinct.to_pylist()]
+    index = pc.index_in(column, value_set=distinct)  # a null cell finds the null among the distinct values
+    values = None
+    if normalise:
+        values = pc.take(pa.array([value for value, _ in verdicts]), index).to_pylist()
+    problems = {}
+    if any(allowed for _, allowed in verdicts):
+        for row, position in enumerate(index.to_pylist()):
+            allowed = verdicts[position][1]
+            if allowed is not None:
+                problems[row] = allowed
+    return values, problems
+
+
+def _check_each(column: pa.Array, name: str, ctx: GridContext) -> tuple[list[Any], dict[int, str]]:
+    """Check value by value (remembering verdicts): many distinct image references, or numbers as odd text."""
     verdicts: dict[Any, tuple[Any, str | None]] = {}
     values, problems = [], {}
     for row, raw in enumerate(column.to_pylist()):
@@ -428,13 +434,35 @@ def _check_column(column: pa.Array, name: str, ctx: GridContext) -> tuple[list[A
     return values, problems
 
 
-def check_batch(batch: GridBatch, columns: dict[str, pa.Array], ctx: GridContext, log: ProblemLog) -> None:
+def _check_column(column: pa.Array, name: str, ctx: GridContext, normalise: bool = True):
+    """Normalised values of one input column (None when not asked to `normalise`) and, for bad rows, what
+    is allowed."""
+    column = _plain(column)
+    if name == "prompt":
+        values, bad = _check_prompts(column, normalise)
+        return values, {row: "a non-empty string" for row in bad}
+    distinct = pc.unique(column)
+    if len(distinct) <= FEW_VALUES:
+        return _check_few_values(column, distinct, name, ctx, normalise)
+    checked = _check_many_numbers(column, name, ctx)
+    if checked is None:
+        return _check_each(column, name, ctx)
+    values, bad = checked
+    raws = column.take(pa.array(bad, pa.int64())).to_pylist() if bad else []
+    return values, {row: _allowed(ctx, name, raw) for row, raw in zip(bad, raws, strict=True)}
+
+
+def check_batch(
+    batch: GridBatch, columns: dict[str, pa.Array], ctx: GridContext, log: ProblemLog, normalise: bool = True
+) -> None:
     """Fill `batch.inputs` with normalised input values; each bad cell is logged as a problem."""
     bad_cells: list[tuple[int, str, str]] = []
     for name, column in columns.items():
         if name not in INPUT_NAMES:
             continue
-        batch.inputs[name], problems = _check_column(column, name, ctx)
+        values, problems = _check_column(column, name, ctx, normalise)
+        if normalise:
+            batch.inputs[name] = values
         bad_cells.extend((row, name, allowed) for row, allowed in problems.items())
     for row, name, allowed in sorted(bad_cells):
         raw = _plain(columns[name])[row].as_py()
@@ -442,9 +470,14 @@ def check_batch(batch: GridBatch, columns: dict[str, pa.Array], ctx: GridContext
 
 
 def iter_grid(
-    ctx: GridContext, batch_size: int = 50_000, *, carried: bool = True, log: ProblemLog | None = None
+    ctx: GridContext,
+    batch_size: int = 50_000,
+    *,
+    carried: bool = True,
+    log: ProblemLog | None = None,
+    normalise: bool = True,
 ) -> Iterator[GridBatch]:
-    """The grid's rows in batches, inputs checked and normalised.
+    """The grid's rows in batches, inputs checked and (unless `normalise` is False) normalised.
 
     With `log`, problems are collected there and reading goes on; without, the first bad batch raises
     InvalidInput (the spec was checked already, so that means the file changed under us).
@@ -459,7 +492,7 @@ def iter_grid(
     rows = 0
     for numbers, columns in batches:
         batch = GridBatch(numbers, unit, {})
-        check_batch(batch, columns, ctx, collect)
+        check_batch(batch, columns, ctx, collect, normalise)
         rows += len(batch)
         if log is None:
             collect.raise_if_any()
@@ -475,7 +508,7 @@ def iter_grid(
 def validate_grid(ctx: GridContext, log: ProblemLog) -> int:
     """Check every row of the grid, adding each problem to `log`; the number of rows read."""
     try:
-        return sum(len(batch) for batch in iter_grid(ctx, carried=False, log=log))
+        return sum(len(batch) for batch in iter_grid(ctx, carried=False, log=log, normalise=False))
     except InvalidInput as exc:
         for problem in exc.problems:
             log.add(problem)
