@@ -11,11 +11,10 @@ from dataclasses import dataclass
 
 from tasks.expand import JobPlan, plan_jobs
 from tasks.grid import display_path
+from tasks.polling import PollPolicy
 from tasks.spec import ApiConfig, SweepSpec
 
 TYPICAL_LATENCY_S = 8.0
-# A first poll near the typical latency, and one more for the images that take longer.
-POLLS_PER_IMAGE = 2.0
 SAMPLE_PROMPT_CHARS = 60
 
 
@@ -47,14 +46,24 @@ def _run_seconds(jobs: int, api: ApiConfig, requests_per_image: float, latency_s
     return jobs / per_second + latency_s, "rate limit" if by_rate < by_flight else "concurrency"
 
 
+def expected_polls(polls_count: bool, policy: PollPolicy | None = None) -> float:
+    """Polls per image once the engine has learned the latency: its first poll finds a share `first_hit`
+    done, each later one about `second_hit` of the rest (the cold start's few scout polls left out)."""
+    policy = policy or PollPolicy()
+    first_hit = policy.first_hit if polls_count else policy.first_hit_uncounted
+    return 1 + (1 - first_hit) / policy.second_hit
+
+
 def estimate_run(
     jobs: int,
     api: ApiConfig,
     price_per_image: float,
     latency_s: float = TYPICAL_LATENCY_S,
-    polls_per_image: float = POLLS_PER_IMAGE,
+    polls_per_image: float | None = None,
 ) -> RunEstimate:
     """Requests, time and cost of `jobs` images at `api`'s limits and a typical latency."""
+    if polls_per_image is None:
+        polls_per_image = expected_polls(api.polls_count)
     polls = math.ceil(jobs * polls_per_image)
     counted_per_image = 1 + polls_per_image if api.polls_count else 1.0
     seconds, bound_by = _run_seconds(jobs, api, counted_per_image, latency_s)

@@ -5,6 +5,7 @@ The API base points at a live sandbox on loopback, so "nothing was sent" is chec
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 import sys
@@ -16,7 +17,8 @@ from typer.testing import CliRunner
 from promptgrid.cli import app
 from promptgrid.errors import InvalidInput
 from tasks.expand import plan_jobs
-from tasks.plan import estimate_run, format_duration
+from tasks.plan import estimate_run, expected_polls, format_duration
+from tasks.polling import PollPolicy
 from tasks.spec import ApiConfig, load_spec
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -37,7 +39,8 @@ def test_the_demo_dry_run_prints_the_plan_and_sends_nothing(sandbox) -> None:
     out = done.stdout
     assert "jobs: 24 (8 per row; 0 identical jobs collapsed)" in out
     assert "3 rows, 3 distinct prompts" in out
-    assert "24 creates + ~48 polls = ~72" in out
+    polls = math.ceil(24 * expected_polls(True))  # the engine's poll targets, whatever they are tuned to
+    assert f"24 creates + ~{polls} polls = ~{24 + polls}; ~{24 + polls} count toward the limit" in out
     assert "cost: $1.56 at $0.065 per image" in out
     assert out.count("stable-diffusion-3-5-large  prompt=") == 3  # the sample jobs
     assert "nothing was sent to the API" in out
@@ -124,3 +127,8 @@ def test_the_time_estimate_follows_the_binding_limit() -> None:
 def test_the_larger_example_plans_648_jobs() -> None:
     plan = plan_jobs(load_spec(CONFIGS / "cfg-steps-study.yaml"))
     assert (plan.total_jobs, plan.rows, plan.variants_per_row) == (648, 12, 54)
+
+
+def test_expected_polls_follow_the_engines_poll_targets() -> None:
+    assert expected_polls(False) > expected_polls(True)  # uncounted polls are spent to free slots sooner
+    assert expected_polls(True, PollPolicy(first_hit=0.5, second_hit=0.5)) == pytest.approx(2.0)
