@@ -207,7 +207,9 @@ def _check_columns(shown: str, columns: Sequence[str], log: ProblemLog) -> None:
         seen.add(name)
     if "prompt" not in columns:
         found = ", ".join(repr(name) for name in columns)
-        log.add(f"{shown}: no 'prompt' column (found {found}); the grid needs one prompt per row")
+        near = any(str(name).strip().lower() == "prompt" for name in columns)
+        hint = "; names are exact: lower case, no spaces" if near else ""
+        log.add(f"{shown}: no 'prompt' column (found {found}); the grid needs one prompt per row{hint}")
 
 
 def _open_csv(ctx: GridContext) -> io.TextIOWrapper:

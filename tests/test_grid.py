@@ -98,6 +98,7 @@ def test_all_row_problems_are_counted_and_the_first_twenty_kept(tmp_path: Path) 
         ("prompt,cfg\na,1,2\n", "line 2: 3 fields, but the header has 2"),
         ("prompt,prompt\na,b\n", "column 'prompt' appears more than once"),
         ("id,text\n1,a\n", "no 'prompt' column (found 'id', 'text')"),
+        ("Prompt ,id\n1,a\n", "names are exact: lower case, no spaces"),
         ("prompt,,id\na,b,c\n", "column 2 has no name"),
         ("prompt,id\n", "has a header but no data rows"),
         ('prompt\na\n"left open\nmore\n', "line 3: cannot read the record starting there"),
