@@ -86,7 +86,10 @@ def check_image_ref(ref: Any, base_dir: Path) -> str | None:
     )
     if not isinstance(ref, str) or not ref.strip():
         return allowed
-    parts = urlsplit(ref)
+    try:
+        parts = urlsplit(ref)
+    except ValueError:  # e.g. an unclosed [ in an IPv6 host
+        return allowed
     if parts.scheme == "https" or parts.scheme == "http":
         host = parts.hostname or ""
         if not host or (parts.scheme == "http" and not _is_loopback(host)):
@@ -99,9 +102,11 @@ def check_image_ref(ref: Any, base_dir: Path) -> str | None:
     path = Path(ref) if Path(ref).is_absolute() else base_dir / ref
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         return allowed
-    if not path.is_file():
-        return f"{allowed}; {display_path(path)} does not exist"
-    return None
+    try:
+        exists = path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        exists = False
+    return None if exists else f"{allowed}; {display_path(path)} does not exist"
 
 
 def check_value(models: Sequence[ModelSchema], name: str, raw: Any, base_dir: Path) -> tuple[Any, str | None]:

@@ -182,6 +182,9 @@ def test_image_references_allow_https_s3_loopback_http_and_existing_local_images
         "notes.txt",
         "",
         42,
+        "http://[::1/a.png",
+        "x" * 5000 + ".png",
+        "nul\x00.png",
     ]
     assert [check_image_ref(ref, tmp_path) for ref in good] == [None] * len(good)
     assert all(check_image_ref(ref, tmp_path) for ref in bad)
