@@ -33,6 +33,8 @@ from tasks.grid import GridContext, ProblemLog, check_value, display_path, valid
 OVERRIDE_KEYS = ("output", "api.base_url", "api.rate_limit", "api.max_concurrent", "api.polls_count")
 AXIS_NAMES = tuple(name for name in INPUT_NAMES if name not in ("prompt", "seed")) + ("model",)
 MAX_RANGE_VALUES = 10_000
+# Combinations every row is expanded into (axes × zip × seeds): they are held in memory, rows are not.
+MAX_VARIANTS = 100_000
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|m|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -162,8 +164,8 @@ def parse_seeds(value: Any) -> tuple[int, ...]:
         if set(value) - {"count", "start"} or "count" not in value:
             raise ValueError("seeds as a mapping needs count and may have start (nothing else)")
         count, start = value["count"], value.get("start", 0)
-        if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-            raise ValueError(f"seeds count {count!r} must be an integer of at least 1")
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_VARIANTS:
+            raise ValueError(f"seeds count {count!r} must be an integer from 1 to {MAX_VARIANTS}")
         if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start <= SEED_MAX - count + 1:
             raise ValueError(f"seeds start {start!r} must be an integer from 0 to {SEED_MAX - count + 1}")
         return tuple(range(start, start + count))
@@ -276,6 +278,12 @@ class SweepSpec(_Frozen):
         if len(set(lengths.values())) > 1:
             shown = ", ".join(f"{key} has {n}" for key, n in lengths.items())
             raise ValueError(f"zip lists must have equal lengths: {shown}")
+        variants = math.prod(len(values) for values in self.sweep.values()) * len(self.seeds)
+        variants *= max(lengths.values(), default=1)
+        if variants > MAX_VARIANTS:
+            raise ValueError(
+                f"sweep × zip × seeds make {variants:,} jobs per row; at most {MAX_VARIANTS:,} allowed"
+            )
         return self
 
     def model_schemas(self) -> tuple[ModelSchema, ...]:

@@ -166,6 +166,11 @@ MALFORMED = {
     "bucketless s3 output with key": (BASE + "output: s3:///x\n", ["output", "bucket"]),
     "other scheme output": (BASE + "output: gs://bucket/x\n", ["output", "s3://bucket/prefix"]),
     "negative seed count": (BASE + "seeds: {count: -1}\n", ["seeds", "count -1"]),
+    "huge seed count": (BASE + "seeds: {count: 1000000000}\n", ["seeds", "count 1000000000"]),
+    "too many combinations": (
+        BASE + "sweep: {cfg: {start: 0, stop: 20, step: 0.01}, steps: {start: 1, stop: 50}}\n",
+        ["jobs per row", "at most 100,000"],
+    ),
     "seeds mixing types": (BASE + "seeds: [1, '2', 3]\n", ["seeds[1]", "'2'"]),
     "seed out of range": (BASE + "seeds: [4294967296]\n", ["seeds[0]", "4294967296"]),
     "range step 0": (BASE + "sweep: {steps: {start: 20, stop: 40, step: 0}}\n", ["sweep", "step 0"]),
