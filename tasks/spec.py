@@ -35,8 +35,8 @@ AXIS_NAMES = tuple(name for name in INPUT_NAMES if name not in ("prompt", "seed"
 MAX_RANGE_VALUES = 10_000
 # Combinations every row is expanded into (axes × zip × seeds): they are held in memory, rows are not.
 MAX_VARIANTS = 100_000
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|sec|m|min|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 
 

@@ -89,7 +89,15 @@ def test_the_hash_does_not_depend_on_where_the_spec_lives(tmp_path: Path) -> Non
 
 @pytest.mark.parametrize(
     ("text", "requests", "window_s"),
-    [("60/60s", 60, 60.0), ("60/6s", 60, 6.0), ("100/1m", 100, 60.0), ("5/s", 5, 1.0), ("10/500ms", 10, 0.5)],
+    [
+        ("60/60s", 60, 60.0),
+        ("60/6s", 60, 6.0),
+        ("100/1m", 100, 60.0),
+        ("5/s", 5, 1.0),
+        ("10/500ms", 10, 0.5),
+        ("60/min", 60, 60.0),
+        ("60 / 60", 60, 60.0),
+    ],
 )
 def test_rate_limits_parse_from_the_short_form(text: str, requests: int, window_s: float) -> None:
     assert RateLimit.model_validate(text) == RateLimit(requests=requests, window_s=window_s)
