@@ -1,11 +1,14 @@
 """The request budget every API call in a process goes through: a sliding log of sends, slots, pauses.
 
 Why a sliding log and not a token bucket: a bucket holding a burst of N refills while it drains, so up to 2N
-requests can land in one window. The log admits a request only while fewer than N sends are younger than the
-window (plus a small `guard_s`, so that a server timestamping on receipt, a few milliseconds later and with
-unequal delays, never counts N+1 in its own window). Sends are also spaced at least `spacing_s` apart (half
-the average interval the limit allows): a burst of N at once would queue at the server, and the last of the
-burst, stamped late, would share a window with requests sent a full window after the first.
+requests can land in one window. The log admits a request only while fewer than N entries are in the window.
+
+The server stamps a request when it arrives, some unknown time after we admitted it — under load, tens of
+milliseconds, and unequally from one request to the next. So an entry is not dated by its admission: it
+counts as "somewhere between admission and now" until the caller settles the `Receipt` that `take_request`
+returns (the answer, or the failure, is in); from then on it is dated at the settle, which is never earlier
+than the server's own stamp. The window can then never hold N+1 for the server, however delays vary; a small
+`guard_s` covers rounding. A receipt nobody settles counts as settled `unsettled_s` after admission.
 
 Creates, polls and cancels all count, except polls when `Limits.polls_count` is False. Waiters are served by
 priority — cancels, then polls, then creates, since a poll that finds a prediction done frees a slot — and
@@ -32,9 +35,13 @@ _PRIORITY = {"cancel": 0, "poll": 1, "create": 2}
 
 
 class Budget(Protocol):
-    """What the engine needs from a budget; LocalBudget serves one process, RedisBudget many."""
+    """What the engine needs from a budget; LocalBudget serves one process, RedisBudget many.
 
-    async def take_request(self, kind: str) -> None: ...
+    `take_request` may return a receipt with a `settle()` method (LocalBudget does): the engine settles it
+    when the request's answer is in. A budget returning None dates requests at admission.
+    """
+
+    async def take_request(self, kind: str) -> Receipt | None: ...
 
     async def on_throttled(self, retry_after_s: float | None) -> None: ...
 
@@ -64,6 +71,22 @@ class Limits:
         return self.window_s / self.requests
 
 
+class Receipt:
+    """One admitted request; `settle()` it when its answer or failure is in. Settling twice is harmless."""
+
+    __slots__ = ("_budget", "admitted_at", "settled")
+
+    def __init__(self, budget: LocalBudget | None, admitted_at: float):
+        self._budget = budget
+        self.admitted_at = admitted_at
+        self.settled = budget is None
+
+    def settle(self) -> None:
+        if not self.settled:
+            self.settled = True
+            self._budget._settle(self)
+
+
 @dataclass(frozen=True)
 class BudgetStats:
     """A snapshot for progress displays and benchmarks."""
@@ -85,15 +108,16 @@ class LocalBudget:
         clock: Callable[[], float] = time.monotonic,
         *,
         guard_s: float | None = None,
-        spacing_s: float | None = None,
+        unsettled_s: float | None = None,
         max_pause_s: float | None = None,
     ):
         self.limits = limits
         self._clock = clock
-        self.guard_s = guard_s if guard_s is not None else min(0.5, max(0.02, limits.window_s * 0.02))
-        self.spacing_s = spacing_s if spacing_s is not None else limits.floor_interval_s / 8
+        self.guard_s = guard_s if guard_s is not None else min(0.1, max(0.005, limits.window_s * 0.005))
+        self.unsettled_s = unsettled_s if unsettled_s is not None else limits.window_s
         self.max_pause_s = max_pause_s if max_pause_s is not None else max(limits.window_s, 1.0)
-        self._sent: deque[float] = deque()
+        self._settled: list[float] = []  # a heap of settle times
+        self._pending: dict[Receipt, None] = {}  # admitted, not settled; in admission order
         self._paused_until = float("-inf")
         self._last_throttle = float("-inf")
         self._backoff_s = 0.0
@@ -108,23 +132,28 @@ class LocalBudget:
         self._counts: Counter[str] = Counter()
         self._throttled = 0
 
-    async def take_request(self, kind: str) -> None:
-        """Wait until one more request fits the window and no pause is on, then count it as sent now."""
+    async def take_request(self, kind: str) -> Receipt:
+        """Wait until a request fits the window and no pause is on; settle the receipt when answered."""
         if kind not in _PRIORITY:
             raise ValueError(f"unknown request kind {kind!r}; expected one of {REQUEST_KINDS}")
         counted = kind != "poll" or self.limits.polls_count
         queue_empty = not self._waiters if counted else not self._pause_waiters
-        if queue_empty and self._admit(counted):
-            self._counts[kind] += 1
-            return
-        future = asyncio.get_running_loop().create_future()
-        if counted:
-            heapq.heappush(self._waiters, (_PRIORITY[kind], next(self._order), future))
-        else:
-            self._pause_waiters.append(future)
-        self._serve()
-        await future  # a cancelled waiter is skipped by _serve: its future is done
+        receipt = self._admit(counted) if queue_empty else None
+        if receipt is None:
+            future = asyncio.get_running_loop().create_future()
+            if counted:
+                heapq.heappush(self._waiters, (_PRIORITY[kind], next(self._order), future))
+            else:
+                self._pause_waiters.append(future)
+            self._serve()
+            try:
+                receipt = await future  # a cancelled waiter is skipped by _serve: its future is done
+            except asyncio.CancelledError:
+                if future.done() and not future.cancelled():
+                    future.result().settle()
+                raise
         self._counts[kind] += 1
+        return receipt
 
     async def on_throttled(self, retry_after_s: float | None) -> None:
         """Hold every caller back: for `retry_after_s` if given, else for a doubling backoff."""
@@ -188,20 +217,38 @@ class LocalBudget:
                 return
         self._free_slots += 1
 
-    def _admit(self, counted: bool) -> bool:
-        """Count one send now if the window and any pause allow it."""
+    def _admit(self, counted: bool) -> Receipt | None:
+        """A receipt for one send now if the window and any pause allow it, else None."""
         now = self._clock()
         if now < self._paused_until:
-            return False
+            return None
         if not counted:
-            return True
+            return Receipt(None, now)
+        self._forget(now)
+        if len(self._settled) + len(self._pending) >= self.limits.requests:
+            return None
+        receipt = Receipt(self, now)
+        self._pending[receipt] = None
+        return receipt
+
+    def _forget(self, now: float) -> None:
+        """Drop entries the server has certainly left out of its window; date forgotten receipts."""
+        while self._pending:
+            oldest = next(iter(self._pending))
+            if oldest.admitted_at + self.unsettled_s > now:
+                break
+            oldest.settled = True
+            del self._pending[oldest]
+            heapq.heappush(self._settled, oldest.admitted_at + self.unsettled_s)
         horizon = now - self.limits.window_s - self.guard_s
-        while self._sent and self._sent[0] <= horizon:
-            self._sent.popleft()
-        if len(self._sent) >= self.limits.requests or (self._sent and now < self._sent[-1] + self.spacing_s):
-            return False
-        self._sent.append(now)
-        return True
+        while self._settled and self._settled[0] <= horizon:
+            heapq.heappop(self._settled)
+
+    def _settle(self, receipt: Receipt) -> None:
+        if self._pending.pop(receipt, 0) is None:
+            heapq.heappush(self._settled, self._clock())
+            if self._waiters:
+                self._serve()  # the entry now has an expiry: the wake-up time may be known at last
 
     def _serve(self) -> None:
         """Grant waiting requests in priority order while they fit; else wake up when the next one would."""
@@ -209,27 +256,31 @@ class LocalBudget:
             while self._pause_waiters:
                 future = self._pause_waiters.popleft()
                 if not future.done():
-                    future.set_result(None)
+                    future.set_result(Receipt(None, self._clock()))
         while self._waiters:
             future = self._waiters[0][2]
             if future.done():
                 heapq.heappop(self._waiters)
-            elif self._admit(True):
+            elif (receipt := self._admit(True)) is not None:
                 heapq.heappop(self._waiters)
-                future.set_result(None)
+                future.set_result(receipt)
             else:
                 break
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._waiters or self._pause_waiters:
-            self._timer = asyncio.get_running_loop().call_later(self._next_opening() + 1e-4, self._serve)
+        opening = self._next_opening() if self._waiters or self._pause_waiters else None
+        if opening is not None:
+            self._timer = asyncio.get_running_loop().call_later(opening + 1e-4, self._serve)
 
-    def _next_opening(self) -> float:
+    def _next_opening(self) -> float | None:
+        """Seconds until a waiter could be served; None when only a settle can tell (it calls _serve)."""
         now = self._clock()
         opening = self._paused_until
-        if len(self._sent) >= self.limits.requests:
-            opening = max(opening, self._sent[0] + self.limits.window_s + self.guard_s)
-        if self._sent:
-            opening = max(opening, self._sent[-1] + self.spacing_s)
+        if self._waiters and len(self._settled) + len(self._pending) >= self.limits.requests:
+            expiries = [t + self.limits.window_s + self.guard_s for t in self._settled[:1]]
+            if self._pending:
+                oldest = next(iter(self._pending)).admitted_at
+                expiries.append(oldest + self.unsettled_s + self.limits.window_s + self.guard_s)
+            opening = max(opening, min(expiries))
         return max(0.0, opening - now)

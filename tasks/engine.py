@@ -32,7 +32,7 @@ from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from promptgrid.types import Job, JobOutcome, JobStatus
 from tasks.budget import Budget, Limits
@@ -57,6 +57,7 @@ RETRYABLE_CODES = frozenset({"PROVIDER_RATE_LIMIT", "PROVIDER_SERVER_ERROR", "EX
 # 500 and 503 mean the API refused before creating; other 5xx may come from a gateway that lost the answer.
 REFUSED_CREATE_STATUSES = frozenset({500, 503})
 
+T = TypeVar("T")
 OnCreated = Callable[[Job, str, int], Awaitable[None]]
 PrepareInputs = Callable[[Job], Awaitable[Mapping[str, Any]]]
 
@@ -218,8 +219,8 @@ class Engine:
             if known_id is None:
                 self._refuse_if_halted()
                 inputs = await self._prepare(job)
+                outcome.attempts = attempt  # counted once sent: an unknown create may have made a prediction
                 prediction_id = await self._create(job, inputs, outcome)
-                outcome.attempts = attempt
                 outcome.prediction_id = prediction_id
                 if self.on_created is not None:
                     await self.on_created(job, prediction_id, attempt)
@@ -252,9 +253,10 @@ class Engine:
     async def _create(self, job: Job, inputs: Mapping[str, Any], outcome: JobOutcome) -> str:
         """Send the create, re-sending only when the API provably created nothing."""
         for resend in range(self.config.create_retries + 1):
-            await self._take_request("create", outcome)
             try:
-                prediction_id = await self.client.create(job.model, job.version, inputs)
+                prediction_id = await self._call(
+                    "create", outcome, self.client.create, job.model, job.version, inputs
+                )
             except Throttled as exc:
                 await self._throttled(exc)
                 reason = exc
@@ -339,9 +341,8 @@ class Engine:
         """One successful get, retrying transient failures; None when the deadline comes first."""
         failures = 0
         while True:
-            await self._take_request("poll", outcome)
             try:
-                return await self.client.get(prediction_id)
+                return await self._call("poll", outcome, self.client.get, prediction_id)
             except Throttled as exc:
                 await self._throttled(exc)
                 continue
@@ -361,9 +362,8 @@ class Engine:
     async def _cancel(self, prediction_id: str, outcome: JobOutcome) -> None:
         """Best effort: a cancel that fails leaves the prediction to the API's own timeout."""
         for _ in range(2):
-            await self._take_request("cancel", outcome)
             try:
-                await self.client.cancel(prediction_id)
+                await self._call("cancel", outcome, self.client.cancel, prediction_id)
                 return
             except Throttled as exc:
                 await self._throttled(exc)
@@ -403,10 +403,18 @@ class Engine:
                     raise JobEnded(JobStatus.FAILED, exc.code, exc.message) from None
                 await asyncio.sleep(self._backoff(attempt))
 
-    async def _take_request(self, kind: str, outcome: JobOutcome) -> None:
-        await self.budget.take_request(kind)
+    async def _call(
+        self, kind: str, outcome: JobOutcome, method: Callable[..., Awaitable[T]], *args: Any
+    ) -> T:
+        """One API request through the budget; its receipt is settled once the answer (or failure) is in."""
+        receipt = await self.budget.take_request(kind)
         self.stats.requests[kind] += 1
         outcome.api_requests += 1
+        try:
+            return await method(*args)
+        finally:
+            if receipt is not None:
+                receipt.settle()
 
     async def _throttled(self, exc: Throttled) -> None:
         self.stats.throttled += 1

@@ -30,14 +30,16 @@ def most_in_any_window(times: list[float], window: float) -> int:
 
 async def admit_all(budget: LocalBudget, kinds: list[str]) -> list[float]:
     async def one(kind: str) -> float:
-        await budget.take_request(kind)
-        return time.monotonic()
+        receipt = await budget.take_request(kind)
+        admitted = time.monotonic()
+        receipt.settle()
+        return admitted
 
     return list(await asyncio.gather(*(one(kind) for kind in kinds)))
 
 
 async def test_never_more_than_n_in_any_trailing_window():
-    budget = LocalBudget(Limits(requests=5, window_s=WINDOW), spacing_s=0.0)
+    budget = LocalBudget(Limits(requests=5, window_s=WINDOW))
     start = time.monotonic()
     times = await admit_all(budget, ["create"] * 16)
     assert most_in_any_window(times, WINDOW) == 5
@@ -47,21 +49,42 @@ async def test_never_more_than_n_in_any_trailing_window():
 
 
 async def test_the_guard_keeps_a_margin_beyond_the_window():
-    budget = LocalBudget(Limits(requests=3, window_s=WINDOW), guard_s=0.05, spacing_s=0.0)
+    budget = LocalBudget(Limits(requests=3, window_s=WINDOW), guard_s=0.05)
     times = sorted(await admit_all(budget, ["poll"] * 6))
     assert times[3] - times[0] >= WINDOW + 0.05
     await budget.aclose()
 
 
-async def test_sends_are_spaced_so_a_burst_does_not_queue_at_the_server():
-    budget = LocalBudget(Limits(requests=100, window_s=1.0), spacing_s=0.01)
-    times = sorted(await admit_all(budget, ["create"] * 5))
-    assert min(b - a for a, b in zip(times, times[1:], strict=False)) >= 0.009
+async def test_an_entry_counts_from_its_settle_not_its_admission():
+    # The server stamps on arrival, somewhere between admission and answer: a slow request must not free
+    # its place in the window before a full window has passed since its answer.
+    budget = LocalBudget(Limits(requests=2, window_s=WINDOW), guard_s=0.0)
+    slow = await budget.take_request("create")
+    fast = await budget.take_request("create")
+    fast.settle()
+    waiting = asyncio.create_task(budget.take_request("poll"))
+    await asyncio.sleep(WINDOW / 2)
+    settled_at = time.monotonic()
+    slow.settle()
+    (await waiting).settle()
+    assert time.monotonic() - settled_at < WINDOW  # freed when the fast one's window ended
+    third = asyncio.create_task(budget.take_request("poll"))
+    await third
+    assert time.monotonic() - settled_at >= WINDOW  # the slow one held its place a window past its settle
+    await budget.aclose()
+
+
+async def test_a_receipt_never_settled_is_dated_after_unsettled_s():
+    budget = LocalBudget(Limits(requests=1, window_s=0.05), guard_s=0.0, unsettled_s=0.05)
+    started = time.monotonic()
+    await budget.take_request("create")  # the caller forgets to settle
+    await budget.take_request("create")
+    assert time.monotonic() - started >= 0.1
     await budget.aclose()
 
 
 async def test_uncounted_polls_pass_while_creates_wait_for_the_window():
-    budget = LocalBudget(Limits(requests=2, window_s=WINDOW, polls_count=False), spacing_s=0.0)
+    budget = LocalBudget(Limits(requests=2, window_s=WINDOW, polls_count=False))
     await admit_all(budget, ["create", "create"])
     started = time.monotonic()
     blocked_create = asyncio.create_task(budget.take_request("create"))
@@ -74,12 +97,12 @@ async def test_uncounted_polls_pass_while_creates_wait_for_the_window():
 
 
 async def test_polls_are_served_before_creates_when_both_wait():
-    budget = LocalBudget(Limits(requests=1, window_s=0.05), spacing_s=0.0)
-    await budget.take_request("create")
+    budget = LocalBudget(Limits(requests=1, window_s=0.05))
+    (await budget.take_request("create")).settle()
     order: list[str] = []
 
     async def take(kind: str) -> None:
-        await budget.take_request(kind)
+        (await budget.take_request(kind)).settle()
         order.append(kind)
 
     creates = [asyncio.create_task(take("create")) for _ in range(2)]
@@ -91,7 +114,7 @@ async def test_polls_are_served_before_creates_when_both_wait():
 
 
 async def test_a_throttle_with_retry_after_pauses_every_caller_even_uncounted_polls():
-    budget = LocalBudget(Limits(requests=100, window_s=1.0, polls_count=False), spacing_s=0.0)
+    budget = LocalBudget(Limits(requests=100, window_s=1.0, polls_count=False))
     await budget.on_throttled(0.15)
     started = time.monotonic()
     times = await admit_all(budget, ["poll", "create", "cancel"])
