@@ -135,14 +135,19 @@ class _Expander:
 
     def count(self, batch: GridBatch) -> None:
         """Add the digests of the batch's jobs to `seen`, variant by variant: the fast path of plan_jobs."""
+        names = tuple(sorted(batch.inputs))
+        columns = [_encode_column(batch.inputs[name]) for name in names]
         groups: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
-        for keys, values in _encoded_rows(batch):
-            groups.setdefault(keys, []).append(values)
+        if any(None in column for column in columns):
+            for keys, values in _encoded_rows(batch):
+                groups.setdefault(keys, []).append(values)
+        else:  # every row sets the same inputs: one group, no per-row bookkeeping
+            groups[names] = list(zip(*columns, strict=True))
         sha256 = hashlib.sha256
         for keys, rows in groups.items():
             for template in self.templates(keys):
                 self.seen.update(
-                    [sha256((template % values).encode("utf-8")).digest()[:ID_BYTES] for values in rows]
+                    [sha256((template % values).encode()).digest()[:ID_BYTES] for values in rows]
                 )
 
 
