@@ -159,6 +159,7 @@ class RedisBudget:
         self._released = asyncio.Event()
         self._listener: asyncio.Task | None = None
         self._closing = False
+        self._cleanup: asyncio.Task | None = None
         # One caller per kind asks Redis at a time and the rest queue here, first come first served: the
         # ones behind would only be told to wait as long. Kinds queue apart so polls never wait on creates.
         self._askers = {kind: asyncio.Lock() for kind in (*REQUEST_KINDS, "slot")}
@@ -188,7 +189,13 @@ class RedisBudget:
         token = uuid.uuid4().hex
         self._ensure_listener()
         async with self._askers["slot"]:
-            return await self._wait_for_slot(token)
+            try:
+                return await self._wait_for_slot(token)
+            except asyncio.CancelledError:
+                # Cancelled while Redis may have granted the slot: hand it back rather than leave it to
+                # block everyone until its lease runs out.
+                self._cleanup = asyncio.create_task(self.release_slot(token))
+                raise
 
     async def _wait_for_slot(self, token: str) -> str:
         while True:

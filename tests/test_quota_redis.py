@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import redis.asyncio
 
 from tasks.budget import Limits
 from tasks.quota_redis import QuotaUnavailable, RedisBudget
@@ -223,3 +224,23 @@ async def test_unreachable_redis_fails_loudly_without_the_password():
     assert "hunter2secret" not in str(caught.value)
     assert "127.0.0.1" in str(caught.value)
     await budget.aclose()
+
+
+async def test_a_waiter_cancelled_mid_grant_leaves_no_slot_behind(redis_url, namespace):
+    limits = Limits(requests=1000, window_s=1.0, max_in_flight=1)
+    budget = RedisBudget(limits, redis_url, namespace, recheck_s=0.02)
+    other = RedisBudget(limits, redis_url, namespace, recheck_s=0.02)
+    admin = redis.asyncio.Redis.from_url(redis_url)
+    # Redis holds the grant while paused and the waiter is cancelled before any answer: whether Redis then
+    # grants the slot (and the budget hands it back) or never runs the script, the slot must not stay taken.
+    await admin.execute_command("CLIENT", "PAUSE", "300", "WRITE")
+    waiter = asyncio.create_task(budget.take_slot())
+    await asyncio.sleep(0.1)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    token = await asyncio.wait_for(other.take_slot(), 2)  # far shorter than the 30 s lease
+    await other.release_slot(token)
+    for closing in (budget, other):
+        await closing.aclose()
+    await admin.aclose()
