@@ -11,9 +11,10 @@ give it back. From the admission times and holding intervals it prints, per back
 - slot_use    slot-seconds held / (max_in_flight x duration): how much of the in-flight limit was used.
 
 The baseline is one process with the in-memory LocalBudget at the same quota, measured in the same run.
-Prefect's global concurrency limits are measured with `--prefect` against a real `prefect server start` on
-loopback (slow to start, so off by default). Time is scaled: `--window 6` runs "60 a minute" as 6 a 6 s
-window at the same shape; `--window 60` is the real quota.
+Prefect's global concurrency limits (a rate limit with slot decay, a slot limit; strict) are measured with
+`--prefect` against a real `prefect server start` on loopback (slow to start, so off by default).
+Time is scaled: `--window 6` runs the quota (60 per window, 10 in flight) with 6 s windows, same shape;
+`--window 60` is the real quota.
 
     .venv/bin/python benchmarks/quota_bench.py                  # 1x and 10x the quota, 6 s windows
     .venv/bin/python benchmarks/quota_bench.py --window 60 --scales 1 --procs 1,4
@@ -24,9 +25,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -61,8 +64,10 @@ async def drive(budget, limits: Limits, callers: int, hold_s: float, until: floa
 
     async def take_requests() -> None:
         while time.monotonic() < until:
-            await budget.take_request("create")
+            receipt = await budget.take_request("create")
             admitted.append(time.monotonic())
+            if receipt is not None:
+                receipt.settle()  # an instant answer: the budgets' own pace is what is measured
 
     async def hold_slots() -> None:
         while time.monotonic() < until:
@@ -78,9 +83,63 @@ async def drive(budget, limits: Limits, callers: int, hold_s: float, until: floa
     return admitted, holds
 
 
+class PrefectBudget:
+    """The Budget protocol over Prefect's global concurrency limits (`prefect gcl`), for comparison only.
+
+    Requests take one slot of a rate limit (a limit with slot decay). Each in-flight slot is held by a
+    task of its own inside Prefect's `concurrency` context manager, which must be left by the task that
+    entered it; release_slot tells that task to leave.
+    """
+
+    def __init__(self, namespace: str):
+        self.rate_name, self.slots_name = f"{namespace}-rate", f"{namespace}-slots"
+        self._held: dict[str, tuple[asyncio.Event, asyncio.Task]] = {}
+
+    async def take_request(self, kind: str) -> None:
+        from prefect.concurrency.asyncio import rate_limit
+
+        await rate_limit(self.rate_name, strict=True)
+
+    async def on_throttled(self, retry_after_s: float | None) -> None:
+        """Prefect has no shared pause; a 429 could only be waited out by the process that met it."""
+
+    async def take_slot(self) -> str:
+        from prefect.concurrency.asyncio import concurrency
+
+        granted, done = asyncio.Event(), asyncio.Event()
+
+        async def hold() -> None:
+            async with concurrency(self.slots_name, strict=True):
+                granted.set()
+                await done.wait()
+
+        holder = asyncio.create_task(hold())
+        await asyncio.wait([holder, asyncio.create_task(granted.wait())], return_when=asyncio.FIRST_COMPLETED)
+        if holder.done():
+            holder.result()  # raises what Prefect raised
+        token = uuid.uuid4().hex
+        self._held[token] = (done, holder)
+        return token
+
+    async def release_slot(self, token: str) -> None:
+        done, holder = self._held.pop(token)
+        done.set()
+        await holder
+
+    async def aclose(self) -> None:
+        for token in list(self._held):
+            await self.release_slot(token)
+
+
+def open_bench_budget(limits: Limits, quota_url: str | None, namespace: str):
+    if quota_url == "prefect":
+        return PrefectBudget(namespace)
+    return open_budget(limits, quota_url, namespace)
+
+
 def worker(limits, quota_url, namespace, callers, hold_s, duration_s, ready, go, results) -> None:
     async def main() -> None:
-        budget = open_budget(limits, quota_url, namespace)
+        budget = open_bench_budget(limits, quota_url, namespace)
         ready.put(os.getpid())
         while not go.is_set():
             await asyncio.sleep(0.005)
@@ -113,6 +172,8 @@ def run_processes(limits, quota_url, procs, callers, hold_s, duration_s) -> tupl
     ctx = mp.get_context("spawn")
     ready, results, go = ctx.Queue(), ctx.Queue(), StartSignal(ctx)
     namespace = f"bench-{uuid.uuid4().hex[:8]}"
+    if quota_url == "prefect":
+        create_prefect_limits(limits, namespace)
     args = (limits, quota_url, namespace, callers, hold_s, duration_s, ready, go, results)
     workers = [ctx.Process(target=worker, args=args) for _ in range(procs)]
     for process in workers:
@@ -128,6 +189,48 @@ def run_processes(limits, quota_url, procs, callers, hold_s, duration_s) -> tupl
     for process in workers:
         process.join(timeout=10)
     return start, admitted, holds
+
+
+def create_prefect_limits(limits: Limits, namespace: str) -> None:
+    """A rate limit refilling `requests` per window and a slot limit of `max_in_flight`, as ops would."""
+    prefect = [str(Path(sys.executable).parent / "prefect"), "gcl", "create"]
+    decay = limits.requests / limits.window_s
+    rate = [f"{namespace}-rate", "--limit", str(limits.requests), "--slot-decay-per-second", f"{decay:g}"]
+    for args in (rate, [f"{namespace}-slots", "--limit", str(limits.max_in_flight)]):
+        subprocess.run(prefect + args, check=True, capture_output=True, timeout=60)
+
+
+@contextlib.contextmanager
+def running_prefect_server() -> str:
+    """`prefect server start` on a free loopback port with a throwaway home; sets PREFECT_API_URL."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    home = tempfile.mkdtemp(prefix="promptgrid-bench-prefect-")
+    os.environ.update(
+        PREFECT_HOME=home,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_UI_ENABLED="false",
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+    )
+    prefect = str(Path(sys.executable).parent / "prefect")
+    command = [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"]
+    process = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        import httpx
+
+        for _ in range(240):
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                    break
+            time.sleep(0.5)  # bounded wait for the server to come up
+        yield os.environ["PREFECT_API_URL"]
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def measure(backend, limits, quota_url, procs, callers, hold_s, duration_s) -> Figures:
@@ -173,6 +276,11 @@ def most_at_once(holds: list[tuple[float, float]]) -> int:
     return best
 
 
+def die_with_parent() -> None:
+    """Runs in a child before exec: the kernel kills it if the benchmark dies without cleaning up."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+
+
 @contextlib.contextmanager
 def running_redis() -> str:
     with socket.socket() as sock:
@@ -180,7 +288,9 @@ def running_redis() -> str:
         port = sock.getsockname()[1]
     workdir = tempfile.mkdtemp(prefix="promptgrid-bench-redis-")
     command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir]
-    process = subprocess.Popen(command + ["--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command + ["--save", "", "--appendonly", "no"], stdout=subprocess.DEVNULL, preexec_fn=die_with_parent
+    )
     try:
         for _ in range(200):
             with socket.socket() as probe:
@@ -216,10 +326,11 @@ def main() -> None:
     parser.add_argument("--callers", type=int, default=8, help="coroutines per process per kind")
     parser.add_argument("--hold", type=float, default=0.13, help="slot hold time as a fraction of the window")
     parser.add_argument("--windows", type=float, default=3.0, help="run length in windows")
+    parser.add_argument("--prefect", action="store_true", help="also measure Prefect's global limits")
     args = parser.parse_args()
     duration_s, hold_s = args.window * args.windows, args.window * args.hold
     rows, baseline = [], {}
-    with running_redis() as url:
+    with running_redis() as url, running_prefect_server() if args.prefect else contextlib.nullcontext():
         for scale in (int(s) for s in args.scales.split(",")):
             limits = Limits(requests=60 * scale, window_s=args.window, max_in_flight=10 * scale)
             callers = max(args.callers, 2 * limits.max_in_flight)
@@ -229,6 +340,9 @@ def main() -> None:
                 per_proc = max(2, -(-callers // procs))
                 rows.append(measure("redis", limits, url, procs, per_proc, hold_s, duration_s))
                 print(f"measured redis x{procs} at {scale}x", file=sys.stderr, flush=True)
+                if args.prefect:
+                    rows.append(measure("prefect", limits, "prefect", procs, per_proc, hold_s, duration_s))
+                    print(f"measured prefect x{procs} at {scale}x", file=sys.stderr, flush=True)
     print_table(rows, baseline)
 
 

@@ -3,10 +3,11 @@
 Three keys under `promptgrid:quota:{namespace}:` hold the shared state, each changed only by an atomic Lua
 script reading Redis TIME, so every process judges time by one clock:
 
-- `window`  a sorted set of admitted requests scored by admission time: a request is admitted while fewer
-  than `limits.requests` entries are younger than `limits.window_s` (plus `guard_s`) and the newest is at
-  least `spacing_s` old; otherwise the script answers how long to wait. Guard and spacing are LocalBudget's,
-  for the same reasons (tasks/budget.py).
+- `window`  a sorted set of admitted requests: a request is admitted while fewer than `limits.requests`
+  entries are younger than `limits.window_s` (plus a small `guard_s`); otherwise the script answers how long
+  to wait. As in LocalBudget (tasks/budget.py), an entry is dated when its answer arrives (the receipt's
+  `settle()`), never earlier than the API stamped it, so unequal network delays cannot squeeze N+1 into the
+  API's window; until then it counts as dated `unsettled_s` after admission.
 - `slots`   a sorted set of in-flight tokens scored by lease expiry. A holder renews its leases while it
   holds them; a killed worker stops renewing, so its slots return after at most `lease_s`.
 - `paused_until`  a timestamp set when any process meets a 429: every process waits it out.
@@ -36,8 +37,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # Times are microseconds of Redis TIME (exact in a Lua double until the year 2255).
-# KEYS: window, paused_until. ARGV: limit, window_us, guard_us, member, counts (1/0), spacing_us.
-# Returns 0 when admitted, else the microseconds to wait before asking again.
+# KEYS: window, paused_until. ARGV: limit, window_us, guard_us, member, counts (1/0), unsettled_us.
+# Returns 0 when admitted, else the microseconds to wait before asking again (an upper bound while the
+# oldest entry is still unsettled). An admitted entry is scored as if it settled `unsettled_us` from now.
 _TAKE_REQUEST = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -46,17 +48,21 @@ if paused > now then return paused - now end
 if ARGV[5] == '0' then return 0 end
 local span = tonumber(ARGV[2]) + tonumber(ARGV[3])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - span))
-local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-if newest[2] and now < tonumber(newest[2]) + tonumber(ARGV[6]) then
-  return tonumber(newest[2]) + tonumber(ARGV[6]) - now
-end
 if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now, ARGV[4])
-  redis.call('PEXPIRE', KEYS[1], math.ceil(span * 2 / 1000))
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[6]), ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], math.ceil((span * 2 + tonumber(ARGV[6])) / 1000))
   return 0
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return math.max(1, tonumber(oldest[2]) + span + 1 - now)
+"""
+
+# KEYS: window. ARGV: member. Dates an entry at its answer, which the API stamped no later than now.
+_SETTLE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZADD', KEYS[1], 'XX', 'LT', now, ARGV[1])
+return 0
 """
 
 # KEYS: paused_until. ARGV: pause_us. Only ever pushes the pause later.
@@ -114,12 +120,24 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
 
 
-class RedisBudget:
-    """The engine's Budget, kept in Redis so every process sharing `namespace` shares the limits.
+class SharedReceipt:
+    """One admitted request; `settle()` it when its answer or failure is in. Settling twice is harmless."""
 
-    `guard_s` widens the window a little: a request admitted here reaches the API a few milliseconds later,
-    and unequal delays could otherwise squeeze one window's worth plus one into the API's own window.
-    """
+    __slots__ = ("_budget", "member", "settled")
+
+    def __init__(self, budget: RedisBudget, member: str):
+        self._budget = budget
+        self.member = member
+        self.settled = False
+
+    def settle(self) -> None:
+        if not self.settled:
+            self.settled = True
+            self._budget._settle_soon(self.member)
+
+
+class RedisBudget:
+    """The engine's Budget, kept in Redis so every process sharing `namespace` shares the limits."""
 
     def __init__(
         self,
@@ -130,15 +148,16 @@ class RedisBudget:
         lease_s: float = 30.0,
         recheck_s: float = 0.5,
         guard_s: float | None = None,
-        spacing_s: float | None = None,
+        unsettled_s: float | None = None,
         default_pause_s: float | None = None,
         max_connections: int = 16,
     ):
         self.limits = limits
         self.lease_s = lease_s
         self.recheck_s = recheck_s
-        self.guard_s = guard_s if guard_s is not None else min(0.5, max(0.02, limits.window_s * 0.02))
-        self.spacing_s = spacing_s if spacing_s is not None else limits.floor_interval_s / 8
+        # LocalBudget's margins: the guard covers rounding only, since entries are dated at their answer.
+        self.guard_s = guard_s if guard_s is not None else min(0.1, max(0.005, limits.window_s * 0.005))
+        self.unsettled_s = unsettled_s if unsettled_s is not None else limits.window_s
         # A 429 without Retry-After: one request's share of the window, LocalBudget's first backoff step.
         self.default_pause_s = default_pause_s or limits.floor_interval_s
         self._where = redact_url(url)
@@ -154,6 +173,9 @@ class RedisBudget:
         self._pause = self._redis.register_script(_PAUSE)
         self._take_slot = self._redis.register_script(_TAKE_SLOT)
         self._renew = self._redis.register_script(_RENEW)
+        self._settle = self._redis.register_script(_SETTLE)
+        self._settling: set[asyncio.Task] = set()
+        self._settled = asyncio.Event()
         self._held: set[str] = set()
         self._renewer: asyncio.Task | None = None
         self._released = asyncio.Event()
@@ -164,20 +186,44 @@ class RedisBudget:
         # ones behind would only be told to wait as long. Kinds queue apart so polls never wait on creates.
         self._askers = {kind: asyncio.Lock() for kind in (*REQUEST_KINDS, "slot")}
 
-    async def take_request(self, kind: str) -> None:
-        """Wait until one more request fits the shared window and no shared pause is on, then count it."""
+    async def take_request(self, kind: str) -> SharedReceipt | None:
+        """Wait until one more request fits the shared window and no shared pause is on, then count it.
+
+        Returns a receipt to settle when the answer is in, or None for a request that does not count.
+        """
         if kind not in REQUEST_KINDS:
             raise ValueError(f"unknown request kind {kind!r}; expected one of {REQUEST_KINDS}")
-        counts = "0" if kind == "poll" and not self.limits.polls_count else "1"
+        counts = kind != "poll" or self.limits.polls_count
         window = [self.limits.requests, _us(self.limits.window_s), _us(self.guard_s)]
-        args = [*window, None, counts, _us(self.spacing_s)]
+        args = [*window, None, "1" if counts else "0", _us(self.unsettled_s)]
         async with self._askers[kind]:
             while True:
                 args[3] = uuid.uuid4().hex
+                settled = self._settled
                 wait_us = await self._call(self._take_request, [self._window_key, self._paused_key], args)
                 if wait_us == 0:
-                    return
-                await asyncio.sleep(wait_us / 1e6)
+                    return SharedReceipt(self, args[3]) if counts else None
+                # The wait is exact unless the oldest entry is unsettled; a settle here, or the recheck,
+                # asks again sooner.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(settled.wait(), min(wait_us / 1e6, self._request_recheck_s()))
+
+    def _request_recheck_s(self) -> float:
+        return max(0.005, min(self.recheck_s, self.limits.floor_interval_s))
+
+    def _settle_soon(self, member: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._settle_now(member))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle_now(self, member: str) -> None:
+        try:
+            await self._call(self._settle, [self._window_key], [member])
+        except QuotaUnavailable as exc:
+            # Unsettled, the entry still leaves the window `unsettled_s` after admission: safe, slower.
+            log.warning("could not date a request at its answer: %s", exc)
+        self._settled, settled = asyncio.Event(), self._settled
+        settled.set()
 
     async def on_throttled(self, retry_after_s: float | None) -> None:
         """Pause every process sharing this quota for `retry_after_s` (or the default pause)."""
@@ -221,6 +267,8 @@ class RedisBudget:
     async def aclose(self) -> None:
         """Stop renewing, give back any slot still held, and close the connections."""
         self._closing = True
+        if self._settling:
+            await asyncio.wait(list(self._settling), timeout=5)
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

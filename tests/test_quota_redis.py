@@ -95,8 +95,9 @@ async def test_window_holds_across_budgets(redis_url, namespace):
 
     async def worker(budget: RedisBudget) -> None:
         for _ in range(5):
-            await budget.take_request("create")
+            receipt = await budget.take_request("create")
             admitted.append(time.monotonic())
+            receipt.settle()  # the answer is in at once
 
     await asyncio.wait_for(asyncio.gather(*(worker(b) for b in budgets)), 10)
     for budget in budgets:
@@ -107,12 +108,29 @@ async def test_window_holds_across_budgets(redis_url, namespace):
     assert admitted[-1] - min(admitted) >= 0.6
 
 
+async def test_requests_are_dated_at_their_answer(redis_url, namespace):
+    limits = Limits(requests=2, window_s=0.3, max_in_flight=10)
+    budget = RedisBudget(limits, redis_url, namespace, unsettled_s=2.0)
+    started = time.monotonic()
+    first = await budget.take_request("create")
+    await budget.take_request("create")  # never settled: counts as dated 2 s after admission
+    await asyncio.sleep(0.1)  # the first answer takes 0.1 s to arrive
+    first.settle()
+    first.settle()  # twice is harmless
+    # Settled, the first entry leaves 0.3 s after its answer: well before the 2 s it would count unsettled,
+    await asyncio.wait_for(budget.take_request("create"), 1.5)
+    # and not 0.3 s after its admission.
+    assert time.monotonic() - started >= 0.38
+    await budget.aclose()
+
+
 async def test_polls_pass_when_they_do_not_count(redis_url, namespace):
     limits = Limits(requests=2, window_s=60.0, max_in_flight=10, polls_count=False)
     budget = RedisBudget(limits, redis_url, namespace)
     await budget.take_request("create")
     await budget.take_request("create")
-    await asyncio.wait_for(asyncio.gather(*(budget.take_request("poll") for _ in range(20))), 2)
+    polls = await asyncio.wait_for(asyncio.gather(*(budget.take_request("poll") for _ in range(20))), 2)
+    assert polls == [None] * 20  # nothing to settle
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(budget.take_request("create"), 0.2)
     await budget.aclose()
