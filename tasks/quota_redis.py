@@ -200,7 +200,11 @@ class RedisBudget:
             while True:
                 args[3] = uuid.uuid4().hex
                 settled = self._settled
-                wait_us = await self._call(self._take_request, [self._window_key, self._paused_key], args)
+                try:
+                    wait_us = await self._call(self._take_request, [self._window_key, self._paused_key], args)
+                except asyncio.CancelledError:
+                    self._settle_soon(args[3])  # in case Redis admitted it: date it now, not a window on
+                    raise
                 if wait_us == 0:
                     return SharedReceipt(self, args[3]) if counts else None
                 # The wait is exact unless the oldest entry is unsettled; a settle here, or the recheck,
