@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -40,3 +41,14 @@ def test_cli_rejects_impossible_options():
     finished = subprocess.run(command, capture_output=True, text=True, timeout=30)
     assert finished.returncode == 2
     assert "error_rate must be between 0 and 1" in finished.stderr
+
+
+def test_cli_reports_a_taken_port_without_a_traceback():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        command = [sys.executable, "-m", "promptgrid.cli", "sandbox", "--port", port]
+        finished = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert finished.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in finished.stderr and "Traceback" not in finished.stderr

@@ -78,4 +78,7 @@ def register(app: typer.Typer) -> None:
             raise InvalidInput([f"sandbox options: {exc}"]) from None
         # Ctrl-C is how the server is meant to stop: no traceback.
         with contextlib.suppress(KeyboardInterrupt):
-            serve_forever(config, on_ready=lambda url: typer.echo(_describe(config, url)))
+            try:
+                serve_forever(config, on_ready=lambda url: typer.echo(_describe(config, url)))
+            except OSError as exc:  # the port is taken or the address is not ours
+                raise InvalidInput([f"cannot listen on {host}:{port}: {exc.strerror or exc}"]) from None
