@@ -127,7 +127,9 @@ def render_report(
             for grid in page_grids:
                 thumbnails.update(builder.place_grid(grid))
             html = render_page(
-                PageContent(page_grids, summary if index == 0 else None, PageLinks(page_links, index)),
+                PageContent(
+                    page_grids, summary if index == 0 else None, PageLinks(page_links, index), sink.root
+                ),
                 thumbnails,
                 builder.sheet_href,
                 sweep_params(table.column_names),

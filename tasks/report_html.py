@@ -59,6 +59,7 @@ class PageContent:
     grids: Sequence[PromptGrid]
     summary: RunSummary | None
     pages: PageLinks
+    output: str = ""
     title: str = "promptgrid report"
 
 
@@ -75,6 +76,7 @@ def render_page(
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{escape(content.title)}</title><style>{STYLE}</style></head><body>",
         f"<h1>{escape(content.title)}</h1>",
+        f'<p class="meta">Output: {escape(content.output)}</p>' if content.output else "",
     ]
     if content.summary is not None:
         parts.append(render_summary(content.summary))
@@ -100,7 +102,7 @@ def render_summary(summary: RunSummary) -> str:
     rows.append((cost_label, f"${summary.cost_usd:.2f}"))
     for label, fraction in (("latency p50", 0.5), ("latency p90", 0.9), ("latency max", 1.0)):
         value = summary.latency_percentile(fraction)
-        rows.append((label, "—" if value is None else f"{value:.1f} s"))
+        rows.append((label, "—" if value is None else seconds(value)))
     if summary.run_ids:
         rows.append(("runs", ", ".join(summary.run_ids)))
     parts = ['<section class="summary"><h2>Run summary</h2><table>']
@@ -134,15 +136,21 @@ def render_histogram(values: Sequence[float], width: int = 480, height: int = 12
         bars.append(
             f'<rect x="{i * bar_width:.1f}" y="{plot_height - bar_height:.1f}"'
             f' width="{max(1.0, bar_width - 1):.1f}"'
-            f' height="{bar_height:.1f}" fill="#4a7bd0"><title>{low:.2f}–{high:.2f} s: {count}</title></rect>'
+            f' height="{bar_height:.1f}" fill="#4a7bd0">'
+            f"<title>{seconds(low)}–{seconds(high)}: {count}</title></rect>"
         )
     low, high = bins[0][0], bins[-1][1]
     return (
         f'<svg class="histogram" width="{width}" height="{height}" viewBox="0 0 {width} {height}"'
         f' role="img" aria-label="latency histogram">{"".join(bars)}'
-        f'<text x="0" y="{height - 4}">{low:.1f} s</text>'
-        f'<text x="{width}" y="{height - 4}" text-anchor="end">{high:.1f} s</text></svg>'
+        f'<text x="0" y="{height - 4}">{seconds(low)}</text>'
+        f'<text x="{width}" y="{height - 4}" text-anchor="end">{seconds(high)}</text></svg>'
     )
+
+
+def seconds(value: float) -> str:
+    """A duration to three significant digits: 0.241 s, 8.03 s, 312 s."""
+    return f"{value:.3g} s" if value < 1000 else f"{value:.0f} s"
 
 
 def render_page_links(pages: PageLinks) -> str:
