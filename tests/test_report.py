@@ -25,7 +25,7 @@ from promptgrid.types import Job, JobOutcome, JobStatus
 from tasks.contact_sheet import FAILURE_FILL, PAD
 from tasks.keys import image_key
 from tasks.manifest import MANIFEST_SCHEMA, ManifestWriter, read_manifest
-from tasks.report import render_report, write_report
+from tasks.report import render_report, report_url, write_report
 from tasks.report_grid import build_grids
 from tasks.report_summary import summarize
 from tasks.storage import LocalSink, Sink, open_sink
@@ -209,7 +209,7 @@ def test_report_command_shows_every_image_and_names_every_failure(local_run):
     result = CliRunner().invoke(app, ["report", sink.root])
     assert result.exit_code == 0, result.output
     index = sink.path / "report" / "index.html"
-    assert result.output.strip() == str(index)
+    assert result.output.strip() == str(index) and report_url(sink) == index.as_uri()
     page = ReportPage(index.read_text(encoding="utf-8"))
     for job in recorded:
         figure = page.figure_for(job.job_id)
@@ -431,6 +431,8 @@ def test_s3_report_uses_thumbnails_in_the_bucket_and_presigned_links(s3_output: 
     with httpx.Client(timeout=10) as client:
         thumb = client.get(figure.src)
         full = client.get(figure.href)
+        index = client.get(report_url(sink, expires_s=600))
+    assert index.status_code == 200 and index.text == sink.get_bytes("report/index.html").decode("utf-8")
     assert thumb.status_code == 200 and close(mean_colour(thumb.content), job.colour)
     assert full.status_code == 200 and full.content == sink.get_bytes(job.image_key)
     assert sink.exists(f"report/thumbs/{job.job_id}.webp")

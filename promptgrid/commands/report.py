@@ -26,6 +26,9 @@ def register(app: typer.Typer) -> None:
         sheets: Annotated[
             bool, typer.Option("--sheets/--no-sheets", help="Also draw one PNG contact sheet per prompt.")
         ] = True,
+        link_expires_s: Annotated[
+            int, typer.Option(min=1, max=604800, help="S3 only: how long the report's presigned links work.")
+        ] = 604800,
     ) -> None:
         """Write OUTPUT/report/index.html (grids per prompt, failures with reasons, a run summary)."""
         from promptgrid.errors import InvalidInput
@@ -45,5 +48,6 @@ def register(app: typer.Typer) -> None:
             price_per_image=price_per_image,
             page_size=page_size,
             sheets=sheets,
+            link_expires_s=link_expires_s,
         )
         typer.echo(uri)
