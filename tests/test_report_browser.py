@@ -13,7 +13,7 @@ from PIL import Image
 from promptgrid.types import JobStatus
 from tasks.report import write_report
 from tasks.storage import LocalSink
-from tests.test_report import PROMPTS, assert_laid_out, colour_centre, record_run
+from tests.test_report_support import PROMPTS, assert_laid_out, colour_centre, record_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(

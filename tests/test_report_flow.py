@@ -13,7 +13,7 @@ from flows.generate import generate
 from promptgrid.cli import app
 from tasks.manifest import read_manifest
 from tasks.storage import LocalSink
-from tests.test_report import ReportPage
+from tests.test_report_support import ReportPage
 
 pytestmark = [
     pytest.mark.usefixtures("prefect_harness"),
