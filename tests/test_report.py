@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import urllib.parse
+from itertools import product
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
@@ -15,7 +18,7 @@ from typer.testing import CliRunner
 from promptgrid.cli import app
 from promptgrid.errors import InvalidInput
 from promptgrid.types import JobStatus
-from tasks.contact_sheet import FAILURE_FILL, PAD
+from tasks.contact_sheet import FAILURE_FILL, PAD, draw_contact_sheet
 from tasks.manifest import MANIFEST_SCHEMA, read_manifest
 from tasks.report import render_report, report_url, write_report
 from tasks.report_grid import build_grids
@@ -255,3 +258,30 @@ def test_s3_report_uses_thumbnails_in_the_bucket_and_presigned_links(s3_output: 
     assert len([key for key in sink.list_keys("report/sheets/") if key.endswith(".png")]) == len(PROMPTS)
     failed = next(job for job in recorded if job.status != JobStatus.SUCCESS)
     assert failed.error_message in page.figure_for(failed.job_id).text
+
+
+@pytest.mark.parametrize(
+    ("varying", "expected_axes", "expected_variants"),
+    [
+        ({}, (None, None), ["seed"]),
+        ({"steps": [20, 35]}, ("steps", None), ["seed"]),
+        (
+            {"cfg": [2.0, 3.0], "steps": [20, 35], "aspect_ratio": ["1:1", "16:9"]},
+            ("cfg", "steps"),
+            ["aspect_ratio", "seed"],
+        ),
+    ],
+)
+def test_any_number_of_swept_parameters_gives_a_grid_and_a_sheet(varying, expected_axes, expected_variants):
+    base = {"prompt": "p", "cfg": 3.5, "steps": 35, "aspect_ratio": "1:1", "status": "success", "seed": 1}
+    combos = [dict(zip(varying, values, strict=True)) for values in product(*varying.values())] or [{}]
+    rows = [{**base, **combo, "job_id": f"j{index}"} for index, combo in enumerate(combos)]
+    (grid,) = build_grids(rows)
+    assert (grid.across, grid.down) == expected_axes and grid.variant_params == expected_variants
+    assert sorted(row["job_id"] for row in grid.rows()) == sorted(row["job_id"] for row in rows)
+    tiles = {row["job_id"]: Image.new("RGB", (64, 64), (200, 30, 30)) for row in rows}
+    with Image.open(io.BytesIO(draw_contact_sheet(grid, tiles))) as sheet:
+        columns = len(grid.across_values) * grid.variants_per_cell()
+        assert sheet.width >= columns * TILE_PX and sheet.height >= len(grid.down_values) * TILE_PX
+        red = (np.abs(np.asarray(sheet.convert("RGB"), dtype=np.int16) - (200, 30, 30)) <= 2).all(axis=2)
+        assert red.sum() == len(rows) * 64 * 64  # every tile drawn once, at its own size, none cut off
