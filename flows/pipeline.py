@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -24,18 +26,21 @@ from promptgrid.settings import read_api_settings
 from promptgrid.types import Job, JobStatus
 from tasks.budget import Limits
 from tasks.client import ApiClient, ApiError
-from tasks.engine import Engine, EngineConfig
+from tasks.engine import Engine, EngineConfig, PrepareInputs
 from tasks.expand import iter_job_batches
+from tasks.inputs import InputImages, InputServer, classify_image_ref
 from tasks.journal import Journal
 from tasks.manifest import ManifestWriter, latest_status, save_spec
 from tasks.progress import RunProgress, TerminalProgress
 from tasks.quota import open_budget, quota_namespace
 from tasks.spec import ApiConfig, SweepSpec
-from tasks.storage import Sink, open_sink
+from tasks.storage import LocalSink, Sink, open_sink
 from tasks.store import OutcomeStore
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 SHARD_SIZE = 200
 SHARDS_IN_FLIGHT = 2
+SHARD_RETRY_DELAYS_S = (2.0, 10.0)
 TICK_S = 1.0
 
 
@@ -67,10 +72,18 @@ class RunPlan:
     spec_text: str
     spec_hash: str
     batches: Callable[[], Iterable[list[Job]]]
+    base_dir: Path = Path(".")  # where relative image paths in the grid are found
 
     @classmethod
     def from_spec(cls, spec: SweepSpec) -> RunPlan:
-        return cls(spec.api, spec.output, spec.source_text, spec.spec_hash, lambda: iter_job_batches(spec))
+        return cls(
+            spec.api,
+            spec.output,
+            spec.source_text,
+            spec.spec_hash,
+            lambda: iter_job_batches(spec),
+            spec.source_path.parent,
+        )
 
 
 @dataclass
@@ -119,7 +132,7 @@ class RunContext:
     resume: dict[str, str] = field(default_factory=dict)
 
 
-@task(name="predict-shard", retries=2, retry_delay_seconds=[2, 10], cache_policy=NO_CACHE)
+@task(name="predict-shard", retries=len(SHARD_RETRY_DELAYS_S), cache_policy=NO_CACHE)
 async def predict_shard(jobs: list[Job], run: RunContext) -> int:
     """Run one shard's jobs to outcomes and store them; a retry skips what an earlier try stored."""
     todo = [job for job in jobs if job.job_id not in run.store.saved]
@@ -134,6 +147,31 @@ async def predict_shard(jobs: list[Job], run: RunContext) -> int:
             raise
         # 402/401: retrying the shard cannot help; the flow reports it once every shard has stopped.
     return len(todo)
+
+
+@contextlib.contextmanager
+def input_images(sink: Sink, plan: RunPlan) -> Iterator[PrepareInputs]:
+    """The engine's hook that turns a job's image reference into a URL the API can fetch, at create time.
+
+    Local files staged in a local output are served on loopback, which only an API on this machine (the
+    sandbox) can reach; with a remote API they need an S3 output, which presigns them.
+    """
+    serve = isinstance(sink, LocalSink) and urlsplit(plan.api.base_url).hostname in LOOPBACK_HOSTS
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(InputServer(sink)) if serve else None
+        images = InputImages(sink, base_dir=plan.base_dir, server=server)
+
+        async def prepare(job: Job) -> Mapping[str, Any]:
+            ref = job.inputs.get("image")
+            if not ref:
+                return job.inputs
+            if server is None and isinstance(sink, LocalSink) and classify_image_ref(ref) == "path":
+                raise InvalidInput(
+                    [f"image {ref!r}: a local file needs an s3:// output to be sent to a remote API"]
+                )
+            return {**job.inputs, "image": await asyncio.to_thread(images.url_for, ref)}
+
+        yield prepare
 
 
 def engine_config(api: ApiConfig, time_scale: float) -> EngineConfig:
@@ -185,14 +223,16 @@ async def run_plan(
     failures: list[BaseException] = []
     async with ApiClient(settings.base_url, settings.api_key) as client:
         store = OutcomeStore(sink, journal, writer, progress)
-        engine = Engine(client, budget, config, on_created=store.on_created)
-        with TerminalProgress(progress) as terminal:
+        with input_images(sink, plan) as prepare, TerminalProgress(progress) as terminal:
+            engine = Engine(client, budget, config, on_created=store.on_created, prepare_inputs=prepare)
             run = RunContext(engine, store, terminal, resume)
             artifact = await ProgressArtifact.start(progress)
             ticker = asyncio.create_task(_tick(run, writer, artifact))
             try:
                 jobs = select_jobs(plan, latest, selection, Tally())
-                failures = await _run_shards(chunked(jobs, SHARD_SIZE), run)
+                delays = [delay / time_scale for delay in SHARD_RETRY_DELAYS_S]
+                shard_task = predict_shard.with_options(retry_delay_seconds=delays)
+                failures = await _run_shards(chunked(jobs, SHARD_SIZE), run, shard_task)
             finally:
                 ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -210,7 +250,7 @@ async def run_plan(
     )
 
 
-async def _run_shards(shards: Iterator[list[Job]], run: RunContext) -> list[BaseException]:
+async def _run_shards(shards: Iterator[list[Job]], run: RunContext, shard_task) -> list[BaseException]:
     """Keep SHARDS_IN_FLIGHT shards going; a shard that fails after its retries is reported, not fatal."""
     pending: set[asyncio.Task] = set()
     failures: list[BaseException] = []
@@ -224,7 +264,7 @@ async def _run_shards(shards: Iterator[list[Job]], run: RunContext) -> list[Base
         if len(pending) >= SHARDS_IN_FLIGHT:
             done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             collect(done)
-        pending.add(asyncio.create_task(predict_shard(quote(shard), quote(run))))
+        pending.add(asyncio.create_task(shard_task(quote(shard), quote(run))))
     if pending:
         done, _ = await asyncio.wait(pending)
         collect(done)

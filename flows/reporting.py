@@ -45,6 +45,7 @@ class ProgressArtifact:
 
 
 async def _write_report(sink: Sink, price_per_image: float) -> str | None:
+    """The report's URI, or None when it could not be written."""
     from tasks.report import write_report
 
     try:
@@ -72,7 +73,9 @@ async def finish_run(
     if FlowRunContext.get() is not None:
         await acreate_table_artifact(table=rows, key="promptgrid-summary", description=f"run {run_id}")
         if report_uri:
-            link = report_uri if "://" in report_uri else f"file://{report_uri}"
+            from tasks.report import report_url
+
+            link = await asyncio.to_thread(report_url, sink)
             await acreate_link_artifact(link=link, link_text="promptgrid report", key="promptgrid-report")
     for row in rows:
         logger.info("%s: %s", row["metric"], row["value"])

@@ -136,9 +136,11 @@ def _as_int(value: Any) -> int | None:
 
 def _check_number(name, value, low, high, errors, *, integer):
     parsed = _as_int(value) if integer else _as_number(value)
-    kind = "an integer" if integer else "a number"
     if parsed is None or parsed != parsed or not (low <= parsed <= high):
-        errors.append(InputError(name, value, f"{kind} from {low:g} to {high:g}"))
+        span = (
+            f"an integer from {int(low)} to {int(high)}" if integer else f"a number from {low:g} to {high:g}"
+        )
+        errors.append(InputError(name, value, span))
         return None
     return parsed
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+import pytest
+
 # Before anything imports prefect: its settings are read once, at import.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="promptgrid-test-prefect-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -13,3 +15,12 @@ os.environ.pop("EACHLABS_API_KEY", None)
 os.environ.pop("EACHLABS_API_BASE", None)
 
 pytest_plugins = ["tests.fixtures_sandbox", "tests.fixtures_s3"]
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One Prefect test server for the whole session (starting one costs seconds)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
