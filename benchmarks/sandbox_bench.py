@@ -1,8 +1,8 @@
 """Figures for the sandbox's own speed: requests per second by kind and render cost, against a baseline.
 
-Run `python -m sandbox.benchmark`. The server runs as `promptgrid sandbox` in its own process (in-process it
-would share the client's GIL). The baseline is the cheapest round trip the same server makes (a 401, refused
-before any work), measured in the same run, so the ratios hold on any machine.
+Run `python benchmarks/sandbox_bench.py`. The server runs as `promptgrid sandbox` in its own process
+(in-process it would share the client's GIL). The baseline is the cheapest round trip the same server
+makes (a 401, refused before any work), measured in the same run, so the ratios hold on any machine.
 """
 
 from __future__ import annotations
