@@ -29,9 +29,9 @@ LatencyKey = tuple[str, int]
 class PollPolicy:
     """Poll timing knobs in seconds of the API's clock; tests and benchmarks shrink them by the time scale."""
 
-    first_hit: float = 0.86
+    first_hit: float = 0.9
     # When polls do not count against the rate limit, slots turning over fast matter more than polls saved.
-    first_hit_uncounted: float = 0.8
+    first_hit_uncounted: float = 0.83
     second_hit: float = 0.8
     rate: float = 0.15
     warm_rate: float = 0.3  # larger steps for the first few samples, while the seed is rough
@@ -40,6 +40,8 @@ class PollPolicy:
     min_gap: float = 0.02
     cold_start_s: float = 2.0
     cold_growth: float = 2.0
+    # The first completion is one sample; its delay is padded, since a miss costs a poll per prediction.
+    seed_margin: float = 1.5
     scouts: int = 2
     scout_lead: int = 5  # the others start this many cold steps later, unless a scout finds a delay first
     retry_growth: float = 1.5
@@ -109,7 +111,7 @@ class LatencyModel:
         """A prediction was seen done `elapsed_s` after creation; seeds the delay when nothing was known."""
         state = self._state(key)
         if state.delay_s is None:
-            state.delay_s = max(elapsed_s, self.policy.min_interval_s)
+            state.delay_s = max(elapsed_s * self.policy.seed_margin, self.policy.min_interval_s)
             state.learned.set()
 
     def learned_event(self, key: LatencyKey) -> asyncio.Event:
