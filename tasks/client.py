@@ -104,6 +104,19 @@ _BY_STATUS: dict[int, type[ApiError]] = {
 }
 
 
+# 500 and 503 mean the API refused before creating; other 5xx may come from a gateway that lost the answer.
+REFUSED_STATUSES = frozenset({500, 503})
+
+
+def created_nothing(exc: ApiError) -> bool:
+    """Whether a failed create provably created nothing, so that sending it again cannot bill twice."""
+    if isinstance(exc, TransportFailure):
+        return not exc.sent
+    return isinstance(exc, Throttled) or (
+        isinstance(exc, ServerFailure) and exc.status_code in REFUSED_STATUSES
+    )
+
+
 class PredictionStatus(StrEnum):
     """The closed set of states a prediction is in, older spellings folded in by `parse_status`."""
 

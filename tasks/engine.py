@@ -49,13 +49,12 @@ from tasks.client import (
     Throttled,
     TransportFailure,
     UnexpectedAnswer,
+    created_nothing,
 )
-from tasks.fetch import DEFAULT_MAX_BYTES, FetchFailed, expected_image, fetch_output
+from tasks.fetch import DEFAULT_MAX_BYTES, FetchedImage, FetchFailed, expected_image, fetch_output
 from tasks.polling import LatencyModel, PollPlan, PollPolicy
 
 RETRYABLE_CODES = frozenset({"PROVIDER_RATE_LIMIT", "PROVIDER_SERVER_ERROR", "EXECUTION_TIMEOUT"})
-# 500 and 503 mean the API refused before creating; other 5xx may come from a gateway that lost the answer.
-REFUSED_CREATE_STATUSES = frozenset({500, 503})
 
 T = TypeVar("T")
 OnCreated = Callable[[Job, str, int], Awaitable[None]]
@@ -80,20 +79,12 @@ class EngineConfig:
 
     def scaled(self, time_scale: float) -> EngineConfig:
         """The same config for an API whose clock runs `time_scale` times faster (the sandbox, tests)."""
-        poll = self.poll
-        poll = replace(
-            poll,
-            cold_start_s=poll.cold_start_s / time_scale,
-            min_interval_s=poll.min_interval_s / time_scale,
-            max_interval_s=poll.max_interval_s / time_scale,
-            prior_s=None if poll.prior_s is None else poll.prior_s / time_scale,
-        )
         return replace(
             self,
             deadline_s=self.deadline_s / time_scale,
             retry_backoff_s=self.retry_backoff_s / time_scale,
             max_backoff_s=self.max_backoff_s / time_scale,
-            poll=poll,
+            poll=self.poll.scaled(time_scale),
         )
 
 
@@ -261,7 +252,7 @@ class Engine:
                 await self._throttled(exc)
                 reason = exc
             except (ServerFailure, TransportFailure) as exc:
-                if not _create_refused(exc):
+                if not created_nothing(exc):
                     raise JobEnded(
                         JobStatus.FAILED, "CREATE_OUTCOME_UNKNOWN", _unknown_message(exc)
                     ) from None
@@ -375,9 +366,7 @@ class Engine:
         if prediction.status is PredictionStatus.ERROR:
             raise _ended_by_error(prediction)
         if prediction.status is PredictionStatus.CANCELLED:
-            raise JobEnded(
-                JobStatus.CANCELLED, "PREDICTION_CANCELLED", "the prediction was cancelled at the API"
-            )
+            raise JobEnded(JobStatus.CANCELLED, "PREDICTION_CANCELLED", "cancelled at the API")
         if prediction.output_url is None:
             raise JobEnded(
                 JobStatus.FAILED, "OUTPUT_MISSING", "the prediction succeeded without an output URL"
@@ -387,21 +376,19 @@ class Engine:
         outcome.image, outcome.sha256, outcome.bytes = image.data, image.sha256, image.bytes
         outcome.image_format, outcome.width, outcome.height = image.format, image.width, image.height
 
-    async def _fetch(self, url: str, inputs: Mapping[str, Any]):
+    async def _fetch(self, url: str, inputs: Mapping[str, Any]) -> FetchedImage:
         output_format, size = expected_image(inputs)
+        cap = self.config.output_max_bytes
         for attempt in range(self.config.fetch_retries + 1):
             try:
                 return await fetch_output(
-                    self.client.storage,
-                    url,
-                    output_format=output_format,
-                    size=size,
-                    max_bytes=self.config.output_max_bytes,
+                    self.client.storage, url, output_format=output_format, size=size, max_bytes=cap
                 )
             except FetchFailed as exc:
                 if not exc.retryable or attempt == self.config.fetch_retries:
                     raise JobEnded(JobStatus.FAILED, exc.code, exc.message) from None
                 await asyncio.sleep(self._backoff(attempt))
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _call(
         self, kind: str, outcome: JobOutcome, method: Callable[..., Awaitable[T]], *args: Any
@@ -426,12 +413,6 @@ class Engine:
 
     def _retryable(self, prediction: Prediction) -> bool:
         return prediction.retryable is True or prediction.error_code in self.config.retryable_codes
-
-
-def _create_refused(exc: ServerFailure | TransportFailure) -> bool:
-    if isinstance(exc, TransportFailure):
-        return not exc.sent
-    return exc.status_code in REFUSED_CREATE_STATUSES
 
 
 def _unknown_message(exc: ApiError) -> str:

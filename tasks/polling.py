@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 LatencyKey = tuple[str, int]
 
@@ -54,6 +54,16 @@ class PollPolicy:
             raise ValueError("PollPolicy needs first_hit and second_hit between 0 and 1")
         if self.cold_growth <= 1 or self.retry_growth < 1 or self.scouts < 1:
             raise ValueError("PollPolicy needs cold_growth > 1, retry_growth >= 1 and at least one scout")
+
+    def scaled(self, time_scale: float) -> PollPolicy:
+        """The same policy for an API whose clock runs `time_scale` times faster."""
+        return replace(
+            self,
+            cold_start_s=self.cold_start_s / time_scale,
+            min_interval_s=self.min_interval_s / time_scale,
+            max_interval_s=self.max_interval_s / time_scale,
+            prior_s=None if self.prior_s is None else self.prior_s / time_scale,
+        )
 
 
 @dataclass
