@@ -238,6 +238,7 @@ async def run_plan(
                 with contextlib.suppress(asyncio.CancelledError):
                     await ticker
                 await asyncio.to_thread(writer.close)
+                await asyncio.to_thread(journal.close)
                 await budget.aclose()
     return await finish_run(
         sink,
