@@ -35,11 +35,13 @@ async def generate(
     shard_count: int = 1,
     price_per_image: float = 0.065,
     time_scale: float = 1.0,
+    report: bool = True,
 ) -> dict[str, Any]:
     """Generate every image of a spec that its output does not have yet.
 
     `shard_index`/`shard_count` split one spec across flow runs that share the output; `time_scale` is the
     speed of the API's clock (1 for the real API; a sandbox started with --time-scale runs faster).
+    `report=False` skips the HTML report at the end (`promptgrid report` builds it later).
     """
     overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count)
     spec = load_spec(Path(spec_path), overrides=overrides)
@@ -49,4 +51,5 @@ async def generate(
         price_per_image=price_per_image,
         time_scale=time_scale,
         run_id=current_run_id(),
+        report=report,
     )

@@ -201,6 +201,7 @@ async def run_plan(
     price_per_image: float = 0.065,
     time_scale: float = 1.0,
     run_id: str | None = None,
+    report: bool = True,
 ) -> dict[str, Any]:
     """Run the selected jobs of a plan to outcomes in its output; returns the run's summary counts."""
     from flows.reporting import ProgressArtifact, finish_run
@@ -248,6 +249,7 @@ async def run_plan(
         failures=failures,
         halted=engine.halted,
         price_per_image=price_per_image,
+        report=report,
     )
 
 

@@ -64,11 +64,12 @@ async def finish_run(
     failures: list[BaseException],
     halted: BaseException | None,
     price_per_image: float,
+    report: bool = True,
 ) -> dict[str, Any]:
     """Publish the summary and report; raise when shards failed or the API stopped the run, so it is not
     mistaken for a completed one."""
     logger = get_run_logger()
-    report_uri = await _write_report(sink, price_per_image)
+    report_uri = await _write_report(sink, price_per_image) if report else None
     rows = summarize(progress)
     if FlowRunContext.get() is not None:
         await acreate_table_artifact(table=rows, key="promptgrid-summary", description=f"run {run_id}")

@@ -1,0 +1,184 @@
+"""What the Prefect flow costs over a bare asyncio loop, and how its memory grows with the run.
+
+Both sides drive the same engine and store stage against one sandbox (its own process) with the limits
+lifted and zero latency, so the figures are the pipeline's own overhead, not the API's pacing:
+
+    python benchmarks/flow_bench.py                 # 2,000 jobs: flow vs bare loop, then peak memory
+    python benchmarks/flow_bench.py --jobs 500      # a quicker look
+
+Peak memory is measured in a fresh process per size (peak RSS only grows), for 2,000 and 20,000 jobs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import csv
+import os
+import resource
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LIFTED = {"rate_limit": "1000000/1s", "max_concurrent": 100}
+KEY = "flow-bench-key"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def sandbox_process():
+    """`promptgrid sandbox` with no latency and no limits, in its own process (its own core)."""
+    port = free_port()
+    command = [sys.executable, "-m", "promptgrid.cli", "sandbox", "--port", str(port), "--api-key", KEY]
+    command += ["--latency-median-s", "0", "--latency-sigma", "0", "--rate-limit", "1000000"]
+    command += ["--max-in-flight", "100000"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("the sandbox did not start")
+            time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def write_spec(folder: Path, jobs: int, output: Path, api_base: str) -> Path:
+    with open(folder / "prompts.csv", "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["prompt", "row"])
+        writer.writerows([f"benchmark prompt {n}", n] for n in range(jobs))
+    spec = folder / f"spec-{output.name}.yaml"
+    spec.write_text(
+        "model: stable-diffusion-3-5-large\nprompts: prompts.csv\n"
+        "inputs: {output_format: jpg, output_quality: 50, steps: 4}\nseeds: [1]\n"
+        f"output: {output}\napi: {{base_url: '{api_base}', rate_limit: '{LIFTED['rate_limit']}', "
+        f"max_concurrent: {LIFTED['max_concurrent']}}}\n",
+        encoding="utf-8",
+    )
+    return spec
+
+
+async def bare_loop(spec_path: Path) -> int:
+    """The same stages with no Prefect: engine.run over every job, each outcome stored as it comes."""
+    from flows.pipeline import RunPlan, engine_config
+    from promptgrid.settings import read_api_settings
+    from tasks.budget import LocalBudget
+    from tasks.client import ApiClient
+    from tasks.engine import Engine
+    from tasks.journal import Journal
+    from tasks.manifest import ManifestWriter
+    from tasks.progress import RunProgress
+    from tasks.spec import load_spec
+    from tasks.storage import open_sink
+    from tasks.store import OutcomeStore
+
+    spec = load_spec(spec_path)
+    plan = RunPlan.from_spec(spec)
+    settings = read_api_settings(spec.api.base_url)
+    sink = open_sink(spec.output)
+    config = engine_config(plan.api, 1.0)
+    writer = ManifestWriter(sink, run_id="bare", spec_hash=spec.spec_hash)
+    store = OutcomeStore(sink, Journal(sink, "bare"), writer, RunProgress())
+    jobs = {job.job_id: job for batch in plan.batches() for job in batch}
+    async with ApiClient(settings.base_url, settings.api_key) as client:
+        engine = Engine(client, LocalBudget(config.limits), config, on_created=store.on_created)
+        async for outcome in engine.run(list(jobs.values())):
+            await store.save(jobs[outcome.job_id], outcome)
+    writer.close()
+    store.journal.close()
+    return store.progress.succeeded
+
+
+def through_flow(spec_path: Path) -> int:
+    from flows.generate import generate
+
+    # The bare loop writes no HTML report, so neither does the flow here: same stages on both sides.
+    return asyncio.run(generate(spec_path=str(spec_path), report=False))["succeeded"]
+
+
+def warm_up_prefect() -> None:
+    """Start Prefect's embedded server before timing: its start-up is a fixed cost, not per job."""
+    from prefect import flow
+
+    @flow
+    def warm_up() -> None:
+        return None
+
+    warm_up()
+
+
+def compare(jobs: int) -> None:
+    with tempfile.TemporaryDirectory() as folder, sandbox_process() as api_base:
+        root = Path(folder)
+        warm_up_prefect()
+        figures = {}
+        for name, run in (
+            ("bare asyncio loop", lambda p: asyncio.run(bare_loop(p))),
+            ("Prefect flow", through_flow),
+        ):
+            spec = write_spec(root, jobs, root / name.replace(" ", "-"), api_base)
+            start = time.perf_counter()
+            done = run(spec)
+            seconds = time.perf_counter() - start
+            figures[name] = (done, seconds)
+            print(f"{name:<18} {done:>6} images in {seconds:7.2f} s  = {done / seconds:8.1f} images/s")
+        (bare_done, bare_s), (flow_done, flow_s) = figures["bare asyncio loop"], figures["Prefect flow"]
+        ratio = (flow_done / flow_s) / (bare_done / bare_s)
+        print(f"flow throughput / bare loop throughput: {ratio:.2f}x (target >= 0.5x)")
+
+
+def peak_memory(jobs: int) -> None:
+    """In this fresh process: run `jobs` through the flow and print peak RSS."""
+    with tempfile.TemporaryDirectory() as folder, sandbox_process() as api_base:
+        spec = write_spec(Path(folder), jobs, Path(folder) / "out", api_base)
+        done = through_flow(spec)
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"MEMORY {jobs} {done} {peak_mib:.1f}")
+
+
+def measure_memory(sizes: list[int]) -> None:
+    peaks = {}
+    for jobs in sizes:
+        out = subprocess.run(
+            [sys.executable, __file__, "--peak-memory", str(jobs)], capture_output=True, text=True, check=True
+        ).stdout
+        line = next(line for line in out.splitlines() if line.startswith("MEMORY "))
+        _, _, done, mib = line.split()
+        peaks[jobs] = float(mib)
+        print(f"peak RSS, {jobs:>6} jobs through the flow ({done} images): {peaks[jobs]:8.1f} MiB")
+    small, large = sizes
+    print(f"peak memory {large} / {small} jobs: {peaks[large] / peaks[small]:.2f}x (target <= 1.5x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=2000)
+    parser.add_argument("--memory-sizes", type=int, nargs=2, default=[2000, 20000])
+    parser.add_argument("--peak-memory", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ["EACHLABS_API_KEY"] = KEY
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="promptgrid-bench-prefect-"))
+    if args.peak_memory:
+        peak_memory(args.peak_memory)
+        return
+    compare(args.jobs)
+    measure_memory(args.memory_sizes)
+
+
+if __name__ == "__main__":
+    main()
