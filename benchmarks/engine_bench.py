@@ -58,8 +58,8 @@ class Figures:
     def row(self, name: str, count: int) -> str:
         ratio = self.span_s / self.floor_s
         return (
-            f"| {name:<22} | {self.images:>3}/{count} | {self.throttled:>5} | {self.duplicates:>4} | "
-            f"{self.requests / count:>6.2f} | {self.span_s:>6.1f} | {self.floor_s:>5.1f} | {ratio:>5.2f}x |"
+            f"| {name:<24} | {self.images:>3}/{count} | {self.throttled:>5} | {self.duplicates:>4} | "
+            f"{self.requests / count:>7.2f} | {self.span_s:>6.1f} | {self.floor_s:>5.1f} | {ratio:>9.2f}x |"
         )
 
 
@@ -198,8 +198,8 @@ def main() -> None:
     jobs = make_jobs(args.images)
     window = 60 / args.scale
     print(f"{args.images} images, sandbox at x{args.scale:g}: 60 requests per {window:g} s, 10 in flight")
-    print("| run                    | images  |   429 | dups | req/img | span s | floor | span/floor |")
-    print("|------------------------|---------|-------|------|---------|--------|-------|------------|")
+    print("| run                      | images  |   429 | dups | req/img | span s | floor | span/floor |")
+    print("|--------------------------|---------|-------|------|---------|--------|-------|------------|")
     for polls_count in (True, False):
         label = "polls counted" if polls_count else "polls free"
         for name, runner in (("engine", run_engine), ("seed loop", run_seed_loop)):

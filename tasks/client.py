@@ -69,7 +69,9 @@ class Throttled(ApiError):
 
 
 class ServerFailure(ApiError):
-    pass
+    def __init__(self, message: str, *, api_answered: bool = False, **context: Any):
+        super().__init__(message, **context)
+        self.api_answered = api_answered  # a JSON error from the API itself, not a gateway's page
 
 
 class PaymentRequired(ApiError):
@@ -104,7 +106,8 @@ _BY_STATUS: dict[int, type[ApiError]] = {
 }
 
 
-# 500 and 503 mean the API refused before creating; other 5xx may come from a gateway that lost the answer.
+# The documented refusal is 500 {"error": "Failed to create prediction"}; 503 means nothing was started.
+# A 502/504 without the API's JSON error came from a gateway that may have lost the API's answer.
 REFUSED_STATUSES = frozenset({500, 503})
 
 
@@ -112,9 +115,9 @@ def created_nothing(exc: ApiError) -> bool:
     """Whether a failed create provably created nothing, so that sending it again cannot bill twice."""
     if isinstance(exc, TransportFailure):
         return not exc.sent
-    return isinstance(exc, Throttled) or (
-        isinstance(exc, ServerFailure) and exc.status_code in REFUSED_STATUSES
-    )
+    if isinstance(exc, ServerFailure):
+        return exc.status_code in REFUSED_STATUSES or exc.api_answered
+    return isinstance(exc, Throttled)
 
 
 class PredictionStatus(StrEnum):
@@ -322,24 +325,26 @@ class ApiClient:
             if not isinstance(body, dict):
                 raise UnexpectedAnswer(f"{what}: answer is not a JSON object", **context)
             return body
-        message = f"{what}: HTTP {response.status_code}: {self._scrub(_error_text(response))}"
+        text, from_api = _error_text(response)
+        message = f"{what}: HTTP {response.status_code}: {self._scrub(text)}"
         if response.status_code == 429:
             retry_after = parse_retry_after(response.headers.get("retry-after"))
             raise Throttled(message, retry_after_s=retry_after, **context)
         if response.status_code >= 500:
-            raise ServerFailure(message, **context)
+            raise ServerFailure(message, api_answered=from_api, **context)
         raise _BY_STATUS.get(response.status_code, UnexpectedAnswer)(message, **context)
 
     def _scrub(self, text: str) -> str:
         return _clip(text.replace(self._key.reveal(), "***"))
 
 
-def _error_text(response: httpx.Response) -> str:
+def _error_text(response: httpx.Response) -> tuple[str, bool]:
+    """The error's text, and whether it is the API's own JSON error object."""
     try:
         body = response.json()
     except ValueError:
-        return response.text.strip()
+        return response.text.strip(), False
     if isinstance(body, dict):
         parts = [str(body[k]) for k in ("error", "message", "details") if body.get(k)]
-        return "; ".join(parts) or str(body)
-    return str(body)
+        return "; ".join(parts) or str(body), "error" in body
+    return str(body), False

@@ -3,11 +3,12 @@
 Retry policy (the API has no idempotency key and no list endpoint, so a create is only re-sent when it
 provably created nothing):
 
-- create: re-sent after 429 (the whole budget pauses first), after 500/503 ("Failed to create prediction":
-  refused before creating) and after a transport failure that happened before the request left (connect
-  error or timeout). Any other failure after the request may have reached the server — read timeout, dropped
-  connection, 502/504 from a gateway, a 2xx without a predictionID — makes the outcome unknown: the job fails
-  with CREATE_OUTCOME_UNKNOWN and is never re-sent. Re-sends are bounded by `create_retries`.
+- create: re-sent after 429 (the whole budget pauses first), after a 5xx carrying the API's own JSON error
+  or 500/503 ("Failed to create prediction": refused before creating) and after a transport failure that
+  happened before the request left (connect error or timeout). Any other failure after the request may have
+  reached the server — read timeout, dropped connection, a gateway's 502/504 page, a 2xx without a
+  predictionID — makes the outcome unknown: the job fails with CREATE_OUTCOME_UNKNOWN and is never re-sent.
+  Re-sends are bounded by `create_retries` (see tasks.client.created_nothing).
 - 402 stops new submissions for the rest of the run (PAYMENT_REQUIRED; 401/403 likewise stop it with
   AUTHENTICATION_FAILED); predictions already in flight are still collected, then `run` raises the error.
 - poll: 429, 5xx, malformed answers and transport failures are retried with jittered exponential backoff

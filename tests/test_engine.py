@@ -180,10 +180,11 @@ async def test_a_create_that_may_have_arrived_is_never_resent(failure):
     "refusal",
     [
         lambda: httpx.Response(500, json={"error": "Failed to create prediction"}),
+        lambda: httpx.Response(502, json={"error": "Failed to create prediction"}),
         lambda: httpx.Response(429, json={"error": "too many requests"}, headers={"Retry-After": "0.01"}),
         lambda: (_ for _ in ()).throw(httpx.ConnectError("refused")),
     ],
-    ids=["500", "429", "connect-error"],
+    ids=["500", "502-from-the-api", "429", "connect-error"],
 )
 async def test_a_create_refused_without_creating_is_resent(refusal):
     api = ScriptedApi()
@@ -196,9 +197,9 @@ async def test_a_create_refused_without_creating_is_resent(refusal):
     await engine.client.aclose()
 
 
-async def test_a_gateway_timeout_on_create_is_an_unknown_outcome():
+async def test_a_gateways_timeout_page_on_create_is_an_unknown_outcome():
     api = ScriptedApi()
-    api.on_create = lambda request, n: httpx.Response(504, text="upstream timed out")
+    api.on_create = lambda request, n: httpx.Response(504, text="<html>upstream timed out</html>")
     engine = engine_for(api)
     outcome = await engine.run_job(make_job(1))
     assert outcome.error_code == "CREATE_OUTCOME_UNKNOWN" and api.calls["create"] == 1
