@@ -45,6 +45,17 @@ def select_rows(table: pa.Table, statuses: list[str], where: str | None) -> pa.T
             raise InvalidInput([f"--where {where!r}: {exc}"]) from None
 
 
+def jobs_to_backfill(output: str, statuses: list[str], where: str | None) -> tuple[str, list[Job]]:
+    """The saved spec's text and the jobs to run again; InvalidInput when the output or filters are bad."""
+    sink = open_sink(output)
+    try:
+        text = load_spec_text(sink)
+    except FileNotFoundError:
+        raise InvalidInput([f"{output}: no spec.yaml here; is this a promptgrid run's output?"]) from None
+    rows = select_rows(read_manifest(sink), statuses, where).to_pylist()
+    return text, [job_from_row(row) for row in rows]
+
+
 def job_from_row(row: dict[str, Any]) -> Job:
     inputs = {name: row[name] for name in INPUT_NAMES if row.get(name) is not None}
     carried = json.loads(row["carried"]) if row.get("carried") else {}
@@ -71,18 +82,9 @@ async def backfill(
     time_scale: float = 1.0,
 ) -> dict[str, Any]:
     """Re-run the jobs in `output` whose latest status is in `statuses` (and that match `where`, SQL)."""
-    statuses = list(statuses or DEFAULT_STATUSES)
-    sink = open_sink(output)
-    try:
-        text = load_spec_text(sink)
-    except FileNotFoundError:
-        raise InvalidInput(
-            [f"{output}: no spec.yaml here; is this the output of a promptgrid run?"]
-        ) from None
-    rows = select_rows(read_manifest(sink), statuses, where).to_pylist()
-    jobs = [job_from_row(row) for row in rows]
+    text, jobs = jobs_to_backfill(output, list(statuses or DEFAULT_STATUSES), where)
     api = saved_api_config(text, spec_overrides(None, api_base, rate_limit, max_concurrent))
-    spec_hash = provenance(sink).get("promptgrid.spec_hash", "")
+    spec_hash = provenance(open_sink(output)).get("promptgrid.spec_hash", "")
     plan = RunPlan(api, output, text, spec_hash, lambda: [jobs])
     selection = Selection(rerun=frozenset(job.job_id for job in jobs))
     return await run_plan(

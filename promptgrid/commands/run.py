@@ -154,9 +154,13 @@ def register(app: typer.Typer) -> None:
         price_per_image: Annotated[float, typer.Option(help="USD per image, for the cost estimate.")] = 0.065,
     ) -> None:
         """Re-run only the jobs of OUTPUT whose latest outcome matches (failed and timed out by default)."""
-        from flows.backfill import backfill
+        from flows.backfill import backfill, jobs_to_backfill
 
         statuses = [part.strip() for part in status.split(",") if part.strip()]
+        _, jobs = jobs_to_backfill(output, statuses, where)  # bad input stops here, before any run starts
+        print(f"{len(jobs)} jobs to run again", file=sys.stderr)
+        if not jobs:
+            raise typer.Exit(0)
         time_scale = sandbox_time_scale if use_sandbox else 1.0
         with api_for_run(use_sandbox, time_scale) as sandbox_url:
             if sandbox_url:
