@@ -3,6 +3,11 @@
 Why a sliding log and not a token bucket: a bucket holding a burst of N refills while it drains, so up to 2N
 requests can land in one window. The log admits a request only while fewer than N entries are in the window.
 
+Within the window, sends are paced: at most `burst` (the in-flight limit or N/12, whichever is larger) in any
+`burst`/N of the window. The
+log alone would let N go at once and then starve for the rest of the window, so finished predictions would
+wait most of a window to be seen — holding slots, and outliving short-lived output URLs.
+
 The server stamps a request when it arrives, some unknown time after we admitted it — under load, tens of
 milliseconds, and unequally from one request to the next. So an entry is not dated by its admission: it
 counts as "somewhere between admission and now" until the caller settles the `Receipt` that `take_request`
@@ -109,6 +114,7 @@ class LocalBudget:
         *,
         guard_s: float | None = None,
         unsettled_s: float | None = None,
+        burst: int | None = None,
         max_pause_s: float | None = None,
     ):
         self.limits = limits
@@ -116,6 +122,10 @@ class LocalBudget:
         self.guard_s = guard_s if guard_s is not None else min(0.1, max(0.005, limits.window_s * 0.005))
         self.unsettled_s = unsettled_s if unsettled_s is not None else limits.window_s
         self.max_pause_s = max_pause_s if max_pause_s is not None else max(limits.window_s, 1.0)
+        # A wave of finished predictions frees every slot at once: their creates may go together.
+        self.burst = max(1, burst if burst is not None else max(limits.requests // 12, limits.max_in_flight))
+        self._burst_span_s = limits.window_s * self.burst / limits.requests
+        self._recent: deque[float] = deque()  # admission times within the last burst span
         self._settled: list[float] = []  # a heap of settle times
         self._pending: dict[Receipt, None] = {}  # admitted, not settled; in admission order
         self._paused_until = float("-inf")
@@ -225,8 +235,9 @@ class LocalBudget:
         if not counted:
             return Receipt(None, now)
         self._forget(now)
-        if len(self._settled) + len(self._pending) >= self.limits.requests:
+        if len(self._settled) + len(self._pending) >= self.limits.requests or len(self._recent) >= self.burst:
             return None
+        self._recent.append(now)
         receipt = Receipt(self, now)
         self._pending[receipt] = None
         return receipt
@@ -240,6 +251,8 @@ class LocalBudget:
             oldest.settled = True
             del self._pending[oldest]
             heapq.heappush(self._settled, oldest.admitted_at + self.unsettled_s)
+        while self._recent and self._recent[0] <= now - self._burst_span_s:
+            self._recent.popleft()
         horizon = now - self.limits.window_s - self.guard_s
         while self._settled and self._settled[0] <= horizon:
             heapq.heappop(self._settled)
@@ -283,4 +296,6 @@ class LocalBudget:
                 oldest = next(iter(self._pending)).admitted_at
                 expiries.append(oldest + self.unsettled_s + self.limits.window_s + self.guard_s)
             opening = max(opening, min(expiries))
+        if self._waiters and len(self._recent) >= self.burst:
+            opening = max(opening, self._recent[0] + self._burst_span_s)
         return max(0.0, opening - now)

@@ -178,3 +178,12 @@ async def test_releasing_twice_or_cancelling_a_waiter_leaks_no_slot():
 async def test_unknown_request_kinds_are_refused():
     with pytest.raises(ValueError, match="unknown request kind"):
         await LocalBudget(Limits()).take_request("upload")
+
+
+async def test_sends_are_paced_in_bursts_instead_of_a_window_at_once():
+    # 12 per 0.24 s with bursts of 3: never more than 3 in any 0.06 s, so no long starvation after a burst.
+    budget = LocalBudget(Limits(requests=12, window_s=0.24, max_in_flight=1), burst=3)
+    times = await admit_all(budget, ["poll"] * 12)
+    assert most_in_any_window(times, 0.055) <= 3
+    assert most_in_any_window(times, 0.24) <= 12
+    await budget.aclose()
