@@ -21,7 +21,8 @@ provably created nothing):
   retried `fetch_retries` times; 403/404/410 is final (OUTPUT_EXPIRED), as are oversize or wrong images.
 
 A run that is cancelled (Ctrl-C) leaves its predictions running: the ids already went to `on_created`, so a
-resumed run polls them instead of paying for them twice.
+resumed run polls them instead of paying for them twice. For the same reason an exception raised by
+`on_created` (the id could not be recorded) stops the run rather than create predictions a resume cannot find.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class EngineConfig:
     """How the engine runs; every duration is in seconds of the API's clock (see `scaled`)."""
 
     limits: Limits = field(default_factory=Limits)
-    deadline_s: float = 600.0
+    deadline_s: float = 300.0  # the API's own timeout: a prediction still running past it is stuck
     max_attempts: int = 3
     create_retries: int = 6
     retry_backoff_s: float = 1.0

@@ -386,3 +386,17 @@ async def test_no_outcome_message_carries_the_key():
     assert outcome.error_code == "INPUT_REJECTED"
     assert SECRET not in (outcome.error_message or "") and SECRET not in repr(outcome)
     await engine.client.aclose()
+
+
+async def test_a_journal_that_cannot_record_an_id_stops_the_run():
+    api = ScriptedApi()
+
+    async def broken_journal(job: Job, prediction_id: str, attempt: int) -> None:
+        raise OSError("disk full")
+
+    engine = engine_for(api, on_created=broken_journal)
+    with pytest.raises(OSError, match="disk full"):
+        async for _ in engine.run(make_job(n) for n in range(50)):
+            pass
+    assert api.calls["create"] <= 2 * FAST.limits.max_in_flight  # no job was started after the failure
+    await engine.client.aclose()
