@@ -3,10 +3,10 @@
 Why a sliding log and not a token bucket: a bucket holding a burst of N refills while it drains, so up to 2N
 requests can land in one window. The log admits a request only while fewer than N entries are in the window.
 
-Within the window, sends are paced: at most `burst` (the in-flight limit or N/12, whichever is larger) in any
-`burst`/N of the window. The
-log alone would let N go at once and then starve for the rest of the window, so finished predictions would
-wait most of a window to be seen — holding slots, and outliving short-lived output URLs.
+When polls count, sends are paced within the window: at most `burst` (the in-flight limit or N/12, whichever
+is larger) in any `burst`/N of the window. The log alone would let N go at once and then starve for the rest
+of the window, so finished predictions would wait most of a window to be seen — holding slots, and outliving
+short-lived output URLs.
 
 The server stamps a request when it arrives, some unknown time after we admitted it — under load, tens of
 milliseconds, and unequally from one request to the next. So an entry is not dated by its admission: it
@@ -104,6 +104,13 @@ class BudgetStats:
     paused_for_s: float
 
 
+def _default_burst(limits: Limits) -> int:
+    if not limits.polls_count:
+        return limits.requests  # only creates count: a starved window delays no poll, so no pacing
+    # A wave of finished predictions frees every slot at once: their creates may go together.
+    return max(limits.requests // 12, limits.max_in_flight)
+
+
 class LocalBudget:
     """The Budget of a single process: exact, in memory, no background task."""
 
@@ -122,8 +129,7 @@ class LocalBudget:
         self.guard_s = guard_s if guard_s is not None else min(0.1, max(0.005, limits.window_s * 0.005))
         self.unsettled_s = unsettled_s if unsettled_s is not None else limits.window_s
         self.max_pause_s = max_pause_s if max_pause_s is not None else max(limits.window_s, 1.0)
-        # A wave of finished predictions frees every slot at once: their creates may go together.
-        self.burst = max(1, burst if burst is not None else max(limits.requests // 12, limits.max_in_flight))
+        self.burst = max(1, burst if burst is not None else _default_burst(limits))
         self._burst_span_s = limits.window_s * self.burst / limits.requests
         self._recent: deque[float] = deque()  # admission times within the last burst span
         self._settled: list[float] = []  # a heap of settle times

@@ -195,11 +195,8 @@ class Engine:
                 await self._collect(job, prediction, outcome)
                 break
         except JobEnded as ended:
-            outcome.status, outcome.error_code, outcome.error_message = (
-                ended.status,
-                ended.code,
-                ended.message,
-            )
+            outcome.status = ended.status
+            outcome.error_code, outcome.error_message = ended.code, ended.message
         outcome.completed_at = _now()
         self.stats.outcomes[outcome.status.value] += 1
         return outcome
@@ -338,6 +335,8 @@ class Engine:
                 return await self._call("poll", outcome, self.client.get, prediction_id)
             except Throttled as exc:
                 await self._throttled(exc)
+                if self._clock() >= deadline:
+                    return None
                 continue
             except PredictionNotFound as exc:
                 raise JobEnded(JobStatus.FAILED, "PREDICTION_NOT_FOUND", exc.message) from None
