@@ -156,6 +156,7 @@ class Engine:
             self.config.queue_size or self.config.limits.max_in_flight
         )
         pending: set[asyncio.Task[JobOutcome]] = set()
+        done: set[asyncio.Task[JobOutcome]] = set()
         exhausted = False
         try:
             while True:
@@ -173,8 +174,8 @@ class Engine:
         finally:
             for task in pending:
                 task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+            # Collected, so a failure beside the one being raised is not reported again as never retrieved.
+            await asyncio.gather(*pending, *done, return_exceptions=True)
         if self.halted is not None:
             raise self.halted
 

@@ -31,9 +31,9 @@ class PollPolicy:
 
     first_hit: float = 0.9
     # When polls do not count against the rate limit, slots turning over fast matter more than polls saved.
-    first_hit_uncounted: float = 0.83
+    first_hit_uncounted: float = 0.85
     second_hit: float = 0.8
-    rate: float = 0.15
+    rate: float = 0.1
     warm_rate: float = 0.3  # larger steps for the first few samples, while the seed is rough
     warm_samples: int = 8
     initial_gap: float = 0.2
