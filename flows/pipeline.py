@@ -130,12 +130,16 @@ class RunContext:
     store: OutcomeStore
     terminal: TerminalProgress
     resume: dict[str, str] = field(default_factory=dict)
+    uncertain: set[str] = field(default_factory=set)  # creates sent by a run that died before the answer
 
 
 @task(name="predict-shard", retries=len(SHARD_RETRY_DELAYS_S), cache_policy=NO_CACHE)
 async def predict_shard(jobs: list[Job], run: RunContext) -> int:
     """Run one shard's jobs to outcomes and store them; a retry skips what an earlier try stored."""
     todo = [job for job in jobs if job.job_id not in run.store.saved]
+    for job in [job for job in todo if job.job_id in run.uncertain]:
+        await run.store.save_unknown(job)  # never re-sent blindly: the first may have been billed
+    todo = [job for job in todo if job.job_id not in run.uncertain]
     by_id = {job.job_id: job for job in todo}
     resume = {**run.resume, **run.store.created}
     try:
@@ -216,6 +220,8 @@ async def run_plan(
     progress = RunProgress(total=total, skipped=tally.skipped, price_per_image=price_per_image)
     journal = Journal(sink, writer_id=f"{run_id}-s{selection.shard_index}")
     resume = await journal.load_async()
+    # A backfill names its jobs on purpose: there, an unknown create is the user's call to send again.
+    uncertain = set() if selection.rerun is not None else await asyncio.to_thread(journal.uncertain)
     config = engine_config(plan.api, time_scale)
     budget = open_budget(config.limits, plan.api.quota_url, quota_namespace(settings.api_key))
     writer = ManifestWriter(
@@ -225,8 +231,15 @@ async def run_plan(
     async with ApiClient(settings.base_url, settings.api_key) as client:
         store = OutcomeStore(sink, journal, writer, progress)
         with input_images(sink, plan) as prepare, TerminalProgress(progress) as terminal:
-            engine = Engine(client, budget, config, on_created=store.on_created, prepare_inputs=prepare)
-            run = RunContext(engine, store, terminal, resume)
+            engine = Engine(
+                client,
+                budget,
+                config,
+                on_created=store.on_created,
+                on_sending=store.on_sending,
+                prepare_inputs=prepare,
+            )
+            run = RunContext(engine, store, terminal, resume, uncertain)
             artifact = await ProgressArtifact.start(progress)
             ticker = asyncio.create_task(_tick(run, writer, artifact))
             try:

@@ -23,6 +23,8 @@ provably created nothing):
 A run that is cancelled (Ctrl-C) leaves its predictions running: the ids already went to `on_created`, so a
 resumed run polls them instead of paying for them twice. For the same reason an exception raised by
 `on_created` (the id could not be recorded) stops the run rather than create predictions a resume cannot find.
+`on_sending` is told of each create just before it leaves, so a run that dies before reading the answer
+leaves a trace: its rerun knows that create's outcome is unknown and does not send it blindly again.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ RETRYABLE_CODES = frozenset({"PROVIDER_RATE_LIMIT", "PROVIDER_SERVER_ERROR", "EX
 
 T = TypeVar("T")
 OnCreated = Callable[[Job, str, int], Awaitable[None]]
+OnSending = Callable[[Job, int], Awaitable[None]]
 PrepareInputs = Callable[[Job], Awaitable[Mapping[str, Any]]]
 
 
@@ -129,6 +132,7 @@ class Engine:
         config: EngineConfig | None = None,
         *,
         on_created: OnCreated | None = None,
+        on_sending: OnSending | None = None,
         prepare_inputs: PrepareInputs | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -136,6 +140,7 @@ class Engine:
         self.budget = budget
         self.config = config or EngineConfig()
         self.on_created = on_created
+        self.on_sending = on_sending
         self.prepare_inputs = prepare_inputs
         self.latency = LatencyModel(self.config.poll, polls_count=self.config.limits.polls_count)
         self.stats = EngineStats()
@@ -243,10 +248,23 @@ class Engine:
 
     async def _create(self, job: Job, inputs: Mapping[str, Any], outcome: JobOutcome) -> str:
         """Send the create, re-sending only when the API provably created nothing."""
+        announce = None
+        if self.on_sending is not None:
+            on_sending, attempt = self.on_sending, outcome.attempts
+
+            async def announce() -> None:
+                await on_sending(job, attempt)
+
         for resend in range(self.config.create_retries + 1):
             try:
                 prediction_id = await self._call(
-                    "create", outcome, self.client.create, job.model, job.version, inputs
+                    "create",
+                    outcome,
+                    self.client.create,
+                    job.model,
+                    job.version,
+                    inputs,
+                    before_send=announce,
                 )
             except Throttled as exc:
                 await self._throttled(exc)
@@ -393,13 +411,24 @@ class Engine:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _call(
-        self, kind: str, outcome: JobOutcome, method: Callable[..., Awaitable[T]], *args: Any
+        self,
+        kind: str,
+        outcome: JobOutcome,
+        method: Callable[..., Awaitable[T]],
+        *args: Any,
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> T:
-        """One API request through the budget; its receipt is settled once the answer (or failure) is in."""
+        """One API request through the budget; its receipt is settled once the answer (or failure) is in.
+
+        `before_send` runs after the budget admits the request and right before it leaves: the moment
+        from which a create's outcome is unknown until its answer is read.
+        """
         receipt = await self.budget.take_request(kind)
         self.stats.requests[kind] += 1
         outcome.api_requests += 1
         try:
+            if before_send is not None:
+                await before_send()
             return await method(*args)
         finally:
             if receipt is not None:

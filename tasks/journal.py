@@ -26,6 +26,8 @@ from tasks.storage import LocalSink, Sink
 
 _STAMP = "%Y%m%dT%H%M%S%fZ"
 _LOCAL_FILE = "records.jsonl"
+_INTENT_FILE = "intents.jsonl"
+_INTENT_SUFFIX = ".intent"
 # Statuses after which a prediction needs no more polling. A timed-out prediction may still finish on
 # the server, so it stays resumable.
 FINISHED = frozenset({JobStatus.SUCCESS.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value})
@@ -64,6 +66,7 @@ class Journal:
         self.clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.Lock()  # one appender at a time keeps local lines whole
         self._fd: int | None = None
+        self._intent_fd: int | None = None
 
     async def record(self, job_id: str, prediction_id: str, attempt: int) -> None:
         """Persist one record (fsync locally, a completed PUT on S3) without blocking the event loop.
@@ -95,10 +98,11 @@ class Journal:
     def close(self) -> None:
         """Release the local journal file; records already written stay."""
         with self._lock:
-            if self._fd is not None:
-                os.fsync(self._fd)
-                os.close(self._fd)
-                self._fd = None
+            for fd in (self._fd, self._intent_fd):
+                if fd is not None:
+                    os.fsync(fd)
+                    os.close(fd)
+            self._fd = self._intent_fd = None
 
     def record_sync(self, job_id: str, prediction_id: str, attempt: int) -> JournalRecord:
         entry = self._entry(job_id, prediction_id, attempt)
@@ -111,6 +115,46 @@ class Journal:
 
     def _local_key(self) -> str:
         return f"{JOURNAL_PREFIX}{self.writer_id}/{_LOCAL_FILE}"
+
+    async def intend(self, job_id: str, attempt: int) -> None:
+        """Note, just before a create is sent, that it is about to be; it survives a killed process (and
+        on S3 a lost machine) once this returns.
+
+        A run killed between sending a create and recording its id leaves an intent with no record after
+        it; the rerun then knows the create's outcome is unknown and must not send it blindly again.
+        """
+        entry = JournalRecord(job_id, "", int(attempt), self.clock(), self.writer_id)
+        line = (entry.to_json() + "\n").encode("utf-8")
+        if isinstance(self.sink, LocalSink):
+            with self._lock:
+                if self._intent_fd is None:
+                    target = self.sink.local_path(f"{JOURNAL_PREFIX}{self.writer_id}/{_INTENT_FILE}")
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    self._intent_fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                os.write(self._intent_fd, line)
+            return
+        stamp = entry.created_at.astimezone(UTC).strftime(_STAMP)
+        name = f"{stamp}-a{entry.attempt}{_INTENT_SUFFIX}"
+        key = f"{JOURNAL_PREFIX}{self.writer_id}/{_key_segment(job_id)}/{name}"
+        await asyncio.to_thread(self.sink.put_bytes, key, line, "application/json")
+
+    def intents(self) -> Iterator[JournalRecord]:
+        """Every intent of every writer: a job id and attempt, with no prediction id."""
+        for key in self.sink.list_keys(JOURNAL_PREFIX):
+            if key.endswith("/" + _INTENT_FILE) or key.endswith(_INTENT_SUFFIX):
+                yield from _read_lines(self.sink.get_bytes(key))
+
+    def uncertain(self) -> set[str]:
+        """Jobs whose latest create was sent but whose prediction id never reached the journal."""
+        latest = self.latest()
+        last_intent: dict[str, datetime] = {}
+        for entry in self.intents():
+            last_intent[entry.job_id] = max(entry.created_at, last_intent.get(entry.job_id, entry.created_at))
+        return {
+            job_id
+            for job_id, sent_at in last_intent.items()
+            if job_id not in latest or latest[job_id].created_at < sent_at
+        }
 
     def records(self) -> Iterator[JournalRecord]:
         """Every record of every writer in this output, in no particular order."""

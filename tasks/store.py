@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 from promptgrid.models import CONTENT_TYPES
 from promptgrid.types import Job, JobOutcome, JobStatus
@@ -10,6 +11,8 @@ from tasks.journal import Journal
 from tasks.manifest import ManifestWriter
 from tasks.progress import RunProgress
 from tasks.storage import Sink, image_key
+
+UNKNOWN_CREATE = "CREATE_OUTCOME_UNKNOWN"
 
 
 class OutcomeStore:
@@ -26,9 +29,27 @@ class OutcomeStore:
         self.created: dict[str, str] = {}
         self.saved: set[str] = set()
 
+    async def on_sending(self, job: Job, attempt: int) -> None:
+        await self.journal.intend(job.job_id, attempt)
+
     async def on_created(self, job: Job, prediction_id: str, attempt: int) -> None:
         await self.journal.record(job.job_id, prediction_id, attempt)
         self.created[job.job_id] = prediction_id
+
+    async def save_unknown(self, job: Job) -> None:
+        """Record, without sending anything, a job whose last create went out but whose answer was lost."""
+        outcome = JobOutcome(
+            job_id=job.job_id,
+            status=JobStatus.FAILED,
+            error_code=UNKNOWN_CREATE,
+            error_message=(
+                "an earlier run stopped while this job's create was in flight: the prediction may exist and "
+                "be billed, so it was not sent again; `promptgrid backfill OUTPUT --where "
+                f"\"error_code = '{UNKNOWN_CREATE}'\"` creates it anew"
+            ),
+            completed_at=datetime.now(UTC),
+        )
+        await self.save(job, outcome)
 
     async def save(self, job: Job, outcome: JobOutcome) -> None:
         image_uri = None

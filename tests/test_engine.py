@@ -142,6 +142,24 @@ async def test_a_job_becomes_a_verified_image_and_the_id_is_journaled_before_pol
     await engine.client.aclose()
 
 
+async def test_each_create_is_announced_before_it_leaves_and_after_the_budget_admits_it():
+    api = ScriptedApi()
+    api.on_create = lambda request, n: (
+        httpx.Response(500, json={"error": "Failed to create prediction"}) if n == 1 else None
+    )
+    announced: list[tuple[str, int, int]] = []
+
+    async def on_sending(job: Job, attempt: int) -> None:
+        announced.append((job.job_id, attempt, api.calls["create"]))
+
+    engine = engine_for(api, on_sending=on_sending)
+    outcome = await engine.run_job(make_job(1))
+    assert outcome.status is JobStatus.SUCCESS, outcome.error_message
+    # The refused create and its re-send were each announced while the API had not yet seen them.
+    assert announced == [("job-1", 1, 0), ("job-1", 1, 1)]
+    await engine.client.aclose()
+
+
 async def test_a_resumed_job_polls_its_known_prediction_instead_of_creating():
     api = ScriptedApi()
     pid = api.new_prediction({"aspect_ratio": "1:1"})

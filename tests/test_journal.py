@@ -114,3 +114,20 @@ async def test_async_load_and_empty_journal(sink):
     assert await journal.load_async() == {}
     with pytest.raises(ValueError):
         await journal.record("job-a", "", 1)
+
+
+async def test_a_create_sent_but_never_recorded_is_uncertain(sink):
+    clock = SteppingClock()
+    journal = Journal(sink, "w0", clock=clock)
+    await journal.intend("answered", 1)
+    await journal.record("answered", "pred-1", 1)
+    await journal.intend("lost", 1)  # the process died before the create's answer was recorded
+    await journal.intend("retried", 1)
+    await journal.record("retried", "pred-2", 1)
+    await journal.intend("retried", 2)  # a second attempt whose answer never came back
+    journal.close()
+
+    fresh = Journal(open_sink(sink.root), "w1")
+    assert fresh.uncertain() == {"lost", "retried"}
+    # Intents never pose as records: the ids to poll are only the recorded ones.
+    assert fresh.load() == {"answered": "pred-1", "retried": "pred-2"}

@@ -1,7 +1,9 @@
 """A run killed with SIGKILL mid-way, then started again: nothing bought twice, nothing lost.
 
 The run is the real command in its own process group (with the Prefect server it starts), so the kill takes
-everything down at once, as a lost machine would.
+everything down at once, as a lost machine would. A create that was on the wire at the kill has an unknown
+outcome: the rerun records it as CREATE_OUTCOME_UNKNOWN instead of paying for it blindly again; every other
+job must succeed.
 """
 
 from __future__ import annotations
@@ -14,8 +16,6 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-
-import pyarrow.compute as pc
 
 from tasks.manifest import read_manifest, read_parts
 from tasks.storage import open_sink
@@ -79,13 +79,19 @@ def test_kill_mid_run_then_resume(tmp_path, sandbox_factory):
     second = start_run(spec, sandbox.url, tmp_path / "prefect-2")
     output, _ = second.communicate(timeout=300)
 
-    assert second.returncode == 0, output.decode(errors="replace")
     stats = sandbox.stats()
     assert stats["duplicate_creates"] == 0
-    assert stats["creates"] == JOBS
+    assert stats["creates"] <= JOBS
     table = read_manifest(open_sink(str(tmp_path / "out")))
     assert table.num_rows == JOBS
-    assert pc.all(pc.equal(table.column("status"), "success")).as_py()
+    outcomes = Counter(
+        zip(table.column("status").to_pylist(), table.column("error_code").to_pylist(), strict=True)
+    )
+    unknown = outcomes[("failed", "CREATE_OUTCOME_UNKNOWN")]
+    assert outcomes[("success", None)] + unknown == JOBS, outcomes
+    # Only creates on the wire at the kill can be unknown: at most the in-flight limit, usually none.
+    assert unknown <= 10
+    assert second.returncode == (1 if unknown else 0), output.decode(errors="replace")
     raw = read_parts(open_sink(str(tmp_path / "out")), columns=["job_id", "status"]).to_pylist()
     successes = Counter(row["job_id"] for row in raw if row["status"] == "success")
     assert set(successes.values()) == {1}

@@ -104,6 +104,9 @@ def register(app: typer.Typer) -> None:
             typer.Option("--polls-count/--no-polls-count", help="Whether polls count toward the rate limit."),
         ] = None,
         price_per_image: Annotated[float, typer.Option(help="USD per image, for the cost estimate.")] = 0.065,
+        report: Annotated[
+            bool, typer.Option("--report/--no-report", help="Write the HTML report when the run ends.")
+        ] = True,
     ) -> None:
         """Generate every image a spec describes (or, with --dry-run, say what that would take)."""
         from tasks.plan import describe_dry_run
@@ -131,6 +134,7 @@ def register(app: typer.Typer) -> None:
                     polls_count=polls_count,
                     price_per_image=price_per_image,
                     time_scale=time_scale,
+                    report=report,
                     **params,
                 )
             )
