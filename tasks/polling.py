@@ -34,16 +34,16 @@ class PollPolicy:
     first_hit_uncounted: float = 0.85
     second_hit: float = 0.8
     rate: float = 0.1
-    warm_rate: float = 0.3  # larger steps for the first few samples, while the seed is rough
+    warm_rate: float = 0.5  # larger steps for the first few samples, while the seed is rough
     warm_samples: int = 8
     initial_gap: float = 0.2
     min_gap: float = 0.02
-    cold_start_s: float = 2.0
-    cold_growth: float = 2.0
+    cold_start_s: float = 0.25
+    cold_growth: float = 1.5
     # The first completion is one sample; its delay is padded, since a miss costs a poll per prediction.
-    seed_margin: float = 1.5
+    seed_margin: float = 1.2
     scouts: int = 2
-    scout_lead: int = 5  # the others start this many cold steps later, unless a scout finds a delay first
+    scout_lead: int = 10  # the others wait this many cold steps (~14 s) unless a scout finds a delay first
     retry_growth: float = 1.5
     min_interval_s: float = 0.02
     max_interval_s: float = 30.0
