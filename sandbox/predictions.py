@@ -114,6 +114,9 @@ class Counters:
                 status: by_status[status]
                 for status in ("created", "processing", "success", "error", "cancelled")
             },
-            "responses": {str(code): n for code, n in sorted(self.responses.items())},
+            # Status codes sit beside "dropped", so sort them as text.
+            "responses": {
+                str(code): n for code, n in sorted(self.responses.items(), key=lambda item: str(item[0]))
+            },
             "faults": dict(self.faults),
         }

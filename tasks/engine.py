@@ -13,7 +13,8 @@ provably created nothing):
   AUTHENTICATION_FAILED); predictions already in flight are still collected, then `run` raises the error.
 - poll: 429, 5xx, malformed answers and transport failures are retried with jittered exponential backoff
   until the prediction's deadline. 404 is final (PREDICTION_NOT_FOUND).
-- deadline: `deadline_s` after creation the engine polls one last time, then cancels the prediction and
+- deadline: `deadline_s` after creation (sooner once latency is learned: `stuck_factor` times the learned
+  first-poll delay, at least `min_deadline_s`) the engine polls one last time, then cancels the prediction and
   records `timed_out`.
 - a prediction ending in error is retried as a new attempt (a new create, reported through `on_created`)
   when its code is in `retryable_codes` or it says `retryable: true`, up to `max_attempts` creates per job.
@@ -72,6 +73,10 @@ class EngineConfig:
 
     limits: Limits = field(default_factory=Limits)
     deadline_s: float = 300.0  # the API's own timeout: a prediction still running past it is stuck
+    # Once latency is known, a prediction still running at `stuck_factor` times the learned first-poll delay
+    # (but never before `min_deadline_s`) is stuck, not slow: it is cancelled instead of holding a slot.
+    stuck_factor: float = 20.0
+    min_deadline_s: float = 30.0
     max_attempts: int = 3
     create_retries: int = 6
     retry_backoff_s: float = 1.0
@@ -87,6 +92,7 @@ class EngineConfig:
         return replace(
             self,
             deadline_s=self.deadline_s / time_scale,
+            min_deadline_s=self.min_deadline_s / time_scale,
             retry_backoff_s=self.retry_backoff_s / time_scale,
             max_backoff_s=self.max_backoff_s / time_scale,
             poll=self.poll.scaled(time_scale),
@@ -315,8 +321,9 @@ class Engine:
         """Poll on the learned schedule until the prediction is terminal; past the deadline, cancel it."""
         plan = self.latency.plan(_latency_key(job))
         start = self._clock()
-        deadline = start + self.config.deadline_s
         while True:
+            limit_s = self._deadline_s(job)
+            deadline = start + limit_s
             await self._sleep_until_poll(plan, start, deadline)
             prediction = await self._poll(prediction_id, outcome, deadline)
             now = self._clock()
@@ -327,8 +334,16 @@ class Engine:
             if prediction is None or now >= deadline:
                 await self._cancel(prediction_id, outcome)
                 seen = "never answered a poll" if prediction is None else f"still {prediction.raw_status!r}"
-                message = f"{seen} after {self.config.deadline_s:g} s (the deadline); cancelled"
+                message = f"{seen} after {limit_s:.3g} s (the deadline); cancelled"
                 raise JobEnded(JobStatus.TIMED_OUT, "DEADLINE_EXCEEDED", message)
+
+    def _deadline_s(self, job: Job) -> float:
+        """The configured deadline, shortened once this kind of prediction's latency has been learned."""
+        delay = self.latency.estimate(_latency_key(job))
+        if delay is None:
+            return self.config.deadline_s
+        stuck_after = max(self.config.min_deadline_s, self.config.stuck_factor * delay)
+        return min(self.config.deadline_s, stuck_after)
 
     async def _sleep_until_poll(self, plan: PollPlan, start: float, deadline: float) -> None:
         """Sleep until the next poll; a cold schedule is cut short once another prediction sets the delay."""

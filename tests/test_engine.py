@@ -297,6 +297,25 @@ async def test_a_prediction_past_its_deadline_is_cancelled_and_timed_out():
     await engine.client.aclose()
 
 
+async def test_once_latency_is_learned_a_stuck_prediction_is_cancelled_long_before_the_api_timeout():
+    api = ScriptedApi()
+    stuck = "pred-2"
+    api.final = lambda p: (
+        {"status": "processing"} if p["id"] == stuck else {"status": "success", "output": p["url"]}
+    )
+    config = EngineConfig(
+        **{**FAST.__dict__, "deadline_s": 30.0, "stuck_factor": 5.0, "min_deadline_s": 0.05}
+    )
+    engine = engine_for(api, config)
+    assert (await engine.run_job(make_job(1))).status is JobStatus.SUCCESS  # teaches the engine the latency
+    outcome = await engine.run_job(make_job(2))
+    assert (outcome.status, outcome.error_code) == (JobStatus.TIMED_OUT, "DEADLINE_EXCEEDED")
+    assert api.predictions[stuck]["cancelled"]
+    # The 30 s ceiling never came into play: the learned latency set a deadline a fraction of it.
+    assert (outcome.completed_at - outcome.submitted_at).total_seconds() < config.deadline_s / 10
+    await engine.client.aclose()
+
+
 async def test_unknown_statuses_and_failing_polls_are_waited_out():
     api = ScriptedApi(polls_to_finish=6)
     original_get = api._get

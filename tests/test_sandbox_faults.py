@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import httpx
 import pytest
 
@@ -130,3 +132,14 @@ def test_an_unfinished_prediction_has_no_output(sandbox_factory, manual_clock):
         early = client.get(f"{sb.url}/outputs/{prediction_id}.webp")
         result = client.get(f"/v1/prediction/{prediction_id}").json()
     assert early.status_code == 404 and result["output"] is None
+
+
+def test_stats_count_dropped_and_answered_requests_side_by_side(sandbox_factory, manual_clock):
+    sb = sandbox_factory(clock=manual_clock, drop_rate=0.5, max_in_flight=100, rate_limit=100, seed=1)
+    with httpx.Client(base_url=sb.url, headers=KEY, timeout=5) as client:
+        for seed in range(20):
+            with contextlib.suppress(httpx.TransportError):
+                client.post("/v1/prediction/", json=create_body(seed))
+    responses = sb.stats()["responses"]
+    assert responses["dropped"] > 0 and responses["200"] > 0
+    assert responses["dropped"] + responses["200"] == 20
