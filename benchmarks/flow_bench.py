@@ -13,47 +13,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import csv
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from support import sandbox_process
+
 LIFTED = {"rate_limit": "1000000/1s", "max_concurrent": 100}
 KEY = "flow-bench-key"
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@contextlib.contextmanager
-def sandbox_process():
-    """`promptgrid sandbox` with no latency and no limits, in its own process (its own core)."""
-    port = free_port()
-    command = [sys.executable, "-m", "promptgrid.cli", "sandbox", "--port", str(port), "--api-key", KEY]
-    command += ["--latency-median-s", "0", "--latency-sigma", "0", "--rate-limit", "1000000"]
-    command += ["--max-in-flight", "100000"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError("the sandbox did not start")
-            time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+def lifted_sandbox():
+    """A sandbox with no latency and no limits: what is left to measure is the pipeline itself."""
+    options = ("--api-key", KEY, "--latency-median-s", "0", "--latency-sigma", "0", "--rate-limit", "1000000")
+    return sandbox_process(*options, "--max-in-flight", "100000")
 
 
 def write_spec(folder: Path, jobs: int, output: Path, api_base: str) -> Path:
@@ -122,7 +100,7 @@ def warm_up_prefect() -> None:
 
 
 def compare(jobs: int) -> None:
-    with tempfile.TemporaryDirectory() as folder, sandbox_process() as api_base:
+    with tempfile.TemporaryDirectory() as folder, lifted_sandbox() as api_base:
         root = Path(folder)
         warm_up_prefect()
         figures = {}
@@ -143,7 +121,7 @@ def compare(jobs: int) -> None:
 
 def peak_memory(jobs: int) -> None:
     """In this fresh process: run `jobs` through the flow and print peak RSS."""
-    with tempfile.TemporaryDirectory() as folder, sandbox_process() as api_base:
+    with tempfile.TemporaryDirectory() as folder, lifted_sandbox() as api_base:
         spec = write_spec(Path(folder), jobs, Path(folder) / "out", api_base)
         done = through_flow(spec)
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
