@@ -141,7 +141,8 @@ def deploy_all(env: dict[str, str], api_url: str) -> None:
     outputs = [run.communicate(timeout=120)[0].decode(errors="replace") for run in runs]
     for run, output in zip(runs, outputs, strict=True):
         assert run.returncode == 0 or "workers/filter" in output, output[-3000:]
-    found = httpx.post(f"{api_url}/deployments/filter", json={}, timeout=10).raise_for_status().json()
+    with httpx.Client(base_url=api_url, timeout=10) as api:
+        found = call(api, "POST", "/deployments/filter", json={}).json()
     assert sorted(d["name"] for d in found) == sorted(names)
 
 
@@ -202,10 +203,21 @@ def write_spec(folder: Path, base_url: str, quota_url: str | None) -> Path:
     return folder / "spec.yaml"
 
 
+def call(api: httpx.Client, method: str, url: str, **kwargs) -> httpx.Response:
+    """One request to the Prefect server, retried while SQLite answers 503 (database locked), as
+    Prefect's own client does; bounded to a few seconds."""
+    for pause in (0.2, 0.5, 1.0, 2.0, 4.0):
+        response = api.request(method, url, **kwargs)
+        if response.status_code != 503:
+            return response.raise_for_status()
+        time.sleep(pause)
+    return api.request(method, url, **kwargs).raise_for_status()
+
+
 def run_shards(cluster: Cluster, spec: Path, shard_count: int) -> list[str]:
     """Start one `generate/on-demand` run per shard, wait for all; return their ids."""
     with httpx.Client(base_url=cluster.api_url, timeout=10) as api:
-        deployment = api.get("/deployments/name/generate/on-demand").raise_for_status().json()
+        deployment = call(api, "GET", "/deployments/name/generate/on-demand").json()
         ids = []
         for shard in range(shard_count):
             parameters = {
@@ -214,14 +226,12 @@ def run_shards(cluster: Cluster, spec: Path, shard_count: int) -> list[str]:
                 "shard_index": shard,
                 "shard_count": shard_count,
             }
-            created = api.post(
-                f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": parameters}
-            )
-            ids.append(created.raise_for_status().json()["id"])
+            url = f"/deployments/{deployment['id']}/create_flow_run"
+            ids.append(call(api, "POST", url, json={"parameters": parameters}).json()["id"])
         deadline = time.monotonic() + RUN_DEADLINE_S
         states = {}
         while time.monotonic() < deadline:
-            states = {i: api.get(f"/flow_runs/{i}").raise_for_status().json()["state"]["type"] for i in ids}
+            states = {i: call(api, "GET", f"/flow_runs/{i}").json()["state"]["type"] for i in ids}
             if all(state in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") for state in states.values()):
                 break
             time.sleep(0.5)  # polling the server for the runs' end, bounded by RUN_DEADLINE_S
