@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections import Counter
@@ -78,18 +79,17 @@ class RunProgress:
         )
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    """The q-th percentile (0-100) by nearest rank; None when there are no values."""
+def nearest_rank(values: list[float], fraction: float) -> float | None:
+    """The nearest-rank percentile (`fraction` from 0 to 1) of the values; None when there are none."""
     if not values:
         return None
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
-    return ordered[rank]
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
 
 
 def summarize(progress: RunProgress) -> list[dict[str, Any]]:
     """The end-of-run summary as table rows (metric, value), for the terminal and a Prefect artifact."""
-    p50, p95 = percentile(progress.latencies_s, 50), percentile(progress.latencies_s, 95)
+    p50, p95 = nearest_rank(progress.latencies_s, 0.5), nearest_rank(progress.latencies_s, 0.95)
     images = progress.succeeded
     rows: list[dict[str, Any]] = [
         {"metric": "jobs planned", "value": progress.total},

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from promptgrid.types import JobStatus
+from tasks.progress import nearest_rank
 
 Row = Mapping[str, Any]
 
@@ -37,10 +37,7 @@ class RunSummary:
 
     def latency_percentile(self, fraction: float) -> float | None:
         """Nearest-rank percentile of the latencies, or None when no job has one."""
-        if not self.latencies_s:
-            return None
-        ordered = sorted(self.latencies_s)
-        return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+        return nearest_rank(self.latencies_s, fraction)
 
 
 def summarize(rows: Sequence[Row], price_per_image: float) -> RunSummary:
