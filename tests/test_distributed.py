@@ -193,7 +193,7 @@ def write_spec(folder: Path, base_url: str, quota_url: str | None) -> Path:
         "name": "distributed",
         "model": "stable-diffusion-3-5-large",
         "prompts": "prompts.csv",
-        "inputs": {"output_format": "webp", "aspect_ratio": "1:1"},
+        "inputs": {"output_format": "jpg", "output_quality": 60, "aspect_ratio": "1:1"},
         "sweep": {"cfg": CFG, "steps": STEPS},
         "seeds": SEEDS,
         "output": str(folder / "out"),
