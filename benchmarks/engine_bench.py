@@ -21,13 +21,15 @@ from dataclasses import dataclass
 import httpx
 from PIL import Image
 
-from promptgrid.models import check_input
+from promptgrid.sandbox.server import SandboxConfig, running_sandbox
 from promptgrid.settings import ApiKey
+from promptgrid.tasks.api.client import ApiClient
+from promptgrid.tasks.engine.config import EngineConfig
+from promptgrid.tasks.engine.engine import Engine
+from promptgrid.tasks.models.check import check_input
+from promptgrid.tasks.quota.base import Limits
+from promptgrid.tasks.quota.local import LocalBudget
 from promptgrid.types import Job, JobStatus
-from sandbox.server import SandboxConfig, running_sandbox
-from tasks.budget import Limits, LocalBudget
-from tasks.client import ApiClient
-from tasks.engine import Engine, EngineConfig
 
 MODEL = "stable-diffusion-3-5-large"
 KEY = ApiKey("sk-benchmark-key")

@@ -52,17 +52,17 @@ def write_spec(folder: Path, jobs: int, output: Path, api_base: str) -> Path:
 
 async def bare_loop(spec_path: Path) -> int:
     """The same stages with no Prefect: engine.run over every job, each outcome stored as it comes."""
-    from flows.pipeline import RunPlan, engine_config
+    from promptgrid.flows.pipeline import RunPlan, engine_config
     from promptgrid.settings import read_api_settings
-    from tasks.budget import LocalBudget
-    from tasks.client import ApiClient
-    from tasks.engine import Engine
-    from tasks.journal import Journal
-    from tasks.manifest import ManifestWriter
-    from tasks.progress import RunProgress
-    from tasks.spec import load_spec
-    from tasks.storage import open_sink
-    from tasks.store import OutcomeStore
+    from promptgrid.tasks.api.client import ApiClient
+    from promptgrid.tasks.engine.engine import Engine
+    from promptgrid.tasks.engine.progress import RunProgress
+    from promptgrid.tasks.output.journal import Journal
+    from promptgrid.tasks.output.manifest.writer import ManifestWriter
+    from promptgrid.tasks.output.recorder import OutcomeStore
+    from promptgrid.tasks.output.sinks import open_sink
+    from promptgrid.tasks.quota.local import LocalBudget
+    from promptgrid.tasks.spec.load import load_spec
 
     spec = load_spec(spec_path)
     plan = RunPlan.from_spec(spec)
@@ -82,7 +82,7 @@ async def bare_loop(spec_path: Path) -> int:
 
 
 def through_flow(spec_path: Path) -> int:
-    from flows.generate import generate
+    from promptgrid.flows.generate import generate
 
     # The bare loop writes no HTML report, so neither does the flow here: same stages on both sides.
     return asyncio.run(generate(spec_path=str(spec_path), report=False))["succeeded"]

@@ -19,8 +19,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks.expand import plan_jobs
-from tasks.spec import load_spec
+from promptgrid.tasks.spec.expand import plan_jobs
+from promptgrid.tasks.spec.load import load_spec
 
 SPEC = """\
 name: grid-bench

@@ -6,9 +6,10 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 
+from promptgrid.tasks.output.manifest.read import latest_status, read_manifest, read_parts
+from promptgrid.tasks.output.manifest.writer import ManifestWriter, compact
+from promptgrid.tasks.output.sinks import open_sink
 from promptgrid.types import Job, JobOutcome, JobStatus
-from tasks.manifest import ManifestWriter, compact, latest_status, read_manifest, read_parts
-from tasks.storage import open_sink
 
 ROWS = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -71,8 +71,8 @@ def run_case(name: str, polls_count: bool, faults: tuple[str, ...] = ()) -> None
 
 
 def report(name: str, polls_count: bool, stats: dict, output: Path) -> None:
-    from tasks.manifest import read_manifest
-    from tasks.storage import open_sink
+    from promptgrid.tasks.output.manifest.read import read_manifest
+    from promptgrid.tasks.output.sinks import open_sink
 
     rows = read_manifest(open_sink(str(output))).to_pylist()
     requests = sum(stats["requests"][kind] for kind in ("create", "get", "cancel"))

@@ -15,11 +15,12 @@ from itertools import product
 
 from PIL import Image
 
+from promptgrid.tasks.output.keys import image_key
+from promptgrid.tasks.output.manifest.read import read_manifest
+from promptgrid.tasks.output.manifest.writer import ManifestWriter
+from promptgrid.tasks.output.sinks.local import LocalSink
+from promptgrid.tasks.report.build import SHEET_STATE_KEY, render_report
 from promptgrid.types import Job, JobOutcome, JobStatus
-from tasks.keys import image_key
-from tasks.manifest import ManifestWriter, read_manifest
-from tasks.report import SHEET_STATE_KEY, render_report
-from tasks.storage import LocalSink
 
 CFGS, STEPS, SEEDS = (2.0, 3.5, 5.0, 7.0, 9.0), (20, 35), (1, 2)
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -1,1 +1,1 @@
-"""Prefect flows that wire the stages in tasks/ together."""
+"""Prefect flows that wire the stages of promptgrid.tasks together; nothing else lives here."""

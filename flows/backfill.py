@@ -13,15 +13,16 @@ import pyarrow as pa
 import yaml
 from prefect import flow
 
-from flows.generate import current_run_id
-from flows.pipeline import RunPlan, Selection, run_plan
 from promptgrid.errors import InvalidInput
-from promptgrid.models import INPUT_NAMES
-from promptgrid.overrides import spec_overrides
+from promptgrid.flows.generate import current_run_id
+from promptgrid.flows.pipeline import RunPlan, Selection, run_plan
+from promptgrid.tasks.models.catalog import INPUT_NAMES
+from promptgrid.tasks.output.manifest.read import provenance, read_manifest
+from promptgrid.tasks.output.saved_spec import read_saved_spec
+from promptgrid.tasks.output.sinks import open_sink
+from promptgrid.tasks.spec.overrides import spec_overrides
+from promptgrid.tasks.spec.schema import ApiConfig
 from promptgrid.types import Job, JobStatus
-from tasks.manifest import load_spec_text, provenance, read_manifest
-from tasks.spec import ApiConfig
-from tasks.storage import open_sink
 
 DEFAULT_STATUSES = ("failed", "timed_out")
 
@@ -49,7 +50,7 @@ def jobs_to_backfill(output: str, statuses: list[str], where: str | None) -> tup
     """The saved spec's text and the jobs to run again; InvalidInput when the output or filters are bad."""
     sink = open_sink(output)
     try:
-        text = load_spec_text(sink)
+        text = read_saved_spec(sink)
     except FileNotFoundError:
         raise InvalidInput([f"{output}: no spec.yaml here; is this a promptgrid run's output?"]) from None
     rows = select_rows(read_manifest(sink), statuses, where).to_pylist()

@@ -12,9 +12,9 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
-from flows.pipeline import RunPlan, Selection, run_plan
-from promptgrid.overrides import spec_overrides
-from tasks.spec import load_spec
+from promptgrid.flows.pipeline import RunPlan, Selection, run_plan
+from promptgrid.tasks.spec.load import load_spec
+from promptgrid.tasks.spec.overrides import spec_overrides
 
 
 def current_run_id() -> str | None:

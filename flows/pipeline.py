@@ -21,21 +21,26 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
-from promptgrid.errors import InvalidInput
+from promptgrid.errors import ApiError, InvalidInput
 from promptgrid.settings import read_api_settings
+from promptgrid.tasks.api.client import ApiClient
+from promptgrid.tasks.engine.config import EngineConfig, PrepareInputs
+from promptgrid.tasks.engine.engine import Engine
+from promptgrid.tasks.engine.progress import RunProgress, TerminalProgress
+from promptgrid.tasks.output.input_images import InputImages, InputServer, classify_image_ref
+from promptgrid.tasks.output.journal import Journal
+from promptgrid.tasks.output.manifest.read import latest_status
+from promptgrid.tasks.output.manifest.writer import ManifestWriter
+from promptgrid.tasks.output.recorder import OutcomeStore
+from promptgrid.tasks.output.saved_spec import save_spec
+from promptgrid.tasks.output.sinks import open_sink
+from promptgrid.tasks.output.sinks.base import Sink
+from promptgrid.tasks.output.sinks.local import LocalSink
+from promptgrid.tasks.quota.base import Limits
+from promptgrid.tasks.quota.factory import open_budget, quota_namespace
+from promptgrid.tasks.spec.expand import iter_job_batches
+from promptgrid.tasks.spec.schema import ApiConfig, SweepSpec
 from promptgrid.types import Job, JobStatus
-from tasks.budget import Limits
-from tasks.client import ApiClient, ApiError
-from tasks.engine import Engine, EngineConfig, PrepareInputs
-from tasks.expand import iter_job_batches
-from tasks.inputs import InputImages, InputServer, classify_image_ref
-from tasks.journal import Journal
-from tasks.manifest import ManifestWriter, latest_status, save_spec
-from tasks.progress import RunProgress, TerminalProgress
-from tasks.quota import open_budget, quota_namespace
-from tasks.spec import ApiConfig, SweepSpec
-from tasks.storage import LocalSink, Sink, open_sink
-from tasks.store import OutcomeStore
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 SHARD_SIZE = 200
@@ -208,7 +213,7 @@ async def run_plan(
     report: bool = True,
 ) -> dict[str, Any]:
     """Run the selected jobs of a plan to outcomes in its output; returns the run's summary counts."""
-    from flows.reporting import ProgressArtifact, finish_run
+    from promptgrid.flows.reporting import ProgressArtifact, finish_run
 
     settings = read_api_settings(plan.api.base_url)
     if settings.api_key is None:

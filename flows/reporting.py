@@ -15,8 +15,9 @@ from prefect.artifacts import (
 )
 from prefect.context import FlowRunContext
 
-from tasks.progress import RunProgress, summarize
-from tasks.storage import Sink
+from promptgrid.errors import RunFailed
+from promptgrid.tasks.engine.progress import RunProgress, summary_rows
+from promptgrid.tasks.output.sinks.base import Sink
 
 
 class ProgressArtifact:
@@ -46,7 +47,7 @@ class ProgressArtifact:
 
 async def _write_report(sink: Sink, price_per_image: float) -> str | None:
     """The report's URI, or None when it could not be written."""
-    from tasks.report import write_report
+    from promptgrid.tasks.report.build import write_report
 
     try:
         return await asyncio.to_thread(write_report, sink, price_per_image=price_per_image)
@@ -70,11 +71,11 @@ async def finish_run(
     mistaken for a completed one."""
     logger = get_run_logger()
     report_uri = await _write_report(sink, price_per_image) if report else None
-    rows = summarize(progress)
+    rows = summary_rows(progress)
     if FlowRunContext.get() is not None:
         await acreate_table_artifact(table=rows, key="promptgrid-summary", description=f"run {run_id}")
         if report_uri:
-            from tasks.report import report_url
+            from promptgrid.tasks.report.build import report_url
 
             link = await asyncio.to_thread(report_url, sink)
             await acreate_link_artifact(link=link, link_text="promptgrid report", key="promptgrid-report")
@@ -92,7 +93,7 @@ async def finish_run(
         "report": report_uri,
     }
     if halted is not None:
-        raise RuntimeError(f"the API stopped this run: {halted}; rerun the same command to continue")
+        raise RunFailed(f"the API stopped this run: {halted}; rerun the same command to continue")
     if failures:
-        raise RuntimeError(f"{len(failures)} shard(s) failed after retries; first: {failures[0]!r}")
+        raise RunFailed(f"{len(failures)} shard(s) failed after retries; first: {failures[0]!r}")
     return summary

@@ -11,9 +11,9 @@ import yaml
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
-from flows.generate import current_run_id
-from flows.pipeline import RunPlan, Selection, run_plan
-from tasks.spec import load_spec
+from promptgrid.flows.generate import current_run_id
+from promptgrid.flows.pipeline import RunPlan, Selection, run_plan
+from promptgrid.tasks.spec.load import load_spec
 
 
 class SweepRequest(BaseModel):

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 from enum import Enum
 
-from sandbox.config import SandboxConfig
+from promptgrid.sandbox.config import SandboxConfig
 
 SERVER_ERROR_STATUSES = (500, 502, 503)
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sandbox.faults import Fate
+from promptgrid.sandbox.faults import Fate
 
 TERMINAL = frozenset({"success", "error", "cancelled"})
 

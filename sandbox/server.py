@@ -25,9 +25,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from promptgrid.models import CONTENT_TYPES
-from sandbox.config import SandboxConfig, system_clock
-from sandbox.service import Reply, SandboxService, key_owner
+from promptgrid.sandbox.config import SandboxConfig, system_clock
+from promptgrid.sandbox.service import Reply, SandboxService, key_owner
+from promptgrid.tasks.models.catalog import CONTENT_TYPES
 
 __all__ = ["SandboxConfig", "RunningSandbox", "create_app", "running_sandbox", "serve_forever"]
 

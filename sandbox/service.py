@@ -19,12 +19,14 @@ from typing import Any
 
 import httpx
 
-from promptgrid.models import ASPECT_RATIOS, MODELS, UnknownModel, check_input, get_model
-from sandbox.config import SandboxConfig
-from sandbox.faults import CreateFault, Dice, GetFault
-from sandbox.limits import InFlight, RequestWindow
-from sandbox.predictions import TERMINAL, Counters, Prediction, input_hash
-from sandbox.render import RenderCache, image_size, render, render_key
+from promptgrid.errors import UnknownModel
+from promptgrid.sandbox.config import SandboxConfig
+from promptgrid.sandbox.faults import CreateFault, Dice, GetFault
+from promptgrid.sandbox.limits import InFlight, RequestWindow
+from promptgrid.sandbox.predictions import TERMINAL, Counters, Prediction, input_hash
+from promptgrid.sandbox.render import RenderCache, image_size, render, render_key
+from promptgrid.tasks.models.catalog import ASPECT_RATIOS, MODELS, get_model
+from promptgrid.tasks.models.check import check_input
 
 INPUT_IMAGE_MAX_BYTES = 20 * 1024 * 1024
 INPUT_IMAGE_TIMEOUT_S = 10.0

@@ -1,1 +1,1 @@
-"""Stages of the pipeline, one module each, usable without Prefect running."""
+"""The pipeline's stages, grouped by what they do, each importable and testable without Prefect running."""

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from sandbox.config import ManualClock
-from sandbox.server import RunningSandbox, SandboxConfig, running_sandbox
+from promptgrid.sandbox.config import ManualClock
+from promptgrid.sandbox.server import RunningSandbox, SandboxConfig, running_sandbox
 
 # Fast enough that a prediction takes ~80 ms and a window 0.6 s, slow enough that a loopback round trip
 # (~1 ms) stays small against both.

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from tasks.budget import Limits, LocalBudget
+from promptgrid.tasks.quota.base import Limits
+from promptgrid.tasks.quota.local import LocalBudget
 
 WINDOW = 0.2
 

@@ -9,21 +9,19 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
-from promptgrid.settings import ApiKey
-from tasks.client import (
-    ApiClient,
+from promptgrid.errors import (
     AuthenticationFailed,
     InputRejected,
     PaymentRequired,
     PredictionNotFound,
-    PredictionStatus,
     ServerFailure,
     Throttled,
     TransportFailure,
     UnexpectedAnswer,
-    parse_prediction,
-    parse_retry_after,
 )
+from promptgrid.settings import ApiKey
+from promptgrid.tasks.api.client import ApiClient, parse_retry_after
+from promptgrid.tasks.api.prediction import PredictionStatus, parse_prediction
 
 SECRET = "sk-test-0123456789abcdef"
 BASE = "http://127.0.0.1:9"

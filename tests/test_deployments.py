@@ -10,7 +10,7 @@ from prefect.client.schemas.schedules import CronSchedule
 from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
 
-from tasks.spec import load_spec
+from promptgrid.tasks.spec.load import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 PREFECT_FILE = ROOT / "deployments" / "prefect.yaml"
@@ -24,14 +24,14 @@ def deployments() -> list[dict]:
 @pytest.fixture(scope="module")
 def flows(deployments) -> dict:
     entrypoints = {d["entrypoint"] for d in deployments}
-    return {e: load_flow_from_entrypoint(str(ROOT / e)) for e in entrypoints}
+    return {e: load_flow_from_entrypoint(e) for e in entrypoints}
 
 
 def test_every_entrypoint_loads_and_accepts_its_parameters(deployments, flows):
     assert {d["entrypoint"] for d in deployments} >= {
-        "flows/generate.py:generate",
-        "flows/sweep.py:sweep",
-        "flows/backfill.py:backfill",
+        "promptgrid.flows.generate:generate",
+        "promptgrid.flows.sweep:sweep",
+        "promptgrid.flows.backfill:backfill",
     }
     for deployment in deployments:
         flow = flows[deployment["entrypoint"]]
@@ -59,14 +59,14 @@ def test_one_deployment_is_scheduled_and_its_spec_is_valid(deployments):
 
 
 def test_one_deployment_is_the_backfill(deployments):
-    backfills = [d for d in deployments if d["entrypoint"] == "flows/backfill.py:backfill"]
+    backfills = [d for d in deployments if d["entrypoint"] == "promptgrid.flows.backfill:backfill"]
     assert [d["name"] for d in backfills] == ["backfill"]
     assert "ops" in backfills[0]["tags"]
     assert not backfills[0].get("schedules")
 
 
 def test_the_sweep_form_is_typed(flows):
-    schema = parameter_schema(flows["flows/sweep.py:sweep"]).model_dump_for_openapi()
+    schema = parameter_schema(flows["promptgrid.flows.sweep:sweep"]).model_dump_for_openapi()
     request = schema["properties"]["request"]
     assert request.get("$ref", "").endswith("/SweepRequest") or request.get("allOf")
     fields = schema["definitions"]["SweepRequest"]["properties"]

@@ -16,10 +16,11 @@ from typer.testing import CliRunner
 
 from promptgrid.cli import app
 from promptgrid.errors import InvalidInput
-from tasks.expand import plan_jobs
-from tasks.plan import estimate_run, expected_polls, format_duration
-from tasks.polling import PollPolicy
-from tasks.spec import ApiConfig, load_spec
+from promptgrid.tasks.api.polling import PollPolicy
+from promptgrid.tasks.engine.estimate import estimate_run, expected_polls, format_duration
+from promptgrid.tasks.spec.expand import plan_jobs
+from promptgrid.tasks.spec.load import load_spec
+from promptgrid.tasks.spec.schema import ApiConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 CLI = Path(sys.executable).with_name("promptgrid")

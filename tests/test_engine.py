@@ -18,13 +18,16 @@ import httpx
 import pytest
 from PIL import Image
 
-from promptgrid.models import check_input
+from promptgrid.errors import PaymentRequired
 from promptgrid.settings import ApiKey
+from promptgrid.tasks.api.client import ApiClient
+from promptgrid.tasks.api.polling import PollPolicy
+from promptgrid.tasks.engine.config import EngineConfig
+from promptgrid.tasks.engine.engine import Engine
+from promptgrid.tasks.models.check import check_input
+from promptgrid.tasks.quota.base import Limits
+from promptgrid.tasks.quota.local import LocalBudget
 from promptgrid.types import Job, JobStatus
-from tasks.budget import Limits, LocalBudget
-from tasks.client import ApiClient, PaymentRequired
-from tasks.engine import Engine, EngineConfig
-from tasks.polling import PollPolicy
 
 SECRET = "sk-engine-test-secret-42"
 MODEL = "stable-diffusion-3-5-large-turbo"

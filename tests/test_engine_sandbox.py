@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections import Counter
 
-from promptgrid.models import check_input
+from promptgrid.sandbox.predictions import input_hash
 from promptgrid.settings import ApiKey
+from promptgrid.tasks.api.client import ApiClient
+from promptgrid.tasks.engine.config import EngineConfig
+from promptgrid.tasks.engine.engine import Engine
+from promptgrid.tasks.models.check import check_input
+from promptgrid.tasks.quota.base import Limits
+from promptgrid.tasks.quota.local import LocalBudget
 from promptgrid.types import Job, JobStatus
-from sandbox.predictions import input_hash
-from tasks.budget import Limits, LocalBudget
-from tasks.client import ApiClient
-from tasks.engine import Engine, EngineConfig
 from tests.fixtures_sandbox import TEST_TIME_SCALE
 
 MODEL = "stable-diffusion-3-5-large"

@@ -10,11 +10,11 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from flows.backfill import backfill
-from flows.generate import generate
-from flows.sweep import SweepRequest, sweep
-from tasks.manifest import read_manifest
-from tasks.storage import open_sink
+from promptgrid.flows.backfill import backfill
+from promptgrid.flows.generate import generate
+from promptgrid.flows.sweep import SweepRequest, sweep
+from promptgrid.tasks.output.manifest.read import read_manifest
+from promptgrid.tasks.output.sinks import open_sink
 
 pytestmark = [
     pytest.mark.usefixtures("prefect_harness"),

@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from promptgrid.tasks.output.journal import Journal, JournalRecord
+from promptgrid.tasks.output.manifest.writer import ManifestWriter
+from promptgrid.tasks.output.sinks import open_sink
 from promptgrid.types import Job, JobOutcome, JobStatus
-from tasks.journal import Journal, JournalRecord
-from tasks.manifest import ManifestWriter
-from tasks.storage import open_sink
 
 T0 = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)
 

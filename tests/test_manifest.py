@@ -14,22 +14,21 @@ import pyarrow.parquet as pq
 import pytest
 
 import promptgrid
-from promptgrid.types import Job, JobOutcome, JobStatus
-from tasks.manifest import (
-    MANIFEST_SCHEMA,
-    ManifestWriter,
-    compact,
+from promptgrid.tasks.output.manifest.read import (
     latest_outcomes,
     latest_status,
-    load_spec_text,
     part_keys,
     provenance,
     read_manifest,
     read_parts,
-    save_spec,
     status_counts,
 )
-from tasks.storage import S3Sink, open_sink
+from promptgrid.tasks.output.manifest.rows import MANIFEST_SCHEMA
+from promptgrid.tasks.output.manifest.writer import ManifestWriter, compact
+from promptgrid.tasks.output.saved_spec import read_saved_spec, save_spec
+from promptgrid.tasks.output.sinks import open_sink
+from promptgrid.tasks.output.sinks.s3 import S3Sink
+from promptgrid.types import Job, JobOutcome, JobStatus
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -236,9 +235,9 @@ def test_provenance_and_spec_are_saved_beside_the_manifest(sink):
     assert meta["promptgrid.spec_hash"] == "spec-abc" and meta["promptgrid.run_id"] == "run-42"
     assert meta["promptgrid.version"] == promptgrid.__version__ and "promptgrid.written_at" in meta
     with pytest.raises(FileNotFoundError):
-        load_spec_text(sink)
+        read_saved_spec(sink)
     save_spec(sink, "grid: prompts.csv\n# café\n")
-    assert load_spec_text(sink) == "grid: prompts.csv\n# café\n"
+    assert read_saved_spec(sink) == "grid: prompts.csv\n# café\n"
     assert len(list(sink.list_keys("specs/"))) == 1
 
 

@@ -9,9 +9,10 @@ import pytest
 from typer.testing import CliRunner
 
 from promptgrid.cli import app
+from promptgrid.tasks.output.manifest.read import part_keys
+from promptgrid.tasks.output.manifest.writer import ManifestWriter
+from promptgrid.tasks.output.sinks import open_sink
 from promptgrid.types import Job, JobOutcome, JobStatus
-from tasks.manifest import ManifestWriter, part_keys
-from tasks.storage import open_sink
 
 
 def fill(sink) -> None:

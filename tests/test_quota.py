@@ -6,9 +6,10 @@ import pytest
 
 from promptgrid.errors import InvalidInput
 from promptgrid.settings import ApiKey
-from tasks.budget import Limits, LocalBudget
-from tasks.quota import open_budget, quota_namespace
-from tasks.quota_redis import RedisBudget
+from promptgrid.tasks.quota.base import Limits
+from promptgrid.tasks.quota.factory import open_budget, quota_namespace
+from promptgrid.tasks.quota.local import LocalBudget
+from promptgrid.tasks.quota.shared import RedisBudget
 
 
 async def test_no_quota_url_means_a_local_budget():

@@ -19,8 +19,9 @@ import pytest
 import redis
 import redis.asyncio
 
-from tasks.budget import Limits
-from tasks.quota_redis import QuotaUnavailable, RedisBudget
+from promptgrid.errors import QuotaUnavailable
+from promptgrid.tasks.quota.base import Limits
+from promptgrid.tasks.quota.shared import RedisBudget
 
 PR_SET_PDEATHSIG = 1
 
@@ -194,8 +195,8 @@ async def test_killed_holders_slots_come_back_after_the_lease(redis_url, namespa
 
 HOLDER_SCRIPT = """
 import asyncio, sys, time
-from tasks.budget import Limits
-from tasks.quota_redis import RedisBudget
+from promptgrid.tasks.quota.base import Limits
+from promptgrid.tasks.quota.shared import RedisBudget
 
 async def main():
     budget = RedisBudget(Limits(requests=1000, window_s=1.0, max_in_flight=2), sys.argv[1], sys.argv[2],

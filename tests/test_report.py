@@ -17,13 +17,15 @@ from typer.testing import CliRunner
 
 from promptgrid.cli import app
 from promptgrid.errors import InvalidInput
+from promptgrid.tasks.output.manifest.read import read_manifest
+from promptgrid.tasks.output.manifest.rows import MANIFEST_SCHEMA
+from promptgrid.tasks.output.sinks import open_sink
+from promptgrid.tasks.output.sinks.local import LocalSink
+from promptgrid.tasks.report.build import render_report, report_url, write_report
+from promptgrid.tasks.report.layout import build_grids
+from promptgrid.tasks.report.sheets import FAILURE_FILL, PAD, draw_contact_sheet
+from promptgrid.tasks.report.summary import summarize_rows
 from promptgrid.types import JobStatus
-from tasks.contact_sheet import FAILURE_FILL, PAD, draw_contact_sheet
-from tasks.manifest import MANIFEST_SCHEMA, read_manifest
-from tasks.report import render_report, report_url, write_report
-from tasks.report_grid import build_grids
-from tasks.report_summary import summarize
-from tasks.storage import LocalSink, open_sink
 from tests.test_report_support import (
     CFGS,
     PROMPTS,
@@ -186,7 +188,7 @@ def test_large_sweeps_are_split_into_pages(local_run):
 
 def test_summary_counts_latency_requests_and_cost(local_run):
     sink, recorded = local_run
-    summary = summarize(read_manifest(sink).to_pylist(), price_per_image=0.065)
+    summary = summarize_rows(read_manifest(sink).to_pylist(), price_per_image=0.065)
     successes = sum(job.status == JobStatus.SUCCESS for job in recorded)
     assert summary.by_status == {"success": successes, "failed": 2, "timed_out": 1, "cancelled": 1}
     assert summary.requests_per_image == pytest.approx((4 * successes + 3 * 4) / successes)
@@ -202,7 +204,7 @@ def test_summary_counts_latency_requests_and_cost(local_run):
 def test_billed_cost_wins_over_the_estimate(tmp_path: Path):
     sink = LocalSink(tmp_path / "out")
     recorded = record_run(sink, cost_usd=0.05)
-    summary = summarize(read_manifest(sink).to_pylist(), price_per_image=0.065)
+    summary = summarize_rows(read_manifest(sink).to_pylist(), price_per_image=0.065)
     successes = sum(job.status == JobStatus.SUCCESS for job in recorded)
     assert not summary.cost_is_estimate and summary.cost_usd == pytest.approx(successes * 0.05)
 

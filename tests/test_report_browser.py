@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from promptgrid.tasks.output.sinks.local import LocalSink
+from promptgrid.tasks.report.build import write_report
 from promptgrid.types import JobStatus
-from tasks.report import write_report
-from tasks.storage import LocalSink
 from tests.test_report_support import PROMPTS, assert_laid_out, colour_centre, record_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.generate import generate
 from promptgrid.cli import app
-from tasks.manifest import read_manifest
-from tasks.storage import LocalSink
+from promptgrid.flows.generate import generate
+from promptgrid.tasks.output.manifest.read import read_manifest
+from promptgrid.tasks.output.sinks.local import LocalSink
 from tests.test_report_support import ReportPage
 
 pytestmark = [

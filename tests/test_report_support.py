@@ -12,10 +12,10 @@ from itertools import product
 import numpy as np
 from PIL import Image, ImageStat
 
+from promptgrid.tasks.output.keys import image_key
+from promptgrid.tasks.output.manifest.writer import ManifestWriter
+from promptgrid.tasks.output.sinks.base import Sink
 from promptgrid.types import Job, JobOutcome, JobStatus
-from tasks.keys import image_key
-from tasks.manifest import ManifestWriter
-from tasks.storage import Sink
 
 PROMPTS = (
     "a red fox in snow",

@@ -17,8 +17,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tasks.manifest import read_manifest, read_parts
-from tasks.storage import open_sink
+from promptgrid.tasks.output.manifest.read import read_manifest, read_parts
+from promptgrid.tasks.output.sinks import open_sink
 
 JOBS = 60
 TIME_SCALE = 20.0

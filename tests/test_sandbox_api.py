@@ -9,7 +9,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from sandbox.server import SandboxConfig, running_sandbox
+from promptgrid.sandbox.server import SandboxConfig, running_sandbox
 
 MODEL = "stable-diffusion-3.5-large"  # the dotted alias the seed page's snippet sends
 KEY = {"X-API-Key": "test-key"}

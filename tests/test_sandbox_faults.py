@@ -7,7 +7,7 @@ import contextlib
 import httpx
 import pytest
 
-from sandbox.config import DEFAULT_ERROR_CODES
+from promptgrid.sandbox.config import DEFAULT_ERROR_CODES
 
 KEY = {"X-API-Key": "test-key"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from sandbox.limits import InFlight, RequestWindow
+from promptgrid.sandbox.limits import InFlight, RequestWindow
 
 KEY = {"X-API-Key": "test-key"}
 CREATE = {"model": "stable-diffusion-3-5-large", "version": "0.0.1", "input": {"prompt": "a kite", "seed": 1}}

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from promptgrid.errors import InvalidInput
-from tasks.spec import RateLimit, SweepSpec, load_spec, load_spec_text
+from promptgrid.tasks.spec.load import load_spec, load_spec_text
+from promptgrid.tasks.spec.schema import RateLimit, SweepSpec
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

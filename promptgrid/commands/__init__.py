@@ -1,1 +1,0 @@
-"""Subcommands of the `promptgrid` CLI, one module each; each exposes `register(app)`."""

@@ -1,0 +1,45 @@
+"""The `promptgrid` command, the top layer: one Typer app, each subcommand registered from its own module.
+
+Exit codes: 0 every job succeeded, 1 some failed or the run could not finish, 2 invalid input (nothing sent).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Prefect's telemetry lookups fail without internet and log errors; users may still turn it on.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import typer  # noqa: E402
+
+from promptgrid.cli import manifest, report, run, sandbox  # noqa: E402
+from promptgrid.errors import InvalidInput, PromptgridError  # noqa: E402
+
+app = typer.Typer(
+    name="promptgrid",
+    help="Turn prompt grids into image datasets through a text-to-image prediction API.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Keep `promptgrid` a group of subcommands, even while only one is registered."""
+
+
+for module in (run, sandbox, manifest, report):
+    module.register(app)
+
+
+def main() -> None:
+    try:
+        app()
+    except InvalidInput as exc:
+        print(f"error: {exc.describe()}", file=sys.stderr)
+        sys.exit(2)
+    except PromptgridError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

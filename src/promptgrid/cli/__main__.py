@@ -1,0 +1,5 @@
+"""`python -m promptgrid.cli`: the same command as `promptgrid`."""
+
+from promptgrid.cli import main
+
+main()

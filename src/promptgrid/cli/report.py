@@ -1,0 +1,53 @@
+"""The `promptgrid report` command: write an output's HTML report and contact sheets."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("report")
+    def report_command(
+        output: Annotated[
+            str, typer.Argument(help="The run's output: a local folder or s3://bucket/prefix.")
+        ],
+        across: Annotated[
+            str | None, typer.Option(help="Parameter laid out across each grid (default: the first swept).")
+        ] = None,
+        down: Annotated[
+            str | None, typer.Option(help="Parameter laid out down each grid (default: the second swept).")
+        ] = None,
+        price_per_image: Annotated[
+            float, typer.Option(help="USD per image, for the cost when the API reported none.")
+        ] = 0.065,
+        page_size: Annotated[int, typer.Option(min=1, help="Prompts per HTML page.")] = 25,
+        sheets: Annotated[
+            bool, typer.Option("--sheets/--no-sheets", help="Also draw one PNG contact sheet per prompt.")
+        ] = True,
+        link_expires_s: Annotated[
+            int, typer.Option(min=1, max=604800, help="S3 only: how long the report's presigned links work.")
+        ] = 604800,
+    ) -> None:
+        """Write OUTPUT/report/index.html (grids per prompt, failures with reasons, a run summary)."""
+        from promptgrid.errors import InvalidInput
+        from promptgrid.tasks.output.manifest.read import part_keys
+        from promptgrid.tasks.output.sinks import open_sink
+        from promptgrid.tasks.report.build import write_report
+
+        sink = open_sink(output)
+        if not part_keys(sink):
+            raise InvalidInput(
+                [f"{output}: no manifest found (manifest/*.parquet); run `promptgrid run` first."]
+            )
+        uri = write_report(
+            sink,
+            across=across,
+            down=down,
+            price_per_image=price_per_image,
+            page_size=page_size,
+            sheets=sheets,
+            link_expires_s=link_expires_s,
+        )
+        typer.echo(uri)

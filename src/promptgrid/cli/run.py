@@ -1,0 +1,184 @@
+"""The `promptgrid run` and `promptgrid backfill` commands: check a spec, print its plan, or run it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from promptgrid.errors import InvalidInput, PromptgridError
+from promptgrid.settings import API_KEY_ENV, read_api_settings
+from promptgrid.tasks.spec.overrides import spec_overrides
+
+SANDBOX_HELP = "Start the local sandbox API and run against it (sandbox renders, not real images)."
+TIME_SCALE_HELP = "With --sandbox: how many times faster the sandbox's clock runs (latency, rate window)."
+
+
+@contextlib.contextmanager
+def api_for_run(use_sandbox: bool, time_scale: float) -> Iterator[str | None]:
+    """Yield the API base URL to use: a freshly started sandbox's, or None for the configured API.
+
+    Without --sandbox the key must be in the environment before anything runs. The sandbox gets a key made
+    up for this run, so a real key in the environment is never sent to it.
+    """
+    if not use_sandbox:
+        if read_api_settings().api_key is None:
+            raise InvalidInput([f"{API_KEY_ENV} is not set: export your Eachlabs API key, or pass --sandbox"])
+        yield None
+        return
+    from promptgrid.sandbox.server import SandboxConfig, running_sandbox
+
+    key = f"sandbox-{secrets.token_hex(12)}"
+    saved = os.environ.get(API_KEY_ENV)
+    os.environ[API_KEY_ENV] = key
+    try:
+        with running_sandbox(SandboxConfig(time_scale=time_scale, api_key=key)) as sandbox:
+            print(
+                f"sandbox API at {sandbox.url} (x{time_scale:g} time): images are sandbox renders",
+                file=sys.stderr,
+            )
+            yield sandbox.url
+    finally:
+        if saved is None:
+            os.environ.pop(API_KEY_ENV, None)
+        else:
+            os.environ[API_KEY_ENV] = saved
+
+
+def scaled_rate_limit(requests: int, window_s: float, time_scale: float) -> str:
+    return f"{requests}/{window_s / time_scale:g}s"
+
+
+def run_flow(flow_call: Callable[[], Awaitable[dict[str, Any]]]) -> int:
+    """Run a flow in this process; 0 when every job succeeded, 1 when some failed or the run failed."""
+    try:
+        summary = asyncio.run(flow_call())
+    except InvalidInput:
+        raise
+    except PromptgridError as exc:
+        print(f"error: the run failed: {exc}", file=sys.stderr)
+        return 1
+    print(describe_summary(summary))
+    return 1 if summary["failed"] or summary["previously_failed"] else 0
+
+
+def describe_summary(summary: dict[str, Any]) -> str:
+    lines = [
+        f"{summary['succeeded']} images generated, {summary['failed']} failed, "
+        f"{summary['skipped']} already done ({summary['previously_failed']} of those failed earlier); "
+        f"{summary['api_requests']} API requests",
+        f"images:   {summary['output']}/images/",
+        f"manifest: {summary['output']}/manifest/ (see `promptgrid manifest show {summary['output']}`)",
+    ]
+    if summary.get("report"):
+        lines.append(f"report:   {summary['report']}")
+    if summary["failed"] or summary["previously_failed"]:
+        lines.append(f"retry failures with: promptgrid backfill {summary['output']}")
+    return "\n".join(lines)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run_command(
+        spec: Annotated[Path, typer.Argument(help="The sweep spec (YAML).")],
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Validate and print the plan; send nothing to the API.")
+        ] = False,
+        use_sandbox: Annotated[bool, typer.Option("--sandbox", help=SANDBOX_HELP)] = False,
+        sandbox_time_scale: Annotated[float, typer.Option(help=TIME_SCALE_HELP)] = 10.0,
+        output: Annotated[str | None, typer.Option(help="Local folder or s3://bucket/prefix.")] = None,
+        api_base: Annotated[str | None, typer.Option(help="Base URL of the prediction API.")] = None,
+        rate_limit: Annotated[
+            str | None, typer.Option(help="Requests per window, e.g. 60/60s or 60/6s.")
+        ] = None,
+        max_concurrent: Annotated[int | None, typer.Option(help="Predictions in flight at most.")] = None,
+        polls_count: Annotated[
+            bool | None,
+            typer.Option("--polls-count/--no-polls-count", help="Whether polls count toward the rate limit."),
+        ] = None,
+        price_per_image: Annotated[float, typer.Option(help="USD per image, for the cost estimate.")] = 0.065,
+        report: Annotated[
+            bool, typer.Option("--report/--no-report", help="Write the HTML report when the run ends.")
+        ] = True,
+    ) -> None:
+        """Generate every image a spec describes (or, with --dry-run, say what that would take)."""
+        from promptgrid.tasks.engine.estimate import describe_dry_run
+        from promptgrid.tasks.spec.load import load_spec
+
+        overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count)
+        sweep = load_spec(spec, overrides=overrides)
+        if dry_run:
+            typer.echo(describe_dry_run(sweep, price_per_image=price_per_image))
+            return
+        from promptgrid.flows.generate import generate
+
+        time_scale = sandbox_time_scale if use_sandbox else 1.0
+        with api_for_run(use_sandbox, time_scale) as sandbox_url:
+            if sandbox_url:
+                api_base = sandbox_url
+                limit = sweep.api.rate_limit
+                rate_limit = scaled_rate_limit(limit.requests, limit.window_s, time_scale)
+            params = dict(
+                output=output, api_base=api_base, rate_limit=rate_limit, max_concurrent=max_concurrent
+            )
+            code = run_flow(
+                lambda: generate(
+                    spec_path=str(spec.resolve()),
+                    polls_count=polls_count,
+                    price_per_image=price_per_image,
+                    time_scale=time_scale,
+                    report=report,
+                    **params,
+                )
+            )
+        raise typer.Exit(code)
+
+    @app.command("backfill")
+    def backfill_command(
+        output: Annotated[
+            str, typer.Argument(help="The output of an earlier run: a folder or s3://bucket/prefix.")
+        ],
+        status: Annotated[
+            str, typer.Option(help="Comma-separated latest statuses to re-run.")
+        ] = "failed,timed_out",
+        where: Annotated[
+            str | None, typer.Option(help='An SQL condition on manifest columns, e.g. "cfg > 4".')
+        ] = None,
+        use_sandbox: Annotated[bool, typer.Option("--sandbox", help=SANDBOX_HELP)] = False,
+        sandbox_time_scale: Annotated[float, typer.Option(help=TIME_SCALE_HELP)] = 10.0,
+        api_base: Annotated[str | None, typer.Option(help="Base URL of the prediction API.")] = None,
+        rate_limit: Annotated[str | None, typer.Option(help="Requests per window, e.g. 60/60s.")] = None,
+        price_per_image: Annotated[float, typer.Option(help="USD per image, for the cost estimate.")] = 0.065,
+    ) -> None:
+        """Re-run only the jobs of OUTPUT whose latest outcome matches (failed and timed out by default)."""
+        from promptgrid.flows.backfill import backfill, jobs_to_backfill
+
+        statuses = [part.strip() for part in status.split(",") if part.strip()]
+        _, jobs = jobs_to_backfill(output, statuses, where)  # bad input stops here, before any run starts
+        print(f"{len(jobs)} jobs to run again", file=sys.stderr)
+        if not jobs:
+            raise typer.Exit(0)
+        time_scale = sandbox_time_scale if use_sandbox else 1.0
+        with api_for_run(use_sandbox, time_scale) as sandbox_url:
+            if sandbox_url:
+                api_base = sandbox_url
+                rate_limit = rate_limit or scaled_rate_limit(60, 60.0, time_scale)
+            code = run_flow(
+                lambda: backfill(
+                    output=output,
+                    statuses=statuses,
+                    where=where,
+                    api_base=api_base,
+                    rate_limit=rate_limit,
+                    price_per_image=price_per_image,
+                    time_scale=time_scale,
+                )
+            )
+        raise typer.Exit(code)

@@ -1,0 +1,84 @@
+"""The `promptgrid sandbox` command: serve the local stand-in for the prediction API until Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Annotated
+
+import typer
+
+
+def _describe(config, url: str) -> str:
+    per_window = f"{config.rate_limit} requests per {config.window:g} s"
+    polls = "polls count" if config.polls_count else "polls do not count"
+    return "\n".join(
+        [
+            f"Sandbox API listening on {url}",
+            f"  time scale x{config.time_scale:g}: {per_window} per key ({polls}), "
+            f"{config.max_in_flight} predictions in flight, "
+            f"median latency {config.scaled(config.latency_median_s):g} s",
+            f"  key: {'the one given with --api-key' if config.api_key else 'any non-empty key'}; "
+            f"stats at {url}/sandbox/stats",
+            f"  export EACHLABS_API_BASE={url}",
+            "Press Ctrl-C to stop.",
+        ]
+    )
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("sandbox")
+    def sandbox_command(
+        port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")] = 8787,
+        host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+        time_scale: Annotated[
+            float, typer.Option(help="Divide every clock (latency, window, URL life) by X.")
+        ] = 1.0,
+        api_key: Annotated[
+            str | None,
+            typer.Option(help="Accept only this key (default: any non-empty key).", show_default=False),
+        ] = None,
+        rate_limit: Annotated[int, typer.Option(help="Requests per window per key.")] = 60,
+        window_s: Annotated[float, typer.Option(help="Window length in API seconds.")] = 60.0,
+        max_in_flight: Annotated[int, typer.Option(help="Predictions in flight per key.")] = 10,
+        polls_count: Annotated[
+            bool, typer.Option("--polls-count/--no-polls-count", help="Whether polls count toward the limit.")
+        ] = True,
+        cancels_count: Annotated[
+            bool, typer.Option("--cancels-count/--no-cancels-count", help="Whether cancels count.")
+        ] = True,
+        latency_median_s: Annotated[
+            float, typer.Option(help="Median prediction latency (API seconds).")
+        ] = 8.0,
+        latency_sigma: Annotated[float, typer.Option(help="Lognormal spread of the latency.")] = 0.25,
+        seed: Annotated[int, typer.Option(help="Seed of every random draw (latency, faults).")] = 0,
+        create_5xx_rate: Annotated[float, typer.Option(help="Share of creates answered 5xx.")] = 0.0,
+        get_5xx_rate: Annotated[float, typer.Option(help="Share of polls answered 5xx.")] = 0.0,
+        drop_rate: Annotated[
+            float, typer.Option(help="Share of creates and polls whose connection drops.")
+        ] = 0.0,
+        error_rate: Annotated[float, typer.Option(help="Share of predictions that end in error.")] = 0.0,
+        never_finish_rate: Annotated[
+            float, typer.Option(help="Share of predictions that never finish.")
+        ] = 0.0,
+        url_lifetime_s: Annotated[float, typer.Option(help="Output URL lifetime (API seconds).")] = 3600.0,
+    ) -> None:
+        """Serve a local, strict stand-in for the prediction API (limits, latency, faults) until Ctrl-C."""
+        from promptgrid.errors import InvalidInput
+        from promptgrid.sandbox.server import SandboxConfig, serve_forever
+
+        try:
+            config = SandboxConfig(
+                time_scale=time_scale, rate_limit=rate_limit, window_s=window_s, max_in_flight=max_in_flight,
+                polls_count=polls_count, cancels_count=cancels_count, latency_median_s=latency_median_s,
+                latency_sigma=latency_sigma, api_key=api_key, seed=seed, create_5xx_rate=create_5xx_rate,
+                get_5xx_rate=get_5xx_rate, drop_rate=drop_rate, error_rate=error_rate,
+                never_finish_rate=never_finish_rate, url_lifetime_s=url_lifetime_s, host=host, port=port,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise InvalidInput([f"sandbox options: {exc}"]) from None
+        # Ctrl-C is how the server is meant to stop: no traceback.
+        with contextlib.suppress(KeyboardInterrupt):
+            try:
+                serve_forever(config, on_ready=lambda url: typer.echo(_describe(config, url)))
+            except OSError as exc:  # the port is taken or the address is not ours
+                raise InvalidInput([f"cannot listen on {host}:{port}: {exc.strerror or exc}"]) from None

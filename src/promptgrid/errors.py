@@ -1,0 +1,143 @@
+"""Every exception promptgrid raises on purpose, under one root; foreign ones are translated where they arise.
+
+    PromptgridError             the root: `except PromptgridError` catches everything below
+    ├── InvalidInput            input a person must fix (spec, grid row, flag, output); the CLI exits 2
+    │   └── UnknownModel        a model slug no catalog knows
+    ├── ApiError                a call to the prediction API that did not give the answer asked for;
+    │   │                       `.prediction_id`, `.status_code`, `.request_id` when known
+    │   ├── TransportFailure    no HTTP answer. `.sent` is False when the request provably never left
+    │   │                       (connect error or timeout, pool timeout): resending cannot duplicate it.
+    │   │                       True means it may have reached the server (read/write error or timeout,
+    │   │                       dropped connection): a create's outcome is unknown.
+    │   ├── Throttled           429; `.retry_after_s` from `Retry-After` when present
+    │   ├── ServerFailure       5xx; `.api_answered` when the body is the API's own JSON error
+    │   ├── PaymentRequired     402: the balance cannot cover more work
+    │   ├── AuthenticationFailed 401/403 from the API
+    │   ├── InputRejected       400/422: the model refused the inputs
+    │   ├── PredictionNotFound  404 on a prediction
+    │   └── UnexpectedAnswer    any other status, or a body that does not parse
+    ├── FetchFailed             a prediction's output could not be downloaded or verified; `.code` is the
+    │                           outcome's error code, `.retryable` whether another download may work
+    ├── StorageError            the output store did not confirm a write (size or checksum mismatch)
+    ├── QuotaUnavailable        the shared quota's Redis could not be reached (the message names the
+    │                           server, never a password)
+    └── RunFailed               a run that could not finish its work (shards failed after retries, or
+                                the API stopped it); the CLI exits 1
+
+httpx's exceptions become ApiError in `promptgrid.tasks.api.client`, botocore's and the file system's are
+raised as they are by the sinks (a run stops on them), Redis's become QuotaUnavailable in the shared quota.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+
+class PromptgridError(Exception):
+    """The root of every exception promptgrid raises on purpose."""
+
+
+class InvalidInput(PromptgridError):
+    """Input that cannot run: a bad spec, grid row, flag or output location.
+
+    `problems` lists each problem as a full sentence naming the file, row and field; `total` counts all
+    problems found when the list was capped.
+    """
+
+    def __init__(self, problems: Sequence[str], total: int | None = None):
+        self.problems = list(problems)
+        self.total = total if total is not None else len(self.problems)
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        lines = list(self.problems)
+        if self.total > len(lines):
+            lines.append(f"... and {self.total - len(lines)} more problems")
+        return "\n".join(lines)
+
+
+class UnknownModel(InvalidInput):
+    """The slug names no model promptgrid knows."""
+
+    def __init__(self, message: str):
+        super().__init__([message])
+        self.message = message
+
+
+class ApiError(PromptgridError):
+    """A call to the prediction API that did not give the answer asked for."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        prediction_id: str | None = None,
+        status_code: int | None = None,
+        request_id: str | None = None,
+    ):
+        super().__init__(message)
+        self.message = message
+        self.prediction_id = prediction_id
+        self.status_code = status_code
+        self.request_id = request_id
+
+
+class TransportFailure(ApiError):
+    def __init__(self, message: str, *, sent: bool, **context: Any):
+        super().__init__(message, **context)
+        self.sent = sent
+
+
+class Throttled(ApiError):
+    def __init__(self, message: str, *, retry_after_s: float | None, **context: Any):
+        super().__init__(message, **context)
+        self.retry_after_s = retry_after_s
+
+
+class ServerFailure(ApiError):
+    def __init__(self, message: str, *, api_answered: bool = False, **context: Any):
+        super().__init__(message, **context)
+        self.api_answered = api_answered  # a JSON error from the API itself, not a gateway's page
+
+
+class PaymentRequired(ApiError):
+    pass
+
+
+class AuthenticationFailed(ApiError):
+    pass
+
+
+class InputRejected(ApiError):
+    pass
+
+
+class PredictionNotFound(ApiError):
+    pass
+
+
+class UnexpectedAnswer(ApiError):
+    pass
+
+
+class FetchFailed(PromptgridError):
+    """The output could not be turned into a verified image; `code` becomes the outcome's error code."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+
+
+class StorageError(PromptgridError):
+    """A write the store did not confirm as written (size or checksum mismatch)."""
+
+
+class QuotaUnavailable(PromptgridError):
+    """The shared quota's Redis could not be reached; the message names the server, never a password."""
+
+
+class RunFailed(PromptgridError):
+    """A run that could not finish its work; what was done is in the manifest, and a rerun continues."""

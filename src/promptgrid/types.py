@@ -1,0 +1,94 @@
+"""The records that move between promptgrid's stages: a job going in, its outcome coming out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from promptgrid.defaults import MODEL_VERSION
+
+
+class JobStatus(StrEnum):
+    """How a job ended. Every outcome the engine returns carries one of these."""
+
+    SUCCESS = "success"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+
+class ErrorCode(StrEnum):
+    """Why a job did not succeed: the manifest's `error_code`, what backfill's `--where` filters on.
+
+    The first group is promptgrid's own; the second is what the API itself reports for a failed prediction
+    (passed through as the API wrote it, so a code not listed here may still appear). docs/errors.md
+    explains each one and what to do about it.
+    """
+
+    # promptgrid's own
+    CREATE_OUTCOME_UNKNOWN = "CREATE_OUTCOME_UNKNOWN"
+    CREATE_FAILED = "CREATE_FAILED"
+    PAYMENT_REQUIRED = "PAYMENT_REQUIRED"
+    AUTHENTICATION_FAILED = "AUTHENTICATION_FAILED"
+    INPUT_REJECTED = "INPUT_REJECTED"
+    INPUT_PREPARATION_FAILED = "INPUT_PREPARATION_FAILED"
+    PREDICTION_NOT_FOUND = "PREDICTION_NOT_FOUND"
+    PREDICTION_ERROR = "PREDICTION_ERROR"
+    PREDICTION_CANCELLED = "PREDICTION_CANCELLED"
+    DEADLINE_EXCEEDED = "DEADLINE_EXCEEDED"
+    OUTPUT_MISSING = "OUTPUT_MISSING"
+    OUTPUT_EXPIRED = "OUTPUT_EXPIRED"
+    OUTPUT_FETCH_FAILED = "OUTPUT_FETCH_FAILED"
+    OUTPUT_TOO_LARGE = "OUTPUT_TOO_LARGE"
+    OUTPUT_INVALID = "OUTPUT_INVALID"
+    # the API's
+    INPUT_VALIDATION_ERROR = "INPUT_VALIDATION_ERROR"
+    INPUT_DOWNLOAD_ERROR = "INPUT_DOWNLOAD_ERROR"
+    PROVIDER_REJECTED = "PROVIDER_REJECTED"
+    PROVIDER_RATE_LIMIT = "PROVIDER_RATE_LIMIT"
+    PROVIDER_SERVER_ERROR = "PROVIDER_SERVER_ERROR"
+    NETWORK_ERROR = "NETWORK_ERROR"
+    EXECUTION_TIMEOUT = "EXECUTION_TIMEOUT"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """One image to generate.
+
+    `inputs` are the model's inputs, validated and normalised (promptgrid.tasks.models.check), the seed
+    always fixed. `job_id` is a hash of model, version and inputs, so the same image asked for twice
+    is one job. `carried` holds the grid's other columns, passed to the manifest untouched.
+    """
+
+    job_id: str
+    model: str
+    inputs: Mapping[str, Any]
+    version: str = MODEL_VERSION
+    carried: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class JobOutcome:
+    """What became of one job: the manifest row's source, and the image bytes on success."""
+
+    job_id: str
+    status: JobStatus
+    error_code: str | None = None  # an ErrorCode, or a code the API reported
+    error_message: str | None = None
+    prediction_id: str | None = None
+    attempts: int = 0
+    api_requests: int = 0
+    queued_at: datetime | None = None
+    submitted_at: datetime | None = None
+    completed_at: datetime | None = None
+    predict_time_s: float | None = None
+    cost_usd: float | None = None
+    image: bytes | None = field(default=None, repr=False)
+    image_format: str | None = None
+    sha256: str | None = None
+    bytes: int | None = None
+    width: int | None = None
+    height: int | None = None

@@ -1,0 +1,1 @@
+"""The prediction API: the HTTP client, what a prediction says, when to poll it, and fetching its output."""

@@ -1,0 +1,112 @@
+"""A prediction as the API reports it: a closed set of statuses, and answers read defensively."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+_MESSAGE_LIMIT = 300
+
+
+class PredictionStatus(StrEnum):
+    """The closed set of states a prediction is in, older spellings folded in by `parse_status`."""
+
+    CREATED = "created"
+    PROCESSING = "processing"
+    SUCCESS = "success"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+    UNKNOWN = "unknown"  # a status this client does not know: treated as not finished
+
+
+TERMINAL = frozenset({PredictionStatus.SUCCESS, PredictionStatus.ERROR, PredictionStatus.CANCELLED})
+_STATUS_ALIASES = {
+    "created": PredictionStatus.CREATED,
+    "queued": PredictionStatus.CREATED,
+    "pending": PredictionStatus.CREATED,
+    "starting": PredictionStatus.CREATED,
+    "processing": PredictionStatus.PROCESSING,
+    "running": PredictionStatus.PROCESSING,
+    "success": PredictionStatus.SUCCESS,
+    "succeeded": PredictionStatus.SUCCESS,
+    "error": PredictionStatus.ERROR,
+    "failed": PredictionStatus.ERROR,
+    "cancelled": PredictionStatus.CANCELLED,
+    "canceled": PredictionStatus.CANCELLED,
+}
+
+
+def parse_status(raw: Any) -> PredictionStatus:
+    return _STATUS_ALIASES.get(str(raw).strip().lower(), PredictionStatus.UNKNOWN)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One prediction as the API last reported it."""
+
+    id: str
+    status: PredictionStatus
+    raw_status: str
+    output_url: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None
+    retryable: bool | None = None
+    predict_time_s: float | None = None
+    cost_usd: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL
+
+
+def parse_prediction(prediction_id: str, body: Mapping[str, Any]) -> Prediction:
+    """Read a get answer defensively: output as a string, a one-item list or {url}; errors as text or dict."""
+    raw_status = str(body.get("status", ""))
+    status = parse_status(raw_status)
+    output = body.get("output")
+    metrics = body.get("metrics") if isinstance(body.get("metrics"), Mapping) else {}
+    fields: dict[str, Any] = {
+        "predict_time_s": _as_float(metrics.get("predict_time")),
+        "cost_usd": _as_float(metrics.get("cost")),
+    }
+    if status is PredictionStatus.SUCCESS:
+        fields["output_url"] = _output_url(output)
+    elif status is PredictionStatus.ERROR:
+        fields.update(_error_detail(output, body))
+    return Prediction(id=str(body.get("id") or prediction_id), status=status, raw_status=raw_status, **fields)
+
+
+def _output_url(output: Any) -> str | None:
+    if isinstance(output, list | tuple) and output:
+        output = output[0]
+    if isinstance(output, Mapping):
+        output = output.get("url") or output.get("uri")
+    if isinstance(output, str) and output.strip().startswith(("http://", "https://")):
+        return output.strip()
+    return None
+
+
+def _error_detail(output: Any, body: Mapping[str, Any]) -> dict[str, Any]:
+    if isinstance(output, Mapping):
+        retryable = output.get("retryable")
+        return {
+            "error_code": str(output.get("error_code") or "PREDICTION_ERROR"),
+            "error_message": clip(str(output.get("error_message") or output.get("message") or "")),
+            "retryable": retryable if isinstance(retryable, bool) else None,
+        }
+    text = output if isinstance(output, str) else body.get("error") or body.get("logs") or ""
+    return {"error_code": "PREDICTION_ERROR", "error_message": clip(str(text)), "retryable": None}
+
+
+def _as_float(value: Any) -> float | None:
+    try:
+        return float(value) if value is not None and not isinstance(value, bool) else None
+    except (TypeError, ValueError):
+        return None
+
+
+def clip(text: str) -> str:
+    """The text, cut to a length fit for a manifest cell or a log line."""
+    return text if len(text) <= _MESSAGE_LIMIT else text[:_MESSAGE_LIMIT] + "…"

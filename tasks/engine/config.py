@@ -1,0 +1,68 @@
+"""How the engine runs (deadlines, retries, poll policy), the hooks it calls, and the counters it keeps."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from promptgrid.defaults import PREDICTION_DEADLINE_S
+from promptgrid.tasks.api.fetch import DEFAULT_MAX_BYTES
+from promptgrid.tasks.api.polling import PollPolicy
+from promptgrid.tasks.engine.retry import RETRYABLE_CODES
+from promptgrid.tasks.quota.base import Limits
+from promptgrid.types import Job
+
+# Told of each prediction id as soon as the create's answer is read: (job, prediction id, attempt).
+OnCreated = Callable[[Job, str, int], Awaitable[None]]
+# Told of each create just before it leaves: (job, attempt).
+OnSending = Callable[[Job, int], Awaitable[None]]
+# Turns a job's inputs into what is sent (e.g. a local image into a URL the API can fetch).
+PrepareInputs = Callable[[Job], Awaitable[Mapping[str, Any]]]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine runs; every duration is in seconds of the API's clock (see `scaled`)."""
+
+    limits: Limits = field(default_factory=Limits)
+    deadline_s: float = PREDICTION_DEADLINE_S  # a prediction still running past it is stuck
+    # Once latency is known, a prediction still running at `stuck_factor` times the learned first-poll delay
+    # (but never before `min_deadline_s`) is stuck, not slow: it is cancelled instead of holding a slot.
+    stuck_factor: float = 20.0
+    min_deadline_s: float = 30.0
+    max_attempts: int = 3
+    create_retries: int = 6
+    retry_backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    fetch_retries: int = 2
+    output_max_bytes: int = DEFAULT_MAX_BYTES
+    queue_size: int | None = None  # jobs started beyond the in-flight slots; default: as many as the slots
+    retryable_codes: frozenset[str] = RETRYABLE_CODES
+    poll: PollPolicy = field(default_factory=PollPolicy)
+
+    def scaled(self, time_scale: float) -> EngineConfig:
+        """The same config for an API whose clock runs `time_scale` times faster (the sandbox, tests)."""
+        return replace(
+            self,
+            deadline_s=self.deadline_s / time_scale,
+            min_deadline_s=self.min_deadline_s / time_scale,
+            retry_backoff_s=self.retry_backoff_s / time_scale,
+            max_backoff_s=self.max_backoff_s / time_scale,
+            poll=self.poll.scaled(time_scale),
+        )
+
+
+@dataclass
+class EngineStats:
+    """Live counters for progress displays and benchmarks."""
+
+    requests: Counter[str] = field(default_factory=Counter)  # by kind: create, poll, cancel
+    throttled: int = 0
+    transient_errors: int = 0
+    creates: int = 0
+    create_resends: int = 0
+    retried_attempts: int = 0
+    in_flight: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)  # by JobStatus value

@@ -1,0 +1,157 @@
+"""A run's progress as people watch it: live counts, a terminal bar, and the end-of-run summary."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from promptgrid.types import JobOutcome, JobStatus
+
+
+@dataclass
+class RunProgress:
+    """Counts updated as outcomes arrive; `snapshot()` derives rates and the ETA from them."""
+
+    total: int = 0
+    skipped: int = 0
+    price_per_image: float = 0.065
+    started: float = field(default_factory=time.monotonic)
+    by_status: Counter = field(default_factory=Counter)
+    by_error: Counter = field(default_factory=Counter)
+    api_requests: int = 0
+    in_flight: int = 0
+    cost_usd: float = 0.0
+    latencies_s: list[float] = field(default_factory=list)
+
+    @property
+    def finished(self) -> int:
+        return sum(self.by_status.values())
+
+    @property
+    def succeeded(self) -> int:
+        return self.by_status[JobStatus.SUCCESS]
+
+    @property
+    def failed(self) -> int:
+        return self.finished - self.succeeded
+
+    def record(self, outcome: JobOutcome) -> None:
+        self.by_status[outcome.status] += 1
+        self.api_requests += outcome.api_requests
+        if outcome.status != JobStatus.SUCCESS:
+            self.by_error[outcome.error_code or outcome.status.value] += 1
+            return
+        self.cost_usd += outcome.cost_usd if outcome.cost_usd is not None else self.price_per_image
+        if outcome.predict_time_s is not None:
+            self.latencies_s.append(outcome.predict_time_s)
+        elif outcome.submitted_at and outcome.completed_at:
+            self.latencies_s.append((outcome.completed_at - outcome.submitted_at).total_seconds())
+
+    def snapshot(self) -> dict[str, Any]:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        per_min = self.finished / elapsed * 60
+        remaining = self.total - self.finished
+        eta = remaining / (per_min / 60) if per_min > 0 else None
+        return {
+            "total": self.total,
+            "done": self.succeeded,
+            "failed": self.failed,
+            "in_flight": self.in_flight,
+            "images_per_min": per_min,
+            "api_requests": self.api_requests,
+            "eta_s": eta,
+            "elapsed_s": elapsed,
+        }
+
+    def fraction(self) -> float:
+        return 100.0 if self.total == 0 else 100.0 * self.finished / self.total
+
+    def describe(self) -> str:
+        s = self.snapshot()
+        eta = "-" if s["eta_s"] is None else f"{s['eta_s']:.0f}s"
+        return (
+            f"{self.finished}/{s['total']} done={s['done']} failed={s['failed']} in_flight={s['in_flight']} "
+            f"{s['images_per_min']:.1f} img/min requests={s['api_requests']} eta={eta}"
+        )
+
+
+def nearest_rank(values: list[float], fraction: float) -> float | None:
+    """The nearest-rank percentile (`fraction` from 0 to 1) of the values; None when there are none."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(fraction * len(ordered)) - 1)]
+
+
+def summary_rows(progress: RunProgress) -> list[dict[str, Any]]:
+    """The end-of-run summary as table rows (metric, value), for the terminal and a Prefect artifact."""
+    p50, p95 = nearest_rank(progress.latencies_s, 0.5), nearest_rank(progress.latencies_s, 0.95)
+    images = progress.succeeded
+    rows: list[dict[str, Any]] = [
+        {"metric": "jobs planned", "value": progress.total},
+        {"metric": "skipped (already in the manifest)", "value": progress.skipped},
+    ]
+    rows += [{"metric": f"status {status}", "value": n} for status, n in sorted(progress.by_status.items())]
+    rows += [{"metric": f"error {code}", "value": n} for code, n in sorted(progress.by_error.items())]
+    rows += [
+        {"metric": "latency p50 (s)", "value": None if p50 is None else round(p50, 3)},
+        {"metric": "latency p95 (s)", "value": None if p95 is None else round(p95, 3)},
+        {"metric": "API requests", "value": progress.api_requests},
+        {
+            "metric": "requests per image",
+            "value": round(progress.api_requests / images, 3) if images else None,
+        },
+        {"metric": "cost (USD)", "value": round(progress.cost_usd, 4)},
+        {"metric": "wall time (s)", "value": round(progress.snapshot()["elapsed_s"], 1)},
+    ]
+    return rows
+
+
+class TerminalProgress:
+    """A live bar on an interactive terminal; elsewhere a plain line every `interval_s`."""
+
+    def __init__(self, progress: RunProgress, *, interval_s: float = 10.0, stream=None):
+        self.progress = progress
+        self.stream = stream or sys.stderr
+        self.interval_s = interval_s
+        self._live = None
+        self._bar = None
+        self._last_line = 0.0
+
+    def __enter__(self) -> TerminalProgress:
+        if self.stream.isatty():
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._live = Progress(
+                TextColumn("[bold]promptgrid"),
+                BarColumn(),
+                TextColumn("{task.description}"),
+                TimeElapsedColumn(),
+                console=Console(file=self.stream),
+                transient=False,
+            )
+            self._live.__enter__()
+            self._bar = self._live.add_task(self.progress.describe(), total=max(self.progress.total, 1))
+        return self
+
+    def refresh(self) -> None:
+        if self._live is not None:
+            self._live.update(
+                self._bar,
+                completed=self.progress.finished,
+                total=max(self.progress.total, 1),
+                description=self.progress.describe(),
+            )
+        elif time.monotonic() - self._last_line >= self.interval_s:
+            self._last_line = time.monotonic()
+            print(f"progress: {self.progress.describe()}", file=self.stream, flush=True)
+
+    def __exit__(self, *exc_info) -> None:
+        if self._live is not None:
+            self.refresh()
+            self._live.__exit__(*exc_info)

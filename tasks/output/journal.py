@@ -1,0 +1,239 @@
+"""The prediction-id journal: each created prediction is recorded durably before it is polled, so a rerun
+after a crash polls the prediction it already paid for instead of creating (and paying for) another.
+
+Layout, one folder per writer so several workers share an output without touching each other's records:
+- local output: `journal/<writer>/records.jsonl`, one JSON line per record, appended and fsynced;
+- S3 output: `journal/<writer>/<job_id>/<created>-a<attempt>-<prediction_id>.json`, one small object per
+  record (a PUT is atomic; nothing is ever read, modified and written back). Loading needs only a listing,
+  because the key itself carries the record; the body repeats it for people.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+
+from promptgrid.tasks.output.keys import JOURNAL_PREFIX, safe_token
+from promptgrid.tasks.output.manifest.read import latest_outcomes
+from promptgrid.tasks.output.sinks.base import Sink
+from promptgrid.tasks.output.sinks.local import LocalSink
+from promptgrid.types import JobStatus
+
+_STAMP = "%Y%m%dT%H%M%S%fZ"
+_LOCAL_FILE = "records.jsonl"
+_INTENT_FILE = "intents.jsonl"
+_INTENT_SUFFIX = ".intent"
+# Statuses after which a prediction needs no more polling. A timed-out prediction may still finish on
+# the server, so it stays resumable.
+FINISHED = frozenset({JobStatus.SUCCESS.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value})
+
+
+@dataclass(frozen=True, slots=True)
+class JournalRecord:
+    """One prediction created for one job: enough to resume polling it."""
+
+    job_id: str
+    prediction_id: str
+    attempt: int
+    created_at: datetime
+    writer_id: str = ""
+
+    def to_json(self) -> str:
+        fields = asdict(self) | {"created_at": self.created_at.isoformat()}
+        return json.dumps(fields, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> JournalRecord:
+        fields = json.loads(text)
+        fields["created_at"] = datetime.fromisoformat(fields["created_at"])
+        return cls(**fields)
+
+    def sort_key(self) -> tuple[datetime, int]:
+        return (self.created_at, self.attempt)
+
+
+class Journal:
+    """Append-only record of created predictions for one output; `record` is durable when it returns."""
+
+    def __init__(self, sink: Sink, writer_id: str, *, clock: Callable[[], datetime] | None = None):
+        self.sink = sink
+        self.writer_id = safe_token(writer_id)
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self._lock = threading.Lock()  # one appender at a time keeps local lines whole
+        self._fd: int | None = None
+        self._intent_fd: int | None = None
+
+    async def record(self, job_id: str, prediction_id: str, attempt: int) -> None:
+        """Persist one record (fsync locally, a completed PUT on S3) without blocking the event loop.
+
+        Locally the line is written before the first await: from the moment the create's answer is read,
+        a killed process can lose the id only for microseconds, not for a hop to a worker thread. The
+        fsync that also survives a lost machine follows off the loop.
+        """
+        if isinstance(self.sink, LocalSink):
+            fd = self._append_local(self._entry(job_id, prediction_id, attempt))
+            await asyncio.to_thread(os.fsync, fd)
+            return
+        await asyncio.to_thread(self.record_sync, job_id, prediction_id, attempt)
+
+    def _entry(self, job_id: str, prediction_id: str, attempt: int) -> JournalRecord:
+        if not job_id or not prediction_id:
+            raise ValueError("a journal record needs a job id and a prediction id")
+        return JournalRecord(job_id, prediction_id, int(attempt), self.clock(), self.writer_id)
+
+    def _append_local(self, entry: JournalRecord) -> int:
+        with self._lock:
+            if self._fd is None:
+                target = self.sink.local_path(self._local_key())
+                target.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            os.write(self._fd, (entry.to_json() + "\n").encode("utf-8"))
+            return self._fd
+
+    def close(self) -> None:
+        """Release the local journal file; records already written stay."""
+        with self._lock:
+            for fd in (self._fd, self._intent_fd):
+                if fd is not None:
+                    os.fsync(fd)
+                    os.close(fd)
+            self._fd = self._intent_fd = None
+
+    def record_sync(self, job_id: str, prediction_id: str, attempt: int) -> JournalRecord:
+        entry = self._entry(job_id, prediction_id, attempt)
+        if isinstance(self.sink, LocalSink):
+            with self._lock:
+                self.sink.append_line(self._local_key(), (entry.to_json() + "\n").encode("utf-8"))
+        else:
+            self.sink.put_bytes(_object_key(entry), entry.to_json().encode("utf-8"), "application/json")
+        return entry
+
+    def _local_key(self) -> str:
+        return f"{JOURNAL_PREFIX}{self.writer_id}/{_LOCAL_FILE}"
+
+    async def intend(self, job_id: str, attempt: int) -> None:
+        """Note, just before a create is sent, that it is about to be; it survives a killed process (and
+        on S3 a lost machine) once this returns.
+
+        A run killed between sending a create and recording its id leaves an intent with no record after
+        it; the rerun then knows the create's outcome is unknown and must not send it blindly again.
+        """
+        entry = JournalRecord(job_id, "", int(attempt), self.clock(), self.writer_id)
+        line = (entry.to_json() + "\n").encode("utf-8")
+        if isinstance(self.sink, LocalSink):
+            with self._lock:
+                if self._intent_fd is None:
+                    target = self.sink.local_path(f"{JOURNAL_PREFIX}{self.writer_id}/{_INTENT_FILE}")
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    self._intent_fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                os.write(self._intent_fd, line)
+            return
+        stamp = entry.created_at.astimezone(UTC).strftime(_STAMP)
+        name = f"{stamp}-a{entry.attempt}{_INTENT_SUFFIX}"
+        key = f"{JOURNAL_PREFIX}{self.writer_id}/{_key_segment(job_id)}/{name}"
+        await asyncio.to_thread(self.sink.put_bytes, key, line, "application/json")
+
+    def intents(self) -> Iterator[JournalRecord]:
+        """Every intent of every writer: a job id and attempt, with no prediction id."""
+        for key in self.sink.list_keys(JOURNAL_PREFIX):
+            if key.endswith("/" + _INTENT_FILE) or key.endswith(_INTENT_SUFFIX):
+                yield from _read_lines(self.sink.get_bytes(key))
+
+    def uncertain(self) -> set[str]:
+        """Jobs whose latest create was sent but whose prediction id never reached the journal."""
+        latest = self.latest()
+        last_intent: dict[str, datetime] = {}
+        for entry in self.intents():
+            last_intent[entry.job_id] = max(entry.created_at, last_intent.get(entry.job_id, entry.created_at))
+        return {
+            job_id
+            for job_id, sent_at in last_intent.items()
+            if job_id not in latest or latest[job_id].created_at < sent_at
+        }
+
+    def records(self) -> Iterator[JournalRecord]:
+        """Every record of every writer in this output, in no particular order."""
+        for key in self.sink.list_keys(JOURNAL_PREFIX):
+            if key.endswith("/" + _LOCAL_FILE):
+                yield from _read_lines(self.sink.get_bytes(key))
+            elif key.endswith(".json"):
+                entry = _parse_object_key(key)
+                yield (
+                    entry if entry is not None else JournalRecord.from_json(self.sink.get_bytes(key).decode())
+                )
+
+    def latest(self) -> dict[str, JournalRecord]:
+        """job_id -> its most recent record, across all writers."""
+        latest: dict[str, JournalRecord] = {}
+        for entry in self.records():
+            known = latest.get(entry.job_id)
+            if known is None or entry.sort_key() > known.sort_key():
+                latest[entry.job_id] = entry
+        return latest
+
+    def load(self, *, skip_finished: bool = True) -> dict[str, str]:
+        """job_id -> latest prediction id, for jobs whose prediction may still need polling.
+
+        Skipped: jobs whose latest manifest row is a success, and jobs whose latest row already records
+        this very prediction as finished (failed, cancelled). A timed-out or unrecorded one is kept.
+        """
+        latest = self.latest()
+        if not skip_finished or not latest:
+            return {job_id: entry.prediction_id for job_id, entry in latest.items()}
+        outcomes = latest_outcomes(self.sink)
+        pending = {}
+        for job_id, entry in latest.items():
+            status, prediction_id = outcomes.get(job_id, (None, None))
+            done = status == JobStatus.SUCCESS.value or (
+                status in FINISHED and prediction_id == entry.prediction_id
+            )
+            if not done:
+                pending[job_id] = entry.prediction_id
+        return pending
+
+    async def load_async(self, *, skip_finished: bool = True) -> dict[str, str]:
+        return await asyncio.to_thread(self.load, skip_finished=skip_finished)
+
+
+def _read_lines(data: bytes) -> Iterator[JournalRecord]:
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        try:
+            yield JournalRecord.from_json(line)
+        except (ValueError, TypeError, KeyError):
+            continue  # a line torn by a crash mid-append: its prediction was never polled
+
+
+def _key_segment(identifier: str) -> str:
+    """The id itself when a key can hold it verbatim; else a `~` mark (loading then reads the body)."""
+    if safe_token(identifier, max_len=200) == identifier:
+        return identifier
+    return "~" + hashlib.sha256(identifier.encode("utf-8")).hexdigest()[:32]
+
+
+def _object_key(entry: JournalRecord) -> str:
+    stamp = entry.created_at.astimezone(UTC).strftime(_STAMP)
+    name = f"{stamp}-a{entry.attempt}-{_key_segment(entry.prediction_id)}.json"
+    return f"{JOURNAL_PREFIX}{entry.writer_id}/{_key_segment(entry.job_id)}/{name}"
+
+
+def _parse_object_key(key: str) -> JournalRecord | None:
+    """The record a key carries, or None when the body must be read (an id the key could not hold)."""
+    parts = key[len(JOURNAL_PREFIX) :].split("/")
+    if len(parts) != 3:
+        return None
+    writer_id, job_id, name = parts
+    stamp, _, rest = name[: -len(".json")].partition("-a")
+    attempt, _, prediction_id = rest.partition("-")
+    if "~" in (job_id[:1], prediction_id[:1]) or not attempt.isdigit() or not prediction_id:
+        return None
+    try:
+        created_at = datetime.strptime(stamp, _STAMP).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return JournalRecord(job_id, prediction_id, int(attempt), created_at, writer_id)

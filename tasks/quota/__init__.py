@@ -1,0 +1,1 @@
+"""The request budget every API call goes through: one process's, or one shared by workers through Redis."""

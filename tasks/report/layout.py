@@ -1,0 +1,199 @@
+"""How manifest rows are laid out for the report: a grid per prompt, one swept parameter across, one down."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from promptgrid.errors import InvalidInput
+from promptgrid.tasks.output.keys import slugify
+
+# Parameters a sweep varies, in the order they are preferred as axes: guidance and steps are what people
+# compare most often, so they win when more than two parameters vary.
+AXIS_PREFERENCE = (
+    "cfg",
+    "steps",
+    "aspect_ratio",
+    "prompt_strength",
+    "output_quality",
+    "output_format",
+    "model",
+    "image",
+)
+
+# Manifest columns that describe the outcome rather than the job; never offered as an axis.
+OUTCOME_COLUMNS = frozenset(
+    {
+        "job_id",
+        "status",
+        "error_code",
+        "error_message",
+        "prediction_id",
+        "attempts",
+        "api_requests",
+        "queued_at",
+        "submitted_at",
+        "completed_at",
+        "predict_time_s",
+        "cost_usd",
+        "run_id",
+        "version",
+        "carried",
+        "prompt",
+        "image_uri",
+        "sha256",
+        "bytes",
+        "width",
+        "height",
+    }
+)
+
+Row = Mapping[str, Any]
+
+
+@dataclass
+class PromptGrid:
+    """One prompt's jobs arranged on two axes; each cell holds its variants (seeds, other swept values)."""
+
+    prompt: str
+    slug: str
+    across: str | None
+    down: str | None
+    across_values: list[Any]
+    down_values: list[Any]
+    cells: dict[tuple[Any, Any], list[Row]] = field(default_factory=dict)
+    variant_params: list[str] = field(default_factory=list)
+
+    def cell(self, across_value: Any, down_value: Any) -> list[Row]:
+        return self.cells.get((across_value, down_value), [])
+
+    def rows(self) -> Iterable[Row]:
+        for variants in self.cells.values():
+            yield from variants
+
+    def variants_per_cell(self) -> int:
+        return max((len(v) for v in self.cells.values()), default=0)
+
+
+def prompt_slug(prompt: str) -> str:
+    """A file-name-safe, unique name for a prompt: its first words plus a short hash of the full text.
+
+    The hash keeps prompts apart that differ only in punctuation or beyond the words kept.
+    """
+    digest = hashlib.sha256(prompt.encode()).hexdigest()[:8]
+    return f"{slugify(prompt, fallback='prompt')}-{digest}"
+
+
+def format_value(value: Any) -> str:
+    """A parameter value as people write it: 3.5 not 3.5000001, 7 not 7.0, a dash for none."""
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def sort_key(value: Any) -> tuple[int, Any]:
+    # None sorts last; a manifest column holds one type, so the rest compare among themselves.
+    return (1, 0) if value is None else (0, value)
+
+
+def varying_params(rows: Sequence[Row], candidates: Iterable[str]) -> list[str]:
+    """The candidates that take more than one value among the rows."""
+    return [name for name in candidates if len({row.get(name) for row in rows}) > 1]
+
+
+def sweep_params(columns: Iterable[str]) -> list[str]:
+    """Every column a grid may use as an axis: model inputs and seed, then the grid's carried columns."""
+    columns = list(columns)
+    known = [name for name in (*AXIS_PREFERENCE, "seed") if name in columns]
+    return known + [name for name in columns if name not in OUTCOME_COLUMNS and name not in known]
+
+
+def check_axes(columns: Iterable[str], across: str | None, down: str | None) -> None:
+    """Reject an axis flag that names no manifest column, listing the ones that would work."""
+    allowed = sweep_params(columns)
+    problems = [
+        f"--{flag} {name!r} is not a parameter in the manifest; choose one of: {', '.join(allowed)}."
+        for flag, name in (("across", across), ("down", down))
+        if name is not None and name not in allowed
+    ]
+    if across is not None and across == down:
+        problems.append(f"--across and --down both name {across!r}; choose two different parameters.")
+    if problems:
+        raise InvalidInput(problems)
+
+
+def choose_axes(
+    rows: Sequence[Row], across: str | None = None, down: str | None = None
+) -> tuple[str | None, str | None]:
+    """The axes for one prompt's grid: the flags where given, else the preferred parameters that vary.
+
+    Only the model's inputs are picked automatically: a carried column (a row id, a note) often differs on
+    every row and would make a grid of one-image rows.
+    """
+    varying = [name for name in varying_params(rows, AXIS_PREFERENCE) if name not in (across, down)]
+    if across is None and varying:
+        across = varying.pop(0)
+    if down is None and varying:
+        down = varying.pop(0)
+    return across, down
+
+
+def build_grid(prompt: str, rows: Sequence[Row], across: str | None, down: str | None) -> PromptGrid:
+    """Arrange one prompt's rows; within a cell, variants sort by the other swept values, then seed."""
+    chosen_across, chosen_down = choose_axes(rows, across, down)
+    axes = (chosen_across, chosen_down)
+    others = [name for name in varying_params(rows, AXIS_PREFERENCE) if name not in axes]
+    grid = PromptGrid(
+        prompt=prompt,
+        slug=prompt_slug(prompt),
+        across=chosen_across,
+        down=chosen_down,
+        across_values=_axis_values(rows, chosen_across),
+        down_values=_axis_values(rows, chosen_down),
+        # Seed sets the variants apart inside a cell, unless a flag made it an axis.
+        variant_params=[*others, "seed"] if "seed" not in axes else others,
+    )
+    for row in rows:
+        key = (_value(row, chosen_across), _value(row, chosen_down))
+        grid.cells.setdefault(key, []).append(row)
+    for variants in grid.cells.values():
+        variants.sort(key=lambda row: [sort_key(row.get(name)) for name in [*grid.variant_params, "job_id"]])
+    return grid
+
+
+def build_grids(rows: Sequence[Row], across: str | None = None, down: str | None = None) -> list[PromptGrid]:
+    """One grid per prompt, prompts in the order their first job was queued (the grid's order, usually)."""
+    by_prompt: dict[str, list[Row]] = {}
+    for row in rows:
+        by_prompt.setdefault(str(row.get("prompt") or ""), []).append(row)
+    order = sorted(by_prompt, key=lambda prompt: (_first_queued(by_prompt[prompt]), prompt))
+    return [build_grid(prompt, by_prompt[prompt], across, down) for prompt in order]
+
+
+def _first_queued(rows: Sequence[Row]) -> tuple[int, Any]:
+    # The manifest is sorted by job id, a hash; queue time restores the order the grid listed prompts in.
+    stamps = [row["queued_at"] for row in rows if row.get("queued_at") is not None]
+    return (0, min(stamps)) if stamps else (1, 0)
+
+
+def describe_job(row: Row, params: Sequence[str]) -> str:
+    """The job's parameters, one per line, for a hover title or a caption."""
+    names = dict.fromkeys(["prompt", *params, "seed"])  # seed last unless params list it already
+    lines = [f"{name}: {format_value(row.get(name))}" for name in names]
+    lines.append(f"status: {row.get('status')}")
+    lines.append(f"job: {row.get('job_id')}")
+    return "\n".join(lines)
+
+
+def _axis_values(rows: Sequence[Row], name: str | None) -> list[Any]:
+    if name is None:
+        return [None]
+    return sorted({row.get(name) for row in rows}, key=sort_key)
+
+
+def _value(row: Row, name: str | None) -> Any:
+    return None if name is None else row.get(name)

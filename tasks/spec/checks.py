@@ -1,0 +1,277 @@
+"""Checking every grid cell and spec value against the models' inputs before anything is sent.
+
+Each input column is checked per distinct value with `check_input` when it has few of them, and with
+vectorised range checks when it has many (a seed per row), so a million-row grid is checked in seconds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from promptgrid.errors import InvalidInput
+from promptgrid.tasks.models.catalog import INPUT_NAMES, SEED_MAX, ModelSchema
+from promptgrid.tasks.models.check import check_input
+from promptgrid.tasks.spec.grid import (
+    TEXT_INPUTS,
+    GridBatch,
+    GridContext,
+    csv_batches,
+    parquet_batches,
+    read_layout,
+)
+from promptgrid.tasks.spec.problems import ProblemLog, describe_problem, display_path
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+INTEGER_INPUTS = ("steps", "seed", "output_quality")
+# Above this many distinct values per batch a column is checked with vectorised ranges, not value by value.
+FEW_VALUES = 2048
+_PLACEHOLDER_PROMPT = "x"
+_LOOPBACK_HOSTS = ("localhost",)
+
+
+def _is_loopback(host: str) -> bool:
+    if host in _LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_image_ref(ref: Any, base_dir: Path) -> str | None:
+    """None when `ref` is a usable image reference, else what is allowed.
+
+    https URLs (http only on loopback, for testing), s3://bucket/key URIs, and existing local jpeg, png or
+    webp files (relative to the spec file) are allowed.
+    """
+    allowed = (
+        "an https:// URL, an s3://bucket/key URI, or an existing local .jpg/.jpeg/.png/.webp file "
+        "(relative to the spec file)"
+    )
+    if not isinstance(ref, str) or not ref.strip():
+        return allowed
+    try:
+        parts = urlsplit(ref)
+    except ValueError:  # e.g. an unclosed [ in an IPv6 host
+        return allowed
+    if parts.scheme == "https" or parts.scheme == "http":
+        host = parts.hostname or ""
+        if not host or (parts.scheme == "http" and not _is_loopback(host)):
+            return allowed + "; http:// only for 127.0.0.1/localhost"
+        return None
+    if parts.scheme == "s3":
+        return None if parts.netloc and parts.path.strip("/") else allowed
+    if parts.scheme and len(parts.scheme) > 1:  # a one-letter scheme is a Windows drive, i.e. a path
+        return allowed
+    path = Path(ref) if Path(ref).is_absolute() else base_dir / ref
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return allowed
+    try:
+        exists = path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        exists = False
+    return None if exists else f"{allowed}; {display_path(path)} does not exist"
+
+
+def check_value(models: Sequence[ModelSchema], name: str, raw: Any, base_dir: Path) -> tuple[Any, str | None]:
+    """One input value, normalised (None when absent), and what is allowed when it is bad for any model.
+
+    Absent means None or "", as check_input has it. The image reference is kept as written.
+    """
+    if raw is None or (isinstance(raw, str) and raw == "" and name != "prompt"):
+        return None, None
+    if name == "image":
+        return raw, check_image_ref(raw, base_dir)
+    value = None
+    for model in models:
+        inputs = {"prompt": _PLACEHOLDER_PROMPT, name: raw} if name != "prompt" else {"prompt": raw}
+        out, errors = check_input(model, inputs)
+        for error in errors:
+            if error.field == name:
+                # Steps ranges differ by model (Turbo: 1-10), so say whose range it is.
+                suffix = f" (model {model.slug})" if len(models) > 1 or name == "steps" else ""
+                return None, error.allowed + suffix
+        value = out[name]
+    if isinstance(value, float) and value == 0:
+        value = 0.0  # -0.0 and 0.0 must give the same job id
+    return value, None
+
+
+def _plain(column: pa.Array) -> pa.Array:
+    """Dictionary columns decoded, decimals as floats: the forms check_input understands."""
+    if pa.types.is_dictionary(column.type):
+        column = column.dictionary_decode()
+    if pa.types.is_decimal(column.type):
+        column = pc.cast(column, pa.float64())
+    return column
+
+
+def _bad_rows(mask: pa.Array) -> list[int]:
+    return pc.indices_nonzero(mask).to_pylist()
+
+
+def _check_prompts(column: pa.Array, normalise: bool) -> tuple[list[Any] | None, list[int]]:
+    if pa.types.is_null(column.type):
+        return [None] * len(column), list(range(len(column)))
+    empty = pc.equal(pc.utf8_trim_whitespace(column), "")
+    bad = _bad_rows(pc.or_kleene(pc.is_null(column), empty).fill_null(True))
+    return column.to_pylist() if normalise else None, bad
+
+
+def _numeric_limits(models: Sequence[ModelSchema], name: str) -> tuple[float, float]:
+    """The range every model accepts (the narrowest), mirroring check_input's table for the fast path."""
+    if name == "cfg":
+        ranges = [model.cfg_range for model in models]
+    elif name == "steps":
+        ranges = [model.steps_range for model in models]
+    else:
+        ranges = [{"seed": (0, SEED_MAX), "prompt_strength": (0, 1), "output_quality": (0, 100)}[name]]
+    return max(low for low, _ in ranges), min(high for _, high in ranges)
+
+
+def _check_many_numbers(column: pa.Array, name: str, ctx: GridContext) -> tuple[list[Any], list[int]] | None:
+    """Vectorised check of a column with many distinct values; None when it is not all numbers."""
+    if name in TEXT_INPUTS:
+        return None
+    try:
+        if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+            column = pc.if_else(pc.equal(column, ""), pa.scalar(None, column.type), column)
+        numbers = pc.cast(column, pa.float64(), safe=False)
+    except pa.ArrowException:
+        return None
+    low, high = _numeric_limits(ctx.models, name)
+    bad = pc.or_(pc.is_nan(numbers), pc.or_(pc.less(numbers, low), pc.greater(numbers, high)))
+    integer = name in INTEGER_INPUTS
+    if integer:
+        bad = pc.or_(bad, pc.not_equal(numbers, pc.floor(numbers)))
+    if integer:
+        # NaN and infinity are bad rows already; their value is never used.
+        values = [int(v) if v is not None and math.isfinite(v) else None for v in numbers.to_pylist()]
+    else:  # adding 0.0 turns -0.0 into 0.0, as check_value does
+        values = [None if v is None else v + 0.0 for v in numbers.to_pylist()]
+    return values, _bad_rows(bad.fill_null(False))
+
+
+def _allowed(ctx: GridContext, name: str, raw: Any) -> str:
+    return check_value(ctx.models, name, raw, ctx.base_dir)[1] or "a valid value"
+
+
+def _check_few_values(column: pa.Array, distinct: pa.Array, name: str, ctx: GridContext, normalise: bool):
+    """Check each distinct value once with check_input, then map verdicts back onto the rows vectorised."""
+    verdicts = [check_value(ctx.models, name, raw, ctx.base_dir) for raw in distinct.to_pylist()]
+    index = pc.index_in(column, value_set=distinct)  # a null cell finds the null among the distinct values
+    values = None
+    if normalise:
+        values = pc.take(pa.array([value for value, _ in verdicts]), index).to_pylist()
+    problems = {}
+    if any(allowed for _, allowed in verdicts):
+        for row, position in enumerate(index.to_pylist()):
+            allowed = verdicts[position][1]
+            if allowed is not None:
+                problems[row] = allowed
+    return values, problems
+
+
+def _check_each(column: pa.Array, name: str, ctx: GridContext) -> tuple[list[Any], dict[int, str]]:
+    """Check value by value (remembering verdicts): many distinct image references, or numbers as odd text."""
+    verdicts: dict[Any, tuple[Any, str | None]] = {}
+    values, problems = [], {}
+    for row, raw in enumerate(column.to_pylist()):
+        key = (type(raw), raw)
+        if key not in verdicts:
+            verdicts[key] = check_value(ctx.models, name, raw, ctx.base_dir)
+        value, allowed = verdicts[key]
+        if allowed is not None:
+            problems[row] = allowed
+        values.append(value)
+    return values, problems
+
+
+def _check_column(column: pa.Array, name: str, ctx: GridContext, normalise: bool = True):
+    """Normalised values of one input column (None when not asked to `normalise`) and, for bad rows, what
+    is allowed."""
+    column = _plain(column)
+    if name == "prompt":
+        values, bad = _check_prompts(column, normalise)
+        return values, {row: "a non-empty string" for row in bad}
+    distinct = pc.unique(column)
+    if len(distinct) <= FEW_VALUES:
+        return _check_few_values(column, distinct, name, ctx, normalise)
+    checked = _check_many_numbers(column, name, ctx)
+    if checked is None:
+        return _check_each(column, name, ctx)
+    values, bad = checked
+    raws = column.take(pa.array(bad, pa.int64())).to_pylist() if bad else []
+    return values, {row: _allowed(ctx, name, raw) for row, raw in zip(bad, raws, strict=True)}
+
+
+def check_batch(
+    batch: GridBatch, columns: dict[str, pa.Array], ctx: GridContext, log: ProblemLog, normalise: bool = True
+) -> None:
+    """Fill `batch.inputs` with normalised input values; each bad cell is logged as a problem."""
+    bad_cells: list[tuple[int, str, str]] = []
+    for name, column in columns.items():
+        if name not in INPUT_NAMES:
+            continue
+        values, problems = _check_column(column, name, ctx, normalise)
+        if normalise:
+            batch.inputs[name] = values
+        bad_cells.extend((row, name, allowed) for row, allowed in problems.items())
+    for row, name, allowed in sorted(bad_cells):
+        raw = _plain(columns[name])[row].as_py()
+        log.add(describe_problem(f"{ctx.display} {batch.label(row)}", name, raw, allowed))
+
+
+def iter_grid(
+    ctx: GridContext,
+    batch_size: int = 50_000,
+    *,
+    carried: bool = True,
+    log: ProblemLog | None = None,
+    normalise: bool = True,
+) -> Iterator[GridBatch]:
+    """The grid's rows in batches, inputs checked and (unless `normalise` is False) normalised.
+
+    With `log`, problems are collected there and reading goes on; without, the first bad batch raises
+    InvalidInput (the spec was checked already, so that means the file changed under us).
+    """
+    layout = read_layout(ctx)
+    collect = log if log is not None else ProblemLog()
+    wanted = layout.columns if carried else layout.input_columns
+    if layout.kind == "csv":
+        unit, batches = "line", csv_batches(ctx, layout, batch_size, collect)
+    else:
+        unit, batches = "row", parquet_batches(ctx, wanted, batch_size)
+    rows = 0
+    for numbers, columns in batches:
+        batch = GridBatch(numbers, unit, {})
+        check_batch(batch, columns, ctx, collect, normalise)
+        rows += len(batch)
+        if log is None:
+            collect.raise_if_any()
+        if carried:
+            batch.carried = {name: columns[name].to_pylist() for name in layout.carried_columns}
+        yield batch
+    if rows == 0 and collect.total == 0:
+        collect.add(f"{ctx.display}: the grid has a header but no data rows")
+    if log is None:
+        collect.raise_if_any()
+
+
+def validate_grid(ctx: GridContext, log: ProblemLog) -> int:
+    """Check every row of the grid, adding each problem to `log`; the number of rows read."""
+    try:
+        return sum(len(batch) for batch in iter_grid(ctx, carried=False, log=log, normalise=False))
+    except InvalidInput as exc:
+        for problem in exc.problems:
+            log.add(problem)
+        log.total += exc.total - len(exc.problems)
+        return 0

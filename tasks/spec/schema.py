@@ -1,0 +1,264 @@
+"""The sweep spec's keys as frozen pydantic models: what each key accepts, checked as it is read.
+
+Key names are a public contract (tools outside promptgrid write them); an unknown key is an error.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from promptgrid import defaults
+from promptgrid.errors import UnknownModel
+from promptgrid.locations import check_output, check_quota_url
+from promptgrid.tasks.models.catalog import INPUT_NAMES, SEED_MAX, ModelSchema, get_model
+
+OVERRIDE_KEYS = ("output", "api.base_url", "api.rate_limit", "api.max_concurrent", "api.polls_count")
+AXIS_NAMES = tuple(name for name in INPUT_NAMES if name not in ("prompt", "seed")) + ("model",)
+MAX_RANGE_VALUES = 10_000
+# Combinations every row is expanded into (axes × zip × seeds): they are held in memory, rows are not.
+MAX_VARIANTS = 100_000
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|sec|m|min|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class RateLimit(_Frozen):
+    """At most `requests` API requests in any `window_s` seconds; written "60/60s", "60/6s" or "100/1m"."""
+
+    requests: int
+    window_s: float
+
+    @model_validator(mode="before")
+    @classmethod
+    def _parse(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        match = _RATE.match(value)
+        if not match or (match.group(2) is None and match.group(3) is None):
+            raise ValueError(
+                f"{value!r} is not a rate; expected requests/window such as 60/60s, 60/6s, 100/1m"
+            )
+        amount = float(match.group(2) or 1) * _UNIT_SECONDS[match.group(3) or "s"]
+        return {"requests": int(match.group(1)), "window_s": amount}
+
+    @model_validator(mode="after")
+    def _positive(self) -> RateLimit:
+        if self.requests < 1 or self.window_s <= 0:
+            raise ValueError("a rate needs at least 1 request per window longer than 0 s")
+        return self
+
+    def __str__(self) -> str:
+        return f"{self.requests}/{self.window_s:g}s"
+
+
+class ApiConfig(_Frozen):
+    """Where the API is and the quota to keep: requests per window and predictions in flight per key."""
+
+    base_url: str = defaults.API_BASE
+    rate_limit: RateLimit = RateLimit(
+        requests=defaults.RATE_LIMIT_REQUESTS, window_s=defaults.RATE_LIMIT_WINDOW_S
+    )
+    max_concurrent: int = Field(defaults.MAX_CONCURRENT, strict=True)  # strict: YAML's `true` is not 1
+    polls_count: bool = True
+    quota_url: str | None = None  # redis://... when several runs share one key's quota
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("max_concurrent")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"{value} is below 1; at least one prediction must be allowed in flight")
+        return value
+
+    @field_validator("quota_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_quota_url(value)
+
+
+def _strict_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _expand_range(value: Mapping[str, Any]) -> list[Any]:
+    """{start, stop, step}, inclusive of stop, as a list; float steps rounded so 0.1 steps land on 0.3."""
+    extra = set(value) - {"start", "stop", "step"}
+    if extra or not {"start", "stop"} <= set(value):
+        raise ValueError("a range needs start and stop, and may have step (nothing else)")
+    start, stop, step = value["start"], value["stop"], value.get("step", 1)
+    for key, number in (("start", start), ("stop", stop), ("step", step)):
+        if not _strict_number(number) or not math.isfinite(number):
+            raise ValueError(f"range {key} {number!r} is not a finite number")
+    if step <= 0:
+        raise ValueError(f"range step {step!r} must be above 0")
+    if stop < start:
+        raise ValueError(f"range stop {stop!r} is below start {start!r}")
+    count = int((stop - start) / step + 1e-9) + 1
+    if count > MAX_RANGE_VALUES:
+        raise ValueError(f"the range has {count} values; at most {MAX_RANGE_VALUES} allowed")
+    integral = all(isinstance(n, int) for n in (start, stop, step))
+    return [start + i * step if integral else round(start + i * step, 10) for i in range(count)]
+
+
+def _axis_values(key: str, value: Any) -> tuple[Any, ...]:
+    if isinstance(value, Mapping):
+        try:
+            return tuple(_expand_range(value))
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+    if not isinstance(value, list):
+        raise ValueError(
+            f"{key}: {value!r} is not a list or a {{start, stop, step}} range (fixed values go in inputs)"
+        )
+    if not value:
+        raise ValueError(f"{key}: the list is empty")
+    return tuple(value)
+
+
+def _axes(value: Any) -> Any:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{value!r} is not a mapping of input name to values")
+    for key in value:
+        if key == "seed":
+            raise ValueError("'seed' is not an axis; use seeds: [..] or seeds: {count, start}")
+        if key not in AXIS_NAMES:
+            raise ValueError(
+                f"{key!r} is not an input that can be swept; expected one of {', '.join(AXIS_NAMES)}"
+            )
+    return {key: _axis_values(key, axis) for key, axis in value.items()}
+
+
+def parse_seeds(value: Any) -> tuple[int, ...]:
+    """A list of seeds, or {count, start}; every one an integer from 0 to SEED_MAX."""
+    if isinstance(value, Mapping):
+        if set(value) - {"count", "start"} or "count" not in value:
+            raise ValueError("seeds as a mapping needs count and may have start (nothing else)")
+        count, start = value["count"], value.get("start", 0)
+        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_VARIANTS:
+            raise ValueError(f"seeds count {count!r} must be an integer from 1 to {MAX_VARIANTS}")
+        if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start <= SEED_MAX - count + 1:
+            raise ValueError(f"seeds start {start!r} must be an integer from 0 to {SEED_MAX - count + 1}")
+        return tuple(range(start, start + count))
+    if not isinstance(value, list) or not value:
+        raise ValueError(f"{value!r} is not a non-empty list of integers or {{count, start}}")
+    for index, seed in enumerate(value):
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
+            raise ValueError(f"seeds[{index}] {seed!r} is not an integer from 0 to {SEED_MAX}")
+    return tuple(value)
+
+
+class SweepSpec(_Frozen):
+    """A checked spec: the model(s), the grid, defaults, sweep and zip axes, seeds, output and API limits."""
+
+    name: str
+    model: str  # canonical slug; with a `model` sweep or zip axis, the first of it
+    version: str = defaults.MODEL_VERSION
+    prompts: Path  # absolute, resolved against the spec file's folder
+    inputs: dict[str, Any] = {}
+    sweep: dict[str, tuple[Any, ...]] = {}
+    zip: dict[str, tuple[Any, ...]] = {}
+    seeds: tuple[int, ...] = (0,)
+    output: str
+    api: ApiConfig = ApiConfig()
+
+    _source_path: Path = PrivateAttr(default=Path("spec.yaml"))
+    _source_text: str = PrivateAttr(default="")
+    _spec_hash: str = PrivateAttr(default="")
+    _base_dir: Path = PrivateAttr(default=Path("."))
+
+    @property
+    def source_path(self) -> Path:
+        return self._source_path
+
+    @property
+    def source_text(self) -> str:
+        """The YAML as written, to save beside the manifest."""
+        return self._source_text
+
+    @property
+    def spec_hash(self) -> str:
+        """sha256 of the canonical spec after command-line overrides."""
+        return self._spec_hash
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder relative paths in the spec start from: its own, for the grid and local images."""
+        return self._base_dir
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """Every model slug the jobs run on."""
+        axis = self.sweep.get("model") or self.zip.get("model")
+        return tuple(dict.fromkeys(get_model(m).slug for m in axis)) if axis else (self.model,)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the name is empty")
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        try:
+            return get_model(value).slug
+        except UnknownModel as exc:
+            raise ValueError(exc.message) from None
+
+    _axes = field_validator("sweep", "zip", mode="before")(_axes)
+    _seeds = field_validator("seeds", mode="before")(parse_seeds)
+    _output = field_validator("output")(check_output)
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _inputs(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if isinstance(value, Mapping):
+            for key in value:
+                if key == "seed":
+                    raise ValueError(
+                        "'seed' cannot be a default input; use seeds: [..] or seeds: {count, start}"
+                    )
+                if key not in AXIS_NAMES or key == "model":
+                    names = ", ".join(name for name in AXIS_NAMES if name != "model")
+                    raise ValueError(f"{key!r} cannot be a default input; expected one of {names}")
+        return value
+
+    @model_validator(mode="after")
+    def _axes_agree(self) -> SweepSpec:
+        both = set(self.sweep) & set(self.zip)
+        if both:
+            raise ValueError(f"{', '.join(sorted(both))} is both a sweep and a zip axis; choose one")
+        lengths = {key: len(values) for key, values in self.zip.items()}
+        if len(set(lengths.values())) > 1:
+            shown = ", ".join(f"{key} has {n}" for key, n in lengths.items())
+            raise ValueError(f"zip lists must have equal lengths: {shown}")
+        variants = math.prod(len(values) for values in self.sweep.values()) * len(self.seeds)
+        variants *= max(lengths.values(), default=1)
+        if variants > MAX_VARIANTS:
+            raise ValueError(
+                f"sweep × zip × seeds make {variants:,} jobs per row; at most {MAX_VARIANTS:,} allowed"
+            )
+        return self
+
+    def model_schemas(self) -> tuple[ModelSchema, ...]:
+        return tuple(get_model(slug) for slug in self.models)
