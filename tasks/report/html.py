@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from promptgrid.tasks.report.layout import PromptGrid, describe_job, format_value
+from promptgrid.tasks.report.layout import PromptGrid, axis_label, describe_job, format_value
 from promptgrid.tasks.report.summary import RunSummary, histogram
 from promptgrid.types import JobStatus
 
@@ -177,10 +177,10 @@ def render_grid(
         '<table class="grid"><thead><tr>',
         f"<th>{escape(_corner(grid))}</th>",
     ]
-    parts += [f"<th>{escape(_axis_label(grid.across, value))}</th>" for value in grid.across_values]
+    parts += [f"<th>{escape(axis_label(grid.across, value))}</th>" for value in grid.across_values]
     parts.append("</tr></thead><tbody>")
     for down_value in grid.down_values:
-        parts.append(f"<tr><th>{escape(_axis_label(grid.down, down_value))}</th>")
+        parts.append(f"<tr><th>{escape(axis_label(grid.down, down_value))}</th>")
         for across_value in grid.across_values:
             variants = grid.cell(across_value, down_value)
             parts.append(render_cell(variants, grid, thumbnails, params))
@@ -246,10 +246,6 @@ def display_size(width: Any, height: Any) -> tuple[int, int]:
         return DISPLAY_BOX_PX, DISPLAY_BOX_PX
     scale = DISPLAY_BOX_PX / max(int(width), int(height))
     return max(1, round(int(width) * scale)), max(1, round(int(height) * scale))
-
-
-def _axis_label(name: str | None, value: Any) -> str:
-    return "" if name is None else f"{name} {format_value(value)}"
 
 
 def _corner(grid: PromptGrid) -> str:

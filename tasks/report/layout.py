@@ -95,6 +95,11 @@ def format_value(value: Any) -> str:
     return str(value)
 
 
+def axis_label(name: str | None, value: Any) -> str:
+    """A row or column heading: the parameter's name and value ("cfg 3.5"); empty without an axis."""
+    return "" if name is None else f"{name} {format_value(value)}"
+
+
 def sort_key(value: Any) -> tuple[int, Any]:
     # None sorts last; a manifest column holds one type, so the rest compare among themselves.
     return (1, 0) if value is None else (0, value)

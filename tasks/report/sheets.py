@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from PIL import Image, ImageDraw, ImageFont
 
 from promptgrid.tasks.report.html import variant_caption
-from promptgrid.tasks.report.layout import PromptGrid, format_value
+from promptgrid.tasks.report.layout import PromptGrid, axis_label
 from promptgrid.types import JobStatus
 
 PAD = 8
@@ -59,7 +59,7 @@ def _fit_tile(tile_px: int, tiles_across: int, label_width: int) -> int:
 
 
 def _label_width(grid: PromptGrid, font: ImageFont.FreeTypeFont) -> int:
-    labels = [_axis_label(grid.down, value) for value in grid.down_values]
+    labels = [axis_label(grid.down, value) for value in grid.down_values]
     return int(max((font.getlength(label) for label in labels), default=0)) + 2 * PAD
 
 
@@ -79,11 +79,11 @@ def _draw_labels(
     draw.rectangle((0, header_top, width, header_top + CAPTION_PX + PAD // 2), fill=HEADER)
     for index, value in enumerate(grid.across_values):
         x = label_width + index * cell_width + PAD
-        draw.text((x, header_top + 2), _axis_label(grid.across, value), fill=INK, font=font)
+        draw.text((x, header_top + 2), axis_label(grid.across, value), fill=INK, font=font)
     top = TITLE_PX + CAPTION_PX + PAD
     for index, value in enumerate(grid.down_values):
         y = top + index * cell_height + PAD + 2
-        draw.text((PAD, y), _axis_label(grid.down, value), fill=INK, font=font)
+        draw.text((PAD, y), axis_label(grid.down, value), fill=INK, font=font)
 
 
 def _draw_cell(
@@ -130,7 +130,3 @@ def _draw_failure(
         code = str(row.get("error_code") or "")
     lines = [status.upper(), *textwrap.wrap(code, max(6, tile_px // 8))]
     draw.multiline_text((x + 6, y + 6), "\n".join(lines), fill=FAILURE_INK, font=font, spacing=3)
-
-
-def _axis_label(name: str | None, value: object) -> str:
-    return "" if name is None else f"{name} {format_value(value)}"
