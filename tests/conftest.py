@@ -14,7 +14,7 @@ os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("EACHLABS_API_KEY", None)
 os.environ.pop("EACHLABS_API_BASE", None)
 
-pytest_plugins = ["tests.fixtures_sandbox", "tests.fixtures_s3"]
+pytest_plugins = ["tests.support.sandbox", "tests.support.s3"]
 
 
 @pytest.fixture(scope="session")

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
+import pytest
 
-def promptgrid(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "promptgrid.cli", *args], capture_output=True, text=True, env=env, timeout=120
-    )
+from promptgrid.tasks.output.saved_spec import save_spec
+from promptgrid.tasks.output.sinks import open_sink
+from tests.support.processes import promptgrid
+
+pytestmark = pytest.mark.integration  # the installed command, in a process of its own
 
 
 def test_run_without_a_key_is_a_clear_error_before_anything_runs(tmp_path, monkeypatch, sandbox):
@@ -35,7 +35,10 @@ def test_backfill_of_a_folder_that_is_no_output_exits_2(tmp_path):
 
 
 def test_backfill_rejects_an_unknown_status(tmp_path):
+    # A real output (its spec saved), so the status is the only thing wrong with the command.
+    save_spec(open_sink(str(tmp_path)), "model: stable-diffusion-3-5-large\nprompts: p.csv\n")
+
     result = promptgrid("backfill", str(tmp_path), "--status", "broken", "--sandbox")
 
     assert result.returncode == 2
-    assert "Traceback" not in result.stderr
+    assert "unknown status broken" in result.stderr and "Traceback" not in result.stderr

@@ -27,7 +27,7 @@ import yaml
 from promptgrid.sandbox.server import SandboxConfig, running_sandbox
 from promptgrid.tasks.output.manifest.read import read_manifest
 from promptgrid.tasks.output.sinks import open_sink
-from tests.test_quota_redis import die_with_parent, free_port, running_redis_server
+from tests.support.processes import die_with_parent, free_port, running_redis_server
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -45,6 +45,7 @@ RUN_DEADLINE_S = 90.0
 SANDBOX_KEY = "sandbox-test-key"
 
 pytestmark = [
+    pytest.mark.integration,  # a real prefect server, workers and redis-server
     pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
     pytest.mark.timeout(300),
 ]

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,19 +20,20 @@ from promptgrid.tasks.engine.estimate import estimate_run, expected_polls, forma
 from promptgrid.tasks.spec.expand import plan_jobs
 from promptgrid.tasks.spec.load import load_spec
 from promptgrid.tasks.spec.schema import ApiConfig
+from tests.support.processes import promptgrid
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-CLI = Path(sys.executable).with_name("promptgrid")
 
 
 def no_requests(sandbox) -> bool:
     return sum(sandbox.stats()["requests"].values()) == 0
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(CLI), "run", *args], capture_output=True, text=True, timeout=60)
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return promptgrid("run", *args, timeout=60)
 
 
+@pytest.mark.integration  # the installed command, in a process of its own
 def test_the_demo_dry_run_prints_the_plan_and_sends_nothing(sandbox) -> None:
     done = run_cli(str(CONFIGS / "demo.yaml"), "--dry-run", "--api-base", sandbox.url)
     assert done.returncode == 0, done.stderr
@@ -89,6 +89,7 @@ BAD_CASES = {
 }
 
 
+@pytest.mark.integration  # the installed command, in a process of its own
 @pytest.mark.parametrize("case", BAD_CASES)
 def test_bad_input_exits_2_with_a_message_and_no_traceback(tmp_path: Path, sandbox, case: str) -> None:
     spec, grid, expected = BAD_CASES[case]
@@ -101,6 +102,7 @@ def test_bad_input_exits_2_with_a_message_and_no_traceback(tmp_path: Path, sandb
     assert no_requests(sandbox)
 
 
+@pytest.mark.integration  # the installed command, in a process of its own
 def test_a_bad_spec_without_dry_run_also_exits_2_before_any_request(tmp_path: Path, sandbox) -> None:
     (tmp_path / "spec.yaml").write_text(
         "model: stable-diffusion-3-5-large\nprompts: grid.csv\n", encoding="utf-8"

@@ -13,7 +13,7 @@ from promptgrid.tasks.models.check import check_input
 from promptgrid.tasks.quota.base import Limits
 from promptgrid.tasks.quota.local import LocalBudget
 from promptgrid.types import Job, JobStatus
-from tests.fixtures_sandbox import TEST_TIME_SCALE
+from tests.support.sandbox import TEST_TIME_SCALE
 
 MODEL = "stable-diffusion-3-5-large"
 

@@ -17,6 +17,7 @@ from promptgrid.tasks.output.manifest.read import read_manifest
 from promptgrid.tasks.output.sinks import open_sink
 
 pytestmark = [
+    pytest.mark.integration,  # the Prefect test server
     pytest.mark.usefixtures("prefect_harness"),
     # Prefect's result store opens a sync API client it never closes (prefect/results.py); the socket is
     # Prefect's, not ours, and is reclaimed when the harness stops.

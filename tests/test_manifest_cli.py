@@ -63,6 +63,7 @@ def test_empty_output_shows_zero(tmp_path):
     assert result.exit_code == 0 and ["total", "0"] in [line.split() for line in result.output.splitlines()]
 
 
+@pytest.mark.integration  # the installed command, in a process of its own
 def test_a_bucketless_output_exits_2_without_a_traceback():
     program = "from promptgrid.cli import main; main()"
     done = subprocess.run(

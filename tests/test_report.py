@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 import urllib.parse
 from itertools import product
 from pathlib import Path
@@ -26,7 +24,8 @@ from promptgrid.tasks.report.layout import build_grids
 from promptgrid.tasks.report.sheets import FAILURE_FILL, PAD, draw_contact_sheet
 from promptgrid.tasks.report.summary import summarize_rows
 from promptgrid.types import JobStatus
-from tests.test_report_support import (
+from tests.support.processes import promptgrid
+from tests.support.report_run import (
     CFGS,
     PROMPTS,
     SEEDS,
@@ -106,23 +105,19 @@ def test_axes_are_the_swept_parameters_and_flags_swap_them(local_run):
     assert first_grid_headers == ["cfg ↓ / steps →", "steps 20", "steps 35"]
 
 
+@pytest.mark.integration  # the installed command, in a process of its own
 def test_unknown_axis_is_refused_with_exit_code_2(local_run):
     sink, _ = local_run
     with pytest.raises(InvalidInput, match="'sampler' is not a parameter"):
         write_report(sink, across="sampler")
-    answer = subprocess.run(
-        [sys.executable, "-m", "promptgrid.cli", "report", sink.root, "--down", "sampler"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    answer = promptgrid("report", sink.root, "--down", "sampler", timeout=60)
     assert answer.returncode == 2 and "Traceback" not in answer.stderr
     assert "--down 'sampler' is not a parameter" in answer.stderr
 
 
+@pytest.mark.integration  # the installed command, in a process of its own
 def test_report_of_an_output_without_manifest_is_refused(tmp_path: Path):
-    answer = subprocess.run(
-        [sys.executable, "-m", "promptgrid.cli", "report", str(tmp_path / "nothing-here")],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+    answer = promptgrid("report", str(tmp_path / "nothing-here"), timeout=60)
     assert answer.returncode == 2 and "no manifest" in answer.stderr
 
 

@@ -13,12 +13,15 @@ from PIL import Image
 from promptgrid.tasks.output.sinks.local import LocalSink
 from promptgrid.tasks.report.build import write_report
 from promptgrid.types import JobStatus
-from tests.test_report_support import PROMPTS, assert_laid_out, colour_centre, record_run
+from tests.support.report_run import PROMPTS, assert_laid_out, colour_centre, record_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install chromium)"
-)
+pytestmark = [
+    pytest.mark.integration,  # headless Chromium
+    pytest.mark.skipif(
+        CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install chromium)"
+    ),
+]
 
 FAILURE_FILL = (253, 236, 234)  # .failure's background in the report's CSS
 THUMB_CSS_PX = 160

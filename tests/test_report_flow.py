@@ -13,9 +13,10 @@ from promptgrid.cli import app
 from promptgrid.flows.generate import generate
 from promptgrid.tasks.output.manifest.read import read_manifest
 from promptgrid.tasks.output.sinks.local import LocalSink
-from tests.test_report_support import ReportPage
+from tests.support.report_run import ReportPage
 
 pytestmark = [
+    pytest.mark.integration,  # the Prefect test server
     pytest.mark.usefixtures("prefect_harness"),
     # The flow run (not the report) leaves one loopback socket unclosed, which the garbage collector
     # reports during a later test; tests/test_flows.py shows the same. Drop this once the flow closes it.

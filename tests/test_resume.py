@@ -17,8 +17,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from promptgrid.tasks.output.manifest.read import read_manifest, read_parts
 from promptgrid.tasks.output.sinks import open_sink
+
+pytestmark = pytest.mark.integration  # a real run killed with SIGKILL, then resumed
 
 JOBS = 60
 TIME_SCALE = 20.0

@@ -9,6 +9,9 @@ import sys
 import time
 
 import httpx
+import pytest
+
+pytestmark = pytest.mark.integration  # the installed command, in a process of its own
 
 
 def test_cli_serves_until_interrupted():
