@@ -13,11 +13,13 @@ from typing import Annotated, Any
 
 import typer
 
+from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.errors import InvalidInput, PromptgridError
 from promptgrid.settings import API_KEY_ENV, read_api_settings
 from promptgrid.tasks.spec.overrides import spec_overrides
 
 SANDBOX_HELP = "Start the local sandbox API and run against it (sandbox renders, not real images)."
+PRICE_HELP = "USD per image, for the cost estimate."
 TIME_SCALE_HELP = "With --sandbox: how many times faster the sandbox's clock runs (latency, rate window)."
 
 
@@ -103,7 +105,9 @@ def register(app: typer.Typer) -> None:
             bool | None,
             typer.Option("--polls-count/--no-polls-count", help="Whether polls count toward the rate limit."),
         ] = None,
-        price_per_image: Annotated[float, typer.Option(help="USD per image, for the cost estimate.")] = 0.065,
+        price_per_image: Annotated[
+            float, typer.Option(help="USD per image, for the cost estimate.")
+        ] = PRICE_PER_IMAGE_USD,
         report: Annotated[
             bool, typer.Option("--report/--no-report", help="Write the HTML report when the run ends.")
         ] = True,
@@ -155,13 +159,18 @@ def register(app: typer.Typer) -> None:
         sandbox_time_scale: Annotated[float, typer.Option(help=TIME_SCALE_HELP)] = 10.0,
         api_base: Annotated[str | None, typer.Option(help="Base URL of the prediction API.")] = None,
         rate_limit: Annotated[str | None, typer.Option(help="Requests per window, e.g. 60/60s.")] = None,
-        price_per_image: Annotated[float, typer.Option(help="USD per image, for the cost estimate.")] = 0.065,
+        price_per_image: Annotated[
+            float, typer.Option(help="USD per image, for the cost estimate.")
+        ] = PRICE_PER_IMAGE_USD,
     ) -> None:
         """Re-run only the jobs of OUTPUT whose latest outcome matches (failed and timed out by default)."""
-        from promptgrid.flows.backfill import backfill, jobs_to_backfill
+        from promptgrid.flows.backfill import backfill
+        from promptgrid.tasks.output.selection import jobs_to_backfill, unknown_error_codes
 
         statuses = [part.strip() for part in status.split(",") if part.strip()]
         _, jobs = jobs_to_backfill(output, statuses, where)  # bad input stops here, before any run starts
+        for code in unknown_error_codes(where):
+            print(f"note: {code!r} is not an error code promptgrid knows (docs/errors.md)", file=sys.stderr)
         print(f"{len(jobs)} jobs to run again", file=sys.stderr)
         if not jobs:
             raise typer.Exit(0)
