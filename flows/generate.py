@@ -12,6 +12,7 @@ from typing import Any
 from prefect import flow
 from prefect.runtime import flow_run
 
+from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.flows.pipeline import RunPlan, Selection, run_plan
 from promptgrid.tasks.spec.load import load_spec
 from promptgrid.tasks.spec.overrides import spec_overrides
@@ -33,7 +34,7 @@ async def generate(
     polls_count: bool | None = None,
     shard_index: int = 0,
     shard_count: int = 1,
-    price_per_image: float = 0.065,
+    price_per_image: float = PRICE_PER_IMAGE_USD,
     time_scale: float = 1.0,
     report: bool = True,
 ) -> dict[str, Any]:

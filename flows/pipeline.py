@@ -21,6 +21,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import quote
 
+from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.errors import ApiError, InvalidInput
 from promptgrid.settings import read_api_settings
 from promptgrid.tasks.api.client import ApiClient
@@ -207,7 +208,7 @@ async def run_plan(
     plan: RunPlan,
     selection: Selection,
     *,
-    price_per_image: float = 0.065,
+    price_per_image: float = PRICE_PER_IMAGE_USD,
     time_scale: float = 1.0,
     run_id: str | None = None,
     report: bool = True,

@@ -11,6 +11,7 @@ import yaml
 from prefect import flow
 from pydantic import BaseModel, ConfigDict, Field
 
+from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.flows.generate import current_run_id
 from promptgrid.flows.pipeline import RunPlan, Selection, run_plan
 from promptgrid.tasks.spec.load import load_spec
@@ -57,7 +58,7 @@ class SweepRequest(BaseModel):
 
 @flow(name="sweep")
 async def sweep(
-    request: SweepRequest, price_per_image: float = 0.065, time_scale: float = 1.0
+    request: SweepRequest, price_per_image: float = PRICE_PER_IMAGE_USD, time_scale: float = 1.0
 ) -> dict[str, Any]:
     """Run the study the form describes, through the same validation and pipeline as a spec file."""
     with tempfile.TemporaryDirectory(prefix="promptgrid-sweep-") as folder:

@@ -6,6 +6,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from promptgrid.defaults import PRICE_PER_IMAGE_USD
+
 # Retryable provider failures and final ones, in the proportions the sandbox draws them.
 DEFAULT_ERROR_CODES: tuple[tuple[str, bool], ...] = (
     ("PROVIDER_SERVER_ERROR", True),
@@ -39,7 +41,7 @@ class SandboxConfig:
     error_codes: tuple[tuple[str, bool], ...] = DEFAULT_ERROR_CODES
     never_finish_rate: float = 0.0
     url_lifetime_s: float = 3600.0
-    cost_per_image_usd: float = 0.065
+    cost_per_image_usd: float = PRICE_PER_IMAGE_USD
     host: str = "127.0.0.1"
     port: int = 0
 

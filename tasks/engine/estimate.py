@@ -9,12 +9,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from promptgrid.defaults import PRICE_PER_IMAGE_USD, TYPICAL_LATENCY_S
 from promptgrid.tasks.api.polling import PollPolicy
 from promptgrid.tasks.spec.expand import JobPlan, plan_jobs
 from promptgrid.tasks.spec.problems import display_path
 from promptgrid.tasks.spec.schema import ApiConfig, SweepSpec
 
-TYPICAL_LATENCY_S = 8.0
 SAMPLE_PROMPT_CHARS = 60
 
 
@@ -128,7 +128,10 @@ def describe_plan(
 
 
 def describe_dry_run(
-    spec: SweepSpec, price_per_image: float = 0.065, latency_s: float = TYPICAL_LATENCY_S, samples: int = 3
+    spec: SweepSpec,
+    price_per_image: float = PRICE_PER_IMAGE_USD,
+    latency_s: float = TYPICAL_LATENCY_S,
+    samples: int = 3,
 ) -> str:
     """Expand the spec without keeping its jobs, and say what running it would take."""
     plan = plan_jobs(spec, samples=samples)

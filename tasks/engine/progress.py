@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.types import JobOutcome, JobStatus
 
 
@@ -18,7 +19,7 @@ class RunProgress:
 
     total: int = 0
     skipped: int = 0
-    price_per_image: float = 0.065
+    price_per_image: float = PRICE_PER_IMAGE_USD
     started: float = field(default_factory=time.monotonic)
     by_status: Counter = field(default_factory=Counter)
     by_error: Counter = field(default_factory=Counter)

@@ -20,6 +20,7 @@ from typing import Any
 import pyarrow as pa
 from PIL import Image
 
+from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.tasks.output.manifest.read import read_manifest
 from promptgrid.tasks.output.sinks.base import Sink
 from promptgrid.tasks.output.sinks.s3 import PRESIGN_MAX_S
@@ -36,7 +37,6 @@ SHEET_STATE_KEY = "report/sheets/index.json"
 # Bump when the contact sheet's drawing changes, so existing sheets are redrawn once.
 SHEET_LAYOUT_VERSION = 1
 DEFAULT_PAGE_SIZE = 25
-DEFAULT_PRICE_PER_IMAGE = 0.065
 # Reading images and writing thumbnails is I/O bound (S3 round trips); a few threads keep it moving.
 IO_THREADS = 4
 _PAGE_KEY = re.compile(r"^report/page-(\d+)\.html$")
@@ -74,7 +74,7 @@ def write_report(
     *,
     across: str | None = None,
     down: str | None = None,
-    price_per_image: float = DEFAULT_PRICE_PER_IMAGE,
+    price_per_image: float = PRICE_PER_IMAGE_USD,
     page_size: int = DEFAULT_PAGE_SIZE,
     sheets: bool = True,
     link_expires_s: int = PRESIGN_MAX_S,
@@ -107,7 +107,7 @@ def render_report(
     *,
     across: str | None = None,
     down: str | None = None,
-    price_per_image: float = DEFAULT_PRICE_PER_IMAGE,
+    price_per_image: float = PRICE_PER_IMAGE_USD,
     page_size: int = DEFAULT_PAGE_SIZE,
     sheets: bool = True,
     link_expires_s: int = PRESIGN_MAX_S,

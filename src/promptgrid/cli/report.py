@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from promptgrid.defaults import PRICE_PER_IMAGE_USD
+
 
 def register(app: typer.Typer) -> None:
     @app.command("report")
@@ -21,7 +23,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         price_per_image: Annotated[
             float, typer.Option(help="USD per image, for the cost when the API reported none.")
-        ] = 0.065,
+        ] = PRICE_PER_IMAGE_USD,
         page_size: Annotated[int, typer.Option(min=1, help="Prompts per HTML page.")] = 25,
         sheets: Annotated[
             bool, typer.Option("--sheets/--no-sheets", help="Also draw one PNG contact sheet per prompt.")
