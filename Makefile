@@ -3,20 +3,27 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# `make EDITABLE= test` installs promptgrid as a user would (CI does), so tests import the installed package.
+EDITABLE ?= -e
 
-.PHONY: demo test lint bench
+.PHONY: demo test test-fast lint bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet $(EDITABLE) '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/promptgrid run configs/demo.yaml --sandbox
 
+# Everything, integration tests included (those needing Chromium or redis-server skip without them).
 test: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest
+
+# The unit tests alone: no Prefect server, killed process, browser or Redis.
+test-fast: $(STAMP)
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -m "not integration"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
