@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench
+.PHONY: demo test lint typecheck bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest
 
-lint: $(STAMP)
+lint: $(STAMP) typecheck
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# mypy cannot follow package-dir (tasks/, flows/ and sandbox/ install beneath promptgrid), so it checks a
+# farm of links laid out as the installed package.
+TYPECHECK := build/typecheck
+typecheck: $(STAMP)
+	rm -rf $(TYPECHECK)/promptgrid && mkdir -p $(TYPECHECK)/promptgrid
+	cp -rs $(CURDIR)/src/promptgrid/. $(TYPECHECK)/promptgrid/
+	for d in tasks flows sandbox; do cp -rs $(CURDIR)/$$d $(TYPECHECK)/promptgrid/$$d; done
+	find $(TYPECHECK) -name __pycache__ -prune -exec rm -rf {} +
+	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p promptgrid
