@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # `make EDITABLE= test` installs promptgrid as a user would (CI does), so tests import the installed package.
 EDITABLE ?= -e
 
-.PHONY: demo test test-fast lint bench
+.PHONY: demo test test-fast lint typecheck layers bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,26 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -m "not integration"
 
-lint: $(STAMP)
+lint: $(STAMP) typecheck layers
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# mypy and import-linter cannot follow package-dir (tasks/, flows/ and sandbox/ install beneath
+# promptgrid), so they check a farm of links laid out as the installed package.
+TYPECHECK := build/typecheck
+$(TYPECHECK)/promptgrid: $(STAMP) FORCE
+	rm -rf $(TYPECHECK)/promptgrid && mkdir -p $(TYPECHECK)/promptgrid
+	cp -rs $(CURDIR)/src/promptgrid/. $(TYPECHECK)/promptgrid/
+	for d in tasks flows sandbox; do cp -rs $(CURDIR)/$$d $(TYPECHECK)/promptgrid/$$d; done
+	find $(TYPECHECK) -name __pycache__ -prune -exec rm -rf {} +
+
+typecheck: $(TYPECHECK)/promptgrid
+	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p promptgrid
+
+# The layer rules in pyproject.toml's [tool.importlinter]: no stage imports a stage above it, no cycles.
+layers: $(TYPECHECK)/promptgrid
+	cd $(TYPECHECK) && PYTHONPATH=$(CURDIR)/$(TYPECHECK) $(CURDIR)/$(BIN)/lint-imports \
+		--config $(CURDIR)/pyproject.toml --no-cache
+
+.PHONY: FORCE
+FORCE:

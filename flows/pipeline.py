@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from prefect import get_run_logger, task
@@ -42,6 +42,9 @@ from promptgrid.tasks.quota.factory import open_budget, quota_namespace
 from promptgrid.tasks.spec.expand import iter_job_batches
 from promptgrid.tasks.spec.schema import ApiConfig, SweepSpec
 from promptgrid.types import Job, JobStatus
+
+if TYPE_CHECKING:
+    from promptgrid.flows.reporting import ProgressArtifact
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 SHARD_SIZE = 200
@@ -166,9 +169,10 @@ def input_images(sink: Sink, plan: RunPlan) -> Iterator[PrepareInputs]:
     Local files staged in a local output are served on loopback, which only an API on this machine (the
     sandbox) can reach; with a remote API they need an S3 output, which presigns them.
     """
-    serve = isinstance(sink, LocalSink) and urlsplit(plan.api.base_url).hostname in LOOPBACK_HOSTS
     with contextlib.ExitStack() as stack:
-        server = stack.enter_context(InputServer(sink)) if serve else None
+        server: InputServer | None = None
+        if isinstance(sink, LocalSink) and urlsplit(plan.api.base_url).hostname in LOOPBACK_HOSTS:
+            server = stack.enter_context(InputServer(sink))
         images = InputImages(sink, base_dir=plan.base_dir, server=server)
 
         async def prepare(job: Job) -> Mapping[str, Any]:
@@ -272,13 +276,17 @@ async def run_plan(
     )
 
 
-async def _run_shards(shards: Iterator[list[Job]], run: RunContext, shard_task) -> list[BaseException]:
+async def _run_shards(
+    shards: Iterator[list[Job]],
+    run: RunContext,
+    shard_task: Callable[..., Coroutine[Any, Any, int]],  # predict_shard, given quote()d arguments
+) -> list[BaseException]:
     """Keep SHARDS_IN_FLIGHT shards going; a shard that fails after its retries is reported, not fatal."""
-    pending: set[asyncio.Task] = set()
+    pending: set[asyncio.Task[int]] = set()
     failures: list[BaseException] = []
 
-    def collect(done: set[asyncio.Task]) -> None:
-        failures.extend(t.exception() for t in done if t.exception() is not None)
+    def collect(done: set[asyncio.Task[int]]) -> None:
+        failures.extend(exc for t in done if (exc := t.exception()) is not None)
 
     for shard in shards:
         if run.engine.halted is not None:
@@ -293,7 +301,7 @@ async def _run_shards(shards: Iterator[list[Job]], run: RunContext, shard_task) 
     return failures
 
 
-async def _tick(run: RunContext, writer: ManifestWriter, artifact) -> None:
+async def _tick(run: RunContext, writer: ManifestWriter, artifact: ProgressArtifact) -> None:
     """Once a second: refresh the display, commit manifest rows that waited too long, update the artifact."""
     logger = get_run_logger()
     while True:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from prefect import get_run_logger
 from prefect.artifacts import (
@@ -19,11 +20,14 @@ from promptgrid.errors import RunFailed
 from promptgrid.tasks.engine.progress import RunProgress, summary_rows
 from promptgrid.tasks.output.sinks.base import Sink
 
+if TYPE_CHECKING:
+    from promptgrid.flows.pipeline import Tally
+
 
 class ProgressArtifact:
     """The run's progress in the Prefect UI, updated at most every `interval_s` (each update costs a call)."""
 
-    def __init__(self, progress: RunProgress, artifact_id=None, interval_s: float = 5.0):
+    def __init__(self, progress: RunProgress, artifact_id: UUID | None = None, interval_s: float = 5.0):
         self.progress, self.artifact_id, self.interval_s = progress, artifact_id, interval_s
         self._last = time.monotonic()
 
@@ -59,7 +63,7 @@ async def _write_report(sink: Sink, price_per_image: float) -> str | None:
 async def finish_run(
     sink: Sink,
     progress: RunProgress,
-    tally,
+    tally: Tally,
     *,
     run_id: str,
     failures: list[BaseException],

@@ -84,12 +84,12 @@ class Prediction:
 class Counters:
     """What the stats endpoint reports; `reset` starts them over without touching limits or predictions."""
 
-    requests: Counter = field(default_factory=Counter)
-    responses: Counter = field(default_factory=Counter)
-    faults: Counter = field(default_factory=Counter)
+    requests: Counter[str] = field(default_factory=Counter)
+    responses: Counter[int | str] = field(default_factory=Counter)  # by HTTP status, and "dropped"
+    faults: Counter[str] = field(default_factory=Counter)
     throttled: int = 0
     creates: int = 0
-    creates_per_input: Counter = field(default_factory=Counter)
+    creates_per_input: Counter[str] = field(default_factory=Counter)
     max_window_requests: int = 0
     max_in_flight: int = 0
     predictions: list[Prediction] = field(default_factory=list)

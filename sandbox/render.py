@@ -81,7 +81,8 @@ def encode_image(image: Image.Image, fmt: str, quality: int) -> bytes:
 def render(key: str, inputs: Mapping[str, Any], size: tuple[int, int]) -> bytes:
     """The encoded image for one prediction (blocking: call it from a worker thread)."""
     fmt = str(inputs.get("output_format") or "webp")
-    quality = int(inputs.get("output_quality") if inputs.get("output_quality") is not None else 90)
+    raw_quality = inputs.get("output_quality")
+    quality = int(raw_quality if raw_quality is not None else 90)
     return encode_image(draw_image(key, inputs, size), fmt, quality)
 
 

@@ -15,15 +15,16 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from promptgrid.sandbox.config import SandboxConfig, system_clock
 from promptgrid.sandbox.service import Reply, SandboxService, key_owner
@@ -33,6 +34,8 @@ __all__ = ["SandboxConfig", "RunningSandbox", "create_app", "running_sandbox", "
 
 _DROP = "sandbox.drop_connection"
 _STARTUP_TIMEOUT_S = 10.0
+
+_T = TypeVar("_T")
 
 
 def _respond(request: Request, reply: Reply) -> Response:
@@ -106,11 +109,11 @@ def _routes(service: SandboxService) -> list[Route]:
 class _Wire:
     """Outermost ASGI layer: stamps X-Request-Id on every answer, counts statuses, and drops connections."""
 
-    def __init__(self, app: Any, service: SandboxService):
+    def __init__(self, app: ASGIApp, service: SandboxService):
         self.app = app
         self.service = service
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -118,7 +121,7 @@ class _Wire:
         responses = self.service.counters.responses
         counted = not scope["path"].startswith("/sandbox/")
 
-        async def stamped_send(message: dict) -> None:
+        async def stamped_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 if scope.get(_DROP):
                     _close_connection(send)
@@ -131,7 +134,7 @@ class _Wire:
         await self.app(scope, receive, stamped_send)
 
 
-def _close_connection(send: Callable) -> None:
+def _close_connection(send: Send) -> None:
     """Close the client's socket before any byte of the answer is written.
 
     ASGI has no message for this; uvicorn's `send` is a method of the connection's request cycle, which
@@ -148,7 +151,7 @@ def create_app(config: SandboxConfig, clock: Callable[[], float] | None = None) 
     service = SandboxService(config, clock or system_clock)
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette):
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         service.loop = asyncio.get_running_loop()
         yield
         await service.close()
@@ -166,11 +169,11 @@ class RunningSandbox:
     service: SandboxService
     loop: asyncio.AbstractEventLoop
 
-    def _on_loop(self, fn: Callable[[], Any]) -> Any:
+    def _on_loop(self, fn: Callable[[], _T]) -> _T:
         if self.loop.is_closed():
             raise RuntimeError("the sandbox has stopped; read its stats inside the `with` block")
 
-        async def call() -> Any:
+        async def call() -> _T:
             return fn()
 
         return asyncio.run_coroutine_threadsafe(call(), self.loop).result(timeout=10)
@@ -219,7 +222,9 @@ class _Server(uvicorn.Server):
                 loop.call_soon_threadsafe(self._stop.set)
 
 
-def _server(config: SandboxConfig, clock: Callable[[], float] | None, quiet: bool):
+def _server(
+    config: SandboxConfig, clock: Callable[[], float] | None, quiet: bool
+) -> tuple[_Server, SandboxService]:
     app, service = create_app(config, clock)
     uv_config = uvicorn.Config(
         app,
@@ -260,6 +265,7 @@ def running_sandbox(
             if not thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the sandbox server did not start")
             time.sleep(0.002)  # startup takes a few milliseconds; nothing to wait on but the flag
+        assert service.loop is not None  # set by the app's lifespan, which runs before `started`
         yield RunningSandbox(url=_url(config, sock), config=config, service=service, loop=service.loop)
     finally:
         server.stop()

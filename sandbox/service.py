@@ -83,7 +83,7 @@ class SandboxService:
         self.predictions: dict[str, Prediction] = {}
         self._windows: dict[str, RequestWindow] = {}
         self._in_flight: dict[str, InFlight] = {}
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # set when the server starts
 
@@ -166,8 +166,10 @@ class SandboxService:
             return _error(400, "Invalid JSON body")
         if not isinstance(payload, dict):
             return _error(400, "The body must be a JSON object with model, version and input")
+        model = payload.get("model")
         try:
-            schema = get_model(payload.get("model"))
+            # Anything but a string is an unknown model too.
+            schema = get_model(model if isinstance(model, str) else "")
         except UnknownModel:
             return _error(400, "Unknown model", model=payload.get("model"), known=list(MODELS))
         raw = payload.get("input")
@@ -186,7 +188,9 @@ class SandboxService:
             )
         return schema.slug, raw, inputs
 
-    def _start(self, owner: str, model: str, raw: dict, inputs: dict, now: float) -> Prediction:
+    def _start(
+        self, owner: str, model: str, raw: dict[str, Any], inputs: dict[str, Any], now: float
+    ) -> Prediction:
         digest = input_hash(model, inputs)
         resolved = dict(inputs)
         if resolved.get("seed") is None:
@@ -317,6 +321,7 @@ class SandboxService:
             return 404, {"error": "Output not found"}, ""
         if prediction.output_expired(now, self.config.url_lifetime):
             return 410, {"error": "Output expired"}, ""
+        assert prediction.size is not None  # a success has its size, read from any input image it needed
         key = render_key(prediction.model, prediction.inputs, prediction.size)
         data = self.renders.get(key)
         if data is None:

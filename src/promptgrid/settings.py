@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import NoReturn
 
 DEFAULT_API_BASE = "https://api.eachlabs.ai"
 API_KEY_ENV = "EACHLABS_API_KEY"
@@ -29,7 +30,7 @@ class ApiKey:
 
     __str__ = __repr__
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError("an API key is not serialisable")
 
     def __eq__(self, other: object) -> bool:

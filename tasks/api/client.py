@@ -13,7 +13,7 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 import httpx
 
@@ -75,6 +75,14 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (now if now is not None else time.time()))
 
 
+class _SharedOptions(TypedDict):
+    """What the API client and the storage client have in common."""
+
+    transport: httpx.AsyncBaseTransport | None
+    timeout: httpx.Timeout
+    limits: httpx.Limits
+
+
 class ApiClient:
     """The prediction API over one long-lived httpx client; use as `async with ApiClient(...) as client`.
 
@@ -96,7 +104,7 @@ class ApiClient:
         self.base_url = base_url.rstrip("/")
         self._key = api_key
         pool = limits or httpx.Limits(max_connections=64, max_keepalive_connections=32)
-        common = {"transport": transport, "timeout": timeouts, "limits": pool}
+        common: _SharedOptions = {"transport": transport, "timeout": timeouts, "limits": pool}
         self._http = httpx.AsyncClient(
             base_url=self.base_url, headers={"X-API-Key": api_key.reveal()}, follow_redirects=False, **common
         )
@@ -141,7 +149,9 @@ class ApiClient:
         """Ask the API to stop a prediction (best effort on its side)."""
         await self._send("POST", f"/v1/prediction/{prediction_id}/cancel", prediction_id=prediction_id)
 
-    async def _send(self, method: str, path: str, *, prediction_id: str | None = None, **kwargs: Any) -> dict:
+    async def _send(
+        self, method: str, path: str, *, prediction_id: str | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
         what = f"{method} {path}"
         try:
             response = await self._http.request(method, path, **kwargs)

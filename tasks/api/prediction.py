@@ -66,7 +66,8 @@ def parse_prediction(prediction_id: str, body: Mapping[str, Any]) -> Prediction:
     raw_status = str(body.get("status", ""))
     status = parse_status(raw_status)
     output = body.get("output")
-    metrics = body.get("metrics") if isinstance(body.get("metrics"), Mapping) else {}
+    raw_metrics = body.get("metrics")
+    metrics: Mapping[str, Any] = raw_metrics if isinstance(raw_metrics, Mapping) else {}
     fields: dict[str, Any] = {
         "predict_time_s": _as_float(metrics.get("predict_time")),
         "cost_usd": _as_float(metrics.get("cost")),

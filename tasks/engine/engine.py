@@ -183,6 +183,7 @@ class Engine:
             async def announce() -> None:
                 await on_sending(job, attempt)
 
+        reason: ApiError  # why the last create was refused
         for resend in range(self.config.create_retries + 1):
             try:
                 prediction_id = await self._call(

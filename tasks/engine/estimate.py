@@ -14,6 +14,7 @@ from promptgrid.tasks.api.polling import PollPolicy
 from promptgrid.tasks.spec.expand import JobPlan, plan_jobs
 from promptgrid.tasks.spec.problems import display_path
 from promptgrid.tasks.spec.schema import ApiConfig, SweepSpec
+from promptgrid.types import Job
 
 SAMPLE_PROMPT_CHARS = 60
 
@@ -89,7 +90,7 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-def _sample_line(number: int, job) -> str:
+def _sample_line(number: int, job: Job) -> str:
     inputs = dict(job.inputs)
     prompt = str(inputs.pop("prompt", ""))
     if len(prompt) > SAMPLE_PROMPT_CHARS:

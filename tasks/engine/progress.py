@@ -7,10 +7,14 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TextIO
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.types import JobOutcome, JobStatus
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 
 @dataclass
@@ -21,8 +25,8 @@ class RunProgress:
     skipped: int = 0
     price_per_image: float = PRICE_PER_IMAGE_USD
     started: float = field(default_factory=time.monotonic)
-    by_status: Counter = field(default_factory=Counter)
-    by_error: Counter = field(default_factory=Counter)
+    by_status: Counter[JobStatus] = field(default_factory=Counter)
+    by_error: Counter[str] = field(default_factory=Counter)
     api_requests: int = 0
     in_flight: int = 0
     cost_usd: float = 0.0
@@ -115,12 +119,12 @@ def summary_rows(progress: RunProgress) -> list[dict[str, Any]]:
 class TerminalProgress:
     """A live bar on an interactive terminal; elsewhere a plain line every `interval_s`."""
 
-    def __init__(self, progress: RunProgress, *, interval_s: float = 10.0, stream=None):
+    def __init__(self, progress: RunProgress, *, interval_s: float = 10.0, stream: TextIO | None = None):
         self.progress = progress
         self.stream = stream or sys.stderr
         self.interval_s = interval_s
-        self._live = None
-        self._bar = None
+        self._live: Progress | None = None
+        self._bar: TaskID | None = None
         self._last_line = 0.0
 
     def __enter__(self) -> TerminalProgress:
@@ -142,6 +146,7 @@ class TerminalProgress:
 
     def refresh(self) -> None:
         if self._live is not None:
+            assert self._bar is not None  # added along with the live display
             self._live.update(
                 self._bar,
                 completed=self.progress.finished,
@@ -152,7 +157,9 @@ class TerminalProgress:
             self._last_line = time.monotonic()
             print(f"progress: {self.progress.describe()}", file=self.stream, flush=True)
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._live is not None:
             self.refresh()
-            self._live.__exit__(*exc_info)
+            self._live.__exit__(exc_type, exc, tb)

@@ -50,7 +50,9 @@ def _as_int(value: Any) -> int | None:
     return int(number)
 
 
-def _check_number(name, value, low, high, errors, *, integer):
+def _check_number(
+    name: str, value: Any, low: float, high: float, errors: list[InputError], *, integer: bool
+) -> float | None:
     parsed = _as_int(value) if integer else _as_number(value)
     if parsed is None or parsed != parsed or not (low <= parsed <= high):
         span = (

@@ -22,13 +22,14 @@ import urllib.parse
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 from promptgrid.errors import InvalidInput
 from promptgrid.tasks.models.catalog import CONTENT_TYPES
 from promptgrid.tasks.output.keys import INPUTS_PREFIX, input_key
 from promptgrid.tasks.output.sinks.base import Sink
 from promptgrid.tasks.output.sinks.local import LocalSink
-from promptgrid.tasks.output.sinks.s3 import make_s3_client, parse_s3_uri, presign_get
+from promptgrid.tasks.output.sinks.s3 import S3Client, make_s3_client, parse_s3_uri, presign_get
 
 MAX_INPUT_BYTES = 50 * 1024 * 1024  # far above any photo a 1 MP model needs; stops a stray video file
 DEFAULT_EXPIRES_S = 3600
@@ -79,13 +80,15 @@ class InputServer:
         self._server = ThreadingHTTPServer(self._address, _handler_for(self.folder))
         self._server.daemon_threads = True
         host, port = self._server.server_address[:2]
+        assert isinstance(host, str)  # an AF_INET or AF_INET6 address, never a Unix socket's bytes
         self.base_url = f"http://{host}:{port}"
         self._thread = threading.Thread(target=self._server.serve_forever, name="input-server", daemon=True)
         self._thread.start()
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         if self._server is not None:
+            assert self._thread is not None  # started in __enter__ along with the server
             self._server.shutdown()
             self._server.server_close()
             self._thread.join()
@@ -120,7 +123,7 @@ def _handler_for(folder: Path) -> type[BaseHTTPRequestHandler]:
             if with_body:
                 self.wfile.write(data)
 
-        def log_message(self, format: str, *args) -> None:
+        def log_message(self, format: str, *args: Any) -> None:
             pass  # one line per fetch is noise in a run's output
 
     return StagedInputHandler
@@ -147,7 +150,7 @@ class InputImages:
         self._staged: dict[Path, str] = {}
         self._urls: dict[str, tuple[str, float]] = {}
         self._lock = threading.Lock()
-        self._s3_client = None
+        self._s3_client: S3Client | None = None
 
     def identity(self, ref: str) -> str:
         """What names this image across runs: the URL, the s3:// URI, or the staged key of a local file."""
@@ -176,7 +179,9 @@ class InputImages:
             if path in self._staged:
                 return self._staged[path]
         data = _read_image_file(path, ref)
-        key = input_key(hashlib.sha256(data).hexdigest(), sniff_image_format(data))
+        image_format = sniff_image_format(data)
+        assert image_format is not None  # _read_image_file refuses anything but jpeg, png or webp
+        key = input_key(hashlib.sha256(data).hexdigest(), image_format)
         if not self.sink.exists(key):
             self.sink.put_bytes(key, data, CONTENT_TYPES[key.rsplit(".", 1)[1]], {"source": path.name})
         with self._lock:

@@ -77,7 +77,7 @@ class Journal:
         fsync that also survives a lost machine follows off the loop.
         """
         if isinstance(self.sink, LocalSink):
-            fd = self._append_local(self._entry(job_id, prediction_id, attempt))
+            fd = self._append_local(self.sink, self._entry(job_id, prediction_id, attempt))
             await asyncio.to_thread(os.fsync, fd)
             return
         await asyncio.to_thread(self.record_sync, job_id, prediction_id, attempt)
@@ -87,10 +87,10 @@ class Journal:
             raise ValueError("a journal record needs a job id and a prediction id")
         return JournalRecord(job_id, prediction_id, int(attempt), self.clock(), self.writer_id)
 
-    def _append_local(self, entry: JournalRecord) -> int:
+    def _append_local(self, sink: LocalSink, entry: JournalRecord) -> int:
         with self._lock:
             if self._fd is None:
-                target = self.sink.local_path(self._local_key())
+                target = sink.local_path(self._local_key())
                 target.parent.mkdir(parents=True, exist_ok=True)
                 self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             os.write(self._fd, (entry.to_json() + "\n").encode("utf-8"))

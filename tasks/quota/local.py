@@ -51,6 +51,7 @@ class LocalReceipt:
     def settle(self) -> None:
         if not self.settled:
             self.settled = True
+            assert self._budget is not None  # a receipt without a budget starts settled
             self._budget._settle(self)
 
 
@@ -87,13 +88,14 @@ class LocalBudget:
         self._paused_until = float("-inf")
         self._last_throttle = float("-inf")
         self._backoff_s = 0.0
-        self._waiters: list[tuple[int, int, asyncio.Future]] = []
-        self._pause_waiters: deque[asyncio.Future] = deque()  # uncounted polls: they wait out pauses only
+        self._waiters: list[tuple[int, int, asyncio.Future[LocalReceipt]]] = []
+        # Uncounted polls: they wait out pauses only.
+        self._pause_waiters: deque[asyncio.Future[LocalReceipt]] = deque()
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._free_slots = limits.max_in_flight
         self._held: set[str] = set()
-        self._slot_waiters: deque[asyncio.Future] = deque()
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
         self._tokens = itertools.count(1)
         self._counts: Counter[str] = Counter()
         self._throttled = 0

@@ -23,10 +23,13 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
+from redis.typing import EncodableT
 
 from promptgrid.aio import wait_event
 from promptgrid.errors import QuotaUnavailable
@@ -37,6 +40,8 @@ if TYPE_CHECKING:
     from promptgrid.tasks.quota.base import Limits
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 # Times are microseconds of Redis TIME (exact in a Lua double until the year 2255).
 # KEYS: window, paused_until. ARGV: limit, window_us, guard_us, member, counts (1/0), unsettled_us.
@@ -161,14 +166,14 @@ class RedisBudget:
         self._take_slot = self._redis.register_script(_TAKE_SLOT)
         self._renew = self._redis.register_script(_RENEW)
         self._settle = self._redis.register_script(_SETTLE)
-        self._settling: set[asyncio.Task] = set()
+        self._settling: set[asyncio.Task[None]] = set()
         self._settled = asyncio.Event()
         self._held: set[str] = set()
-        self._renewer: asyncio.Task | None = None
+        self._renewer: asyncio.Task[None] | None = None
         self._released = asyncio.Event()
-        self._listener: asyncio.Task | None = None
+        self._listener: asyncio.Task[None] | None = None
         self._closing = False
-        self._cleanup: asyncio.Task | None = None
+        self._cleanup: asyncio.Task[None] | None = None
         # One caller per kind asks Redis at a time and the rest queue here, first come first served: the
         # ones behind would only be told to wait as long. Kinds queue apart so polls never wait on creates.
         self._askers = {kind: asyncio.Lock() for kind in (*REQUEST_KINDS, "slot")}
@@ -182,18 +187,18 @@ class RedisBudget:
             raise ValueError(f"unknown request kind {kind!r}; expected one of {REQUEST_KINDS}")
         counts = kind != "poll" or self.limits.polls_count
         window = [self.limits.requests, _us(self.limits.window_s), _us(self.guard_s)]
-        args = [*window, None, "1" if counts else "0", _us(self.unsettled_s)]
+        args: list[EncodableT] = [*window, "", "1" if counts else "0", _us(self.unsettled_s)]
         async with self._askers[kind]:
             while True:
-                args[3] = uuid.uuid4().hex
+                member = args[3] = uuid.uuid4().hex
                 settled = self._settled
                 try:
                     wait_us = await self._call(self._take_request, [self._window_key, self._paused_key], args)
                 except asyncio.CancelledError:
-                    self._settle_soon(args[3])  # in case Redis admitted it: date it now, not a window on
+                    self._settle_soon(member)  # in case Redis admitted it: date it now, not a window on
                     raise
                 if wait_us == 0:
-                    return SharedReceipt(self, args[3]) if counts else None
+                    return SharedReceipt(self, member) if counts else None
                 # The wait is exact unless the oldest entry is unsettled; a settle here, or the recheck,
                 # asks again sooner.
                 await wait_event(settled, min(wait_us / 1e6, self._request_recheck_s()))
@@ -237,7 +242,7 @@ class RedisBudget:
         while True:
             # Taken before asking, so a release announced while the script runs still wakes this waiter.
             released = self._released
-            args = [self.limits.max_in_flight, _us(self.lease_s), token]
+            args: list[EncodableT] = [self.limits.max_in_flight, _us(self.lease_s), token]
             wait_us = await self._call(self._take_slot, [self._slots_key], args)
             if wait_us == 0:
                 self._held.add(token)
@@ -278,10 +283,10 @@ class RedisBudget:
         if not done:
             self._listener.cancel()
 
-    async def _call(self, script, keys: list[str], args: list) -> int:
+    async def _call(self, script: AsyncScript, keys: list[str], args: Sequence[EncodableT]) -> int:
         return int(await self._run(script(keys=keys, args=args)))
 
-    async def _run(self, awaitable):
+    async def _run(self, awaitable: Awaitable[_T]) -> _T:
         try:
             return await awaitable
         except (RedisError, OSError) as exc:
@@ -321,7 +326,7 @@ class RedisBudget:
             log.warning("release announcements stopped: %s", redact_url(str(exc)))
         finally:
             with contextlib.suppress(RedisError, OSError):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose unannotated
 
 
 def _us(seconds: float) -> int:

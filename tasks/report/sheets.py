@@ -5,11 +5,12 @@ from __future__ import annotations
 import io
 import textwrap
 from collections.abc import Mapping
+from typing import TypeAlias
 
 from PIL import Image, ImageDraw, ImageFont
 
 from promptgrid.tasks.report.html import variant_caption
-from promptgrid.tasks.report.layout import PromptGrid, axis_label
+from promptgrid.tasks.report.layout import PromptGrid, Row, axis_label
 from promptgrid.types import JobStatus
 
 PAD = 8
@@ -21,6 +22,9 @@ HEADER = (245, 245, 247)
 INK = (29, 29, 31)
 FAILURE_FILL = (253, 236, 234)
 FAILURE_INK = (122, 28, 18)
+
+# Pillow's built-in font is a FreeTypeFont, or its bitmap ImageFont when FreeType is missing.
+Font: TypeAlias = ImageFont.FreeTypeFont | ImageFont.ImageFont
 
 
 def draw_contact_sheet(grid: PromptGrid, thumbnails: Mapping[str, Image.Image], tile_px: int = 160) -> bytes:
@@ -58,7 +62,7 @@ def _fit_tile(tile_px: int, tiles_across: int, label_width: int) -> int:
     return max(48, min(tile_px, room))
 
 
-def _label_width(grid: PromptGrid, font: ImageFont.FreeTypeFont) -> int:
+def _label_width(grid: PromptGrid, font: Font) -> int:
     labels = [axis_label(grid.down, value) for value in grid.down_values]
     return int(max((font.getlength(label) for label in labels), default=0)) + 2 * PAD
 
@@ -66,7 +70,7 @@ def _label_width(grid: PromptGrid, font: ImageFont.FreeTypeFont) -> int:
 def _draw_labels(
     draw: ImageDraw.ImageDraw,
     grid: PromptGrid,
-    font: ImageFont.FreeTypeFont,
+    font: Font,
     label_width: int,
     cell_width: int,
     cell_height: int,
@@ -90,11 +94,11 @@ def _draw_cell(
     sheet: Image.Image,
     draw: ImageDraw.ImageDraw,
     grid: PromptGrid,
-    variants: list,
+    variants: list[Row],
     thumbnails: Mapping[str, Image.Image],
     origin: tuple[int, int],
     tile_px: int,
-    font: ImageFont.FreeTypeFont,
+    font: Font,
 ) -> None:
     x, y = origin
     for row in variants:
@@ -116,10 +120,10 @@ def _draw_cell(
 
 def _draw_failure(
     draw: ImageDraw.ImageDraw,
-    row: Mapping,
+    row: Row,
     origin: tuple[int, int],
     tile_px: int,
-    font: ImageFont.FreeTypeFont,
+    font: Font,
 ) -> None:
     x, y = origin
     draw.rectangle((x, y, x + tile_px - 1, y + tile_px - 1), fill=FAILURE_FILL, outline=FAILURE_INK)

@@ -82,7 +82,7 @@ def job_latencies(rows: Sequence[Row]) -> tuple[list[float], str]:
 def run_cost(rows: Sequence[Row], price_per_image: float) -> tuple[float, bool]:
     """The billed cost when the API reported one for every image, else images × the price per image."""
     done = [row for row in rows if row.get("status") == JobStatus.SUCCESS]
-    reported = [row.get("cost_usd") for row in rows if row.get("cost_usd") is not None]
+    reported: list[float] = [row["cost_usd"] for row in rows if row.get("cost_usd") is not None]
     if done and all(row.get("cost_usd") is not None for row in done):
         return float(sum(reported)), False
     return len(done) * price_per_image, True

@@ -115,7 +115,8 @@ def _plain(column: pa.Array) -> pa.Array:
 
 
 def _bad_rows(mask: pa.Array) -> list[int]:
-    return pc.indices_nonzero(mask).to_pylist()
+    rows: list[int] = pc.indices_nonzero(mask).to_pylist()
+    return rows
 
 
 def _check_prompts(column: pa.Array, normalise: bool) -> tuple[list[Any] | None, list[int]]:
@@ -164,14 +165,16 @@ def _allowed(ctx: GridContext, name: str, raw: Any) -> str:
     return check_value(ctx.models, name, raw, ctx.base_dir)[1] or "a valid value"
 
 
-def _check_few_values(column: pa.Array, distinct: pa.Array, name: str, ctx: GridContext, normalise: bool):
+def _check_few_values(
+    column: pa.Array, distinct: pa.Array, name: str, ctx: GridContext, normalise: bool
+) -> tuple[list[Any] | None, dict[int, str]]:
     """Check each distinct value once with check_input, then map verdicts back onto the rows vectorised."""
     verdicts = [check_value(ctx.models, name, raw, ctx.base_dir) for raw in distinct.to_pylist()]
     index = pc.index_in(column, value_set=distinct)  # a null cell finds the null among the distinct values
-    values = None
+    values: list[Any] | None = None
     if normalise:
         values = pc.take(pa.array([value for value, _ in verdicts]), index).to_pylist()
-    problems = {}
+    problems: dict[int, str] = {}
     if any(allowed for _, allowed in verdicts):
         for row, position in enumerate(index.to_pylist()):
             allowed = verdicts[position][1]
@@ -195,7 +198,9 @@ def _check_each(column: pa.Array, name: str, ctx: GridContext) -> tuple[list[Any
     return values, problems
 
 
-def _check_column(column: pa.Array, name: str, ctx: GridContext, normalise: bool = True):
+def _check_column(
+    column: pa.Array, name: str, ctx: GridContext, normalise: bool = True
+) -> tuple[list[Any] | None, dict[int, str]]:
     """Normalised values of one input column (None when not asked to `normalise`) and, for bad rows, what
     is allowed."""
     column = _plain(column)
@@ -223,6 +228,7 @@ def check_batch(
             continue
         values, problems = _check_column(column, name, ctx, normalise)
         if normalise:
+            assert values is not None  # every check returns the values when asked to normalise
             batch.inputs[name] = values
         bad_cells.extend((row, name, allowed) for row, allowed in problems.items())
     for row, name, allowed in sorted(bad_cells):

@@ -11,7 +11,7 @@ import io
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -19,6 +19,9 @@ import pyarrow.parquet as pq
 from promptgrid.errors import InvalidInput
 from promptgrid.tasks.models.catalog import INPUT_NAMES, ModelSchema
 from promptgrid.tasks.spec.problems import ProblemLog, display_path
+
+if TYPE_CHECKING:
+    from _csv import Reader as CsvReader
 
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -110,7 +113,7 @@ def _open_csv(ctx: GridContext) -> io.TextIOWrapper:
     return open(ctx.path, encoding="utf-8-sig", newline="")
 
 
-def _csv_reader(handle: io.TextIOWrapper, ctx: GridContext):
+def _csv_reader(handle: io.TextIOWrapper, ctx: GridContext) -> CsvReader:
     # strict: a quote left open swallows the rest of the file as one field; say so instead.
     return csv.reader(handle, delimiter=CSV_SUFFIXES[ctx.path.suffix.lower()], strict=True)
 
@@ -145,7 +148,9 @@ def _raise_encoding_problems(ctx: GridContext) -> None:
     log.raise_if_any()
 
 
-def csv_batches(ctx: GridContext, layout: GridLayout, batch_size: int, log: ProblemLog):
+def csv_batches(
+    ctx: GridContext, layout: GridLayout, batch_size: int, log: ProblemLog
+) -> Iterator[tuple[Sequence[int], dict[str, pa.Array]]]:
     """Batches of (line numbers, {column: arrow strings}); records with the wrong field count are problems."""
     width = len(layout.columns)
     lines: list[int] = []
@@ -176,7 +181,7 @@ def csv_batches(ctx: GridContext, layout: GridLayout, batch_size: int, log: Prob
         yield lines, _string_columns(layout.columns, records)
 
 
-def _numbered_records(reader) -> Iterator[tuple[int, list[str]]]:
+def _numbered_records(reader: CsvReader) -> Iterator[tuple[int, list[str]]]:
     """Non-blank records with the line each starts on (a quoted field may span several lines)."""
     last_line = 0
     try:
@@ -210,7 +215,8 @@ def _parquet_header(ctx: GridContext) -> list[str]:
         if expected:
             log.add(f"{ctx.display}, column {column.name}: has type {column.type}; expected {expected}")
     log.raise_if_any()
-    return list(schema.names)
+    names: list[str] = list(schema.names)
+    return names
 
 
 def _type_problem(name: str, kind: pa.DataType) -> str | None:
@@ -225,7 +231,9 @@ def _type_problem(name: str, kind: pa.DataType) -> str | None:
     return None if numeric or text else "numbers"
 
 
-def parquet_batches(ctx: GridContext, columns: Sequence[str], batch_size: int):
+def parquet_batches(
+    ctx: GridContext, columns: Sequence[str], batch_size: int
+) -> Iterator[tuple[Sequence[int], dict[str, pa.Array]]]:
     source = _parquet_file(ctx)
     if source.metadata.num_rows == 0:
         raise InvalidInput([f"{ctx.display}: the grid has no data rows"])

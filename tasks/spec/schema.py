@@ -67,7 +67,8 @@ class ApiConfig(_Frozen):
     rate_limit: RateLimit = RateLimit(
         requests=defaults.RATE_LIMIT_REQUESTS, window_s=defaults.RATE_LIMIT_WINDOW_S
     )
-    max_concurrent: int = Field(defaults.MAX_CONCURRENT, strict=True)  # strict: YAML's `true` is not 1
+    # strict: YAML's `true` is not 1
+    max_concurrent: int = Field(default=defaults.MAX_CONCURRENT, strict=True)
     polls_count: bool = True
     quota_url: str | None = None  # redis://... when several runs share one key's quota
 

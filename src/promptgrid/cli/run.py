@@ -7,7 +7,7 @@ import contextlib
 import os
 import secrets
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -58,7 +58,7 @@ def scaled_rate_limit(requests: int, window_s: float, time_scale: float) -> str:
     return f"{requests}/{window_s / time_scale:g}s"
 
 
-def run_flow(flow_call: Callable[[], Awaitable[dict[str, Any]]]) -> int:
+def run_flow(flow_call: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> int:
     """Run a flow in this process; 0 when every job succeeded, 1 when some failed or the run failed."""
     try:
         summary = asyncio.run(flow_call())
@@ -129,17 +129,17 @@ def register(app: typer.Typer) -> None:
                 api_base = sandbox_url
                 limit = sweep.api.rate_limit
                 rate_limit = scaled_rate_limit(limit.requests, limit.window_s, time_scale)
-            params = dict(
-                output=output, api_base=api_base, rate_limit=rate_limit, max_concurrent=max_concurrent
-            )
             code = run_flow(
                 lambda: generate(
                     spec_path=str(spec.resolve()),
+                    output=output,
+                    api_base=api_base,
+                    rate_limit=rate_limit,
+                    max_concurrent=max_concurrent,
                     polls_count=polls_count,
                     price_per_image=price_per_image,
                     time_scale=time_scale,
                     report=report,
-                    **params,
                 )
             )
         raise typer.Exit(code)

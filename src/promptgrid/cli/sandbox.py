@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+if TYPE_CHECKING:
+    from promptgrid.sandbox.config import SandboxConfig
 
-def _describe(config, url: str) -> str:
+
+def _describe(config: SandboxConfig, url: str) -> str:
     per_window = f"{config.rate_limit} requests per {config.window:g} s"
     polls = "polls count" if config.polls_count else "polls do not count"
     return "\n".join(

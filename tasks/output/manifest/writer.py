@@ -68,7 +68,7 @@ class ManifestWriter:
     def __enter__(self) -> ManifestWriter:
         return self
 
-    def __exit__(self, *exc_info) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def add(self, job: Job, outcome: JobOutcome, image_uri: str | None) -> None:
@@ -141,4 +141,4 @@ def compact(sink: Sink) -> int:
     for old in keys:
         if old != key:
             sink.delete(old)
-    return table.num_rows
+    return int(table.num_rows)

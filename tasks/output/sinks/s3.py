@@ -11,6 +11,7 @@ import base64
 import hashlib
 import urllib.parse
 from collections.abc import Iterator, Mapping
+from typing import Any, TypeAlias
 
 from promptgrid.errors import InvalidInput, StorageError
 from promptgrid.locations import split_s3_uri
@@ -18,11 +19,14 @@ from promptgrid.tasks.output.sinks.base import check_key
 
 PRESIGN_MAX_S = 7 * 24 * 3600  # the longest lifetime S3 allows for a presigned URL
 
+# boto3 builds its clients at run time and ships no type information, so a client is Any at this boundary.
+S3Client: TypeAlias = Any
+
 
 class S3Sink:
     """A bucket and key prefix, reached through boto3's standard configuration chain."""
 
-    def __init__(self, bucket: str, prefix: str = "", client=None):
+    def __init__(self, bucket: str, prefix: str = "", client: S3Client | None = None):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.root = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
@@ -56,18 +60,20 @@ class S3Sink:
             answer = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))
         except self.client.exceptions.NoSuchKey:
             raise FileNotFoundError(self.uri(key)) from None
-        return answer["Body"].read()
+        data: bytes = answer["Body"].read()
+        return data
 
-    def head(self, key: str) -> dict | None:
+    def head(self, key: str) -> dict[str, Any] | None:
         """The object's headers (ContentType, Metadata, ContentLength, ETag), or None when absent."""
         from botocore.exceptions import ClientError
 
         try:
-            return self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
+            headers: dict[str, Any] = self.client.head_object(Bucket=self.bucket, Key=self.full_key(key))
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
             raise
+        return headers
 
     def exists(self, key: str) -> bool:
         return self.head(key) is not None
@@ -90,7 +96,7 @@ class S3Sink:
         self.client.delete_object(Bucket=self.bucket, Key=self.full_key(key))
 
 
-def make_s3_client():
+def make_s3_client() -> S3Client:
     """A boto3 S3 client from the standard chain; botocore itself honours AWS_ENDPOINT_URL[_S3]."""
     import boto3
     from botocore.config import Config
@@ -102,13 +108,14 @@ def make_s3_client():
     return boto3.session.Session().client("s3", config=config)
 
 
-def presign_get(client, bucket: str, key: str, expires_s: int = 3600) -> str:
+def presign_get(client: S3Client, bucket: str, key: str, expires_s: int = 3600) -> str:
     """A GET URL for one object that stops working after `expires_s` seconds (1 s to 7 days)."""
     if not 1 <= expires_s <= PRESIGN_MAX_S:
         raise ValueError(f"presigned URL lifetime must be 1 to {PRESIGN_MAX_S} seconds, not {expires_s}")
-    return client.generate_presigned_url(
+    url: str = client.generate_presigned_url(
         "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=int(expires_s)
     )
+    return url
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
