@@ -169,8 +169,10 @@ def register(app: typer.Typer) -> None:
 
         statuses = [part.strip() for part in status.split(",") if part.strip()]
         _, jobs = jobs_to_backfill(output, statuses, where)  # bad input stops here, before any run starts
-        for code in unknown_error_codes(where):
-            print(f"note: {code!r} is not an error code promptgrid knows (docs/errors.md)", file=sys.stderr)
+        for unknown in unknown_error_codes(where):
+            print(
+                f"note: {unknown!r} is not an error code promptgrid knows (docs/errors.md)", file=sys.stderr
+            )
         print(f"{len(jobs)} jobs to run again", file=sys.stderr)
         if not jobs:
             raise typer.Exit(0)
