@@ -53,19 +53,20 @@ class OutcomeStore:
         await self.save(job, outcome)
 
     async def save(self, job: Job, outcome: JobOutcome) -> None:
-        image_uri = None
+        image_uri = key = None
         if outcome.status == JobStatus.SUCCESS and outcome.image is not None:
             # The engine verified the bytes are in the requested format.
             fmt = job.inputs.get("output_format") or "webp"
+            key = image_key(job, fmt)
             image_uri = await asyncio.to_thread(
                 self.sink.put_bytes,
-                image_key(job, fmt),
+                key,
                 outcome.image,
                 CONTENT_TYPES.get(fmt, "application/octet-stream"),
                 {"job-id": job.job_id, "sha256": outcome.sha256 or ""},
             )
             outcome.image = None  # the bytes are stored; keep memory flat on long runs
-        await asyncio.to_thread(self.writer.add, job, outcome, image_uri)
+        await asyncio.to_thread(self.writer.add, job, outcome, image_uri, key)
         self.created.pop(job.job_id, None)
         self.saved.add(job.job_id)
         self.progress.record(outcome)

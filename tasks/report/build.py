@@ -28,7 +28,7 @@ from promptgrid.tasks.report.html import PageContent, PageLinks, Thumbnail, disp
 from promptgrid.tasks.report.layout import PromptGrid, build_grids, check_axes, sweep_params
 from promptgrid.tasks.report.sheets import draw_contact_sheet
 from promptgrid.tasks.report.summary import summarize_rows
-from promptgrid.tasks.report.thumbnails import ThumbnailCache, key_in_sink, thumb_key
+from promptgrid.tasks.report.thumbnails import ThumbnailCache, image_key_of, thumb_key
 
 REPORT_PREFIX = "report/"
 INDEX_KEY = "report/index.html"
@@ -191,7 +191,7 @@ def sheet_key(grid: PromptGrid) -> str:
 def sheet_fingerprint(grid: PromptGrid) -> str:
     """What a contact sheet shows, hashed: a change of job, status, image or axis means a new sheet."""
     shown = [
-        [str(row.get(name)) for name in ("job_id", "status", "error_code", "sha256", "image_uri")]
+        [str(row.get(name)) for name in ("job_id", "status", "error_code", "sha256", "image_key")]
         for row in grid.rows()
     ]
     content = [SHEET_LAYOUT_VERSION, grid.prompt, grid.across, grid.down, grid.variant_params, shown]
@@ -202,7 +202,7 @@ def _thumbnail(row: Mapping[str, Any], value: Any, links: ReportLinks) -> Thumbn
     if isinstance(value, str):
         return value  # the reason the image could not be read
     width, height = display_size(row.get("width"), row.get("height"))
-    image_key = key_in_sink(links.sink, row.get("image_uri"))
+    image_key = image_key_of(links.sink, row)
     href = links.href(image_key) if image_key else str(row.get("image_uri"))
     return Thumbnail(src=links.href(thumb_key(str(row["job_id"]))), href=href, width=width, height=height)
 

@@ -43,6 +43,7 @@ OUTCOME_COLUMNS = frozenset(
         "carried",
         "prompt",
         "image_uri",
+        "image_key",
         "sha256",
         "bytes",
         "width",

@@ -11,6 +11,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from promptgrid.tasks.output.keys import safe_token
+from promptgrid.tasks.output.manifest.locate import key_under_root
 from promptgrid.tasks.output.sinks.base import Sink
 from promptgrid.types import JobStatus
 
@@ -27,12 +28,11 @@ def thumb_key(job_id: str) -> str:
     return f"{THUMBS_PREFIX}{safe_token(job_id)}.webp"
 
 
-def key_in_sink(sink: Sink, uri: str | None) -> str | None:
-    """The sink key of a stored object's URI, or None when the URI lies outside this output."""
-    if not uri:
-        return None
-    root = sink.root.rstrip("/") + "/"
-    return uri[len(root) :] if uri.startswith(root) else None
+def image_key_of(sink: Sink, row: Mapping[str, Any]) -> str | None:
+    """The sink key of a row's image: its `image_key` (relative to wherever the output is now), or for a
+    table that did not come through the manifest reader, its `image_uri` when that lies inside this output."""
+    key = row.get("image_key")
+    return str(key) if key else key_under_root(sink.root, row.get("image_uri"))
 
 
 def make_thumbnail(image_bytes: bytes) -> tuple[bytes, Image.Image]:
@@ -78,7 +78,7 @@ class ThumbnailCache:
             except _UNREADABLE:
                 pass  # a damaged or vanished cached thumbnail is simply made again
         try:
-            source = key_in_sink(self.sink, row.get("image_uri"))
+            source = image_key_of(self.sink, row)
             if source is None:
                 return f"the image {row.get('image_uri')!r} is not inside this output"
             data, image = make_thumbnail(self.sink.get_bytes(source))

@@ -4,6 +4,9 @@ Parts from different runs differ only by which carried string columns they add, 
 `read_parts` does it here, DuckDB with `read_parquet(..., union_by_name=true)`, pyarrow.dataset with
 `pa.unify_schemas` of the parts' schemas.
 
+Image locations are resolved as each part is read: `image_key` (relative to the output root) is filled
+in for older parts, and `image_uri` points where the image is now, wherever the output was moved.
+
 "Latest" per job: a success always wins over a failure (a success must never be shadowed, and its image
 exists); among rows of the same kind the latest `completed_at` wins, then the part written last.
 """
@@ -19,6 +22,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from promptgrid.tasks.output.keys import MANIFEST_PREFIX
+from promptgrid.tasks.output.manifest.locate import IMAGE_COLUMNS, resolve_image_locations
 from promptgrid.tasks.output.manifest.rows import MANIFEST_SCHEMA, STATUS_COLUMNS
 from promptgrid.tasks.output.sinks import LocalSink, Sink
 from promptgrid.types import JobStatus
@@ -33,10 +37,16 @@ def part_keys(sink: Sink) -> list[str]:
 
 
 def _read_part(sink: Sink, key: str, columns: Iterable[str] | None) -> pa.Table:
+    """One part, its image locations resolved against where the output is now (see `locate`)."""
     columns = list(columns) if columns is not None else None
+    # Parts written before `image_key` existed lack it: read them whole, then resolve and pick.
+    wanted = None if columns is None or IMAGE_COLUMNS & set(columns) else columns
     if isinstance(sink, LocalSink):
-        return pq.read_table(sink.local_path(key), columns=columns)
-    return pq.read_table(pa.BufferReader(sink.get_bytes(key)), columns=columns)
+        table = pq.read_table(sink.local_path(key), columns=wanted)
+    else:
+        table = pq.read_table(pa.BufferReader(sink.get_bytes(key)), columns=wanted)
+    table = resolve_image_locations(table, sink.root)
+    return table if columns is None or wanted is not None else table.select(columns)
 
 
 def read_parts(sink: Sink, columns: Iterable[str] | None = None, keys: list[str] | None = None) -> pa.Table:

@@ -46,7 +46,8 @@ MANIFEST_SCHEMA = pa.schema(
         ("prompt_strength", pa.float64()),
         ("output_format", pa.string()),
         ("output_quality", pa.int32()),
-        ("image_uri", pa.string()),
+        ("image_uri", pa.string()),  # where the image was written (absolute)
+        ("image_key", pa.string()),  # the image's key inside the output, resolved against where it is now
         ("sha256", pa.string()),
         ("bytes", pa.int64()),
         ("width", pa.int32()),
@@ -69,14 +70,16 @@ def carried_column_name(name: str) -> str:
     return f"carried_{name}" if name in BASE_COLUMNS or name.startswith("carried_") else name
 
 
-def outcome_row(job: Job, outcome: JobOutcome, image_uri: str | None, run_id: str) -> dict[str, Any]:
+def outcome_row(
+    job: Job, outcome: JobOutcome, image_uri: str | None, run_id: str, image_key: str | None = None
+) -> dict[str, Any]:
     """One manifest row: the outcome, the job's inputs, and its carried columns (flattened and as JSON)."""
     row: dict[str, Any] = {"run_id": run_id, "job_id": job.job_id, "status": JobStatus(outcome.status).value}
     for name in _OUTCOME_FIELDS:
         row[name] = getattr(outcome, name)
     for name in ("queued_at", "submitted_at", "completed_at"):
         row[name] = _as_utc(row[name])
-    row.update(model=job.model, version=job.version, image_uri=image_uri)
+    row.update(model=job.model, version=job.version, image_uri=image_uri, image_key=image_key)
     for name in INPUT_NAMES:
         row[name] = job.inputs.get(name)
     row["carried"] = json.dumps(dict(job.carried), default=str, ensure_ascii=False) if job.carried else None

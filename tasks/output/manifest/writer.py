@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 import promptgrid
 from promptgrid.tasks.output.keys import manifest_part_key
+from promptgrid.tasks.output.manifest.locate import key_under_root
 from promptgrid.tasks.output.manifest.read import latest_rows, part_keys, read_parts
 from promptgrid.tasks.output.manifest.rows import outcome_row, rows_to_table
 from promptgrid.tasks.output.sinks import Sink
@@ -71,11 +72,15 @@ class ManifestWriter:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def add(self, job: Job, outcome: JobOutcome, image_uri: str | None) -> None:
-        """Buffer one outcome's row; commit a part when the buffer is full or the last commit is old."""
+    def add(self, job: Job, outcome: JobOutcome, image_uri: str | None, image_key: str | None = None) -> None:
+        """Buffer one outcome's row; commit a part when the buffer is full or the last commit is old.
+
+        `image_key` is the image's key in this sink; when not given it is taken from `image_uri`.
+        """
         if job.job_id != outcome.job_id:
             raise ValueError(f"outcome for {outcome.job_id!r} given with job {job.job_id!r}")
-        row = outcome_row(job, outcome, image_uri, self.run_id)
+        image_key = image_key or key_under_root(self.sink.root, image_uri)
+        row = outcome_row(job, outcome, image_uri, self.run_id, image_key)
         with self._lock:
             if self._closed:
                 raise RuntimeError("the manifest writer is closed")
