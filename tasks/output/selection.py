@@ -15,6 +15,7 @@ import yaml
 
 from promptgrid.defaults import MODEL_VERSION
 from promptgrid.errors import InvalidInput
+from promptgrid.tasks.engine.estimate import estimate_run, format_duration
 from promptgrid.tasks.models.catalog import INPUT_NAMES
 from promptgrid.tasks.output.manifest.read import read_manifest
 from promptgrid.tasks.output.saved_spec import read_saved_spec
@@ -25,6 +26,7 @@ from promptgrid.types import ErrorCode, Job, JobStatus
 _QUOTED_CODE = re.compile(r"'([A-Z][A-Z0-9_]{3,})'")
 
 DEFAULT_STATUSES = ("failed", "timed_out")
+LISTED_JOBS = 20  # a dry run lists this many jobs, then counts the rest
 
 
 def unknown_error_codes(where: str | None) -> list[str]:
@@ -75,3 +77,24 @@ def saved_api_config(text: str, overrides: dict[str, Any]) -> ApiConfig:
         {key.removeprefix("api."): value for key, value in overrides.items() if key.startswith("api.")}
     )
     return ApiConfig.model_validate(api)
+
+
+def describe_backfill(output: str, jobs: list[Job], api: ApiConfig, price_per_image: float) -> str:
+    """A backfill's dry run: which jobs would run again, and the requests, time and cost; nothing is sent."""
+    estimate = estimate_run(len(jobs), api, price_per_image)
+    lines = [
+        f"backfill of {output}: {len(jobs)} jobs would run again",
+        f"API requests: ~{estimate.requests} ({estimate.creates} creates); time: "
+        f"~{format_duration(estimate.seconds)} at {api.rate_limit.requests} requests per "
+        f"{api.rate_limit.window_s:g} s and {api.max_concurrent} in flight",
+        f"cost: ${estimate.cost_usd:,.2f} at ${price_per_image:g} per image",
+    ]
+    for job in jobs[:LISTED_JOBS]:
+        prompt = str(job.inputs.get("prompt", ""))
+        prompt = prompt if len(prompt) <= 60 else prompt[:59] + "…"
+        seed = f"  seed={job.inputs['seed']}" if "seed" in job.inputs else ""
+        lines.append(f"  {job.job_id}  {job.model}{seed}  prompt={prompt!r}")
+    if len(jobs) > LISTED_JOBS:
+        lines.append(f"  … and {len(jobs) - LISTED_JOBS} more")
+    lines.append("dry run: nothing was sent to the API.")
+    return "\n".join(lines)

@@ -162,20 +162,33 @@ def register(app: typer.Typer) -> None:
         price_per_image: Annotated[
             float, typer.Option(help="USD per image, for the cost estimate.")
         ] = PRICE_PER_IMAGE_USD,
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="List the jobs that would run again; send nothing.")
+        ] = False,
     ) -> None:
         """Re-run only the jobs of OUTPUT whose latest outcome matches (failed and timed out by default)."""
-        from promptgrid.flows.backfill import backfill
-        from promptgrid.tasks.output.selection import jobs_to_backfill, unknown_error_codes
+        from promptgrid.tasks.output.selection import (
+            describe_backfill,
+            jobs_to_backfill,
+            saved_api_config,
+            unknown_error_codes,
+        )
 
         statuses = [part.strip() for part in status.split(",") if part.strip()]
-        _, jobs = jobs_to_backfill(output, statuses, where)  # bad input stops here, before any run starts
+        text, jobs = jobs_to_backfill(output, statuses, where)  # bad input stops here, before any run
         for unknown in unknown_error_codes(where):
             print(
                 f"note: {unknown!r} is not an error code promptgrid knows (docs/errors.md)", file=sys.stderr
             )
         print(f"{len(jobs)} jobs to run again", file=sys.stderr)
+        if dry_run:
+            api = saved_api_config(text, spec_overrides(None, api_base, rate_limit, None))
+            typer.echo(describe_backfill(output, jobs, api, price_per_image))
+            raise typer.Exit(0)
         if not jobs:
             raise typer.Exit(0)
+        from promptgrid.flows.backfill import backfill
+
         time_scale = sandbox_time_scale if use_sandbox else 1.0
         with api_for_run(use_sandbox, time_scale) as sandbox_url:
             if sandbox_url:
