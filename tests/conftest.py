@@ -13,6 +13,10 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("EACHLABS_API_KEY", None)
 os.environ.pop("EACHLABS_API_BASE", None)
+# `datasets` (which the export tests load with) must never reach the Hub, and caches in a temp folder.
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="promptgrid-test-hf-")
 
 pytest_plugins = ["tests.support.sandbox", "tests.support.s3"]
 

@@ -21,8 +21,10 @@
     ├── StorageError            the output store did not confirm a write (size or checksum mismatch)
     ├── QuotaUnavailable        the shared quota's Redis could not be reached (the message names the
     │                           server, never a password)
-    └── RunFailed               a run that could not finish its work (shards failed after retries, or
-                                the API stopped it); the CLI exits 1
+    ├── RunFailed               a run that could not finish its work (shards failed after retries, or
+    │                           the API stopped it); the CLI exits 1
+    └── ExportFailed            an export that could not finish (its source changed under it); the
+                                shards already written stay, and running it again resumes or restarts
 
 httpx's exceptions become ApiError in `promptgrid.tasks.api.client`, botocore's and the file system's are
 raised as they are by the sinks (a run stops on them), Redis's become QuotaUnavailable in the shared quota.
@@ -141,3 +143,7 @@ class QuotaUnavailable(PromptgridError):
 
 class RunFailed(PromptgridError):
     """A run that could not finish its work; what was done is in the manifest, and a rerun continues."""
+
+
+class ExportFailed(PromptgridError):
+    """An export that could not finish; completed shards stay, and the same command resumes or restarts."""
