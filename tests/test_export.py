@@ -256,7 +256,7 @@ def test_the_command_exports_and_says_what_it_wrote(recorded, tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    assert "32 rows, 32 images" in result.output and "1 shards" in result.output
+    assert "32 rows, 32 images" in result.output and "in 1 shard\n" in result.output
     check_wds(tmp_path / "wds", recorded, expected_rows(recorded))
 
 
@@ -279,3 +279,23 @@ def test_an_output_without_a_manifest_is_refused(tmp_path):
     with pytest.raises(InvalidInput, match="no manifest"):
         export_output(ExportOptions(str(tmp_path / "empty"), str(tmp_path / "x"), "hf"))
     assert Path(tmp_path / "x").exists() is False
+
+
+@pytest.mark.parametrize("distance", [0, 1, 4, 9])
+def test_the_near_duplicate_index_finds_what_comparing_every_pair_finds(distance):
+    from promptgrid.tasks.export.dedup import NearDuplicateIndex
+
+    rng = np.random.default_rng(distance)
+    kept: list[int] = []
+    index = NearDuplicateIndex(distance)
+    for n in range(600):
+        value = int(rng.integers(0, 2**63)) * 2 + int(rng.integers(0, 2))
+        if n % 3 and kept:  # a third fresh, the rest near an earlier hash: 0 to distance + 2 bits flipped
+            value = kept[int(rng.integers(0, len(kept)))]
+            for bit in rng.choice(64, size=int(rng.integers(0, distance + 3)), replace=False):
+                value ^= 1 << int(bit)
+        near = any((value ^ other).bit_count() <= distance for other in kept)
+        assert (index.keep_if_new(value, f"j{n}") is not None) == near
+        if not near:
+            kept.append(value)
+    assert len(index) == len(kept)

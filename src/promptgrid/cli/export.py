@@ -82,10 +82,12 @@ class ExportDisplay:
 def describe_result(result: ExportResult) -> str:
     tally = result.tally
     head = "already exported, nothing to do: " if result.already_complete else ""
-    resumed = f" ({result.resumed_shards} kept from an interrupted export)" if result.resumed_shards else ""
+    resumed = ""
+    if result.resumed_shards and not result.already_complete:
+        resumed = f" ({result.resumed_shards} kept from an interrupted export)"
+    shards = f"{result.shards} shard{'' if result.shards == 1 else 's'}"
     lines = [
-        f"{head}{tally.rows} rows, {tally.images} images ({tally.bytes / 1e6:,.1f} MB) in "
-        f"{result.shards} shards{'' if result.already_complete else resumed}",
+        f"{head}{tally.rows} rows, {tally.images} images ({tally.bytes / 1e6:,.1f} MB) in {shards}{resumed}",
         f"destination: {result.dest}  (card: README.md, totals: stats.json)",
     ]
     if tally.duplicates:
