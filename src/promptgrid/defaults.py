@@ -16,3 +16,6 @@ MAX_CONCURRENT = 10
 PREDICTION_DEADLINE_S = 300.0
 # What a prediction typically takes on the real API, for estimates before anything is measured.
 TYPICAL_LATENCY_S = 8.0
+# The longest prompt a rendered template may make: Stability's own API for SD3.5 caps prompts at 10,000
+# characters, and Eachlabs publishes no cap of its own.
+MAX_PROMPT_CHARS = 10_000

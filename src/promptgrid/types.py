@@ -60,7 +60,8 @@ class Job:
 
     `inputs` are the model's inputs, validated and normalised (promptgrid.tasks.models.check), the seed
     always fixed. `job_id` is a hash of model, version and inputs, so the same image asked for twice
-    is one job. `carried` holds the grid's other columns, passed to the manifest untouched.
+    is one job. `carried` holds the grid's other columns, passed to the manifest untouched. A prompt
+    rendered from a template keeps the template and the value of each variable it used.
     """
 
     job_id: str
@@ -68,6 +69,8 @@ class Job:
     inputs: Mapping[str, Any]
     version: str = MODEL_VERSION
     carried: Mapping[str, Any] = field(default_factory=dict)
+    variables: Mapping[str, str] = field(default_factory=dict)
+    template: str | None = None
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ from promptgrid.tasks.spec.schema import ApiConfig, SweepSpec
 from promptgrid.types import Job
 
 SAMPLE_PROMPT_CHARS = 60
+RENDERED_PROMPT_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -90,11 +91,21 @@ def format_duration(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _prompts_line(spec: SweepSpec, plan: JobPlan) -> str:
+    if spec.prompts is None:
+        return f"template: {plan.distinct_prompts} distinct prompts rendered"
+    rendered = " (rendered from templates)" if plan.rendered else ""
+    shown = display_path(spec.prompts)
+    return f"grid: {shown}: {plan.rows} rows, {plan.distinct_prompts} distinct prompts{rendered}"
+
+
 def _sample_line(number: int, job: Job) -> str:
     inputs = dict(job.inputs)
-    prompt = str(inputs.pop("prompt", ""))
-    if len(prompt) > SAMPLE_PROMPT_CHARS:
-        prompt = prompt[: SAMPLE_PROMPT_CHARS - 1] + "…"
+    prompt = _shorten(str(inputs.pop("prompt", "")), SAMPLE_PROMPT_CHARS)
     shown = " ".join(f"{key}={value}" for key, value in inputs.items())
     return f"  {number}. {job.job_id}  {job.model}  prompt={prompt!r}  {shown}"
 
@@ -108,8 +119,8 @@ def describe_plan(
     lines = [
         f"spec {spec.name} ({display_path(spec.source_path)}), spec hash {spec.spec_hash[:12]}",
         f"models: {', '.join(plan.models)} (version {spec.version})",
-        f"grid: {display_path(spec.prompts)}: {plan.rows} rows, {plan.distinct_prompts} distinct prompts",
-        f"jobs: {plan.total_jobs} ({plan.variants_per_row} per row; "
+        _prompts_line(spec, plan),
+        f"jobs: {plan.total_jobs} ({plan.variants_per_row} per {'prompt' if plan.rendered else 'row'}; "
         f"{plan.duplicates_collapsed} identical jobs collapsed)",
         f"API requests: {estimate.creates} creates + ~{estimate.polls} polls = ~{estimate.requests}; "
         f"~{estimate.counted_requests} count toward the limit ({polls_note})",
@@ -121,6 +132,9 @@ def describe_plan(
         f"cost: ${estimate.cost_usd:,.2f} at ${price_per_image:g} per image",
         f"output: {spec.output}",
     ]
+    if plan.rendered and plan.prompt_samples:
+        lines.append("rendered prompts, the first few:")
+        lines.extend(f"  {_shorten(prompt, RENDERED_PROMPT_CHARS)!r}" for prompt in plan.prompt_samples)
     if plan.samples:
         lines.append("sample jobs:")
         lines.extend(_sample_line(number, job) for number, job in enumerate(plan.samples, 1))

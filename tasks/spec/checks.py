@@ -206,6 +206,7 @@ def _check_column(
     column = _plain(column)
     if name == "prompt":
         values, bad = _check_prompts(column, normalise)
+        bad = [] if ctx.template else bad  # an empty cell takes the spec's template
         return values, {row: "a non-empty string" for row in bad}
     distinct = pc.unique(column)
     if len(distinct) <= FEW_VALUES:

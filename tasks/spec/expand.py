@@ -1,14 +1,17 @@
-"""Expanding grid rows × sweep × zip × seeds into Jobs with deterministic ids, identical jobs collapsed.
+"""Expanding grid rows × prompts × sweep × zip × seeds into Jobs with deterministic ids, duplicates collapsed.
 
 A job's inputs come from, last one winning: the model's defaults, the spec's `inputs`, the sweep and zip
-axes and seed, then the row's own input columns (an empty cell falls back). The job id is a hash of model,
-version and those normalised inputs, so neither row nor axis order changes it; carried columns do not
-enter it. Rows are read in batches and only 16-byte digests are kept for dedup, so a grid of millions of
-rows never sits in memory as jobs.
+axes and seed, then the row's own input columns (an empty cell falls back). A row whose prompt is a
+template (or that falls back to the spec's `template:`) becomes one prompt per combination of its variables
+(`variables`). The job id is a hash of model, version and those normalised inputs, the rendered prompt
+among them, so neither row nor axis order changes it; carried columns and variables do not enter it. Rows
+are read in batches, prompts are rendered as they are needed, and only 16-byte digests are kept for dedup,
+so millions of jobs never sit in memory.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import itertools
 import json
@@ -21,10 +24,16 @@ from promptgrid.tasks.models.catalog import get_model
 from promptgrid.tasks.spec.checks import check_value, iter_grid
 from promptgrid.tasks.spec.grid import GridBatch, GridContext
 from promptgrid.tasks.spec.schema import SweepSpec
+from promptgrid.tasks.spec.variables import PromptAxes, RowPlan
 from promptgrid.types import Job
 
 ID_BYTES = 16  # the job id is the first 32 hex characters of the sha256
 GRID_BATCH_ROWS = 50_000
+# Rendered rows hashed at a time when counting: a template of a million prompts is one grid row.
+COUNT_CHUNK = 50_000
+PROMPT_SAMPLES = 5  # distinct rendered prompts the dry run shows
+# A rendered row: its input names, their canonical JSON, and the prompt that made it (plan, values, text).
+Choice = tuple[RowPlan, tuple[Any, ...], str]
 
 # Canonical JSON: sorted keys, no spaces; check_input already made numbers real floats and ints, so 3.5,
 # "3.5" and 3.50 encode alike. NaN can never reach here: validation rejects it.
@@ -57,13 +66,14 @@ def _normalised(spec: SweepSpec, name: str, raw: Any) -> Any:
 
 
 def _axis_combinations(spec: SweepSpec) -> list[dict[str, Any]]:
-    """Every combination of the sweep axes, each with every step of the zip axes."""
-    sweep_keys = list(spec.sweep)
-    products = [
-        dict(zip(sweep_keys, values, strict=True)) for values in itertools.product(*spec.sweep.values())
-    ]
-    zip_keys = list(spec.zip)
-    steps = [dict(zip(zip_keys, values, strict=True)) for values in zip(*spec.zip.values(), strict=True)]
+    """Every combination of the input sweep axes, each with every step of the zip axes (unless the zip
+    holds a template variable: it then advances with the prompts, in `variables`)."""
+    variables = set(spec.variables)
+    sweep = {key: values for key, values in spec.sweep.items() if key not in variables}
+    zip_axes = {} if variables & set(spec.zip) else spec.zip
+    products = [dict(zip(sweep, values, strict=True)) for values in itertools.product(*sweep.values())]
+    zip_keys = list(zip_axes)
+    steps = [dict(zip(zip_keys, values, strict=True)) for values in zip(*zip_axes.values(), strict=True)]
     return [{**product, **step} for product in products for step in (steps or [{}])]
 
 
@@ -108,13 +118,29 @@ def _template(model: str, version: str, fixed: Mapping[str, Any], own_keys: tupl
     return start + ",".join(parts) + "}]"
 
 
+def prompt_axes(spec: SweepSpec) -> PromptAxes:
+    """The spec's template and variable axes, zip inputs normalised as the sweep's are."""
+    return PromptAxes(
+        spec.template,
+        spec.sweep,
+        spec.zip,
+        spec.variables,
+        lambda name, raw: _normalised(spec, name, raw),
+        grid_templates=spec.grid_templates,
+    )
+
+
 class _Expander:
     """Expands rows into job digests, keeping the digests seen; per job only a %-format and a hash."""
 
     def __init__(self, spec: SweepSpec):
         self.variants = build_variants(spec)
+        self.axes = prompt_axes(spec)
         self.version = spec.version
         self.seen: set[bytes] = set()
+        self.candidates = 0  # jobs before identical ones collapse
+        self.prompts: set[int] = set()  # hashes of the distinct prompts, not the strings
+        self.prompt_samples: list[str] = []
         self._templates: dict[tuple[str, ...], list[str]] = {}
 
     def templates(self, own_keys: tuple[str, ...]) -> list[str]:
@@ -124,18 +150,51 @@ class _Expander:
             self._templates[own_keys] = found
         return found
 
-    def expand(self, batch: GridBatch) -> Iterator[tuple[bytes, Variant, int]]:
-        """Jobs not seen before, row by row, variants in spec order, as (digest, variant, row)."""
-        sha256, seen, variants = hashlib.sha256, self.seen, self.variants  # this loop runs once per job
+    def rows(self, batch: GridBatch) -> Iterator[tuple[int, tuple[str, ...], tuple[str, ...], Choice | None]]:
+        """Per row and per prompt it renders: (row, input names, their JSON, the prompt's choice or None)."""
+        if not self.axes.active:
+            for row, (keys, values) in enumerate(_encoded_rows(batch)):
+                yield row, keys, values, None
+            return
+        prompts, cells = batch.inputs.get("prompt"), batch.carried
         for row, (keys, values) in enumerate(_encoded_rows(batch)):
+            found = self.axes.for_row(None if prompts is None else prompts[row], cells, row)
+            if found is None:
+                yield row, keys, values, None
+                continue
+            plan, own = found.plan, dict(zip(keys, values, strict=True))
+            if plan.input_positions:  # a zip sets inputs: merged per prompt, the row's own cells winning
+                for flat in found:
+                    text = plan.render(flat)
+                    merged = {name: _encode_value(value) for name, value in plan.inputs(flat).items()}
+                    merged.update(own, prompt=encode_basestring(text))
+                    names = tuple(sorted(merged))
+                    yield row, names, tuple(merged[name] for name in names), (plan, flat, text)
+                continue
+            at = bisect.bisect_left(keys, "prompt")
+            names = keys if "prompt" in own else (*keys[:at], "prompt", *keys[at:])
+            before, after = values[:at], values[at + 1 if "prompt" in own else at :]
+            for flat in found:
+                text = plan.render(flat)
+                yield row, names, (*before, encode_basestring(text), *after), (plan, flat, text)
+
+    def expand(self, batch: GridBatch) -> Iterator[tuple[bytes, Variant, int, Choice | None]]:
+        """Jobs not seen before, row by row, variants in spec order, as (digest, variant, row, prompt)."""
+        sha256, seen, variants = hashlib.sha256, self.seen, self.variants  # this loop runs once per job
+        for row, keys, values, choice in self.rows(batch):
             for variant, template in zip(variants, self.templates(keys), strict=True):
                 digest = sha256((template % values).encode("utf-8")).digest()[:ID_BYTES]
                 if digest not in seen:
                     seen.add(digest)
-                    yield digest, variant, row
+                    yield digest, variant, row, choice
 
     def count(self, batch: GridBatch) -> None:
-        """Add the digests of the batch's jobs to `seen`, variant by variant: the fast path of plan_jobs."""
+        """Add the batch's job digests to `seen` and its prompts to `prompts`: plan_jobs' fast path."""
+        if self.axes.active:
+            self._count_rendered(batch)
+            return
+        self.candidates += len(batch) * len(self.variants)
+        self.prompts.update(map(hash, batch.inputs["prompt"]))
         names = tuple(sorted(batch.inputs))
         columns = [_encode_column(batch.inputs[name]) for name in names]
         groups: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
@@ -144,12 +203,33 @@ class _Expander:
                 groups.setdefault(keys, []).append(values)
         else:  # every row sets the same inputs: one group, no per-row bookkeeping
             groups[names] = list(zip(*columns, strict=True))
+        self._hash_groups(groups)
+
+    def _hash_groups(self, groups: Mapping[tuple[str, ...], list[tuple[str, ...]]]) -> None:
         sha256 = hashlib.sha256
         for keys, rows in groups.items():
             for template in self.templates(keys):
                 self.seen.update(
                     [sha256((template % values).encode()).digest()[:ID_BYTES] for values in rows]
                 )
+
+    def _count_rendered(self, batch: GridBatch) -> None:
+        """The count for rows that render prompts, hashed a chunk at a time so no row's prompts pile up."""
+        groups: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+        pending, rendered, prompts, samples = 0, 0, self.prompts, self.prompt_samples
+        plain = batch.inputs.get("prompt")
+        for row, keys, values, choice in self.rows(batch):
+            text = choice[2] if choice is not None else plain[row] if plain is not None else ""
+            prompts.add(hash(text))
+            if len(samples) < PROMPT_SAMPLES and text not in samples:
+                samples.append(text)
+            groups.setdefault(keys, []).append(values)
+            pending += 1
+            if pending >= COUNT_CHUNK:
+                self._hash_groups(groups)
+                rendered, groups, pending = rendered + pending, {}, 0
+        self._hash_groups(groups)
+        self.candidates += (rendered + pending) * len(self.variants)
 
 
 def _encoded_rows(batch: GridBatch) -> Iterator[tuple[tuple[str, ...], tuple[str, ...]]]:
@@ -183,14 +263,24 @@ def _encode_column(values: list[Any]) -> list[str | None]:
 
 
 def _grid_batches(spec: SweepSpec, carried: bool) -> Iterator[GridBatch]:
-    ctx = GridContext(spec.prompts, spec.model_schemas(), spec.base_dir)
-    return iter_grid(ctx, GRID_BATCH_ROWS, carried=carried)
+    if spec.prompts is None:  # a template alone: one row that sets nothing, its prompt the template's
+        return iter([GridBatch([1], "template", {"prompt": [None]})])
+    ctx = GridContext(spec.prompts, spec.model_schemas(), spec.base_dir, template=spec.template is not None)
+    # Rendering may need the grid's other columns: a placeholder takes a cell of its own name.
+    return iter_grid(ctx, GRID_BATCH_ROWS, carried=carried or prompt_axes(spec).active)
 
 
-def _to_job(version: str, batch: GridBatch, digest: bytes, variant: Variant, row: int) -> Job:
+def _to_job(
+    version: str, batch: GridBatch, digest: bytes, variant: Variant, row: int, choice: Choice | None
+) -> Job:
     own = {name: values[row] for name, values in batch.inputs.items() if values[row] is not None}
     carried = {name: values[row] for name, values in batch.carried.items()}
-    return Job(digest.hex(), variant.model, {**variant.inputs, **own}, version, carried)
+    if choice is None:
+        return Job(digest.hex(), variant.model, {**variant.inputs, **own}, version, carried)
+    plan, flat, prompt = choice
+    inputs = {**variant.inputs, **plan.inputs(flat), **own, "prompt": prompt}
+    variables = plan.variables(flat)
+    return Job(digest.hex(), variant.model, inputs, version, carried, variables, plan.template.text)
 
 
 def iter_job_batches(spec: SweepSpec, batch_size: int = 5000) -> Iterator[list[Job]]:
@@ -218,6 +308,8 @@ class JobPlan:
     variants_per_row: int = 0
     models: tuple[str, ...] = ()
     samples: list[Job] = field(default_factory=list)
+    rendered: bool = False  # prompts came from templates
+    prompt_samples: list[str] = field(default_factory=list)  # the first distinct rendered prompts
 
 
 def plan_jobs(spec: SweepSpec, samples: int = 3) -> JobPlan:
@@ -227,16 +319,16 @@ def plan_jobs(spec: SweepSpec, samples: int = 3) -> JobPlan:
     """
     expander = _Expander(spec)
     plan = JobPlan(variants_per_row=len(expander.variants), models=spec.models)
-    prompts: set[int] = set()  # hashes, not the strings: a million prompts would weigh hundreds of MB
     for batch in _grid_batches(spec, carried=False):
         if len(plan.samples) < samples:  # the first jobs in grid order, found apart from the count
             first = _Expander(spec).expand(batch)
             plan.samples += [_to_job(spec.version, batch, *job) for job in itertools.islice(first, samples)]
             plan.samples = plan.samples[:samples]
         plan.rows += len(batch)
-        prompts.update(map(hash, batch.inputs["prompt"]))
         expander.count(batch)
     plan.total_jobs = len(expander.seen)
-    plan.distinct_prompts = len(prompts)
-    plan.duplicates_collapsed = plan.rows * len(expander.variants) - plan.total_jobs
+    plan.distinct_prompts = len(expander.prompts)
+    plan.duplicates_collapsed = expander.candidates - plan.total_jobs
+    plan.rendered = expander.axes.active
+    plan.prompt_samples = expander.prompt_samples
     return plan

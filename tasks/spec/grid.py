@@ -35,6 +35,7 @@ class GridContext:
     path: Path
     models: tuple[ModelSchema, ...]
     base_dir: Path
+    template: bool = False  # the spec has a template: the prompt column is optional, an empty cell uses it
 
     @property
     def display(self) -> str:
@@ -88,12 +89,12 @@ def read_layout(ctx: GridContext) -> GridLayout:
         known = "expected .csv, .tsv or .parquet"
         raise InvalidInput([f"{shown}: unknown grid format {suffix or '(none)'!r}; {known}"])
     log = ProblemLog()
-    _check_columns(shown, columns, log)
+    _check_columns(shown, columns, log, prompt_needed=not ctx.template)
     log.raise_if_any()
     return GridLayout(tuple(columns), kind)
 
 
-def _check_columns(shown: str, columns: Sequence[str], log: ProblemLog) -> None:
+def _check_columns(shown: str, columns: Sequence[str], log: ProblemLog, prompt_needed: bool = True) -> None:
     seen: set[str] = set()
     for number, name in enumerate(columns, 1):
         if not str(name).strip():
@@ -101,7 +102,7 @@ def _check_columns(shown: str, columns: Sequence[str], log: ProblemLog) -> None:
         elif name in seen:
             log.add(f"{shown}: column {name!r} appears more than once")
         seen.add(name)
-    if "prompt" not in columns:
+    if "prompt" not in columns and prompt_needed:
         found = ", ".join(repr(name) for name in columns)
         near = any(str(name).strip().lower() == "prompt" for name in columns)
         hint = "; names are exact: lower case, no spaces" if near else ""

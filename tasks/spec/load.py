@@ -21,6 +21,8 @@ from promptgrid.tasks.spec.checks import check_value, validate_grid
 from promptgrid.tasks.spec.grid import GridContext
 from promptgrid.tasks.spec.problems import ProblemLog, display_path
 from promptgrid.tasks.spec.schema import OVERRIDE_KEYS, SweepSpec
+from promptgrid.tasks.spec.sources import resolve_sources
+from promptgrid.tasks.spec.template_checks import TemplateChecker
 
 
 def _yaml_loader() -> type[yaml.SafeLoader]:
@@ -100,13 +102,13 @@ def _describe_validation_error(exc: ValidationError, source_name: str) -> list[s
 
 def _check_values(spec: SweepSpec, base_dir: Path, source_name: str, log: ProblemLog) -> None:
     """Check every default, sweep and zip value against every model the jobs run on."""
-    models = spec.model_schemas()
+    models, variables = spec.model_schemas(), set(spec.variables)
     entries = [(f"inputs.{key}", key, value) for key, value in spec.inputs.items()]
     for section in ("sweep", "zip"):
         for key, values in getattr(spec, section).items():
             entries.extend((f"{section}.{key}[{i}]", key, value) for i, value in enumerate(values))
     for where, key, value in entries:
-        if key == "model":
+        if key == "model" or key in variables:  # variables are text for the template, checked there
             continue
         _, allowed = check_value(models, key, value, base_dir)
         if allowed is None and value in (None, ""):
@@ -161,21 +163,31 @@ def load_spec_text(
     """Parse and check a spec given as text, and every grid row; relative paths resolve against base_dir."""
     raw = _parse_yaml(text, source_name)
     data = _fill_defaults(_apply_overrides(raw, overrides or {}, source_name), base_dir, source_name)
+    sources = resolve_sources(data, base_dir, source_name, text)  # wildcard files and samples, as lists
     problems = _model_axis_problems(data, source_name)
+    if "prompts" not in data and "template" not in data:
+        problems.append(f"{source_name}: prompts: is required (a CSV or Parquet grid), unless a template: is")
     try:
-        spec = SweepSpec.model_validate(data)
+        spec = SweepSpec.model_validate(sources.data)
     except ValidationError as exc:
-        raise InvalidInput(problems + _describe_validation_error(exc, source_name)) from None
+        raise InvalidInput(
+            sources.problems + problems + _describe_validation_error(exc, source_name)
+        ) from None
     if problems:
-        raise InvalidInput(problems)
+        raise InvalidInput(sources.problems + problems)
     log = ProblemLog()
+    for problem in sources.problems:
+        log.add(problem)
     _check_values(spec, base_dir, source_name, log)
-    if spec.prompts.is_file():
-        validate_grid(GridContext(spec.prompts, spec.model_schemas(), base_dir), log)
-    else:
+    if spec.prompts is not None and spec.prompts.is_file():
+        ctx = GridContext(spec.prompts, spec.model_schemas(), base_dir, template=spec.template is not None)
+        validate_grid(ctx, log)
+    elif spec.prompts is not None:
         reason = "is a directory" if spec.prompts.is_dir() else "does not exist"
         shown = display_path(spec.prompts)
         log.add(f"{source_name}: prompts: {shown} {reason} (a relative path starts at the spec's folder)")
+    spec._base_dir = base_dir
+    spec._grid_templates = TemplateChecker(spec, sources, source_name, log).check()
     log.raise_if_any()
     spec._source_path = Path(source_name)
     spec._base_dir = base_dir

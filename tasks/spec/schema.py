@@ -17,12 +17,15 @@ from promptgrid import defaults
 from promptgrid.errors import UnknownModel
 from promptgrid.locations import check_output, check_quota_url
 from promptgrid.tasks.models.catalog import INPUT_NAMES, SEED_MAX, ModelSchema, get_model
+from promptgrid.tasks.spec.template import variable_keys, variable_name_problem, variable_values
 
 OVERRIDE_KEYS = ("output", "api.base_url", "api.rate_limit", "api.max_concurrent", "api.polls_count")
 AXIS_NAMES = tuple(name for name in INPUT_NAMES if name not in ("prompt", "seed")) + ("model",)
 MAX_RANGE_VALUES = 10_000
 # Combinations every row is expanded into (axes × zip × seeds): they are held in memory, rows are not.
 MAX_VARIANTS = 100_000
+# Combinations of template variables per row: streamed, never held, so only the run's length bounds them.
+MAX_PROMPT_COMBINATIONS = 10_000_000
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|sec|m|min|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
@@ -132,18 +135,23 @@ def _axis_values(key: str, value: Any) -> tuple[Any, ...]:
 
 
 def _axes(value: Any) -> Any:
+    """Input axes as given; any other key is a template variable, its values the text they render as."""
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise ValueError(f"{value!r} is not a mapping of input name to values")
+        raise ValueError(f"{value!r} is not a mapping of input or variable name to values")
     for key in value:
         if key == "seed":
             raise ValueError("'seed' is not an axis; use seeds: [..] or seeds: {count, start}")
-        if key not in AXIS_NAMES:
+        problem = None if key in AXIS_NAMES else variable_name_problem(key)
+        if problem:
             raise ValueError(
-                f"{key!r} is not an input that can be swept; expected one of {', '.join(AXIS_NAMES)}"
+                f"{key!r} is not an input that can be swept ({', '.join(AXIS_NAMES)}), {problem}"
             )
-    return {key: _axis_values(key, axis) for key, axis in value.items()}
+    return {
+        key: _axis_values(key, axis) if key in AXIS_NAMES else variable_values(key, _axis_values(key, axis))
+        for key, axis in value.items()
+    }
 
 
 def parse_seeds(value: Any) -> tuple[int, ...]:
@@ -166,12 +174,14 @@ def parse_seeds(value: Any) -> tuple[int, ...]:
 
 
 class SweepSpec(_Frozen):
-    """A checked spec: the model(s), the grid, defaults, sweep and zip axes, seeds, output and API limits."""
+    """A checked spec: the model(s), the grid and/or template, defaults, sweep and zip axes (inputs and
+    template variables), seeds, output and API limits."""
 
     name: str
     model: str  # canonical slug; with a `model` sweep or zip axis, the first of it
     version: str = defaults.MODEL_VERSION
-    prompts: Path  # absolute, resolved against the spec file's folder
+    prompts: Path | None = None  # absolute, resolved against the spec file's folder
+    template: str | None = None  # the prompt of every row whose grid gives none; `{name}` are variables
     inputs: dict[str, Any] = {}
     sweep: dict[str, tuple[Any, ...]] = {}
     zip: dict[str, tuple[Any, ...]] = {}
@@ -183,6 +193,7 @@ class SweepSpec(_Frozen):
     _source_text: str = PrivateAttr(default="")
     _spec_hash: str = PrivateAttr(default="")
     _base_dir: Path = PrivateAttr(default=Path("."))
+    _grid_templates: bool = PrivateAttr(default=False)
 
     @property
     def source_path(self) -> Path:
@@ -204,6 +215,16 @@ class SweepSpec(_Frozen):
         return self._base_dir
 
     @property
+    def grid_templates(self) -> bool:
+        """Whether some grid prompt is itself a template (has braces): found when the spec was loaded."""
+        return self._grid_templates
+
+    @property
+    def variables(self) -> tuple[str, ...]:
+        """The sweep and zip keys that are template variables (not inputs of the models), in spec order."""
+        return variable_keys([*self.sweep, *self.zip], AXIS_NAMES)
+
+    @property
     def models(self) -> tuple[str, ...]:
         """Every model slug the jobs run on."""
         axis = self.sweep.get("model") or self.zip.get("model")
@@ -223,6 +244,13 @@ class SweepSpec(_Frozen):
             return get_model(value).slug
         except UnknownModel as exc:
             raise ValueError(exc.message) from None
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("the template is empty")
+        return value
 
     _axes = field_validator("sweep", "zip", mode="before")(_axes)
     _seeds = field_validator("seeds", mode="before")(parse_seeds)
@@ -253,11 +281,22 @@ class SweepSpec(_Frozen):
         if len(set(lengths.values())) > 1:
             shown = ", ".join(f"{key} has {n}" for key, n in lengths.items())
             raise ValueError(f"zip lists must have equal lengths: {shown}")
-        variants = math.prod(len(values) for values in self.sweep.values()) * len(self.seeds)
-        variants *= max(lengths.values(), default=1)
+        variables = set(self.variables)
+        # A zip with a variable in it advances with the prompt's variables, not with the inputs.
+        zip_steps = max(lengths.values(), default=1)
+        zip_is_prompt = bool(variables & set(self.zip))
+        variants = math.prod(len(v) for k, v in self.sweep.items() if k not in variables) * len(self.seeds)
+        variants *= 1 if zip_is_prompt else zip_steps
         if variants > MAX_VARIANTS:
             raise ValueError(
                 f"sweep × zip × seeds make {variants:,} jobs per row; at most {MAX_VARIANTS:,} allowed"
+            )
+        prompts = math.prod(len(v) for k, v in self.sweep.items() if k in variables)
+        prompts *= zip_steps if zip_is_prompt else 1
+        if prompts > MAX_PROMPT_COMBINATIONS:
+            raise ValueError(
+                f"the template variables make {prompts:,} prompts per row; "
+                f"at most {MAX_PROMPT_COMBINATIONS:,} allowed"
             )
         return self
 

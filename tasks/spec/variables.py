@@ -1,0 +1,174 @@
+"""The prompt side of expansion: per grid row, its template's variables crossed and each prompt rendered.
+
+A row's template is its own `prompt` cell when that is not empty, else the spec's `template:`. A placeholder
+takes its value from the row's grid column of the same name when that cell is not empty, else from the
+spec's sweep or zip; an inline variant `{a|b}` is an axis of its own. Only the axes a row's template uses
+are crossed (a variable it does not use would only repeat the same prompt), except a zip that also sets
+inputs, which is crossed for every row. Combinations are streamed, never held: a template of a million
+prompts costs one rendering and one hash per job, like a million-row grid.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from promptgrid.errors import InvalidInput
+from promptgrid.tasks.spec.template import Template, has_braces, parse_template
+
+# Row plans kept per (template, columns that fill it); cleared when full, as a grid of unique templates
+# would otherwise keep one per row.
+_PLAN_CACHE = 10_000
+
+
+@dataclass(frozen=True)
+class AxisGroup:
+    """Keys that advance together: one sweep variable, a zip (variables and perhaps inputs), or a variant."""
+
+    names: tuple[str, ...]
+    steps: tuple[tuple[Any, ...], ...]  # per step, one value per name (inputs normalised)
+    inputs: frozenset[str] = frozenset()  # the names that are model inputs (a zip mixing both)
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """How one template, with some variables filled by the row, expands: axes to cross and where values go.
+
+    A combination is a flat tuple: each crossed group's step, one after the other, then the row's values.
+    """
+
+    template: Template
+    groups: tuple[AxisGroup, ...]
+    filled: tuple[str, ...]  # variables the row's own cells fill, appended after the groups' values
+    slot_positions: tuple[int, ...]  # per template slot, its value's index in the flat tuple
+    input_positions: tuple[tuple[str, int], ...]  # inputs a crossed zip sets
+    variable_positions: tuple[tuple[str, int], ...]  # every name the template uses
+
+    @property
+    def count(self) -> int:
+        return math.prod(len(group.steps) for group in self.groups)
+
+    def combinations(self, row_values: tuple[str, ...]) -> Iterator[tuple[Any, ...]]:
+        chain = itertools.chain.from_iterable
+        if len(self.groups) == 1 and not row_values:  # the common case: one axis, nothing from the row
+            yield from self.groups[0].steps
+            return
+        for combo in itertools.product(*(group.steps for group in self.groups)):
+            yield tuple(chain(combo)) + row_values
+
+    def render(self, flat: Sequence[Any]) -> str:
+        return self.template.format_string % tuple([flat[i] for i in self.slot_positions])
+
+    def variables(self, flat: Sequence[Any]) -> dict[str, str]:
+        return {name: flat[i] for name, i in self.variable_positions}
+
+    def inputs(self, flat: Sequence[Any]) -> dict[str, Any]:
+        return {name: flat[i] for name, i in self.input_positions if flat[i] is not None}
+
+
+@dataclass(frozen=True)
+class RowPrompts:
+    """The prompts of one row: its plan and the values its own cells give."""
+
+    plan: RowPlan
+    row_values: tuple[str, ...]
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return self.plan.combinations(self.row_values)
+
+
+class PromptAxes:
+    """A spec's template and variable axes, turned into a plan per row (plans cached by template)."""
+
+    def __init__(
+        self,
+        template: str | None,
+        sweep: Mapping[str, Sequence[Any]],
+        zip_axes: Mapping[str, Sequence[Any]],
+        variables: Sequence[str],
+        normalise: Callable[[str, Any], Any],
+        grid_templates: bool = False,
+    ):
+        self.template = template
+        self.variables = frozenset(variables)
+        self.groups = tuple(_groups(sweep, zip_axes, self.variables, normalise))
+        # Rows need templating when the spec has a template or variables, or the grid's prompts do.
+        self.active = bool(template or variables or grid_templates)
+        self._plans: dict[tuple[str, tuple[str, ...]], RowPlan] = {}
+
+    def for_row(self, prompt: Any, cells: Mapping[str, Sequence[Any]], row: int) -> RowPrompts | None:
+        """The row's prompts, or None when it is a plain prompt that expands as it always has."""
+        text = prompt if isinstance(prompt, str) and prompt.strip() else self.template
+        if text is None:
+            return None
+        mixed = any(group.inputs for group in self.groups)
+        if not mixed and text is prompt and not has_braces(text):
+            return None
+        template = parse_template(text)
+        filled = tuple(
+            name for name in template.variables if name in cells and _cell_text(cells[name][row]) is not None
+        )
+        plan = self._plan(template, filled)
+        return RowPrompts(plan, tuple(str(_cell_text(cells[name][row])) for name in filled))
+
+    def _plan(self, template: Template, filled: tuple[str, ...]) -> RowPlan:
+        key = (template.text, filled)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) >= _PLAN_CACHE:
+                self._plans.clear()
+            plan = self._plans[key] = self._make_plan(template, filled)
+        return plan
+
+    def _make_plan(self, template: Template, filled: tuple[str, ...]) -> RowPlan:
+        wanted = set(template.variables) - set(filled)
+        groups = [group for group in self.groups if group.inputs or wanted & set(group.names)]
+        groups += [AxisGroup((name,), tuple((option,) for option in options)) for name, options in
+                   template.choices.items()]  # fmt: skip
+        names = [name for group in groups for name in group.names] + list(filled)
+        position = {}
+        for index, name in enumerate(names):
+            position.setdefault(name, index)
+        missing = [name for name in template.names if name not in position]
+        if missing:  # load_spec reports these with file and line; here the grid changed since
+            shown = ", ".join("{" + name + "}" for name in missing)
+            raise InvalidInput([f"template {template.text!r}: no values for {shown}"])
+        inputs = [(name, position[name]) for group in groups for name in sorted(group.inputs)]
+        return RowPlan(
+            template=template,
+            groups=tuple(groups),
+            filled=filled,
+            slot_positions=tuple(position[name] for name in template.slots),
+            input_positions=tuple(inputs),
+            variable_positions=tuple((name, position[name]) for name in template.names),
+        )
+
+
+def _groups(
+    sweep: Mapping[str, Sequence[Any]],
+    zip_axes: Mapping[str, Sequence[Any]],
+    variables: frozenset[str],
+    normalise: Callable[[str, Any], Any],
+) -> Iterator[AxisGroup]:
+    for name, values in sweep.items():
+        if name in variables:
+            yield AxisGroup((name,), tuple((value,) for value in values))
+    if variables & set(zip_axes):
+        names = tuple(zip_axes)
+        inputs = frozenset(name for name in names if name not in variables)
+        columns = [
+            [normalise(name, value) if name in inputs else value for value in zip_axes[name]]
+            for name in names
+        ]
+        yield AxisGroup(names, tuple(zip(*columns, strict=True)), inputs)
+
+
+def _cell_text(value: Any) -> str | None:
+    """A grid cell as the text it fills a placeholder with; None when empty (the spec's values apply)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    text = value if isinstance(value, str) else str(value)
+    return text if text.strip() else None
