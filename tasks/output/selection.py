@@ -68,7 +68,9 @@ def jobs_to_backfill(output: str, statuses: list[str], where: str | None) -> tup
 def job_from_row(row: dict[str, Any]) -> Job:
     inputs = {name: row[name] for name in INPUT_NAMES if row.get(name) is not None}
     carried = json.loads(row["carried"]) if row.get("carried") else {}
-    return Job(row["job_id"], row["model"], inputs, row.get("version") or MODEL_VERSION, carried)
+    variables = json.loads(row["variables"]) if row.get("variables") else {}
+    version = row.get("version") or MODEL_VERSION
+    return Job(row["job_id"], row["model"], inputs, version, carried, variables, row.get("template"))
 
 
 def saved_api_config(text: str, overrides: dict[str, Any]) -> ApiConfig:

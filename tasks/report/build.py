@@ -12,7 +12,7 @@ import hashlib
 import json
 import re
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -74,6 +74,7 @@ def write_report(
     *,
     across: str | None = None,
     down: str | None = None,
+    group_by: Sequence[str] = (),
     price_per_image: float = PRICE_PER_IMAGE_USD,
     page_size: int = DEFAULT_PAGE_SIZE,
     sheets: bool = True,
@@ -81,13 +82,14 @@ def write_report(
 ) -> str:
     """Write the report for everything in the sink's manifest; returns the URI of report/index.html.
 
-    Raises InvalidInput when `across`/`down` name no manifest column.
+    Raises InvalidInput when `across`/`down`/`group_by` name no manifest column.
     """
     result = render_report(
         sink,
         read_manifest(sink),
         across=across,
         down=down,
+        group_by=group_by,
         price_per_image=price_per_image,
         page_size=page_size,
         sheets=sheets,
@@ -107,15 +109,16 @@ def render_report(
     *,
     across: str | None = None,
     down: str | None = None,
+    group_by: Sequence[str] = (),
     price_per_image: float = PRICE_PER_IMAGE_USD,
     page_size: int = DEFAULT_PAGE_SIZE,
     sheets: bool = True,
     link_expires_s: int = PRESIGN_MAX_S,
 ) -> ReportResult:
     """Write the report for a manifest table (the latest row per job) already in hand."""
-    check_axes(table.column_names, across, down)
+    check_axes(table.column_names, across, down, group_by)
     rows = table.to_pylist()
-    grids = build_grids(rows, across, down)
+    grids = build_grids(rows, across, down, group_by)
     summary = summarize_rows(rows, price_per_image)
     links = ReportLinks(sink, presign=not _is_local(sink), expires_s=link_expires_s)
     pages = [grids[start : start + page_size] for start in range(0, len(grids), max(1, page_size))] or [[]]

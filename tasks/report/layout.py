@@ -1,14 +1,22 @@
-"""How manifest rows are laid out for the report: a grid per prompt, one swept parameter across, one down."""
+"""How manifest rows are laid out for the report: a grid per prompt, one swept parameter across, one down.
+
+A template variable is a parameter like any other. Grids are one per prompt unless a variable is put on an
+axis: rows rendered from one template then share a grid whenever they differ only by the variables on its
+axes ("subject × style" reads as one table), or `group_by` names the columns that set grids apart.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from promptgrid.errors import InvalidInput
 from promptgrid.tasks.output.keys import slugify
+from promptgrid.tasks.spec.template import parse_template
 
 # Parameters a sweep varies, in the order they are preferred as axes: guidance and steps are what people
 # compare most often, so they win when more than two parameters vary.
@@ -41,6 +49,8 @@ OUTCOME_COLUMNS = frozenset(
         "run_id",
         "version",
         "carried",
+        "template",
+        "variables",
         "prompt",
         "image_uri",
         "image_key",
@@ -56,7 +66,10 @@ Row = Mapping[str, Any]
 
 @dataclass
 class PromptGrid:
-    """One prompt's jobs arranged on two axes; each cell holds its variants (seeds, other swept values)."""
+    """One prompt's jobs arranged on two axes; each cell holds its variants (seeds, other swept values).
+
+    `prompt` is the grid's heading: the prompt, or the template with the values shared by the whole grid.
+    """
 
     prompt: str
     slug: str
@@ -118,16 +131,29 @@ def sweep_params(columns: Iterable[str]) -> list[str]:
     return known + [name for name in columns if name not in OUTCOME_COLUMNS and name not in known]
 
 
-def check_axes(columns: Iterable[str], across: str | None, down: str | None) -> None:
-    """Reject an axis flag that names no manifest column, listing the ones that would work."""
+def check_axes(
+    columns: Iterable[str], across: str | None, down: str | None, group_by: Sequence[str] = ()
+) -> None:
+    """Reject an axis or grouping flag that names no manifest column, listing the ones that would work."""
     allowed = sweep_params(columns)
     problems = [
         f"--{flag} {name!r} is not a parameter in the manifest; choose one of: {', '.join(allowed)}."
         for flag, name in (("across", across), ("down", down))
         if name is not None and name not in allowed
     ]
+    groupable = ["prompt", "template", *allowed]
+    problems += [
+        f"--group-by {name!r} is not a manifest column to group by; choose from: {', '.join(groupable)}."
+        for name in group_by
+        if name not in groupable
+    ]
     if across is not None and across == down:
         problems.append(f"--across and --down both name {across!r}; choose two different parameters.")
+    problems += [
+        f"--group-by {name!r} is also an axis; a grid cannot both hold one value of it and lay it out."
+        for name in group_by
+        if name in (across, down)
+    ]
     if problems:
         raise InvalidInput(problems)
 
@@ -137,10 +163,10 @@ def choose_axes(
 ) -> tuple[str | None, str | None]:
     """The axes for one prompt's grid: the flags where given, else the preferred parameters that vary.
 
-    Only the model's inputs are picked automatically: a carried column (a row id, a note) often differs on
-    every row and would make a grid of one-image rows.
+    Only the model's inputs and template variables are picked automatically: a carried column (a row id,
+    a note) often differs on every row and would make a grid of one-image rows.
     """
-    varying = [name for name in varying_params(rows, AXIS_PREFERENCE) if name not in (across, down)]
+    varying = [name for name in varying_params(rows, _candidates(rows)) if name not in (across, down)]
     if across is None and varying:
         across = varying.pop(0)
     if down is None and varying:
@@ -152,7 +178,7 @@ def build_grid(prompt: str, rows: Sequence[Row], across: str | None, down: str |
     """Arrange one prompt's rows; within a cell, variants sort by the other swept values, then seed."""
     chosen_across, chosen_down = choose_axes(rows, across, down)
     axes = (chosen_across, chosen_down)
-    others = [name for name in varying_params(rows, AXIS_PREFERENCE) if name not in axes]
+    others = [name for name in varying_params(rows, _candidates(rows)) if name not in axes]
     grid = PromptGrid(
         prompt=prompt,
         slug=prompt_slug(prompt),
@@ -171,13 +197,59 @@ def build_grid(prompt: str, rows: Sequence[Row], across: str | None, down: str |
     return grid
 
 
-def build_grids(rows: Sequence[Row], across: str | None = None, down: str | None = None) -> list[PromptGrid]:
-    """One grid per prompt, prompts in the order their first job was queued (the grid's order, usually)."""
-    by_prompt: dict[str, list[Row]] = {}
+def build_grids(
+    rows: Sequence[Row], across: str | None = None, down: str | None = None, group_by: Sequence[str] = ()
+) -> list[PromptGrid]:
+    """One grid per prompt (or per group), in the order their first job was queued (the grid's order)."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    axes = {name for name in (across, down) if name is not None}
     for row in rows:
-        by_prompt.setdefault(str(row.get("prompt") or ""), []).append(row)
-    order = sorted(by_prompt, key=lambda prompt: (_first_queued(by_prompt[prompt]), prompt))
-    return [build_grid(prompt, by_prompt[prompt], across, down) for prompt in order]
+        groups.setdefault(group_of(row, axes, group_by), []).append(row)
+    order = sorted(groups, key=lambda key: (_first_queued(groups[key]), key))
+    return [build_grid(title, groups[(key, title)], across, down) for key, title in order]
+
+
+def group_of(row: Row, axes: Iterable[str], group_by: Sequence[str] = ()) -> tuple[str, str]:
+    """The grid a row belongs to, as (key, heading).
+
+    With `group_by`, the values of those columns. Otherwise the row's prompt, unless a variable of its
+    template is on an axis: then the template with every other variable filled in, so the rows that differ
+    only by the axes' values share one grid.
+    """
+    if group_by:
+        parts = [_group_part(row, name) for name in group_by]
+        return "\0".join(parts), " · ".join(parts)
+    prompt = str(row.get("prompt") or "")
+    template, variables = row.get("template"), row_variables(row)
+    on_axes = set(axes) & set(variables)
+    if not template or not on_axes:
+        return prompt, prompt
+    others = {name: value for name, value in variables.items() if name not in on_axes}
+    heading = parse_template(str(template)).render_partial(others)
+    return f"{template}\0{heading}", heading
+
+
+def _group_part(row: Row, name: str) -> str:
+    if name in ("prompt", "template"):
+        return str(row.get(name) or "")
+    return f"{name} {format_value(row.get(name))}"
+
+
+def row_variables(row: Row) -> Mapping[str, str]:
+    """The template variables a row's prompt was rendered with (none for a prompt written out)."""
+    return _parse_variables(row.get("variables"))
+
+
+@lru_cache(maxsize=4096)  # rows of one prompt combination share the text; the result is never changed
+def _parse_variables(text: str | None) -> Mapping[str, str]:
+    parsed: dict[str, str] = json.loads(text) if text else {}
+    return parsed
+
+
+def _candidates(rows: Sequence[Row]) -> list[str]:
+    """Parameters that may be axes or set variants apart: the inputs, then the rows' template variables."""
+    variables = dict.fromkeys(name for row in rows for name in row_variables(row))
+    return [*AXIS_PREFERENCE, *(name for name in variables if name not in AXIS_PREFERENCE)]
 
 
 def _first_queued(rows: Sequence[Row]) -> tuple[int, Any]:

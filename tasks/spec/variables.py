@@ -129,7 +129,7 @@ class PromptAxes:
         groups += [AxisGroup((name,), tuple((option,) for option in options)) for name, options in
                    template.choices.items()]  # fmt: skip
         names = [name for group in groups for name in group.names] + list(filled)
-        position = {}
+        position: dict[str, int] = {}
         for index, name in enumerate(names):
             position.setdefault(name, index)
         missing = [name for name in template.names if name not in position]

@@ -21,6 +21,13 @@ def register(app: typer.Typer) -> None:
         down: Annotated[
             str | None, typer.Option(help="Parameter laid out down each grid (default: the second swept).")
         ] = None,
+        group_by: Annotated[
+            str | None,
+            typer.Option(
+                help="Comma-separated columns whose values set grids apart (default: the prompt, or the "
+                "template when a variable is on an axis), e.g. template or lighting."
+            ),
+        ] = None,
         price_per_image: Annotated[
             float, typer.Option(help="USD per image, for the cost when the API reported none.")
         ] = PRICE_PER_IMAGE_USD,
@@ -47,6 +54,7 @@ def register(app: typer.Typer) -> None:
             sink,
             across=across,
             down=down,
+            group_by=[name.strip() for name in (group_by or "").split(",") if name.strip()],
             price_per_image=price_per_image,
             page_size=page_size,
             sheets=sheets,

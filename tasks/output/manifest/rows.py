@@ -2,8 +2,9 @@
 
 The base columns are `MANIFEST_SCHEMA`. A grid's carried columns vary from grid to grid: each is appended
 after the base columns as a string column under its own name (`carried_<name>` if it would shadow a base
-column), and the original typed values are kept as JSON in the `carried` column. Parts from different runs
-therefore differ only by which string columns they add, so they unify.
+column), and the original typed values are kept as JSON in the `carried` column. A prompt rendered from a
+template adds its variables the same way (all of them also as JSON in `variables`, the template in
+`template`). Parts from different runs therefore differ only by which string columns they add, so they unify.
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ MANIFEST_SCHEMA = pa.schema(
         ("width", pa.int32()),
         ("height", pa.int32()),
         ("carried", pa.string()),  # the grid's carried columns as one JSON object, values typed
+        ("template", pa.string()),  # the template the prompt was rendered from, if any
+        ("variables", pa.string()),  # the template's variables as one JSON object of text values
     ]
 )
 BASE_COLUMNS = tuple(MANIFEST_SCHEMA.names)
@@ -85,6 +88,10 @@ def outcome_row(
     row["carried"] = json.dumps(dict(job.carried), default=str, ensure_ascii=False) if job.carried else None
     for name, value in job.carried.items():
         row[carried_column_name(name)] = _as_text(value)
+    row["template"] = job.template
+    row["variables"] = json.dumps(dict(job.variables), ensure_ascii=False) if job.variables else None
+    for name, value in job.variables.items():  # a grid column that filled a variable holds the same text
+        row[carried_column_name(name)] = value
     return row
 
 
