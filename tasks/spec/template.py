@@ -15,6 +15,7 @@ from functools import cached_property, lru_cache
 
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 CHOICE_PREFIX = "choice_"
+CHOICE_NAME = re.compile(r"choice_[0-9]+")
 # Names a variable may not take: they are the job's own fields or the manifest's template columns.
 RESERVED_NAMES = frozenset({"prompt", "seed", "model", "template", "variables"})
 _BRACE = re.compile(r"[{}]")
@@ -138,6 +139,11 @@ def _slot_name(
         choices[name] = tuple(content.split("|"))
         return name
     name = content.strip()
+    if CHOICE_NAME.fullmatch(name):
+        problems.append(
+            TemplateProblem(at, f"{{{name}}} is the name of an inline variant; name it otherwise")
+        )
+        return None
     if NAME.fullmatch(name):
         return name
     shown = "{" + content + "}"
@@ -165,6 +171,8 @@ def variable_name_problem(name: object) -> str | None:
         return "nor a variable name (letters, digits and _, not starting with a digit)"
     if name in RESERVED_NAMES:
         return f"and {name!r} is reserved (it cannot be a variable either)"
+    if CHOICE_NAME.fullmatch(name):
+        return f"and {name!r} is kept for inline variants {{a|b}} (named choice_1, choice_2, ...)"
     return None
 
 

@@ -95,7 +95,7 @@ class TemplateChecker:
                 self.log.add(f"{at}: {problem}")
 
     def _problems(self, template: Template) -> Iterator[str]:
-        """Syntax problems, names that collide with inputs, and variants that shadow a variable."""
+        """Syntax problems, and placeholders whose names collide with inputs."""
         for problem in template.problems:
             yield str(problem)
         for name in template.variables:
@@ -105,9 +105,6 @@ class TemplateChecker:
                     f"placeholder {{{name}}} is {kind}; a variable needs a name of its own "
                     "(inputs are set under inputs, sweep or zip)"
                 )
-        for name, options in template.choices.items():
-            if name in self.axes.variables:
-                yield f"variant {{{'|'.join(options)}}} is named {name}, which a sweep or zip key also uses"
 
     def _unresolved(self, template: Template) -> bool:
         return bool(self.sources.unresolved & set(template.variables))
