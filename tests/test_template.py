@@ -224,3 +224,30 @@ def test_a_parquet_grid_column_of_numbers_fills_a_placeholder(tmp_path: Path) ->
     spec = load_spec(write(tmp_path, "prompts: g.parquet\ntemplate: '{count} pears'\n"))
     assert sorted(job.inputs["prompt"] for job in all_jobs(spec)) == ["3 apples", "7 pears"]
     assert json.loads(json.dumps(sorted(job.variables["count"] for job in all_jobs(spec)))) == ["3", "7"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_a_plain_grid_whose_prompts_hold_variants_expands_them(tmp_path: Path, suffix: str) -> None:
+    prompts = ["a {red|green} fox", "an owl", "a {{literal}} brace"]
+    if suffix == ".csv":
+        (tmp_path / "g.csv").write_text("prompt\n" + "\n".join(prompts) + "\n", encoding="utf-8")
+    else:
+        pq.write_table(pa.table({"prompt": pa.array(prompts).dictionary_encode()}), tmp_path / "g.parquet")
+    spec = load_spec(write(tmp_path, f"prompts: g{suffix}\n"))
+    assert spec.grid_templates
+    jobs = all_jobs(spec)
+    assert sorted(job.inputs["prompt"] for job in jobs) == [
+        "a green fox",
+        "a red fox",
+        "a {literal} brace",
+        "an owl",
+    ]
+    assert [job.variables for job in jobs if job.inputs["prompt"] == "an owl"] == [{}]
+    assert plan_jobs(spec).total_jobs == 4
+
+
+def test_a_plain_grid_without_braces_is_not_scanned_as_templates(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"prompt": ["a fox", "an owl"]}), tmp_path / "g.parquet")
+    spec = load_spec(write(tmp_path, "prompts: g.parquet\n"))
+    assert not spec.grid_templates
+    assert all(job.variables == {} and job.template is None for job in all_jobs(spec))

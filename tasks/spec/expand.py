@@ -24,7 +24,7 @@ from promptgrid.tasks.models.catalog import get_model
 from promptgrid.tasks.spec.checks import check_value, iter_grid
 from promptgrid.tasks.spec.grid import GridBatch, GridContext
 from promptgrid.tasks.spec.schema import SweepSpec
-from promptgrid.tasks.spec.variables import PromptAxes, RowPlan
+from promptgrid.tasks.spec.variables import PromptAxes, RowPlan, RowPrompts
 from promptgrid.types import Job
 
 ID_BYTES = 16  # the job id is the first 32 hex characters of the sha256
@@ -156,27 +156,16 @@ class _Expander:
             for row, (keys, values) in enumerate(_encoded_rows(batch)):
                 yield row, keys, values, None
             return
+        for row, keys, values, found in self._rows_with_prompts(batch):
+            for names, encoded, choice in _rendered(keys, values, found):
+                yield row, names, encoded, choice
+
+    def _rows_with_prompts(
+        self, batch: GridBatch
+    ) -> Iterator[tuple[int, tuple[str, ...], tuple[str, ...], RowPrompts | None]]:
         prompts, cells = batch.inputs.get("prompt"), batch.carried
         for row, (keys, values) in enumerate(_encoded_rows(batch)):
-            found = self.axes.for_row(None if prompts is None else prompts[row], cells, row)
-            if found is None:
-                yield row, keys, values, None
-                continue
-            plan, own = found.plan, dict(zip(keys, values, strict=True))
-            if plan.input_positions:  # a zip sets inputs: merged per prompt, the row's own cells winning
-                for flat in found:
-                    text = plan.render(flat)
-                    merged = {name: _encode_value(value) for name, value in plan.inputs(flat).items()}
-                    merged.update(own, prompt=encode_basestring(text))
-                    names = tuple(sorted(merged))
-                    yield row, names, tuple(merged[name] for name in names), (plan, flat, text)
-                continue
-            at = bisect.bisect_left(keys, "prompt")
-            names = keys if "prompt" in own else (*keys[:at], "prompt", *keys[at:])
-            before, after = values[:at], values[at + 1 if "prompt" in own else at :]
-            for flat in found:
-                text = plan.render(flat)
-                yield row, names, (*before, encode_basestring(text), *after), (plan, flat, text)
+            yield row, keys, values, self.axes.for_row(None if prompts is None else prompts[row], cells, row)
 
     def expand(self, batch: GridBatch) -> Iterator[tuple[bytes, Variant, int, Choice | None]]:
         """Jobs not seen before, row by row, variants in spec order, as (digest, variant, row, prompt)."""
@@ -214,22 +203,80 @@ class _Expander:
                 )
 
     def _count_rendered(self, batch: GridBatch) -> None:
-        """The count for rows that render prompts, hashed a chunk at a time so no row's prompts pile up."""
+        """The count for rows that render prompts, a chunk of prompts at a time so none pile up.
+
+        A row whose prompts change nothing but the prompt (no zip of inputs) takes the bulk path: the
+        prompts are rendered, encoded and put in place by C-level maps, leaving one hash per job.
+        """
         groups: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
-        pending, rendered, prompts, samples = 0, 0, self.prompts, self.prompt_samples
+        texts: list[str] = []
         plain = batch.inputs.get("prompt")
-        for row, keys, values, choice in self.rows(batch):
-            text = choice[2] if choice is not None else plain[row] if plain is not None else ""
-            prompts.add(hash(text))
-            if len(samples) < PROMPT_SAMPLES and text not in samples:
-                samples.append(text)
-            groups.setdefault(keys, []).append(values)
-            pending += 1
-            if pending >= COUNT_CHUNK:
-                self._hash_groups(groups)
-                rendered, groups, pending = rendered + pending, {}, 0
+        for row, keys, values, found in self._rows_with_prompts(batch):
+            if found is not None and not found.plan.input_positions:
+                names, before, after = _prompt_slot(keys, values)
+                rendered = found.plan.render_all(iter(found))
+                while chunk := list(itertools.islice(rendered, COUNT_CHUNK)):
+                    self._note_prompts(chunk)
+                    encoded = map(encode_basestring, chunk)
+                    rows = (
+                        list(zip(encoded))
+                        if not before and not after
+                        else [(*before, e, *after) for e in encoded]
+                    )
+                    self._hash_groups({names: rows})
+                continue
+            for names, encoded_values, choice in _rendered(keys, values, found):
+                texts.append(choice[2] if choice is not None else plain[row] if plain is not None else "")
+                groups.setdefault(names, []).append(encoded_values)
+                if len(texts) >= COUNT_CHUNK:
+                    self._note_prompts(texts)
+                    self._hash_groups(groups)
+                    groups, texts = {}, []
+        self._note_prompts(texts)
         self._hash_groups(groups)
-        self.candidates += (rendered + pending) * len(self.variants)
+
+    def _note_prompts(self, texts: list[str]) -> None:
+        """Count rendered prompts (their hashes, and candidates per variant), keeping the first few."""
+        self.prompts.update(map(hash, texts))
+        self.candidates += len(texts) * len(self.variants)
+        for text in texts:
+            if len(self.prompt_samples) >= PROMPT_SAMPLES:
+                break
+            if text not in self.prompt_samples:
+                self.prompt_samples.append(text)
+
+
+def _prompt_slot(
+    keys: tuple[str, ...], values: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """A row's input names with `prompt` among them, and its values before and after the prompt's place."""
+    at = bisect.bisect_left(keys, "prompt")
+    has_prompt = at < len(keys) and keys[at] == "prompt"
+    names = keys if has_prompt else (*keys[:at], "prompt", *keys[at:])
+    return names, values[:at], values[at + 1 if has_prompt else at :]
+
+
+def _rendered(
+    keys: tuple[str, ...], values: tuple[str, ...], found: RowPrompts | None
+) -> Iterator[tuple[tuple[str, ...], tuple[str, ...], Choice | None]]:
+    """One row's (input names, their JSON, the prompt's choice) per prompt it renders."""
+    if found is None:
+        yield keys, values, None
+        return
+    plan = found.plan
+    if plan.input_positions:  # a zip sets inputs: merged per prompt, the row's own cells winning
+        own = dict(zip(keys, values, strict=True))
+        for flat in found:
+            text = plan.render(flat)
+            merged = {name: _encode_value(value) for name, value in plan.inputs(flat).items()}
+            merged.update(own, prompt=encode_basestring(text))
+            names = tuple(sorted(merged))
+            yield names, tuple(merged[name] for name in names), (plan, flat, text)
+        return
+    names, before, after = _prompt_slot(keys, values)
+    for flat in found:
+        text = plan.render(flat)
+        yield names, (*before, encode_basestring(text), *after), (plan, flat, text)
 
 
 def _encoded_rows(batch: GridBatch) -> Iterator[tuple[tuple[str, ...], tuple[str, ...]]]:

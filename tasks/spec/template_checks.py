@@ -268,8 +268,13 @@ def _may_have_braces(ctx: GridContext) -> bool:
         return False
     for batch in source.iter_batches(batch_size=SCAN_BATCH_ROWS, columns=["prompt"]):
         column = batch.column(0)
+        if pa.types.is_dictionary(column.type):
+            column = column.dictionary
         if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
-            column = column.cast(pa.string())
-        if pc.any(pc.match_substring_regex(column, "[{}]")).as_py():
+            return True  # not text: let the full scan decide
+        # A string array's characters sit in one buffer: a byte search there beats a regex per value.
+        # (It may hold bytes outside the array's slice; a brace found there only costs the full scan.)
+        data = column.buffers()[2]
+        if data is not None and (b"{" in (text := data.to_pybytes()) or b"}" in text):
             return True
     return False

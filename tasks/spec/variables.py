@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from promptgrid.errors import InvalidInput
@@ -52,15 +54,27 @@ class RowPlan:
         return math.prod(len(group.steps) for group in self.groups)
 
     def combinations(self, row_values: tuple[str, ...]) -> Iterator[tuple[Any, ...]]:
-        chain = itertools.chain.from_iterable
-        if len(self.groups) == 1 and not row_values:  # the common case: one axis, nothing from the row
-            yield from self.groups[0].steps
-            return
-        for combo in itertools.product(*(group.steps for group in self.groups)):
-            yield tuple(chain(combo)) + row_values
+        if all(len(group.names) == 1 for group in self.groups):  # one value a step: product is flat
+            combos = itertools.product(*([step[0] for step in group.steps] for group in self.groups))
+        else:
+            chain = itertools.chain.from_iterable
+            combos = map(tuple, map(chain, itertools.product(*(group.steps for group in self.groups))))
+        return map(operator.add, combos, itertools.repeat(row_values)) if row_values else combos
+
+    @cached_property
+    def _slot_values(self) -> Callable[[Sequence[Any]], Any]:
+        """Picks a combination's values in slot order, as the %-format wants them (C-level itemgetter)."""
+        positions = self.slot_positions
+        if len(positions) == 1:
+            return operator.itemgetter(positions[0])  # a lone str formats as itself
+        return operator.itemgetter(*positions) if positions else lambda _: ()
 
     def render(self, flat: Sequence[Any]) -> str:
-        return self.template.format_string % tuple([flat[i] for i in self.slot_positions])
+        return self.template.format_string % self._slot_values(flat)
+
+    def render_all(self, combinations: Iterator[tuple[Any, ...]]) -> Iterator[str]:
+        """The prompts of many combinations, each a %-format in C: the count's hot loop."""
+        return map(self.template.format_string.__mod__, map(self._slot_values, combinations))
 
     def variables(self, flat: Sequence[Any]) -> dict[str, str]:
         return {name: flat[i] for name, i in self.variable_positions}
