@@ -218,7 +218,7 @@ class _Expander:
                 while chunk := list(itertools.islice(rendered, COUNT_CHUNK)):
                     self._note_prompts(chunk)
                     encoded = map(encode_basestring, chunk)
-                    rows = (
+                    rows: list[tuple[str, ...]] = (
                         list(zip(encoded))
                         if not before and not after
                         else [(*before, e, *after) for e in encoded]

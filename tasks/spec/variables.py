@@ -54,6 +54,7 @@ class RowPlan:
         return math.prod(len(group.steps) for group in self.groups)
 
     def combinations(self, row_values: tuple[str, ...]) -> Iterator[tuple[Any, ...]]:
+        combos: Iterator[tuple[Any, ...]]
         if all(len(group.names) == 1 for group in self.groups):  # one value a step: product is flat
             combos = itertools.product(*([step[0] for step in group.steps] for group in self.groups))
         else:
@@ -70,7 +71,7 @@ class RowPlan:
         return operator.itemgetter(*positions) if positions else lambda _: ()
 
     def render(self, flat: Sequence[Any]) -> str:
-        return self.template.format_string % self._slot_values(flat)
+        return str(self.template.format_string % self._slot_values(flat))
 
     def render_all(self, combinations: Iterator[tuple[Any, ...]]) -> Iterator[str]:
         """The prompts of many combinations, each a %-format in C: the count's hot loop."""
