@@ -11,7 +11,6 @@ so millions of jobs never sit in memory.
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import itertools
 import json
@@ -24,7 +23,7 @@ from promptgrid.tasks.models.catalog import get_model
 from promptgrid.tasks.spec.checks import check_value, iter_grid
 from promptgrid.tasks.spec.grid import GridBatch, GridContext
 from promptgrid.tasks.spec.schema import SweepSpec
-from promptgrid.tasks.spec.variables import PromptAxes, RowPlan, RowPrompts
+from promptgrid.tasks.spec.variables import Choice, PromptAxes, RowPrompts, prompt_slot, rendered_rows
 from promptgrid.types import Job
 
 ID_BYTES = 16  # the job id is the first 32 hex characters of the sha256
@@ -32,8 +31,6 @@ GRID_BATCH_ROWS = 50_000
 # Rendered rows hashed at a time when counting: a template of a million prompts is one grid row.
 COUNT_CHUNK = 50_000
 PROMPT_SAMPLES = 5  # distinct rendered prompts the dry run shows
-# A rendered row: its input names, their canonical JSON, and the prompt that made it (plan, values, text).
-Choice = tuple[RowPlan, tuple[Any, ...], str]
 
 # Canonical JSON: sorted keys, no spaces; check_input already made numbers real floats and ints, so 3.5,
 # "3.5" and 3.50 encode alike. NaN can never reach here: validation rejects it.
@@ -157,7 +154,7 @@ class _Expander:
                 yield row, keys, values, None
             return
         for row, keys, values, found in self._rows_with_prompts(batch):
-            for names, encoded, choice in _rendered(keys, values, found):
+            for names, encoded, choice in rendered_rows(keys, values, found, _encode_value):
                 yield row, names, encoded, choice
 
     def _rows_with_prompts(
@@ -213,7 +210,7 @@ class _Expander:
         plain = batch.inputs.get("prompt")
         for row, keys, values, found in self._rows_with_prompts(batch):
             if found is not None and not found.plan.input_positions:
-                names, before, after = _prompt_slot(keys, values)
+                names, before, after = prompt_slot(keys, values)
                 rendered = found.plan.render_all(iter(found))
                 while chunk := list(itertools.islice(rendered, COUNT_CHUNK)):
                     self._note_prompts(chunk)
@@ -225,7 +222,7 @@ class _Expander:
                     )
                     self._hash_groups({names: rows})
                 continue
-            for names, encoded_values, choice in _rendered(keys, values, found):
+            for names, encoded_values, choice in rendered_rows(keys, values, found, _encode_value):
                 texts.append(choice[2] if choice is not None else plain[row] if plain is not None else "")
                 groups.setdefault(names, []).append(encoded_values)
                 if len(texts) >= COUNT_CHUNK:
@@ -244,39 +241,6 @@ class _Expander:
                 break
             if text not in self.prompt_samples:
                 self.prompt_samples.append(text)
-
-
-def _prompt_slot(
-    keys: tuple[str, ...], values: tuple[str, ...]
-) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
-    """A row's input names with `prompt` among them, and its values before and after the prompt's place."""
-    at = bisect.bisect_left(keys, "prompt")
-    has_prompt = at < len(keys) and keys[at] == "prompt"
-    names = keys if has_prompt else (*keys[:at], "prompt", *keys[at:])
-    return names, values[:at], values[at + 1 if has_prompt else at :]
-
-
-def _rendered(
-    keys: tuple[str, ...], values: tuple[str, ...], found: RowPrompts | None
-) -> Iterator[tuple[tuple[str, ...], tuple[str, ...], Choice | None]]:
-    """One row's (input names, their JSON, the prompt's choice) per prompt it renders."""
-    if found is None:
-        yield keys, values, None
-        return
-    plan = found.plan
-    if plan.input_positions:  # a zip sets inputs: merged per prompt, the row's own cells winning
-        own = dict(zip(keys, values, strict=True))
-        for flat in found:
-            text = plan.render(flat)
-            merged = {name: _encode_value(value) for name, value in plan.inputs(flat).items()}
-            merged.update(own, prompt=encode_basestring(text))
-            names = tuple(sorted(merged))
-            yield names, tuple(merged[name] for name in names), (plan, flat, text)
-        return
-    names, before, after = _prompt_slot(keys, values)
-    for flat in found:
-        text = plan.render(flat)
-        yield names, (*before, encode_basestring(text), *after), (plan, flat, text)
 
 
 def _encoded_rows(batch: GridBatch) -> Iterator[tuple[tuple[str, ...], tuple[str, ...]]]:

@@ -10,12 +10,14 @@ prompts costs one rendering and one hash per job, like a million-row grid.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import operator
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from json.encoder import encode_basestring
 from typing import Any
 
 from promptgrid.errors import InvalidInput
@@ -93,6 +95,10 @@ class RowPrompts:
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
         return self.plan.combinations(self.row_values)
+
+
+# A rendered prompt as a job needs it: the row's plan, the combination's values, the prompt's text.
+Choice = tuple[RowPlan, tuple[Any, ...], str]
 
 
 class PromptAxes:
@@ -187,3 +193,40 @@ def _cell_text(value: Any) -> str | None:
         return None
     text = value if isinstance(value, str) else str(value)
     return text if text.strip() else None
+
+
+def prompt_slot(
+    keys: tuple[str, ...], values: tuple[str, ...]
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """A row's input names with `prompt` among them, and its values before and after the prompt's place."""
+    at = bisect.bisect_left(keys, "prompt")
+    has_prompt = at < len(keys) and keys[at] == "prompt"
+    names = keys if has_prompt else (*keys[:at], "prompt", *keys[at:])
+    return names, values[:at], values[at + 1 if has_prompt else at :]
+
+
+def rendered_rows(
+    keys: tuple[str, ...], values: tuple[str, ...], found: RowPrompts | None, encode: Callable[[Any], str]
+) -> Iterator[tuple[tuple[str, ...], tuple[str, ...], Choice | None]]:
+    """One row's (input names, their canonical JSON, the prompt's choice) per prompt it renders.
+
+    `keys`/`values` are the row's own inputs (sorted names, JSON text); `encode` writes a value as the
+    job id's canonical JSON does, for inputs a zip sets.
+    """
+    if found is None:
+        yield keys, values, None
+        return
+    plan = found.plan
+    if plan.input_positions:  # a zip sets inputs: merged per prompt, the row's own cells winning
+        own = dict(zip(keys, values, strict=True))
+        for flat in found:
+            text = plan.render(flat)
+            merged = {name: encode(value) for name, value in plan.inputs(flat).items()}
+            merged.update(own, prompt=encode_basestring(text))
+            names = tuple(sorted(merged))
+            yield names, tuple(merged[name] for name in names), (plan, flat, text)
+        return
+    names, before, after = prompt_slot(keys, values)
+    for flat in found:
+        text = plan.render(flat)
+        yield names, (*before, encode_basestring(text), *after), (plan, flat, text)
