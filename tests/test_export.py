@@ -299,3 +299,28 @@ def test_the_near_duplicate_index_finds_what_comparing_every_pair_finds(distance
         if not near:
             kept.append(value)
     assert len(index) == len(kept)
+
+
+def test_a_part_compacted_away_mid_export_stops_it_and_a_rerun_starts_over(tmp_path):
+    from promptgrid.errors import ExportFailed
+    from promptgrid.tasks.output.manifest.read import part_keys
+    from promptgrid.tasks.output.manifest.writer import compact
+
+    sink = open_sink(str(tmp_path / "out"))
+    failed = next(job for job in record_run(sink) if job.status == JobStatus.FAILED)
+    record_retry_success(sink, failed, (10, 20, 30))
+    assert len(part_keys(sink)) == 2
+
+    def compact_meanwhile(progress):
+        if len(part_keys(sink)) == 2:
+            compact(sink)  # the second part, not read yet, is gone
+
+    options = ExportOptions(sink.root, str(tmp_path / "hf"), "hf")
+    with pytest.raises(ExportFailed, match="vanished"):
+        export_output(options, on_progress=compact_meanwhile)
+    assert not (tmp_path / "hf" / "stats.json").exists()
+
+    result = export_output(options)
+
+    assert result.resumed_shards == 0 and result.tally.rows == 33
+    check_hf(tmp_path / "hf", sink, expected_rows(sink))

@@ -251,6 +251,8 @@ class ShardedExport:
         # An unfinished shard never reaches its final name: its temporary file goes.
         if self.current is not None:
             with contextlib.suppress(Exception):
+                self.current.writer.close()  # before its file: a writer finalised later would write to it
+            with contextlib.suppress(Exception):
                 self.current.handle.close()
             self.staging.discard(self.current.path)
             self.current = None
