@@ -52,7 +52,8 @@ def write_spec(folder: Path, jobs: int, output: Path, api_base: str) -> Path:
 
 async def bare_loop(spec_path: Path) -> int:
     """The same stages with no Prefect: engine.run over every job, each outcome stored as it comes."""
-    from promptgrid.flows.pipeline import RunPlan, engine_config
+    from promptgrid.flows.pipeline import engine_config
+    from promptgrid.flows.planning import RunPlan
     from promptgrid.settings import read_api_settings
     from promptgrid.tasks.api.client import ApiClient
     from promptgrid.tasks.engine.engine import Engine

@@ -8,14 +8,18 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.states import State
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.flows.generate import current_run_id
-from promptgrid.flows.pipeline import RunPlan, Selection, run_plan
+from promptgrid.flows.pipeline import run_plan
+from promptgrid.flows.planning import RunPlan, Selection
+from promptgrid.settings import environment_overrides
 from promptgrid.tasks.output.manifest.read import provenance
 from promptgrid.tasks.output.selection import DEFAULT_STATUSES, jobs_to_backfill, saved_api_config
 from promptgrid.tasks.output.sinks import open_sink
 from promptgrid.tasks.spec.overrides import spec_overrides
+from promptgrid.tasks.spec.verdict import FailWhen
 
 
 @flow(name="backfill")
@@ -28,12 +32,13 @@ async def backfill(
     max_concurrent: int | None = None,
     price_per_image: float = PRICE_PER_IMAGE_USD,
     time_scale: float = 1.0,
-) -> dict[str, Any]:
+) -> State[dict[str, Any]]:
     """Re-run the jobs in `output` whose latest status is in `statuses` (and that match `where`, SQL)."""
     text, jobs = jobs_to_backfill(output, list(statuses or DEFAULT_STATUSES), where)
-    api = saved_api_config(text, spec_overrides(None, api_base, rate_limit, max_concurrent))
+    flags = spec_overrides(None, api_base, rate_limit, max_concurrent)
+    api = saved_api_config(text, {**environment_overrides(), **flags})
     spec_hash = provenance(open_sink(output)).get("promptgrid.spec_hash", "")
-    plan = RunPlan(api, output, text, spec_hash, lambda: [jobs])
+    plan = RunPlan(api, output, text, spec_hash, lambda: [jobs], fail_when=FailWhen.of_saved_spec(text))
     selection = Selection(rerun=frozenset(job.job_id for job in jobs))
     return await run_plan(
         plan, selection, price_per_image=price_per_image, time_scale=time_scale, run_id=current_run_id()

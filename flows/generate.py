@@ -11,9 +11,12 @@ from typing import Any
 
 from prefect import flow
 from prefect.runtime import flow_run
+from prefect.states import State
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
-from promptgrid.flows.pipeline import RunPlan, Selection, run_plan
+from promptgrid.flows.pipeline import run_plan
+from promptgrid.flows.planning import RunPlan, Selection
+from promptgrid.settings import environment_overrides
 from promptgrid.tasks.spec.load import load_spec
 from promptgrid.tasks.spec.overrides import spec_overrides
 
@@ -37,15 +40,19 @@ async def generate(
     price_per_image: float = PRICE_PER_IMAGE_USD,
     time_scale: float = 1.0,
     report: bool = True,
-) -> dict[str, Any]:
+) -> State[dict[str, Any]]:
     """Generate every image of a spec that its output does not have yet.
+
+    Each setting is the parameter when given, else its environment variable, else the spec's, else the
+    default. The run ends Failed (the summary still its result) when more jobs fail than the spec's
+    `fail_when` allows.
 
     `shard_index`/`shard_count` split one spec across flow runs that share the output; `time_scale` is the
     speed of the API's clock (1 for the real API; a sandbox started with --time-scale runs faster).
     `report=False` skips the HTML report at the end (`promptgrid report` builds it later).
     """
     overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count)
-    spec = load_spec(Path(spec_path), overrides=overrides)
+    spec = load_spec(Path(spec_path), overrides=overrides, environment=environment_overrides())
     return await run_plan(
         RunPlan.from_spec(spec),
         Selection(shard_index, shard_count),

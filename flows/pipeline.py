@@ -13,16 +13,17 @@ import contextlib
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import State
 from prefect.utilities.annotations import quote
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.errors import ApiError, InvalidInput
+from promptgrid.flows.planning import RunPlan, Selection, Tally, plan_selection, select_jobs
 from promptgrid.settings import read_api_settings
 from promptgrid.tasks.api.client import ApiClient
 from promptgrid.tasks.engine.config import EngineConfig, PrepareInputs
@@ -30,7 +31,6 @@ from promptgrid.tasks.engine.engine import Engine
 from promptgrid.tasks.engine.progress import RunProgress, TerminalProgress
 from promptgrid.tasks.output.input_images import InputImages, InputServer, classify_image_ref
 from promptgrid.tasks.output.journal import Journal
-from promptgrid.tasks.output.manifest.read import latest_status
 from promptgrid.tasks.output.manifest.writer import ManifestWriter
 from promptgrid.tasks.output.recorder import OutcomeStore
 from promptgrid.tasks.output.saved_spec import save_spec
@@ -39,9 +39,8 @@ from promptgrid.tasks.output.sinks.base import Sink
 from promptgrid.tasks.output.sinks.local import LocalSink
 from promptgrid.tasks.quota.base import Limits
 from promptgrid.tasks.quota.factory import open_budget, quota_namespace
-from promptgrid.tasks.spec.expand import iter_job_batches
-from promptgrid.tasks.spec.schema import ApiConfig, SweepSpec
-from promptgrid.types import Job, JobStatus
+from promptgrid.tasks.spec.schema import ApiConfig
+from promptgrid.types import Job
 
 if TYPE_CHECKING:
     from promptgrid.flows.reporting import ProgressArtifact
@@ -51,73 +50,6 @@ SHARD_SIZE = 200
 SHARDS_IN_FLIGHT = 2
 SHARD_RETRY_DELAYS_S = (2.0, 10.0)
 TICK_S = 1.0
-
-
-@dataclass(frozen=True)
-class Selection:
-    """Which of a spec's jobs a run takes: its shard of the spec, minus jobs the manifest already has.
-
-    A backfill names the jobs to run again in `rerun` instead; they are taken whatever their last status.
-    """
-
-    shard_index: int = 0
-    shard_count: int = 1
-    rerun: frozenset[str] | None = None
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.shard_index < self.shard_count:
-            raise InvalidInput([f"shard_index must be in 0..{self.shard_count - 1}, got {self.shard_index}"])
-
-    def owns(self, job_id: str) -> bool:
-        return self.shard_count == 1 or int(job_id[:12], 16) % self.shard_count == self.shard_index
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """Everything a run needs: where to send and store, and the job source (read twice: count, then run)."""
-
-    api: ApiConfig
-    output: str
-    spec_text: str
-    spec_hash: str
-    batches: Callable[[], Iterable[list[Job]]]
-    base_dir: Path = Path(".")  # where relative image paths in the grid are found
-
-    @classmethod
-    def from_spec(cls, spec: SweepSpec) -> RunPlan:
-        return cls(
-            spec.api,
-            spec.output,
-            spec.source_text,
-            spec.spec_hash,
-            lambda: iter_job_batches(spec),
-            spec.source_path.parent,
-        )
-
-
-@dataclass
-class Tally:
-    """What selection passed over: jobs already recorded, and how many of those did not succeed."""
-
-    skipped: int = 0
-    previously_failed: int = 0
-
-
-def select_jobs(plan: RunPlan, latest: dict[str, str], selection: Selection, tally: Tally) -> Iterator[Job]:
-    for batch in plan.batches():
-        for job in batch:
-            if not selection.owns(job.job_id):
-                continue
-            if selection.rerun is not None:
-                if job.job_id in selection.rerun:
-                    yield job
-                continue
-            status = latest.get(job.job_id)
-            if status is None:
-                yield job
-                continue
-            tally.skipped += 1
-            tally.previously_failed += status != JobStatus.SUCCESS
 
 
 def chunked(jobs: Iterable[Job], size: int) -> Iterator[list[Job]]:
@@ -200,14 +132,6 @@ def engine_config(api: ApiConfig, time_scale: float) -> EngineConfig:
     return EngineConfig(limits=limits).scaled(time_scale)
 
 
-def plan_selection(plan: RunPlan, sink: Sink, selection: Selection) -> tuple[dict[str, str], int, Tally]:
-    """Read what is done, count what is left: one streaming pass, so progress can show an ETA."""
-    latest = latest_status(sink)
-    tally = Tally()
-    total = sum(1 for _ in select_jobs(plan, latest, selection, tally))
-    return latest, total, tally
-
-
 async def run_plan(
     plan: RunPlan,
     selection: Selection,
@@ -216,8 +140,8 @@ async def run_plan(
     time_scale: float = 1.0,
     run_id: str | None = None,
     report: bool = True,
-) -> dict[str, Any]:
-    """Run the selected jobs of a plan to outcomes in its output; returns the run's summary counts."""
+) -> State[dict[str, Any]]:
+    """Run the selected jobs of a plan to outcomes in its output; the final state carries the summary."""
     from promptgrid.flows.reporting import ProgressArtifact, finish_run
 
     settings = read_api_settings(plan.api.base_url)
@@ -235,7 +159,11 @@ async def run_plan(
     config = engine_config(plan.api, time_scale)
     budget = open_budget(config.limits, plan.api.quota_url, quota_namespace(settings.api_key))
     writer = ManifestWriter(
-        sink, run_id=run_id, spec_hash=plan.spec_hash, worker_id=f"s{selection.shard_index}"
+        sink,
+        run_id=run_id,
+        spec_hash=plan.spec_hash,
+        worker_id=f"s{selection.shard_index}",
+        api_base=settings.base_url,
     )
     failures: list[BaseException] = []
     async with ApiClient(settings.base_url, settings.api_key) as client:
@@ -247,6 +175,7 @@ async def run_plan(
                 config,
                 on_created=store.on_created,
                 on_sending=store.on_sending,
+                on_unsent=store.on_unsent,
                 prepare_inputs=prepare,
             )
             run = RunContext(engine, store, terminal, resume, uncertain)
@@ -273,6 +202,7 @@ async def run_plan(
         halted=engine.halted,
         price_per_image=price_per_image,
         report=report,
+        fail_when=plan.fail_when,
     )
 
 
@@ -307,6 +237,7 @@ async def _tick(run: RunContext, writer: ManifestWriter, artifact: ProgressArtif
     while True:
         await asyncio.sleep(TICK_S)
         run.store.progress.in_flight = run.engine.stats.in_flight
+        run.store.progress.throttled = run.engine.stats.throttled
         run.terminal.refresh()
         try:
             await asyncio.to_thread(writer.maybe_flush)

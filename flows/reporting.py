@@ -15,13 +15,15 @@ from prefect.artifacts import (
     aupdate_progress_artifact,
 )
 from prefect.context import FlowRunContext
+from prefect.states import Completed, Failed, State
 
-from promptgrid.errors import RunFailed
+from promptgrid.errors import ApiUnreachable
 from promptgrid.tasks.engine.progress import RunProgress, summary_rows
 from promptgrid.tasks.output.sinks.base import Sink
+from promptgrid.tasks.spec.verdict import ANY_FAILURE, FailWhen
 
 if TYPE_CHECKING:
-    from promptgrid.flows.pipeline import Tally
+    from promptgrid.flows.planning import Tally
 
 
 class ProgressArtifact:
@@ -70,9 +72,13 @@ async def finish_run(
     halted: BaseException | None,
     price_per_image: float,
     report: bool = True,
-) -> dict[str, Any]:
-    """Publish the summary and report; raise when shards failed or the API stopped the run, so it is not
-    mistaken for a completed one."""
+    fail_when: FailWhen = ANY_FAILURE,
+) -> State[dict[str, Any]]:
+    """Publish the summary and report, and end the run Completed or Failed with the summary as its result.
+
+    Failed when shards failed, the API stopped the run, or more jobs failed than `fail_when` allows, so
+    Prefect (its UI, automations) tells a bad run from a good one, and still holds what it did.
+    """
     logger = get_run_logger()
     report_uri = await _write_report(sink, price_per_image) if report else None
     rows = summary_rows(progress)
@@ -95,9 +101,30 @@ async def finish_run(
         "previously_failed": tally.previously_failed,
         "api_requests": progress.api_requests,
         "report": report_uri,
+        "fail_when": str(fail_when),
     }
+    problem = run_problem(progress, failures, halted, fail_when)
+    if problem is not None:
+        return Failed(message=problem, data=summary)
+    return Completed(message=f"{progress.succeeded} of {progress.total} jobs succeeded", data=summary)
+
+
+def run_problem(
+    progress: RunProgress, failures: list[BaseException], halted: BaseException | None, fail_when: FailWhen
+) -> str | None:
+    """Why the run counts as failed, in one sentence; None when it does not."""
+    if isinstance(halted, ApiUnreachable):
+        return (
+            f"{halted}. The base URL comes from --api-base, else EACHLABS_API_BASE, else the spec's "
+            "api.base_url; rerun the same command once the API is reachable"
+        )
     if halted is not None:
-        raise RunFailed(f"the API stopped this run: {halted}; rerun the same command to continue")
+        return f"the API stopped this run: {halted}; rerun the same command to continue"
     if failures:
-        raise RunFailed(f"{len(failures)} shard(s) failed after retries; first: {failures[0]!r}")
-    return summary
+        return f"{len(failures)} shard(s) failed after retries; first: {failures[0]!r}"
+    if fail_when.fails(progress.failed, progress.total):
+        return (
+            f"{progress.failed} of {progress.total} jobs did not succeed (fail_when: {fail_when}); "
+            "their reasons are in the manifest"
+        )
+    return None

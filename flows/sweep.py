@@ -9,11 +9,14 @@ from typing import Any, Literal
 
 import yaml
 from prefect import flow
+from prefect.states import State
 from pydantic import BaseModel, ConfigDict, Field
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.flows.generate import current_run_id
-from promptgrid.flows.pipeline import RunPlan, Selection, run_plan
+from promptgrid.flows.pipeline import run_plan
+from promptgrid.flows.planning import RunPlan, Selection
+from promptgrid.settings import environment_overrides
 from promptgrid.tasks.spec.load import load_spec
 
 
@@ -38,7 +41,7 @@ class SweepRequest(BaseModel):
     max_concurrent: int = Field(10, ge=1)
     quota_url: str | None = Field(None, description="redis:// URL of the quota shared by all workers")
 
-    def spec_document(self, prompts_file: str) -> dict[str, Any]:
+    def spec_document(self, prompts_file: str) -> State[dict[str, Any]]:
         api: dict[str, Any] = {"rate_limit": self.rate_limit, "max_concurrent": self.max_concurrent}
         if self.api_base:
             api["base_url"] = self.api_base
@@ -68,7 +71,10 @@ async def sweep(
             writer.writerows([prompt] for prompt in request.prompts)
         spec_file = Path(folder) / "spec.yaml"
         spec_file.write_text(yaml.safe_dump(request.spec_document("prompts.csv"), sort_keys=False))
-        spec = load_spec(spec_file)
+        # The form's empty fields fall back to the environment, as a spec's absent keys do.
+        unset = {"api.base_url": request.api_base, "api.quota_url": request.quota_url}
+        environment = {k: v for k, v in environment_overrides().items() if k in unset and not unset[k]}
+        spec = load_spec(spec_file, environment=environment)
         return await run_plan(
             RunPlan.from_spec(spec),
             Selection(),

@@ -9,6 +9,8 @@
     │   │                       (connect error or timeout, pool timeout): resending cannot duplicate it.
     │   │                       True means it may have reached the server (read/write error or timeout,
     │   │                       dropped connection): a create's outcome is unknown.
+    │   ├── ApiUnreachable      the API never answered: its URL cannot be resolved or connected to;
+    │   │                       `.url` and `.detail` say which and why
     │   ├── Throttled           429; `.retry_after_s` from `Retry-After` when present
     │   ├── ServerFailure       5xx; `.api_answered` when the body is the API's own JSON error
     │   ├── PaymentRequired     402: the balance cannot cover more work
@@ -89,6 +91,14 @@ class TransportFailure(ApiError):
     def __init__(self, message: str, *, sent: bool, **context: Any):
         super().__init__(message, **context)
         self.sent = sent
+
+
+class ApiUnreachable(ApiError):
+    """The API at `url` cannot be reached at all (DNS, refused or timed-out connections): nothing was sent."""
+
+    def __init__(self, url: str, detail: str):
+        super().__init__(f"cannot reach the API at {url}: {detail}; nothing was sent")
+        self.url, self.detail = url, detail
 
 
 class Throttled(ApiError):

@@ -51,3 +51,11 @@ def redact_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def is_loopback_url(url: str | None) -> bool:
+    """Whether the URL names this machine: where promptgrid's sandbox runs, and the real API never does."""
+    if not url:
+        return False
+    host = urlsplit(url).hostname or ""
+    return host in ("localhost", "::1") or host.startswith("127.")

@@ -1,14 +1,34 @@
-"""The one place promptgrid reads its environment: the API key and base URL."""
+"""The one place promptgrid reads its environment: the API key, and settings a spec may also set.
+
+Every setting a run takes is resolved by one rule, first match wins: the command-line flag, then the
+environment variable below, then the spec, then the default (`promptgrid.defaults`). The API key comes from
+the environment only.
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import Any, NoReturn
 
-DEFAULT_API_BASE = "https://api.eachlabs.ai"
+from promptgrid.defaults import API_BASE as DEFAULT_API_BASE
+from promptgrid.errors import InvalidInput
+
 API_KEY_ENV = "EACHLABS_API_KEY"
 API_BASE_ENV = "EACHLABS_API_BASE"
+# Spec key -> the environment variable that sets it when no flag does.
+ENVIRONMENT_SETTINGS: dict[str, str] = {
+    "output": "PROMPTGRID_OUTPUT",
+    "api.base_url": API_BASE_ENV,
+    "api.rate_limit": "PROMPTGRID_RATE_LIMIT",
+    "api.max_concurrent": "PROMPTGRID_MAX_CONCURRENT",
+    "api.polls_count": "PROMPTGRID_POLLS_COUNT",
+    "api.quota_url": "PROMPTGRID_QUOTA_URL",
+}
+_INTEGER_SETTINGS = frozenset({"api.max_concurrent"})
+_BOOLEAN_SETTINGS = frozenset({"api.polls_count"})
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 class ApiKey:
@@ -51,3 +71,37 @@ def read_api_settings(base_url: str | None = None) -> ApiSettings:
     key = os.environ.get(API_KEY_ENV, "").strip()
     base = base_url or os.environ.get(API_BASE_ENV, "").strip() or DEFAULT_API_BASE
     return ApiSettings(base_url=base.rstrip("/"), api_key=ApiKey(key) if key else None)
+
+
+def environment_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The settings the environment sets, keyed as the spec names them; unset and empty variables left out.
+
+    Numbers and booleans are converted here, so a bad value names its variable before anything runs.
+    """
+    environ = os.environ if environ is None else environ
+    found: dict[str, Any] = {}
+    problems = []
+    for key, name in ENVIRONMENT_SETTINGS.items():
+        raw = environ.get(name, "").strip()
+        if not raw:
+            continue
+        try:
+            found[key] = _convert(key, raw)
+        except ValueError as exc:
+            problems.append(f"environment variable {name}: {raw!r} {exc}")
+    if problems:
+        raise InvalidInput(problems)
+    return found
+
+
+def _convert(key: str, raw: str) -> Any:
+    if key in _INTEGER_SETTINGS:
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError("is not a whole number") from None
+    if key in _BOOLEAN_SETTINGS:
+        if raw.lower() in _TRUE + _FALSE:
+            return raw.lower() in _TRUE
+        raise ValueError(f"is not a boolean; expected one of {', '.join(_TRUE + _FALSE)}")
+    return raw

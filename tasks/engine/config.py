@@ -40,6 +40,7 @@ class EngineConfig:
     output_max_bytes: int = DEFAULT_MAX_BYTES
     queue_size: int | None = None  # jobs started beyond the in-flight slots; default: as many as the slots
     retryable_codes: frozenset[str] = RETRYABLE_CODES
+    unreachable_after: int = 3  # requests failing before they leave, with no answer yet: the API is down
     poll: PollPolicy = field(default_factory=PollPolicy)
 
     def scaled(self, time_scale: float) -> EngineConfig:

@@ -7,6 +7,7 @@ resumed run polls them instead of paying for them twice. For the same reason an 
 `on_created` (the id could not be recorded) stops the run rather than create predictions a resume cannot find.
 `on_sending` is told of each create just before it leaves, so a run that dies before reading the answer
 leaves a trace: its rerun knows that create's outcome is unknown and does not send it blindly again.
+`on_unsent` withdraws that trace when the create provably created nothing (never left, or was refused).
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from promptgrid.aio import wait_event
+from promptgrid.aio import as_async_iterator, wait_event
 from promptgrid.errors import (
     ApiError,
+    ApiUnreachable,
     AuthenticationFailed,
     FetchFailed,
     PredictionNotFound,
@@ -33,7 +35,9 @@ from promptgrid.tasks.api.polling import LatencyModel, PollPlan
 from promptgrid.tasks.api.prediction import Prediction, PredictionStatus
 from promptgrid.tasks.engine.config import EngineConfig, EngineStats, OnCreated, OnSending, PrepareInputs
 from promptgrid.tasks.engine.retry import (
+    JobDeferred,
     JobEnded,
+    Reachability,
     RetryAttempt,
     backoff_s,
     create_refused,
@@ -61,6 +65,7 @@ class Engine:
         *,
         on_created: OnCreated | None = None,
         on_sending: OnSending | None = None,
+        on_unsent: OnSending | None = None,
         prepare_inputs: PrepareInputs | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
@@ -69,10 +74,13 @@ class Engine:
         self.config = config or EngineConfig()
         self.on_created = on_created
         self.on_sending = on_sending
+        self.on_unsent = on_unsent
         self.prepare_inputs = prepare_inputs
         self.latency = LatencyModel(self.config.poll, polls_count=self.config.limits.polls_count)
         self.stats = EngineStats()
         self.halted: ApiError | None = None
+        self.reachability = Reachability(self.config.unreachable_after)
+        self.deferred: set[str] = set()  # jobs stopped with no outcome: nothing of them was sent
         self._clock = clock
 
     async def run(
@@ -84,7 +92,7 @@ class Engine:
         After a 402 or 401, no further jobs are taken; the error is raised once in-flight work is collected.
         """
         resume = resume or {}
-        source = _as_async_iterator(jobs)
+        source = as_async_iterator(jobs)
         width = self.config.limits.max_in_flight + (
             self.config.queue_size or self.config.limits.max_in_flight
         )
@@ -103,7 +111,8 @@ class Engine:
                     break
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    yield task.result()
+                    if (outcome := task.result()).job_id not in self.deferred:
+                        yield outcome
         finally:
             for task in pending:
                 task.cancel()
@@ -131,6 +140,9 @@ class Engine:
         except JobEnded as ended:
             outcome.status = ended.status
             outcome.error_code, outcome.error_message = ended.code, ended.message
+        except JobDeferred:
+            self.deferred.add(job.job_id)
+            return outcome
         outcome.completed_at = _now()
         self.stats.outcomes[outcome.status.value] += 1
         return outcome
@@ -201,8 +213,12 @@ class Engine:
             except (ServerFailure, TransportFailure) as exc:
                 if not created_nothing(exc):
                     raise unknown_create(exc) from None
+                if self.on_unsent is not None:
+                    await self.on_unsent(job, outcome.attempts)
+                self._halt_if_unreachable(exc)
                 self.stats.transient_errors += 1
                 await asyncio.sleep(self._backoff(resend))
+                self._halt_if_unreachable(None)
                 reason = exc
             except ApiError as exc:
                 if halts_the_run(exc):
@@ -216,8 +232,16 @@ class Engine:
         raise failed(ErrorCode.CREATE_FAILED, f"the API kept refusing the create: {reason.message}")
 
     def _refuse_if_halted(self) -> None:
+        self._halt_if_unreachable(None)
         if self.halted is not None:
             raise not_submitted(self.halted)
+
+    def _halt_if_unreachable(self, exc: ApiError | None) -> None:
+        """Stop this job, with no outcome, once the API proves unreachable (this failure may prove it)."""
+        if exc is not None and self.halted is None:
+            self.halted = self.reachability.unreachable(exc, self.client.base_url)
+        if isinstance(self.halted, ApiUnreachable):
+            raise JobDeferred
 
     async def _wait_until_finished(self, job: Job, prediction_id: str, outcome: JobOutcome) -> Prediction:
         """Poll on the learned schedule until the prediction is terminal; past the deadline, cancel it."""
@@ -277,7 +301,8 @@ class Engine:
             except AuthenticationFailed as exc:
                 self.halted = self.halted or exc
                 raise failed(ErrorCode.AUTHENTICATION_FAILED, exc.message) from None
-            except ApiError:
+            except ApiError as exc:
+                self._halt_if_unreachable(exc)  # the prediction stays in the journal for a rerun to poll
                 self.stats.transient_errors += 1
             pause = self._backoff(failures)
             failures += 1
@@ -342,10 +367,15 @@ class Engine:
         try:
             if before_send is not None:
                 await before_send()
-            return await method(*args)
+            result = await method(*args)
+        except ApiError as exc:
+            self.reachability.heard(exc)
+            raise
         finally:
             if receipt is not None:
                 receipt.settle()
+        self.reachability.heard(None)
+        return result
 
     async def _throttled(self, exc: Throttled) -> None:
         self.stats.throttled += 1
@@ -365,12 +395,3 @@ def _latency_key(job: Job) -> tuple[str, int]:
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-async def _as_async_iterator(jobs: Iterable[Job] | AsyncIterable[Job]) -> AsyncIterator[Job]:
-    if isinstance(jobs, AsyncIterable):
-        async for job in jobs:
-            yield job
-    else:
-        for job in jobs:
-            yield job

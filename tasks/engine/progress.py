@@ -29,8 +29,11 @@ class RunProgress:
     by_error: Counter[str] = field(default_factory=Counter)
     api_requests: int = 0
     in_flight: int = 0
+    throttled: int = 0  # 429 answers so far
     cost_usd: float = 0.0
     latencies_s: list[float] = field(default_factory=list)
+    # The first failure of each kind, as a line to show as soon as it happens; a display takes them.
+    news: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> int:
@@ -48,7 +51,11 @@ class RunProgress:
         self.by_status[outcome.status] += 1
         self.api_requests += outcome.api_requests
         if outcome.status != JobStatus.SUCCESS:
-            self.by_error[outcome.error_code or outcome.status.value] += 1
+            code = outcome.error_code or outcome.status.value
+            self.by_error[code] += 1
+            if self.by_error[code] == 1:
+                reason = outcome.error_message or outcome.status.value
+                self.news.append(f"first {code} (job {outcome.job_id[:12]}): {reason}")
             return
         self.cost_usd += outcome.cost_usd if outcome.cost_usd is not None else self.price_per_image
         if outcome.predict_time_s is not None:
@@ -66,6 +73,7 @@ class RunProgress:
             "done": self.succeeded,
             "failed": self.failed,
             "in_flight": self.in_flight,
+            "throttled": self.throttled,
             "images_per_min": per_min,
             "api_requests": self.api_requests,
             "eta_s": eta,
@@ -77,11 +85,23 @@ class RunProgress:
 
     def describe(self) -> str:
         s = self.snapshot()
-        eta = "-" if s["eta_s"] is None else f"{s['eta_s']:.0f}s"
+        errors = ", ".join(f"{code} {n}" for code, n in self.by_error.most_common()) or "none"
         return (
-            f"{self.finished}/{s['total']} done={s['done']} failed={s['failed']} in_flight={s['in_flight']} "
-            f"{s['images_per_min']:.1f} img/min requests={s['api_requests']} eta={eta}"
+            f"{self.finished}/{s['total']} done={s['done']} failed={s['failed']} "
+            f"{s['images_per_min']:.1f} img/min in_flight={s['in_flight']} 429s={s['throttled']} "
+            f"errors: {errors} eta={format_eta(s['eta_s'], self.finished)}"
         )
+
+
+def format_eta(eta_s: float | None, finished: int) -> str:
+    """The time left as people read it (`1h05m`, `4m10s`, `35s`); `-` until the first job has finished."""
+    if eta_s is None or finished == 0:
+        return "-"
+    minutes, seconds = divmod(round(eta_s), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 def nearest_rank(values: list[float], fraction: float) -> float | None:
@@ -117,9 +137,10 @@ def summary_rows(progress: RunProgress) -> list[dict[str, Any]]:
 
 
 class TerminalProgress:
-    """A live bar on an interactive terminal; elsewhere a plain line every `interval_s`."""
+    """A live bar on an interactive terminal; elsewhere a plain line every `interval_s`. Either way the
+    first failure of each kind is printed as it happens, not only counted."""
 
-    def __init__(self, progress: RunProgress, *, interval_s: float = 10.0, stream: TextIO | None = None):
+    def __init__(self, progress: RunProgress, *, interval_s: float = 5.0, stream: TextIO | None = None):
         self.progress = progress
         self.stream = stream or sys.stderr
         self.interval_s = interval_s
@@ -145,6 +166,7 @@ class TerminalProgress:
         return self
 
     def refresh(self) -> None:
+        self._print_news()
         if self._live is not None:
             assert self._bar is not None  # added along with the live display
             self._live.update(
@@ -156,6 +178,14 @@ class TerminalProgress:
         elif time.monotonic() - self._last_line >= self.interval_s:
             self._last_line = time.monotonic()
             print(f"progress: {self.progress.describe()}", file=self.stream, flush=True)
+
+    def _print_news(self) -> None:
+        news, self.progress.news[:] = list(self.progress.news), []
+        for line in news:
+            if self._live is not None:
+                self._live.console.print(line, markup=False, highlight=False)
+            else:
+                print(line, file=self.stream, flush=True)
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

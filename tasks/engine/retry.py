@@ -8,6 +8,9 @@ The API has no idempotency key, so a create is only re-sent when it provably cre
   reached the server — read timeout, dropped connection, a gateway's 502/504 page, a 2xx without a
   predictionID — makes the outcome unknown: the job fails with CREATE_OUTCOME_UNKNOWN and is never re-sent.
   Re-sends are bounded by `create_retries` (see promptgrid.tasks.api.client.created_nothing).
+- unreachable: when the run's first requests all fail before leaving (DNS, refused or timed-out connections)
+  `unreachable_after` times with no HTTP answer yet, the API is unreachable (ApiUnreachable): the run stops
+  within seconds, and the jobs it stops end with no outcome at all (nothing was sent; a rerun takes them up).
 - 402 stops new submissions for the rest of the run (PAYMENT_REQUIRED; 401/403 likewise stop it with
   AUTHENTICATION_FAILED); predictions already in flight are still collected, then `run` raises the error.
 - poll: 429, 5xx, malformed answers and transport failures are retried with jittered exponential backoff
@@ -24,8 +27,17 @@ The API has no idempotency key, so a create is only re-sent when it provably cre
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
-from promptgrid.errors import ApiError, AuthenticationFailed, InputRejected, PaymentRequired, UnexpectedAnswer
+from promptgrid.errors import (
+    ApiError,
+    ApiUnreachable,
+    AuthenticationFailed,
+    InputRejected,
+    PaymentRequired,
+    TransportFailure,
+    UnexpectedAnswer,
+)
 from promptgrid.tasks.api.prediction import Prediction
 from promptgrid.types import ErrorCode, JobStatus
 
@@ -47,6 +59,34 @@ class RetryAttempt(Exception):
 
     def __init__(self, prediction: Prediction):
         self.prediction = prediction
+
+
+class JobDeferred(Exception):
+    """Raised inside the engine to stop a job with no outcome: nothing of it reached the API, so nothing is
+    recorded and a rerun takes it up as if this run had never started it."""
+
+
+@dataclass
+class Reachability:
+    """Whether the API has answered this run yet; `threshold` requests that never left, before any answer,
+    mean it cannot be reached."""
+
+    threshold: int = 3
+    answered: bool = False
+    unsent: int = 0
+
+    def heard(self, exc: ApiError | None) -> None:
+        """Note a request's end: anything but a transport failure is an answer from the API."""
+        self.answered = self.answered or not isinstance(exc, TransportFailure)
+
+    def unreachable(self, exc: ApiError, url: str) -> ApiUnreachable | None:
+        """Note a failed request; the error that stops the run once the API proves unreachable."""
+        if self.answered or not isinstance(exc, TransportFailure) or exc.sent:
+            return None
+        self.unsent += 1
+        if self.unsent < self.threshold:
+            return None
+        return ApiUnreachable(url, exc.message.split(": ", 1)[-1])
 
 
 def failed(code: str, message: str) -> JobEnded:

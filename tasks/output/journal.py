@@ -29,6 +29,7 @@ _STAMP = "%Y%m%dT%H%M%S%fZ"
 _LOCAL_FILE = "records.jsonl"
 _INTENT_FILE = "intents.jsonl"
 _INTENT_SUFFIX = ".intent"
+_WITHDRAWN = "-"  # the prediction id of an intent taken back: that create never left
 # Statuses after which a prediction needs no more polling. A timed-out prediction may still finish on
 # the server, so it stays resumable.
 FINISHED = frozenset({JobStatus.SUCCESS.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value})
@@ -117,14 +118,16 @@ class Journal:
     def _local_key(self) -> str:
         return f"{JOURNAL_PREFIX}{self.writer_id}/{_LOCAL_FILE}"
 
-    async def intend(self, job_id: str, attempt: int) -> None:
+    async def intend(self, job_id: str, attempt: int, *, withdrawn: bool = False) -> None:
         """Note, just before a create is sent, that it is about to be; it survives a killed process (and
         on S3 a lost machine) once this returns.
 
         A run killed between sending a create and recording its id leaves an intent with no record after
         it; the rerun then knows the create's outcome is unknown and must not send it blindly again.
+        `withdrawn=True` takes the intent back: the create provably created nothing (it never left).
         """
-        entry = JournalRecord(job_id, "", int(attempt), self.clock(), self.writer_id)
+        marker = _WITHDRAWN if withdrawn else ""
+        entry = JournalRecord(job_id, marker, int(attempt), self.clock(), self.writer_id)
         line = (entry.to_json() + "\n").encode("utf-8")
         if isinstance(self.sink, LocalSink):
             with self._lock:
@@ -149,12 +152,15 @@ class Journal:
         """Jobs whose latest create was sent but whose prediction id never reached the journal."""
         latest = self.latest()
         last_intent: dict[str, datetime] = {}
+        last_withdrawn: dict[str, datetime] = {}
         for entry in self.intents():
-            last_intent[entry.job_id] = max(entry.created_at, last_intent.get(entry.job_id, entry.created_at))
+            seen = last_withdrawn if entry.prediction_id == _WITHDRAWN else last_intent
+            seen[entry.job_id] = max(entry.created_at, seen.get(entry.job_id, entry.created_at))
         return {
             job_id
             for job_id, sent_at in last_intent.items()
-            if job_id not in latest or latest[job_id].created_at < sent_at
+            if (job_id not in latest or latest[job_id].created_at < sent_at)
+            and not (job_id in last_withdrawn and last_withdrawn[job_id] >= sent_at)
         }
 
     def records(self) -> Iterator[JournalRecord]:

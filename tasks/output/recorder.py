@@ -33,6 +33,9 @@ class OutcomeStore:
     async def on_sending(self, job: Job, attempt: int) -> None:
         await self.journal.intend(job.job_id, attempt)
 
+    async def on_unsent(self, job: Job, attempt: int) -> None:
+        await self.journal.intend(job.job_id, attempt, withdrawn=True)
+
     async def on_created(self, job: Job, prediction_id: str, attempt: int) -> None:
         await self.journal.record(job.job_id, prediction_id, attempt)
         self.created[job.job_id] = prediction_id

@@ -21,7 +21,8 @@ import pyarrow as pa
 from PIL import Image
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
-from promptgrid.tasks.output.manifest.read import read_manifest
+from promptgrid.locations import is_loopback_url
+from promptgrid.tasks.output.manifest.read import provenance, read_manifest
 from promptgrid.tasks.output.sinks.base import Sink
 from promptgrid.tasks.output.sinks.s3 import PRESIGN_MAX_S
 from promptgrid.tasks.report.html import PageContent, PageLinks, Thumbnail, display_size, render_page
@@ -120,6 +121,7 @@ def render_report(
     rows = table.to_pylist()
     grids = build_grids(rows, across, down, group_by)
     summary = summarize_rows(rows, price_per_image)
+    summary.from_sandbox = is_loopback_url(provenance(sink).get("promptgrid.api_base"))
     links = ReportLinks(sink, presign=not _is_local(sink), expires_s=link_expires_s)
     pages = [grids[start : start + page_size] for start in range(0, len(grids), max(1, page_size))] or [[]]
     page_keys = [INDEX_KEY, *(f"{REPORT_PREFIX}page-{n}.html" for n in range(2, len(pages) + 1))]

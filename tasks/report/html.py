@@ -99,6 +99,8 @@ def render_summary(summary: RunSummary) -> str:
     rows.append(("API requests", str(summary.api_requests)))
     rows.append(("requests per image", "—" if per_image is None else f"{per_image:.2f}"))
     cost_label = "cost (estimated: images × price per image)" if summary.cost_is_estimate else "cost (billed)"
+    if summary.from_sandbox:
+        cost_label = "cost (sandbox figures: nothing was billed)"
     rows.append((cost_label, f"${summary.cost_usd:.2f}"))
     for label, fraction in (("latency p50", 0.5), ("latency p90", 0.9), ("latency max", 1.0)):
         value = summary.latency_percentile(fraction)

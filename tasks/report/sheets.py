@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 import textwrap
 from collections.abc import Mapping
-from typing import TypeAlias
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
+from promptgrid.tasks.report.fonts import FontChain, font_chain
 from promptgrid.tasks.report.html import variant_caption
 from promptgrid.tasks.report.layout import PromptGrid, Row, axis_label
 from promptgrid.types import JobStatus
@@ -23,17 +23,15 @@ INK = (29, 29, 31)
 FAILURE_FILL = (253, 236, 234)
 FAILURE_INK = (122, 28, 18)
 
-# Pillow's built-in font is a FreeTypeFont, or its bitmap ImageFont when FreeType is missing.
-Font: TypeAlias = ImageFont.FreeTypeFont | ImageFont.ImageFont
-
 
 def draw_contact_sheet(grid: PromptGrid, thumbnails: Mapping[str, Image.Image], tile_px: int = 160) -> bytes:
     """The grid as a PNG: axis values along the top and left, each variant's seed under its thumbnail.
 
     A job without a thumbnail is drawn as a box naming its status and error code, so a failure is never
-    mistaken for an image. Tiles shrink (down to 48 px) to keep very wide grids under 4096 px.
+    mistaken for an image. Tiles shrink (down to 48 px) to keep very wide grids under 4096 px. Text in any
+    script is drawn with a font that has its characters (`promptgrid.tasks.report.fonts`).
     """
-    font = ImageFont.load_default(size=13)
+    font = font_chain(13)
     label_width = _label_width(grid, font)
     per_cell = max(1, grid.variants_per_cell())
     columns = len(grid.across_values)
@@ -62,15 +60,15 @@ def _fit_tile(tile_px: int, tiles_across: int, label_width: int) -> int:
     return max(48, min(tile_px, room))
 
 
-def _label_width(grid: PromptGrid, font: Font) -> int:
+def _label_width(grid: PromptGrid, font: FontChain) -> int:
     labels = [axis_label(grid.down, value) for value in grid.down_values]
-    return int(max((font.getlength(label) for label in labels), default=0)) + 2 * PAD
+    return int(max((font.length(label) for label in labels), default=0)) + 2 * PAD
 
 
 def _draw_labels(
     draw: ImageDraw.ImageDraw,
     grid: PromptGrid,
-    font: Font,
+    font: FontChain,
     label_width: int,
     cell_width: int,
     cell_height: int,
@@ -78,16 +76,16 @@ def _draw_labels(
 ) -> None:
     characters = max(20, width // 8)
     title = textwrap.shorten(grid.prompt, characters, placeholder="…") or "(empty prompt)"
-    draw.text((PAD, PAD), title, fill=INK, font=ImageFont.load_default(size=16))
+    font_chain(16).draw_text(draw, (PAD, PAD), title, INK)
     header_top = TITLE_PX
     draw.rectangle((0, header_top, width, header_top + CAPTION_PX + PAD // 2), fill=HEADER)
     for index, value in enumerate(grid.across_values):
         x = label_width + index * cell_width + PAD
-        draw.text((x, header_top + 2), axis_label(grid.across, value), fill=INK, font=font)
+        font.draw_text(draw, (x, header_top + 2), axis_label(grid.across, value), INK)
     top = TITLE_PX + CAPTION_PX + PAD
     for index, value in enumerate(grid.down_values):
         y = top + index * cell_height + PAD + 2
-        draw.text((PAD, y), axis_label(grid.down, value), fill=INK, font=font)
+        font.draw_text(draw, (PAD, y), axis_label(grid.down, value), INK)
 
 
 def _draw_cell(
@@ -98,7 +96,7 @@ def _draw_cell(
     thumbnails: Mapping[str, Image.Image],
     origin: tuple[int, int],
     tile_px: int,
-    font: Font,
+    font: FontChain,
 ) -> None:
     x, y = origin
     for row in variants:
@@ -114,7 +112,7 @@ def _draw_cell(
         caption = textwrap.shorten(
             variant_caption(row, grid.variant_params), max(8, tile_px // 7), placeholder="…"
         )
-        draw.text((x, y + tile_px + 2), caption, fill=INK, font=font)
+        font.draw_text(draw, (x, y + tile_px + 2), caption, INK)
         x += tile_px + PAD
 
 
@@ -123,7 +121,7 @@ def _draw_failure(
     row: Row,
     origin: tuple[int, int],
     tile_px: int,
-    font: Font,
+    font: FontChain,
 ) -> None:
     x, y = origin
     draw.rectangle((x, y, x + tile_px - 1, y + tile_px - 1), fill=FAILURE_FILL, outline=FAILURE_INK)
@@ -133,4 +131,4 @@ def _draw_failure(
     else:
         code = str(row.get("error_code") or "")
     lines = [status.upper(), *textwrap.wrap(code, max(6, tile_px // 8))]
-    draw.multiline_text((x + 6, y + 6), "\n".join(lines), fill=FAILURE_INK, font=font, spacing=3)
+    font.draw_lines(draw, (x + 6, y + 6), lines, FAILURE_INK, spacing=3)

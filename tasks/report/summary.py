@@ -26,6 +26,7 @@ class RunSummary:
     cost_usd: float
     cost_is_estimate: bool
     run_ids: list[str] = field(default_factory=list)
+    from_sandbox: bool = False  # the images came from promptgrid's sandbox: its costs are make-believe
 
     @property
     def images(self) -> int:

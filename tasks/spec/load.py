@@ -6,6 +6,7 @@ InvalidInput, before anything is sent to the API.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from collections.abc import Mapping
@@ -19,10 +20,17 @@ from promptgrid.errors import InvalidInput, UnknownModel
 from promptgrid.tasks.models.catalog import get_model
 from promptgrid.tasks.spec.checks import check_value, validate_grid
 from promptgrid.tasks.spec.grid import GridContext
+from promptgrid.tasks.spec.overrides import setting_origins
 from promptgrid.tasks.spec.problems import ProblemLog, display_path
-from promptgrid.tasks.spec.schema import OVERRIDE_KEYS, SweepSpec
+from promptgrid.tasks.spec.schema import OVERRIDE_KEYS, ApiConfig, SweepSpec
 from promptgrid.tasks.spec.sources import resolve_sources
 from promptgrid.tasks.spec.template_checks import TemplateChecker
+
+# The keys each section of a spec knows, for "did you mean" on a misspelt one.
+_SECTION_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {
+    (): tuple(SweepSpec.model_fields),
+    ("api",): tuple(ApiConfig.model_fields),
+}
 
 
 def _yaml_loader() -> type[yaml.SafeLoader]:
@@ -81,13 +89,29 @@ def _apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any], source_
     return data
 
 
-def _describe_validation_error(exc: ValidationError, source_name: str) -> list[str]:
+def unknown_key_message(section: tuple[str, ...], key: object) -> str:
+    """An unknown key's problem, with the nearest known key of its section when one is close."""
+    known = _SECTION_KEYS.get(section, ())
+    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key {key!r}; did you mean {close[0]!r}?"
+    listed = f"; expected one of {', '.join(known)}" if known else ""
+    return f"unknown key {key!r}{listed}"
+
+
+def _describe_validation_error(
+    exc: ValidationError, source_name: str, origins: Mapping[str, str] | None = None
+) -> list[str]:
     problems = []
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"]) or "(top level)"
         message = error["msg"].removeprefix("Value error, ")
+        origin = (origins or {}).get(where, "spec")
+        if origin not in ("spec", "default"):
+            where = f"{where} (from {origin})"
         if error["type"] == "extra_forbidden":
-            message = f"unknown key {where.rsplit('.', 1)[-1]!r}; keys are not guessed, check the spelling"
+            loc = tuple(str(part) for part in error["loc"])
+            message = unknown_key_message(loc[:-1], loc[-1])
         elif error["type"] == "missing":
             message = "is required"
         elif (
@@ -150,7 +174,7 @@ def _fill_defaults(data: dict[str, Any], base_dir: Path, source_name: str) -> di
 
 
 def _spec_hash(spec: SweepSpec, prompts_as_written: Any) -> str:
-    canonical = spec.model_dump(mode="json")
+    canonical = spec.model_dump(mode="json", exclude={"fail_when"})  # how a run is judged, not what it makes
     # The grid as written, not its absolute path: the same spec hashes alike on every machine.
     canonical["prompts"] = str(prompts_as_written)
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -158,11 +182,22 @@ def _spec_hash(spec: SweepSpec, prompts_as_written: Any) -> str:
 
 
 def load_spec_text(
-    text: str, base_dir: Path, source_name: str, overrides: Mapping[str, Any] | None = None
+    text: str,
+    base_dir: Path,
+    source_name: str,
+    overrides: Mapping[str, Any] | None = None,
+    environment: Mapping[str, Any] | None = None,
 ) -> SweepSpec:
-    """Parse and check a spec given as text, and every grid row; relative paths resolve against base_dir."""
+    """Parse and check a spec given as text, and every grid row; relative paths resolve against base_dir.
+
+    `overrides` are the flags, `environment` the settings the environment sets
+    (`promptgrid.settings.environment_overrides`): a flag wins over the environment, which wins over the spec.
+    """
     raw = _parse_yaml(text, source_name)
-    data = _fill_defaults(_apply_overrides(raw, overrides or {}, source_name), base_dir, source_name)
+    flags, environment = dict(overrides or {}), dict(environment or {})
+    layered = {**environment, **flags}
+    data = _fill_defaults(_apply_overrides(raw, layered, source_name), base_dir, source_name)
+    origins = setting_origins(raw, flags, environment)
     sources = resolve_sources(data, base_dir, source_name, text)  # wildcard files and samples, as lists
     problems = _model_axis_problems(data, source_name)
     if "prompts" not in data and "template" not in data:
@@ -171,7 +206,7 @@ def load_spec_text(
         spec = SweepSpec.model_validate(sources.data)
     except ValidationError as exc:
         raise InvalidInput(
-            sources.problems + problems + _describe_validation_error(exc, source_name)
+            sources.problems + problems + _describe_validation_error(exc, source_name, origins)
         ) from None
     if problems:
         raise InvalidInput(sources.problems + problems)
@@ -193,10 +228,13 @@ def load_spec_text(
     spec._base_dir = base_dir
     spec._source_text = text
     spec._spec_hash = _spec_hash(spec, raw.get("prompts"))
+    spec._setting_origins = origins
     return spec
 
 
-def load_spec(path: Path, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
+def load_spec(
+    path: Path, overrides: Mapping[str, Any] | None = None, environment: Mapping[str, Any] | None = None
+) -> SweepSpec:
     """Read, parse and check a spec file and every row of its grid; InvalidInput lists all problems found."""
     path = Path(path)
     shown = display_path(path.absolute())
@@ -210,6 +248,6 @@ def load_spec(path: Path, overrides: Mapping[str, Any] | None = None) -> SweepSp
         raise InvalidInput([f"{shown}: byte {exc.start + 1} is not UTF-8; save the spec as UTF-8"]) from None
     except OSError as exc:
         raise InvalidInput([f"{shown}: cannot read the spec file ({exc.strerror})"]) from None
-    spec = load_spec_text(text, path.absolute().parent, shown, overrides)
+    spec = load_spec_text(text, path.absolute().parent, shown, overrides, environment)
     spec._source_path = path.absolute()
     return spec

@@ -9,17 +9,37 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PrivateAttr,
+    field_validator,
+    model_validator,
+)
 
 from promptgrid import defaults
 from promptgrid.errors import UnknownModel
 from promptgrid.locations import check_output, check_quota_url
 from promptgrid.tasks.models.catalog import INPUT_NAMES, SEED_MAX, ModelSchema, get_model
 from promptgrid.tasks.spec.template import variable_keys, variable_name_problem, variable_values
+from promptgrid.tasks.spec.verdict import ANY_FAILURE, FailWhen
 
-OVERRIDE_KEYS = ("output", "api.base_url", "api.rate_limit", "api.max_concurrent", "api.polls_count")
+# `fail_when: any | never | ratio > 0.05`, read into a FailWhen and written back as text.
+FailWhenSetting = Annotated[FailWhen, BeforeValidator(FailWhen.parse), PlainSerializer(str)]
+
+OVERRIDE_KEYS = (
+    "output",
+    "api.base_url",
+    "api.rate_limit",
+    "api.max_concurrent",
+    "api.polls_count",
+    "api.quota_url",
+)
 AXIS_NAMES = tuple(name for name in INPUT_NAMES if name not in ("prompt", "seed")) + ("model",)
 MAX_RANGE_VALUES = 10_000
 # Combinations every row is expanded into (axes × zip × seeds): they are held in memory, rows are not.
@@ -188,12 +208,14 @@ class SweepSpec(_Frozen):
     seeds: tuple[int, ...] = (0,)
     output: str
     api: ApiConfig = ApiConfig()
+    fail_when: FailWhenSetting = ANY_FAILURE  # when the run's Prefect state is Failed (and the exit code 1)
 
     _source_path: Path = PrivateAttr(default=Path("spec.yaml"))
     _source_text: str = PrivateAttr(default="")
     _spec_hash: str = PrivateAttr(default="")
     _base_dir: Path = PrivateAttr(default=Path("."))
     _grid_templates: bool = PrivateAttr(default=False)
+    _setting_origins: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @property
     def source_path(self) -> Path:
@@ -208,6 +230,11 @@ class SweepSpec(_Frozen):
     def spec_hash(self) -> str:
         """sha256 of the canonical spec after command-line overrides."""
         return self._spec_hash
+
+    @property
+    def setting_origins(self) -> dict[str, str]:
+        """Where each overridable setting came from: a flag, an environment variable, `spec`, `default`."""
+        return self._setting_origins
 
     @property
     def base_dir(self) -> Path:

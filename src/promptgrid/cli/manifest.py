@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from promptgrid.errors import InvalidInput
+
 OutputArgument = Annotated[
     str, typer.Argument(help="The run's output: a local folder or s3://bucket/prefix.")
 ]
@@ -22,8 +24,13 @@ def register(app: typer.Typer) -> None:
         from promptgrid.tasks.output.sinks import open_sink
 
         sink = open_sink(output)
+        parts = part_keys(sink)
+        if not parts:
+            raise InvalidInput(
+                [f"{output}: no manifest here (no {sink.root}/manifest/*.parquet); is this a run's output?"]
+            )
         counts = status_counts(sink)
-        typer.echo(f"manifest: {sink.root}/manifest ({len(part_keys(sink))} parts)")
+        typer.echo(f"manifest: {sink.root}/manifest ({len(parts)} parts)")
         for status, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
             typer.echo(f"  {status:<10} {count:>8}")
         typer.echo(f"  {'total':<10} {sum(counts.values()):>8}")

@@ -9,14 +9,17 @@ import secrets
 import sys
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.errors import InvalidInput, PromptgridError
-from promptgrid.settings import API_KEY_ENV, read_api_settings
-from promptgrid.tasks.spec.overrides import spec_overrides
+from promptgrid.settings import API_KEY_ENV, environment_overrides, read_api_settings
+from promptgrid.tasks.spec.overrides import describe_settings, spec_overrides
+
+if TYPE_CHECKING:
+    from promptgrid.tasks.spec.schema import SweepSpec
 
 SANDBOX_HELP = "Start the local sandbox API and run against it (sandbox renders, not real images)."
 PRICE_HELP = "USD per image, for the cost estimate."
@@ -58,17 +61,56 @@ def scaled_rate_limit(requests: int, window_s: float, time_scale: float) -> str:
     return f"{requests}/{window_s / time_scale:g}s"
 
 
-def run_flow(flow_call: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> int:
-    """Run a flow in this process; 0 when every job succeeded, 1 when some failed or the run failed."""
-    try:
-        summary = asyncio.run(flow_call())
-    except InvalidInput:
-        raise
-    except PromptgridError as exc:
-        print(f"error: the run failed: {exc}", file=sys.stderr)
+def run_flow(flow_call: Callable[[], Coroutine[Any, Any, Any]]) -> int:
+    """Run a flow (called with return_state=True) in this process, on the Prefect API `prefect_api` gives.
+
+    0 when every job succeeded; 1 when the flow run ended Failed (its message says why) or the output holds
+    failures from earlier runs; InvalidInput goes on up (exit 2).
+    """
+    from promptgrid.cli.prefect_server import prefect_api
+
+    with prefect_api():
+        state = asyncio.run(flow_call())
+        result = state.result(raise_on_failure=False)
+    if isinstance(result, InvalidInput):
+        raise result
+    if isinstance(result, PromptgridError):
+        print(f"error: the run failed: {result}", file=sys.stderr)
         return 1
-    print(describe_summary(summary))
-    return 1 if summary["failed"] or summary["previously_failed"] else 0
+    if isinstance(result, BaseException):
+        raise result
+    print(describe_summary(result))
+    if state.is_failed():
+        print(f"error: the run failed: {state.message}", file=sys.stderr)
+        return 1
+    return 1 if result["previously_failed"] and result.get("fail_when") != "never" else 0
+
+
+def nothing_left(spec: SweepSpec) -> dict[str, Any] | None:
+    """The summary of a run with nothing left to do, worked out without Prefect; None when there is work.
+
+    Only an output with a manifest can have nothing left, so a first run pays nothing for asking.
+    """
+    from promptgrid.flows.planning import RunPlan, Selection, plan_selection
+    from promptgrid.tasks.output.manifest.read import part_keys
+    from promptgrid.tasks.output.sinks import open_sink
+
+    sink = open_sink(spec.output)
+    if not part_keys(sink):
+        return None
+    _, total, tally = plan_selection(RunPlan.from_spec(spec), sink, Selection())
+    if total:
+        return None
+    return {
+        "output": sink.root,
+        "succeeded": 0,
+        "failed": 0,
+        "skipped": tally.skipped,
+        "previously_failed": tally.previously_failed,
+        "api_requests": 0,
+        "report": None,
+        "fail_when": str(spec.fail_when),
+    }
 
 
 def describe_summary(summary: dict[str, Any]) -> str:
@@ -117,18 +159,31 @@ def register(app: typer.Typer) -> None:
         from promptgrid.tasks.spec.load import load_spec
 
         overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count)
-        sweep = load_spec(spec, overrides=overrides)
+        sweep = load_spec(spec, overrides=overrides, environment=environment_overrides())
         if dry_run:
+            print(describe_settings(sweep, key_set=read_api_settings().api_key is not None), file=sys.stderr)
             typer.echo(describe_dry_run(sweep, price_per_image=price_per_image))
             return
+        if not use_sandbox and read_api_settings().api_key is None:
+            raise InvalidInput([f"{API_KEY_ENV} is not set: export your Eachlabs API key, or pass --sandbox"])
+        done = nothing_left(sweep)
+        if done is not None:
+            print(describe_settings(sweep), file=sys.stderr)
+            print(f"nothing to do: all {done['skipped']} jobs are in the manifest already", file=sys.stderr)
+            print(describe_summary(done))
+            raise typer.Exit(1 if done["previously_failed"] and done["fail_when"] != "never" else 0)
         from promptgrid.flows.generate import generate
 
         time_scale = sandbox_time_scale if use_sandbox else 1.0
         with api_for_run(use_sandbox, time_scale) as sandbox_url:
+            replaced = {}
             if sandbox_url:
                 api_base = sandbox_url
                 limit = sweep.api.rate_limit
                 rate_limit = scaled_rate_limit(limit.requests, limit.window_s, time_scale)
+                origin = f"--sandbox, x{time_scale:g} time"
+                replaced = {"api.base_url": (api_base, "--sandbox"), "api.rate_limit": (rate_limit, origin)}
+            print(describe_settings(sweep, replaced), file=sys.stderr)
             code = run_flow(
                 lambda: generate(
                     spec_path=str(spec.resolve()),
@@ -140,6 +195,7 @@ def register(app: typer.Typer) -> None:
                     price_per_image=price_per_image,
                     time_scale=time_scale,
                     report=report,
+                    return_state=True,
                 )
             )
         raise typer.Exit(code)
@@ -203,6 +259,7 @@ def register(app: typer.Typer) -> None:
                     rate_limit=rate_limit,
                     price_per_image=price_per_image,
                     time_scale=time_scale,
+                    return_state=True,
                 )
             )
         raise typer.Exit(code)

@@ -44,6 +44,7 @@ class ManifestWriter:
         run_id: str,
         spec_hash: str,
         worker_id: str = "w0",
+        api_base: str | None = None,
         rows_per_part: int = 500,
         flush_s: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
@@ -61,6 +62,8 @@ class ManifestWriter:
             "promptgrid.run_id": run_id,
             "promptgrid.worker_id": worker_id,
         }
+        if api_base:  # where the images came from: the report tells a sandbox's figures from a bill
+            self._metadata["promptgrid.api_base"] = api_base
         self._rows: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self._last_flush = clock()
