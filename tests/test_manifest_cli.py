@@ -58,9 +58,16 @@ def test_compact_merges_parts_and_keeps_counts(output):
     assert "total" in shown and "6" in shown and "(1 parts)" in shown
 
 
-def test_empty_output_shows_zero(tmp_path):
-    result = CliRunner().invoke(app, ["manifest", "show", str(tmp_path)])
-    assert result.exit_code == 0 and ["total", "0"] in [line.split() for line in result.output.splitlines()]
+def test_show_on_a_folder_without_a_manifest_exits_2(tmp_path, monkeypatch, capsys):
+    from promptgrid.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["promptgrid", "manifest", "show", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit) as exited:
+        main()
+
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "no manifest here" in err and str(tmp_path / "missing") in err and "Traceback" not in err
 
 
 @pytest.mark.integration  # the installed command, in a process of its own
