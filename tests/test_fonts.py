@@ -26,7 +26,7 @@ def glyph(font, char: str) -> Image.Image:
 
 def test_fontconfig_offers_fonts_for_japanese_and_punctuation():
     faces = installed_faces()
-    assert faces, "fontconfig (fc-match) found no scalable fonts: install fonts-noto-core/-cjk, fonts-dejavu-core"
+    assert faces, "fontconfig found no scalable fonts: install fonts-noto-core/-cjk, fonts-dejavu-core"
     for char in PROMPT.replace(" ", ""):
         assert any(face.covers(char) for face in faces), f"no installed font has {char!r}"
 
