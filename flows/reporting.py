@@ -114,10 +114,7 @@ def run_problem(
 ) -> str | None:
     """Why the run counts as failed, in one sentence; None when it does not."""
     if isinstance(halted, ApiUnreachable):
-        return (
-            f"{halted}. The base URL comes from --api-base, else EACHLABS_API_BASE, else the spec's "
-            "api.base_url; rerun the same command once the API is reachable"
-        )
+        return halted.explain()
     if halted is not None:
         return f"the API stopped this run: {halted}; rerun the same command to continue"
     if failures:

@@ -46,10 +46,63 @@ def write_spec(folder: Path, prompts: list[str], *, cfg=(2.5, 4.0), seeds=(1, 2)
     return spec
 
 
-def run_generate(spec: Path, sandbox, **params):
+def run_generate_state(spec: Path, sandbox, **params):
     # The sandbox runs 100x faster than the API: its window is 0.6 s, so the run's budget must match.
     params = {"api_base": sandbox.url, "rate_limit": "60/0.6s", "time_scale": 100.0, **params}
-    return asyncio.run(generate(spec_path=str(spec), **params))
+    return asyncio.run(generate(spec_path=str(spec), return_state=True, **params))
+
+
+def run_generate(spec: Path, sandbox, **params):
+    """The run's summary, which a Failed run keeps as its result too."""
+    return run_generate_state(spec, sandbox, **params).result(raise_on_failure=False)
+
+
+async def read_from_prefect(state):
+    """The flow run and its artifacts as Prefect's API holds them, not as the local state object says."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    run_id = state.state_details.flow_run_id
+    async with get_client() as client:
+        run = await client.read_flow_run(run_id)
+        only_this_run = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        artifacts = await client.read_artifacts(artifact_filter=only_this_run)
+    return run, {artifact.key for artifact in artifacts}
+
+
+def test_a_run_with_failures_ends_failed_in_prefect_and_keeps_its_summary(tmp_path, sandbox_factory, api_key):
+    sandbox = sandbox_factory(api_key=api_key, error_rate=1.0, error_codes=(("PROVIDER_REJECTED", False),))
+    spec = write_spec(tmp_path, ["a", "b"])
+
+    state = run_generate_state(spec, sandbox)
+
+    run, artifacts = asyncio.run(read_from_prefect(state))
+    assert run.state.is_failed(), run.state
+    assert "8 of 8 jobs did not succeed (fail_when: any)" in run.state.message
+    assert "promptgrid-summary" in artifacts
+    summary = state.result(raise_on_failure=False)
+    assert summary["failed"] == 8 and summary["succeeded"] == 0
+
+
+@pytest.mark.parametrize(("fail_when", "completed"), [("never", True), ("ratio > 0.5", False)])
+def test_fail_when_in_the_spec_sets_the_threshold(tmp_path, sandbox_factory, api_key, fail_when, completed):
+    sandbox = sandbox_factory(api_key=api_key, error_rate=1.0, error_codes=(("PROVIDER_REJECTED", False),))
+    spec = write_spec(tmp_path, ["a"], extra=f"fail_when: {fail_when}\n")
+
+    state = run_generate_state(spec, sandbox)
+
+    run, artifacts = asyncio.run(read_from_prefect(state))
+    assert run.state.is_completed() is completed and run.state.is_failed() is not completed
+    assert "promptgrid-summary" in artifacts
+    assert state.result(raise_on_failure=False)["failed"] == 4
+
+
+def test_a_run_where_every_job_succeeds_ends_completed(tmp_path, sandbox_factory, api_key):
+    sandbox = sandbox_factory(api_key=api_key)
+    state = run_generate_state(write_spec(tmp_path, ["a"]), sandbox)
+
+    run, _ = asyncio.run(read_from_prefect(state))
+    assert run.state.is_completed() and state.result()["succeeded"] == 4
 
 
 @pytest.fixture

@@ -100,6 +100,13 @@ class ApiUnreachable(ApiError):
         super().__init__(f"cannot reach the API at {url}: {detail}; nothing was sent")
         self.url, self.detail = url, detail
 
+    def explain(self) -> str:
+        """The error with where the URL came from and what to do, as a run reports it."""
+        return (
+            f"{self}. The base URL comes from --api-base, else EACHLABS_API_BASE, else the spec's "
+            "api.base_url; rerun the same command once the API is reachable"
+        )
+
 
 class Throttled(ApiError):
     def __init__(self, message: str, *, retry_after_s: float | None, **context: Any):

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
-from promptgrid.errors import InvalidInput, PromptgridError
+from promptgrid.errors import ApiUnreachable, InvalidInput, PromptgridError
 from promptgrid.settings import API_KEY_ENV, environment_overrides, read_api_settings
+from promptgrid.tasks.api.reach import check_reachable
 from promptgrid.tasks.spec.overrides import describe_settings, spec_overrides
 
 if TYPE_CHECKING:
@@ -61,7 +62,7 @@ def scaled_rate_limit(requests: int, window_s: float, time_scale: float) -> str:
     return f"{requests}/{window_s / time_scale:g}s"
 
 
-def run_flow(flow_call: Callable[[], Coroutine[Any, Any, Any]]) -> int:
+def run_flow(flow_call: Callable[[], Coroutine[Any, Any, Any]], base_url: str) -> int:
     """Run a flow (called with return_state=True) in this process, on the Prefect API `prefect_api` gives.
 
     0 when every job succeeded; 1 when the flow run ended Failed (its message says why) or the output holds
@@ -69,6 +70,11 @@ def run_flow(flow_call: Callable[[], Coroutine[Any, Any, Any]]) -> int:
     """
     from promptgrid.cli.prefect_server import prefect_api
 
+    try:
+        check_reachable(base_url)  # seconds, before Prefect's start-up makes an unreachable API slow to see
+    except ApiUnreachable as exc:
+        print(f"error: the run failed: {exc.explain()}", file=sys.stderr)
+        return 1
     with prefect_api():
         state = asyncio.run(flow_call())
         result = state.result(raise_on_failure=False)
@@ -196,7 +202,8 @@ def register(app: typer.Typer) -> None:
                     time_scale=time_scale,
                     report=report,
                     return_state=True,
-                )
+                ),
+                sandbox_url or sweep.api.base_url,
             )
         raise typer.Exit(code)
 
@@ -232,13 +239,14 @@ def register(app: typer.Typer) -> None:
 
         statuses = [part.strip() for part in status.split(",") if part.strip()]
         text, jobs = jobs_to_backfill(output, statuses, where)  # bad input stops here, before any run
+        flags = spec_overrides(None, api_base, rate_limit)
         for unknown in unknown_error_codes(where):
             print(
                 f"note: {unknown!r} is not an error code promptgrid knows (docs/errors.md)", file=sys.stderr
             )
         print(f"{len(jobs)} jobs to run again", file=sys.stderr)
         if dry_run:
-            api = saved_api_config(text, spec_overrides(None, api_base, rate_limit, None))
+            api = saved_api_config(text, {**environment_overrides(), **flags})
             typer.echo(describe_backfill(output, jobs, api, price_per_image))
             raise typer.Exit(0)
         if not jobs:
@@ -260,6 +268,7 @@ def register(app: typer.Typer) -> None:
                     price_per_image=price_per_image,
                     time_scale=time_scale,
                     return_state=True,
-                )
+                ),
+                sandbox_url or saved_api_config(text, {**environment_overrides(), **flags}).base_url,
             )
         raise typer.Exit(code)
