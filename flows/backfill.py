@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
-from prefect.states import State
+from prefect.client.schemas.objects import State
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.flows.generate import current_run_id

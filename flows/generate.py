@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow
+from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
-from prefect.states import State
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.flows.pipeline import run_plan

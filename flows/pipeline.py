@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.states import State
+from prefect.client.schemas.objects import State
 from prefect.utilities.annotations import quote
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD

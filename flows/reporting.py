@@ -14,8 +14,9 @@ from prefect.artifacts import (
     acreate_table_artifact,
     aupdate_progress_artifact,
 )
+from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
-from prefect.states import Completed, Failed, State
+from prefect.states import Completed, Failed
 
 from promptgrid.errors import ApiUnreachable
 from promptgrid.tasks.engine.progress import RunProgress, summary_rows

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import yaml
 from prefect import flow
-from prefect.states import State
+from prefect.client.schemas.objects import State
 from pydantic import BaseModel, ConfigDict, Field
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
@@ -41,7 +41,7 @@ class SweepRequest(BaseModel):
     max_concurrent: int = Field(10, ge=1)
     quota_url: str | None = Field(None, description="redis:// URL of the quota shared by all workers")
 
-    def spec_document(self, prompts_file: str) -> State[dict[str, Any]]:
+    def spec_document(self, prompts_file: str) -> dict[str, Any]:
         api: dict[str, Any] = {"rate_limit": self.rate_limit, "max_concurrent": self.max_concurrent}
         if self.api_base:
             api["base_url"] = self.api_base
@@ -62,7 +62,7 @@ class SweepRequest(BaseModel):
 @flow(name="sweep")
 async def sweep(
     request: SweepRequest, price_per_image: float = PRICE_PER_IMAGE_USD, time_scale: float = 1.0
-) -> dict[str, Any]:
+) -> State[dict[str, Any]]:
     """Run the study the form describes, through the same validation and pipeline as a spec file."""
     with tempfile.TemporaryDirectory(prefix="promptgrid-sweep-") as folder:
         with open(Path(folder) / "prompts.csv", "w", newline="", encoding="utf-8") as handle:

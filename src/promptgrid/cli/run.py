@@ -7,7 +7,7 @@ import contextlib
 import os
 import secrets
 import sys
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -62,7 +62,17 @@ def scaled_rate_limit(requests: int, window_s: float, time_scale: float) -> str:
     return f"{requests}/{window_s / time_scale:g}s"
 
 
-def run_flow(flow_call: Callable[[], Coroutine[Any, Any, Any]], base_url: str) -> int:
+def reachable(base_url: str) -> bool:
+    """Whether the API answers; when not, say so at once (Prefect's import and start-up take seconds)."""
+    try:
+        check_reachable(base_url)
+    except ApiUnreachable as exc:
+        print(f"error: the run failed: {exc.explain()}", file=sys.stderr)
+        return False
+    return True
+
+
+def run_flow(flow_call: Callable[[], Awaitable[Any]]) -> int:
     """Run a flow (called with return_state=True) in this process, on the Prefect API `prefect_api` gives.
 
     0 when every job succeeded; 1 when the flow run ended Failed (its message says why) or the output holds
@@ -70,13 +80,12 @@ def run_flow(flow_call: Callable[[], Coroutine[Any, Any, Any]], base_url: str) -
     """
     from promptgrid.cli.prefect_server import prefect_api
 
-    try:
-        check_reachable(base_url)  # seconds, before Prefect's start-up makes an unreachable API slow to see
-    except ApiUnreachable as exc:
-        print(f"error: the run failed: {exc.explain()}", file=sys.stderr)
-        return 1
+
+    async def flow_run() -> Any:
+        return await flow_call()
+
     with prefect_api():
-        state = asyncio.run(flow_call())
+        state = asyncio.run(flow_run())
         result = state.result(raise_on_failure=False)
     if isinstance(result, InvalidInput):
         raise result
@@ -178,6 +187,8 @@ def register(app: typer.Typer) -> None:
             print(f"nothing to do: all {done['skipped']} jobs are in the manifest already", file=sys.stderr)
             print(describe_summary(done))
             raise typer.Exit(1 if done["previously_failed"] and done["fail_when"] != "never" else 0)
+        if not use_sandbox and not reachable(sweep.api.base_url):
+            raise typer.Exit(1)
         from promptgrid.flows.generate import generate
 
         time_scale = sandbox_time_scale if use_sandbox else 1.0
@@ -202,8 +213,7 @@ def register(app: typer.Typer) -> None:
                     time_scale=time_scale,
                     report=report,
                     return_state=True,
-                ),
-                sandbox_url or sweep.api.base_url,
+                )
             )
         raise typer.Exit(code)
 
@@ -251,6 +261,9 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(0)
         if not jobs:
             raise typer.Exit(0)
+        base_url = saved_api_config(text, {**environment_overrides(), **flags}).base_url
+        if not use_sandbox and not reachable(base_url):
+            raise typer.Exit(1)
         from promptgrid.flows.backfill import backfill
 
         time_scale = sandbox_time_scale if use_sandbox else 1.0
@@ -268,7 +281,6 @@ def register(app: typer.Typer) -> None:
                     price_per_image=price_per_image,
                     time_scale=time_scale,
                     return_state=True,
-                ),
-                sandbox_url or saved_api_config(text, {**environment_overrides(), **flags}).base_url,
+                )
             )
         raise typer.Exit(code)
