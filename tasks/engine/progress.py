@@ -193,3 +193,6 @@ class TerminalProgress:
         if self._live is not None:
             self.refresh()
             self._live.__exit__(exc_type, exc, tb)
+        else:  # the last line says how it ended, however long since the previous one
+            self._print_news()
+            print(f"progress: {self.progress.describe()}", file=self.stream, flush=True)
