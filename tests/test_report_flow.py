@@ -54,7 +54,9 @@ def test_report_after_a_run_with_rejections(tmp_path, sandbox_factory, monkeypat
         api_key=KEY, error_rate=0.5, error_codes=(("PROVIDER_REJECTED", False),), seed=7
     )
     spec = write_spec(tmp_path)
-    asyncio.run(generate(spec_path=str(spec), api_base=sandbox.url, rate_limit="60/0.6s", time_scale=100.0))
+    params = {"api_base": sandbox.url, "rate_limit": "60/0.6s", "time_scale": 100.0}
+    state = asyncio.run(generate(spec_path=str(spec), return_state=True, **params))
+    assert state.is_failed()  # rejections fail the run; the report is written all the same
     sink = LocalSink(tmp_path / "out")
     rows = read_manifest(sink).to_pylist()
     assert len(rows) == 18
