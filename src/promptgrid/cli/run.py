@@ -80,7 +80,6 @@ def run_flow(flow_call: Callable[[], Awaitable[Any]]) -> int:
     """
     from promptgrid.cli.prefect_server import prefect_api
 
-
     async def flow_run() -> Any:
         return await flow_call()
 
