@@ -17,7 +17,7 @@ from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.flows.pipeline import run_plan
 from promptgrid.flows.planning import RunPlan, Selection
 from promptgrid.settings import environment_overrides
-from promptgrid.tasks.spec.load import load_spec
+from promptgrid.tasks.spec.load import load_spec, load_spec_text
 from promptgrid.tasks.spec.overrides import spec_overrides
 
 
@@ -40,6 +40,7 @@ async def generate(
     price_per_image: float = PRICE_PER_IMAGE_USD,
     time_scale: float = 1.0,
     report: bool = True,
+    spec_text: str | None = None,
 ) -> State[dict[str, Any]]:
     """Generate every image of a spec that its output does not have yet.
 
@@ -49,10 +50,16 @@ async def generate(
 
     `shard_index`/`shard_count` split one spec across flow runs that share the output; `time_scale` is the
     speed of the API's clock (1 for the real API; a sandbox started with --time-scale runs faster).
-    `report=False` skips the HTML report at the end (`promptgrid report` builds it later).
+    `report=False` skips the HTML report at the end (`promptgrid report` builds it later). `spec_text` is
+    the spec itself when it was never a file (built in Python): `spec_path` then only names it, and relative
+    paths in it start from `spec_path`'s folder.
     """
     overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count)
-    spec = load_spec(Path(spec_path), overrides=overrides, environment=environment_overrides())
+    path, environment = Path(spec_path), environment_overrides()
+    if spec_text is None:
+        spec = load_spec(path, overrides=overrides, environment=environment)
+    else:
+        spec = load_spec_text(spec_text, path.parent, str(path), overrides, environment)
     return await run_plan(
         RunPlan.from_spec(spec),
         Selection(shard_index, shard_count),

@@ -6,6 +6,7 @@ import math
 import sys
 import time
 from collections import Counter
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
@@ -15,6 +16,10 @@ from promptgrid.types import JobOutcome, JobStatus
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
+
+# Where a display that was given no stream writes: stderr for the command line; the Python API sets stdout
+# for the run it starts, so a notebook shows the progress lines in the cell that ran it.
+PROGRESS_STREAM: ContextVar[TextIO | None] = ContextVar("promptgrid_progress_stream", default=None)
 
 
 @dataclass
@@ -142,7 +147,7 @@ class TerminalProgress:
 
     def __init__(self, progress: RunProgress, *, interval_s: float = 5.0, stream: TextIO | None = None):
         self.progress = progress
-        self.stream = stream or sys.stderr
+        self.stream = stream or PROGRESS_STREAM.get() or sys.stderr
         self.interval_s = interval_s
         self._live: Progress | None = None
         self._bar: TaskID | None = None

@@ -35,12 +35,18 @@ def image_key_of(sink: Sink, row: Mapping[str, Any]) -> str | None:
     return str(key) if key else key_under_root(sink.root, row.get("image_uri"))
 
 
-def make_thumbnail(image_bytes: bytes) -> tuple[bytes, Image.Image]:
-    """A WebP at most 256 px on its longest side, and its pixels for drawing contact sheets."""
+def thumbnail_pixels(image_bytes: bytes) -> Image.Image:
+    """The image shrunk to at most 256 px on its longest side: what a contact sheet's tile is drawn from."""
     with Image.open(io.BytesIO(image_bytes)) as original:
         original.draft("RGB", (THUMB_MAX_PX, THUMB_MAX_PX))  # JPEGs decode at a reduced size: much faster
         image = original.convert("RGBA" if original.mode in ("RGBA", "LA", "P") else "RGB")
     image.thumbnail((THUMB_MAX_PX, THUMB_MAX_PX))
+    return image
+
+
+def make_thumbnail(image_bytes: bytes) -> tuple[bytes, Image.Image]:
+    """A WebP at most 256 px on its longest side, and its pixels for drawing contact sheets."""
+    image = thumbnail_pixels(image_bytes)
     buffer = io.BytesIO()
     image.save(buffer, format="WEBP", quality=THUMB_QUALITY, method=4)
     return buffer.getvalue(), image

@@ -1,0 +1,216 @@
+"""Running a spec from Python: the command line's run (sandbox, overrides, the generate flow), callable from
+a script and from inside an event loop that is already running, as a Jupyter notebook's is.
+
+asyncio allows one running loop per thread, and a notebook's cell already runs inside one: there the flow
+runs on a loop of its own in a worker thread, with the caller's context (Prefect's settings, where progress
+goes), while the cell waits for it. Interrupting the cell cancels the run, as Ctrl-C does on the command
+line, and what was already paid for stays journaled for the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import sys
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, fields
+from typing import Any, TypeVar
+
+from promptgrid.defaults import PRICE_PER_IMAGE_USD
+from promptgrid.errors import InvalidInput
+from promptgrid.notebook.specs import SpecSource, load_spec, spec_file_name
+from promptgrid.settings import API_KEY_ENV, read_api_settings
+from promptgrid.tasks.engine.progress import PROGRESS_STREAM
+from promptgrid.tasks.spec.load import load_spec_text
+from promptgrid.tasks.spec.overrides import spec_overrides
+from promptgrid.tasks.spec.problems import display_path
+from promptgrid.tasks.spec.schema import SweepSpec
+
+T = TypeVar("T")
+
+# The sandbox's clock runs this many times faster than real time unless told otherwise (as `--sandbox`).
+SANDBOX_TIME_SCALE = 10.0
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What one `run` did: jobs by outcome, requests sent, where the output and report are.
+
+    `ok` is what the command line's exit code 0 means: the run finished and no job of the spec is failed,
+    now or from an earlier run. The reasons of failed jobs are rows of the manifest (`read_manifest`).
+    """
+
+    output: str
+    planned: int  # jobs this run set out to do (the spec's, less those already in the manifest)
+    succeeded: int
+    failed: int
+    skipped: int  # jobs already in the manifest, left alone
+    previously_failed: int  # of the skipped: those whose latest outcome is a failure
+    api_requests: int
+    run_id: str | None = None
+    report: str | None = None  # the HTML report's URI, when one was written
+    problem: str | None = None  # why the run counts as failed, when Prefect ended it Failed
+
+    @property
+    def ok(self) -> bool:
+        """True when the run finished and no job of the spec has failed (this run or an earlier one)."""
+        return self.problem is None and not self.failed and not self.previously_failed
+
+    @classmethod
+    def from_flow(cls, summary: Mapping[str, Any], problem: str | None = None) -> RunSummary:
+        known = {field.name for field in fields(cls)}
+        return cls(**{name: value for name, value in summary.items() if name in known}, problem=problem)
+
+    def __str__(self) -> str:
+        from promptgrid.cli.run import describe_summary
+
+        text = describe_summary(
+            {"output": self.output, "report": self.report, **{f: getattr(self, f) for f in _COUNTS}}
+        )
+        return text if self.problem is None else f"{text}\nthe run failed: {self.problem}"
+
+
+_COUNTS = ("succeeded", "failed", "skipped", "previously_failed", "api_requests")
+
+
+def run(
+    spec: SpecSource,
+    *,
+    sandbox: bool = False,
+    output: str | None = None,
+    api_base: str | None = None,
+    rate_limit: str | None = None,
+    max_concurrent: int | None = None,
+    polls_count: bool | None = None,
+    time_scale: float | None = None,
+    price_per_image: float = PRICE_PER_IMAGE_USD,
+    report: bool = True,
+) -> RunSummary:
+    """Generate every image of a spec that its output does not have yet, and return what the run did.
+
+    The same run as `promptgrid run SPEC`: the spec and the overrides are checked first (InvalidInput lists
+    every problem, nothing is sent), jobs already in the manifest are skipped, so running a spec again
+    creates nothing it already has. `sandbox=True` starts the local stand-in API for the run (its images are
+    sandbox renders); otherwise the key is read from EACHLABS_API_KEY and `api_base` (or the spec's
+    `api.base_url`) is called. `output`, `api_base`, `rate_limit` ("60/60s"), `max_concurrent` and
+    `polls_count` override the spec's keys of those names.
+
+    `time_scale` says how many times faster than real time the API's clock runs: 10 for `sandbox=True`
+    unless given, 1 for a real API. The rate limit's window and the engine's clocks shrink by it.
+
+    Works from a script and inside a notebook's running event loop alike; progress lines go to stdout.
+    Raises `promptgrid.errors.RunFailed` when the run could not finish (the API stopped it, or a shard
+    failed after its retries): what it did is in the manifest, and running it again continues.
+    """
+    if sandbox and api_base:
+        raise InvalidInput(["run: give sandbox=True or api_base, not both"])
+    scale = time_scale if time_scale is not None else SANDBOX_TIME_SCALE if sandbox else 1.0
+    if not scale > 0:
+        raise InvalidInput([f"run: time_scale must be above 0, got {time_scale!r}"])
+    loaded = load_spec(spec)
+    overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count)
+    checked = _with_overrides(loaded, overrides)  # a bad override stops here, before anything starts
+    if not sandbox and read_api_settings(checked.api.base_url).api_key is None:
+        raise InvalidInput([f"{API_KEY_ENV} is not set: export your Eachlabs API key, or pass sandbox=True"])
+    if scale != 1.0:
+        limit = checked.api.rate_limit
+        rate_limit = f"{limit.requests}/{limit.window_s / scale:g}s"
+    from promptgrid.cli.run import api_for_run
+    from promptgrid.flows.generate import generate
+
+    with api_for_run(sandbox, scale) as sandbox_url:
+        start_flow = functools.partial(
+            generate,
+            spec_path=str(spec_file_name(loaded)),
+            spec_text=loaded.source_text,
+            output=output,
+            api_base=sandbox_url or api_base,
+            rate_limit=rate_limit,
+            max_concurrent=max_concurrent,
+            polls_count=polls_count,
+            price_per_image=price_per_image,
+            time_scale=scale,
+            report=report,
+            return_state=True,
+        )
+        token = PROGRESS_STREAM.set(sys.stdout)
+        try:
+            failed, result, message = run_blocking(lambda: _flow_outcome(start_flow()))
+        finally:
+            PROGRESS_STREAM.reset(token)
+    if isinstance(result, BaseException):
+        raise result
+    return RunSummary.from_flow(result, problem=message if failed else None)
+
+
+def _with_overrides(spec: SweepSpec, overrides: Mapping[str, Any]) -> SweepSpec:
+    if not overrides:
+        return spec
+    name = display_path(spec_file_name(spec))
+    return load_spec_text(spec.source_text, spec.base_dir, name, overrides)
+
+
+async def _flow_outcome(flow_call: Awaitable[Any]) -> tuple[bool, Any, str | None]:
+    """Await the flow's final state: whether it failed, its result (the summary, or the exception), why."""
+    state = await flow_call
+    result = await state.aresult(raise_on_failure=False)
+    return bool(state.is_failed()), result, state.message
+
+
+def run_blocking(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """Run a coroutine to its end from synchronous code, even when this thread's event loop is running.
+
+    Without a running loop it runs here (`asyncio.run`); inside one (a notebook cell) it runs on a new loop
+    in a worker thread that carries this context, while this thread waits. KeyboardInterrupt cancels it,
+    waits for it to wind down, and is raised again.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    return _in_worker_thread(make)
+
+
+@dataclass
+class _Worker:
+    loop: asyncio.AbstractEventLoop | None = None
+    task: asyncio.Task[Any] | None = None
+    value: Any = None
+    error: BaseException | None = None
+
+
+def _in_worker_thread(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    worker = _Worker()
+    ready = threading.Event()
+
+    async def main() -> T:
+        worker.loop, worker.task = asyncio.get_running_loop(), asyncio.current_task()
+        ready.set()
+        return await make()
+
+    def target() -> None:
+        try:
+            worker.value = asyncio.run(main())
+        except BaseException as exc:  # handed to the waiting thread, which raises it
+            worker.error = exc
+        finally:
+            ready.set()
+
+    thread = threading.Thread(
+        target=contextvars.copy_context().run, args=(target,), name="promptgrid-run", daemon=True
+    )
+    thread.start()
+    try:
+        thread.join()
+    except KeyboardInterrupt:
+        ready.wait()
+        if worker.loop is not None and worker.task is not None and not worker.loop.is_closed():
+            worker.loop.call_soon_threadsafe(worker.task.cancel)
+        thread.join()
+        raise
+    if worker.error is not None:
+        raise worker.error
+    value: T = worker.value
+    return value
