@@ -3,13 +3,15 @@
 The rows are the manifest reader's (`tasks.output.manifest.read`): every part unified, each job's latest row
 chosen as `manifest show` counts it, image locations resolved against where the output is now. Columns keep
 their manifest types as pandas' nullable ones (a missing `steps` is `<NA>`, not a float NaN), and a grid's
-carried columns get back the types they had in the grid (the manifest stores them as text beside a JSON copy).
+own columns get back their types (the manifest stores them as text, beside a JSON copy of a Parquet grid's
+typed values): a column whose values are all numbers or booleans is one, any other stays text.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable
 from typing import Any, TypeAlias, cast
 
@@ -20,7 +22,7 @@ import pyarrow.compute as pc
 from promptgrid.errors import InvalidInput
 from promptgrid.notebook.runs import RunSummary
 from promptgrid.tasks.output.manifest.read import latest_rows, part_keys, read_parts
-from promptgrid.tasks.output.manifest.rows import carried_column_name
+from promptgrid.tasks.output.manifest.rows import BASE_COLUMNS, carried_column_name
 from promptgrid.tasks.output.sinks import open_sink
 from promptgrid.tasks.spec.schema import SweepSpec
 from promptgrid.types import JobStatus
@@ -28,6 +30,8 @@ from promptgrid.types import JobStatus
 # Where a manifest is: an output (folder or s3://bucket/prefix), the spec naming it, or a run's summary.
 OutputSource: TypeAlias = str | os.PathLike[str] | SweepSpec | RunSummary
 
+_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
 _PANDAS_TYPES: dict[pa.DataType, Any] = {
     pa.string(): pd.StringDtype(),
     pa.large_string(): pd.StringDtype(),
@@ -64,7 +68,7 @@ def read_manifest(
     if wanted is not None:
         table = table.filter(pc.is_in(table["status"], value_set=pa.array(wanted, pa.string())))
     frame = table.to_pandas(types_mapper=_PANDAS_TYPES.get)
-    return _typed_carried_columns(frame)
+    return _typed_grid_columns(frame)
 
 
 def _output_of(output: OutputSource) -> str:
@@ -85,23 +89,34 @@ def _statuses(status: str | Iterable[str] | None) -> list[str] | None:
     return wanted
 
 
-def _typed_carried_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    """Each carried grid column as the type its values had in the grid (the `carried` JSON keeps them)."""
-    if "carried" not in frame.columns or not frame["carried"].notna().any():
-        return frame
-    decoded = [json.loads(text) if isinstance(text, str) else {} for text in frame["carried"]]
-    names = dict.fromkeys(name for values in decoded for name in values)
-    for name in names:
-        column = carried_column_name(name)
-        values = [values.get(name) for values in decoded]
+def _typed_grid_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Each of the grid's own columns (and template variables) as a number or boolean where all its values
+    are: the types a Parquet grid gave (kept in the `carried` JSON), or numbers written as text in a CSV."""
+    typed: dict[str, list[Any]] = {}
+    if "carried" in frame.columns and frame["carried"].notna().any():
+        decoded = [json.loads(text) if isinstance(text, str) else {} for text in frame["carried"]]
+        for name in dict.fromkeys(name for values in decoded for name in values):
+            typed[carried_column_name(name)] = [values.get(name) for values in decoded]
+    for column in [str(name) for name in frame.columns if name not in BASE_COLUMNS]:
+        values = [_as_number(value) for value in typed.get(column, frame[column].tolist())]
         dtype = _dtype_of(values)
-        if dtype is None or column not in frame.columns:
+        if dtype is None:
             continue
         try:
             frame[column] = pd.array(values, dtype=cast(Any, dtype))  # the stubs overload each literal
         except (TypeError, ValueError, OverflowError):  # e.g. an integer beyond 64 bits: kept as text
             continue
     return frame
+
+
+def _as_number(value: Any) -> Any:
+    """Text that is plainly a number (`12`, `-0.5`, `1e3`; not `007` or ` 12`) as that number."""
+    if isinstance(value, str):
+        if _INTEGER.fullmatch(value):
+            return int(value)
+        if _DECIMAL.fullmatch(value):
+            return float(value)
+    return None if value is pd.NA or (isinstance(value, float) and value != value) else value
 
 
 def _dtype_of(values: list[Any]) -> str | None:
