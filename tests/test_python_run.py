@@ -116,7 +116,6 @@ def test_the_example_script_runs_twice_and_analyses_the_sweep(tmp_path, sandbox_
         **os.environ,
         "EACHLABS_API_KEY": KEY,
         "PREFECT_HOME": tempfile.mkdtemp(prefix="promptgrid-test-prefect-"),
-        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",  # a busy machine starts it slowly
     }
     env.pop("PREFECT_API_URL", None)  # its own embedded server, as a user's script gets
     args = [str(spec), "--api-base", sandbox.url, "--time-scale", str(TIME_SCALE)]

@@ -1,4 +1,4 @@
-"""Running a spec from Python: the command line's run (sandbox, overrides, the generate flow), callable from
+"""Running a spec from Python: the command line's run (sandbox, settings, the generate flow), callable from
 a script and from inside an event loop that is already running, as a Jupyter notebook's is.
 
 asyncio allows one running loop per thread, and a notebook's cell already runs inside one: there the flow
@@ -10,23 +10,22 @@ line, and what was already paid for stays journaled for the next run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.errors import InvalidInput
-from promptgrid.notebook.specs import SpecSource, load_spec, spec_file_name
+from promptgrid.notebook.specs import SpecSource, effective_spec, load_spec, spec_file_name
 from promptgrid.settings import API_KEY_ENV, read_api_settings
+from promptgrid.tasks.api.reach import check_reachable
 from promptgrid.tasks.engine.progress import PROGRESS_STREAM
-from promptgrid.tasks.spec.load import load_spec_text
 from promptgrid.tasks.spec.overrides import spec_overrides
-from promptgrid.tasks.spec.problems import display_path
-from promptgrid.tasks.spec.schema import SweepSpec
 
 T = TypeVar("T")
 
@@ -38,8 +37,9 @@ SANDBOX_TIME_SCALE = 10.0
 class RunSummary:
     """What one `run` did: jobs by outcome, requests sent, where the output and report are.
 
-    `ok` is what the command line's exit code 0 means: the run finished and no job of the spec is failed,
-    now or from an earlier run. The reasons of failed jobs are rows of the manifest (`read_manifest`).
+    `ok` is what the command line's exit code 0 means: the run ended Completed (no more jobs failed than the
+    spec's `fail_when` allows, no shard failed, the API did not stop it) and no job failed in an earlier
+    run. The reasons of failed jobs are rows of the manifest (`read_manifest`).
     """
 
     output: str
@@ -49,19 +49,21 @@ class RunSummary:
     skipped: int  # jobs already in the manifest, left alone
     previously_failed: int  # of the skipped: those whose latest outcome is a failure
     api_requests: int
-    run_id: str | None = None
+    run_id: str | None = None  # None when nothing was left to do and no flow ran
     report: str | None = None  # the HTML report's URI, when one was written
+    fail_when: str = "any"  # the spec's `fail_when`: how many failures make the run Failed
     problem: str | None = None  # why the run counts as failed, when Prefect ended it Failed
 
     @property
     def ok(self) -> bool:
-        """True when the run finished and no job of the spec has failed (this run or an earlier one)."""
-        return self.problem is None and not self.failed and not self.previously_failed
+        """True when the run ended Completed and no job failed earlier (unless `fail_when` is `never`)."""
+        return self.problem is None and not (self.previously_failed and self.fail_when != "never")
 
     @classmethod
     def from_flow(cls, summary: Mapping[str, Any], problem: str | None = None) -> RunSummary:
         known = {field.name for field in fields(cls)}
-        return cls(**{name: value for name, value in summary.items() if name in known}, problem=problem)
+        values = {"planned": 0, **{name: value for name, value in summary.items() if name in known}}
+        return cls(**values, problem=problem)
 
     def __str__(self) -> str:
         from promptgrid.cli.run import describe_summary
@@ -90,19 +92,18 @@ def run(
 ) -> RunSummary:
     """Generate every image of a spec that its output does not have yet, and return what the run did.
 
-    The same run as `promptgrid run SPEC`: the spec and the overrides are checked first (InvalidInput lists
+    The same run as `promptgrid run SPEC`: the spec and the settings are checked first (InvalidInput lists
     every problem, nothing is sent), jobs already in the manifest are skipped, so running a spec again
-    creates nothing it already has. `sandbox=True` starts the local stand-in API for the run (its images are
-    sandbox renders); otherwise the key is read from EACHLABS_API_KEY and `api_base` (or the spec's
-    `api.base_url`) is called. `output`, `api_base`, `rate_limit` ("60/60s"), `max_concurrent` and
-    `polls_count` override the spec's keys of those names.
+    creates nothing it already has (and does not even start Prefect). `sandbox=True` starts the local
+    stand-in API for the run (its images are sandbox renders); otherwise the key is read from
+    EACHLABS_API_KEY. `output`, `api_base`, `rate_limit` ("60/60s"), `max_concurrent` and `polls_count`
+    override the spec's keys of those names, and the environment's (EACHLABS_API_BASE, ...).
 
     `time_scale` says how many times faster than real time the API's clock runs: 10 for `sandbox=True`
     unless given, 1 for a real API. The rate limit's window and the engine's clocks shrink by it.
 
     Works from a script and inside a notebook's running event loop alike; progress lines go to stdout.
-    Raises `promptgrid.errors.RunFailed` when the run could not finish (the API stopped it, or a shard
-    failed after its retries): what it did is in the manifest, and running it again continues.
+    Raises `promptgrid.errors.ApiUnreachable` when the API cannot be reached at all (nothing was sent).
     """
     if sandbox and api_base:
         raise InvalidInput(["run: give sandbox=True or api_base, not both"])
@@ -111,16 +112,22 @@ def run(
         raise InvalidInput([f"run: time_scale must be above 0, got {time_scale!r}"])
     loaded = load_spec(spec)
     overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count)
-    checked = _with_overrides(loaded, overrides)  # a bad override stops here, before anything starts
-    if not sandbox and read_api_settings(checked.api.base_url).api_key is None:
+    checked = effective_spec(loaded, overrides)  # a bad setting stops here, before anything starts
+    if not sandbox and read_api_settings().api_key is None:
         raise InvalidInput([f"{API_KEY_ENV} is not set: export your Eachlabs API key, or pass sandbox=True"])
+    from promptgrid.cli.run import api_for_run, nothing_left
+
+    done = nothing_left(checked)
+    if done is not None:
+        return RunSummary.from_flow(done)
+    if not sandbox:
+        check_reachable(checked.api.base_url)
     if scale != 1.0:
         limit = checked.api.rate_limit
         rate_limit = f"{limit.requests}/{limit.window_s / scale:g}s"
-    from promptgrid.cli.run import api_for_run
     from promptgrid.flows.generate import generate
 
-    with api_for_run(sandbox, scale) as sandbox_url:
+    with api_for_run(sandbox, scale) as sandbox_url, _prefect_api():
         start_flow = functools.partial(
             generate,
             spec_path=str(spec_file_name(loaded)),
@@ -145,11 +152,30 @@ def run(
     return RunSummary.from_flow(result, problem=message if failed else None)
 
 
-def _with_overrides(spec: SweepSpec, overrides: Mapping[str, Any]) -> SweepSpec:
-    if not overrides:
-        return spec
-    name = display_path(spec_file_name(spec))
-    return load_spec_text(spec.source_text, spec.base_dir, name, overrides)
+# One embedded Prefect server for the whole process (a notebook's kernel), started by the first run that
+# needs one, since starting it takes seconds; like the command line's, it dies with the process.
+_server: Any = None
+_server_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _prefect_api() -> Iterator[None]:
+    """Point Prefect at PREFECT_API_URL when it is set, else at this process's embedded server."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from promptgrid.cli.prefect_server import start_embedded_server
+
+    global _server
+    if PREFECT_API_URL.value():
+        yield
+        return
+    with _server_lock:
+        if _server is None:
+            _server = start_embedded_server()
+            SubprocessASGIServer._instances[None] = _server
+    with temporary_settings(updates={PREFECT_API_URL: _server.api_url}):
+        yield
 
 
 async def _flow_outcome(flow_call: Awaitable[Any]) -> tuple[bool, Any, str | None]:

@@ -12,10 +12,12 @@ import yaml
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD, TYPICAL_LATENCY_S
 from promptgrid.errors import InvalidInput
+from promptgrid.settings import environment_overrides
 from promptgrid.tasks.engine.estimate import describe_plan, estimate_run
 from promptgrid.tasks.spec.expand import plan_jobs
 from promptgrid.tasks.spec.load import load_spec as load_spec_file
 from promptgrid.tasks.spec.load import load_spec_text
+from promptgrid.tasks.spec.problems import display_path
 from promptgrid.tasks.spec.schema import SweepSpec
 
 # What every function taking a spec accepts: a YAML file, the spec's keys as a dict, or a loaded spec.
@@ -58,6 +60,16 @@ def _plain(value: Any) -> Any:
     return os.fspath(value) if isinstance(value, os.PathLike) else value
 
 
+def effective_spec(spec: SweepSpec, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
+    """The spec with the settings a run would use: `overrides` (the arguments) over the environment's
+    (EACHLABS_API_BASE, ...) over the spec's own, as the command line layers its flags."""
+    environment = environment_overrides()
+    if not overrides and not environment:
+        return spec
+    name = display_path(spec_file_name(spec))
+    return load_spec_text(spec.source_text, spec.base_dir, name, overrides, environment)
+
+
 def spec_file_name(spec: SweepSpec) -> Path:
     """The spec's file, or for a spec built from a dict the name it goes by inside its base folder."""
     return spec.base_dir / spec.source_path
@@ -96,9 +108,10 @@ def plan(
 ) -> Plan:
     """Count a spec's jobs and estimate its API requests, time and cost; nothing is sent to the API.
 
-    The same figures and text as `promptgrid run SPEC --dry-run`; `spec` is anything `load_spec` takes.
+    The same figures and text as `promptgrid run SPEC --dry-run`, settings from the environment included
+    (EACHLABS_API_BASE, ...); `spec` is anything `load_spec` takes.
     """
-    loaded = load_spec(spec)
+    loaded = effective_spec(load_spec(spec))
     jobs = plan_jobs(loaded)
     estimate = estimate_run(jobs.total_jobs, loaded.api, price_per_image, latency_s)
     return Plan(
