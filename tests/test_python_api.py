@@ -3,14 +3,17 @@ line has them, the manifest as pandas, contact sheets and images, and a coroutin
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import contextvars
 import inspect
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 import typing
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from typer.testing import CliRunner
 
 import promptgrid
 from promptgrid.cli import app
-from promptgrid.errors import InvalidInput
+from promptgrid.errors import ApiUnreachable, InvalidInput
 from promptgrid.notebook.runs import run_blocking
 from promptgrid.tasks.output.manifest.read import status_counts
 from promptgrid.tasks.output.manifest.writer import ManifestWriter
@@ -123,6 +126,21 @@ def test_run_checks_its_arguments_before_anything_starts(monkeypatch):
         promptgrid.run(CONFIGS / "demo.yaml")
     with pytest.raises(InvalidInput, match="not both"):
         promptgrid.run(CONFIGS / "demo.yaml", sandbox=True, api_base="http://127.0.0.1:9")
+
+
+def test_run_stops_at_once_on_an_api_that_cannot_be_reached(monkeypatch, tmp_path):
+    monkeypatch.setenv("EACHLABS_API_KEY", "pg-unit-key")
+    with pytest.raises(ApiUnreachable, match="cannot reach the API at http://127.0.0.1:9"):
+        promptgrid.run(CONFIGS / "demo.yaml", api_base="http://127.0.0.1:9", output=str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_summary_is_ok_when_the_command_would_exit_0():
+    counts = {"output": "out", "planned": 4, "succeeded": 3, "failed": 1, "skipped": 2, "api_requests": 9}
+    assert promptgrid.RunSummary(**counts, previously_failed=0, fail_when="ratio > 0.5").ok
+    assert not promptgrid.RunSummary(**counts, previously_failed=0, problem="1 of 4 jobs did not succeed").ok
+    assert not promptgrid.RunSummary(**counts, previously_failed=1).ok  # an earlier failure still stands
+    assert promptgrid.RunSummary(**counts, previously_failed=1, fail_when="never").ok
 
 
 # --- the manifest as pandas --------------------------------------------------------------------------------
@@ -301,3 +319,26 @@ async def test_an_exception_in_the_worker_is_raised_to_the_caller():
 
     with pytest.raises(InvalidInput, match="from the worker"):
         run_blocking(fail)
+
+
+async def test_interrupting_the_waiting_caller_cancels_the_run_and_raises_again():
+    cancelled = threading.Event()
+
+    async def long_run() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    # While a cell executes, ipykernel sets Python's default SIGINT handler, so its interrupt button raises
+    # KeyboardInterrupt in the waiting thread (this test's runner would otherwise cancel its own task).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.3, _thread.interrupt_main).start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            run_blocking(long_run)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert cancelled.is_set() and time.monotonic() - started < 30

@@ -31,6 +31,7 @@ T = TypeVar("T")
 
 # The sandbox's clock runs this many times faster than real time unless told otherwise (as `--sandbox`).
 SANDBOX_TIME_SCALE = 10.0
+WAIT_STEP_S = 0.1
 
 
 @dataclass(frozen=True)
@@ -209,7 +210,7 @@ class _Worker:
 
 def _in_worker_thread(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
     worker = _Worker()
-    ready = threading.Event()
+    ready, finished = threading.Event(), threading.Event()
 
     async def main() -> T:
         worker.loop, worker.task = asyncio.get_running_loop(), asyncio.current_task()
@@ -223,19 +224,25 @@ def _in_worker_thread(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
             worker.error = exc
         finally:
             ready.set()
+            finished.set()
 
     thread = threading.Thread(
         target=contextvars.copy_context().run, args=(target,), name="promptgrid-run", daemon=True
     )
     thread.start()
+    # Waiting on an event, not on Thread.join: an interrupt inside join() can leave the thread marked as
+    # stopped while it still runs (CPython's bpo-45274 recovery), and a later join() would not wait.
     try:
-        thread.join()
+        while not finished.wait(WAIT_STEP_S):  # short waits, so an interrupt is seen however it comes
+            pass
     except KeyboardInterrupt:
         ready.wait()
-        if worker.loop is not None and worker.task is not None and not worker.loop.is_closed():
-            worker.loop.call_soon_threadsafe(worker.task.cancel)
-        thread.join()
+        if worker.loop is not None and worker.task is not None:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: nothing left to cancel
+                worker.loop.call_soon_threadsafe(worker.task.cancel)
+        finished.wait()
         raise
+    thread.join()
     if worker.error is not None:
         raise worker.error
     value: T = worker.value
