@@ -119,6 +119,7 @@ def describe_plan(
     lines = [
         f"spec {spec.name} ({display_path(spec.source_path)}), spec hash {spec.spec_hash[:12]}",
         f"models: {', '.join(plan.models)} (version {spec.version})",
+        "schemas: " + "; ".join(f"{model.slug} from {model.source}" for model in spec.model_schemas()),
         _prompts_line(spec, plan),
         f"jobs: {plan.total_jobs} ({plan.variants_per_row} per {'prompt' if plan.rendered else 'row'}; "
         f"{plan.duplicates_collapsed} identical jobs collapsed)",

@@ -1,7 +1,8 @@
-"""Checking every grid cell and spec value against the models' inputs before anything is sent.
+"""Checking every grid cell and spec value against the models' input schemas before anything is sent.
 
-Each input column is checked per distinct value with `check_input` when it has few of them, and with
-vectorised range checks when it has many (a seed per row), so a million-row grid is checked in seconds.
+Each input column is checked against every model of the study that has that input: per distinct value with
+the model's schema when it has few of them, and with vectorised range checks when it has many (a seed per
+row) and the schema says no more than a numeric range, so a million-row grid is checked in seconds.
 """
 
 from __future__ import annotations
@@ -17,10 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from promptgrid.errors import InvalidInput
-from promptgrid.tasks.models.catalog import INPUT_NAMES, SEED_MAX, ModelSchema
-from promptgrid.tasks.models.check import check_input
+from promptgrid.tasks.models.schema import ModelSchema
 from promptgrid.tasks.spec.grid import (
-    TEXT_INPUTS,
     GridBatch,
     GridContext,
     csv_batches,
@@ -30,10 +29,10 @@ from promptgrid.tasks.spec.grid import (
 from promptgrid.tasks.spec.problems import ProblemLog, describe_problem, display_path
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-INTEGER_INPUTS = ("steps", "seed", "output_quality")
 # Above this many distinct values per batch a column is checked with vectorised ranges, not value by value.
 FEW_VALUES = 2048
-_PLACEHOLDER_PROMPT = "x"
+# Inputs whose allowed range differs within a family (SD3.5 Turbo's steps: 1-10), so a message says whose.
+MODEL_SPECIFIC = ("steps",)
 _LOOPBACK_HOSTS = ("localhost",)
 
 
@@ -82,24 +81,22 @@ def check_image_ref(ref: Any, base_dir: Path) -> str | None:
 
 
 def check_value(models: Sequence[ModelSchema], name: str, raw: Any, base_dir: Path) -> tuple[Any, str | None]:
-    """One input value, normalised (None when absent), and what is allowed when it is bad for any model.
+    """One input value, normalised (None when absent), and what is allowed when it is bad for any model of
+    the study that has the input.
 
-    Absent means None or "", as check_input has it. The image reference is kept as written.
+    Absent means None, or "" for an input no model requires. The image reference is kept as written.
     """
-    if raw is None or (isinstance(raw, str) and raw == "" and name != "prompt"):
+    owners = [model for model in models if name in model.properties]
+    if raw is None or (isinstance(raw, str) and raw == "" and not any(name in m.required for m in owners)):
         return None, None
     if name == "image":
         return raw, check_image_ref(raw, base_dir)
     value = None
-    for model in models:
-        inputs = {"prompt": _PLACEHOLDER_PROMPT, name: raw} if name != "prompt" else {"prompt": raw}
-        out, errors = check_input(model, inputs)
-        for error in errors:
-            if error.field == name:
-                # Steps ranges differ by model (Turbo: 1-10), so say whose range it is.
-                suffix = f" (model {model.slug})" if len(models) > 1 or name == "steps" else ""
-                return None, error.allowed + suffix
-        value = out[name]
+    for model in owners:
+        value, allowed = model.check_value(name, raw)
+        if allowed is not None:
+            suffix = f" (model {model.slug})" if len(models) > 1 or name in MODEL_SPECIFIC else ""
+            return None, allowed + suffix
     if isinstance(value, float) and value == 0:
         value = 0.0  # -0.0 and 0.0 must give the same job id
     return value, None
@@ -119,28 +116,43 @@ def _bad_rows(mask: pa.Array) -> list[int]:
     return rows
 
 
-def _check_prompts(column: pa.Array, normalise: bool) -> tuple[list[Any] | None, list[int]]:
+def _check_prompts(column: pa.Array, ctx: GridContext, normalise: bool) -> tuple[list[Any] | None, list[int]]:
+    """Prompts, vectorised: none empty or only spaces, none outside the lengths any model's schema sets."""
     if pa.types.is_null(column.type):
         return [None] * len(column), list(range(len(column)))
-    empty = pc.equal(pc.utf8_trim_whitespace(column), "")
-    bad = _bad_rows(pc.or_kleene(pc.is_null(column), empty).fill_null(True))
-    return column.to_pylist() if normalise else None, bad
+    bad = pc.or_kleene(pc.is_null(column), pc.equal(pc.utf8_trim_whitespace(column), ""))
+    lengths = pc.utf8_length(column)
+    for model in ctx.owners("prompt"):
+        prompt = model.properties["prompt"]
+        if isinstance(prompt.get("minLength"), int):
+            bad = pc.or_kleene(bad, pc.less(lengths, prompt["minLength"]))
+        if isinstance(prompt.get("maxLength"), int):
+            bad = pc.or_kleene(bad, pc.greater(lengths, prompt["maxLength"]))
+    return column.to_pylist() if normalise else None, _bad_rows(bad.fill_null(True))
 
 
-def _numeric_limits(models: Sequence[ModelSchema], name: str) -> tuple[float, float]:
-    """The range every model accepts (the narrowest), mirroring check_input's table for the fast path."""
-    if name == "cfg":
-        ranges = [model.cfg_range for model in models]
-    elif name == "steps":
-        ranges = [model.steps_range for model in models]
-    else:
-        ranges = [{"seed": (0, SEED_MAX), "prompt_strength": (0, 1), "output_quality": (0, 100)}[name]]
-    return max(low for low, _ in ranges), min(high for _, high in ranges)
+def _prompt_allowed(ctx: GridContext) -> str:
+    owners = ctx.owners("prompt")
+    texts = dict.fromkeys(model.allowed("prompt") for model in owners)
+    return " and ".join(texts) if texts else "a non-empty string"
+
+
+def _numeric_limits(models: Sequence[ModelSchema], name: str) -> tuple[float, float, bool] | None:
+    """The range every model having the input accepts (the narrowest), and whether it must be an integer;
+    None when some schema says more than a range (then values are checked one by one)."""
+    ranges = [model.numeric_range(name) for model in models if name in model.properties]
+    if not ranges or any(found is None for found in ranges):
+        return None
+    known = [found for found in ranges if found is not None]
+    low = max(low for low, _, _ in known)
+    high = min(high for _, high, _ in known)
+    return low, high, any(integer for _, _, integer in known)
 
 
 def _check_many_numbers(column: pa.Array, name: str, ctx: GridContext) -> tuple[list[Any], list[int]] | None:
     """Vectorised check of a column with many distinct values; None when it is not all numbers."""
-    if name in TEXT_INPUTS:
+    limits = _numeric_limits(ctx.models, name)
+    if ctx.is_text(name) or limits is None:
         return None
     try:
         if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
@@ -148,9 +160,8 @@ def _check_many_numbers(column: pa.Array, name: str, ctx: GridContext) -> tuple[
         numbers = pc.cast(column, pa.float64(), safe=False)
     except pa.ArrowException:
         return None
-    low, high = _numeric_limits(ctx.models, name)
+    low, high, integer = limits
     bad = pc.or_(pc.is_nan(numbers), pc.or_(pc.less(numbers, low), pc.greater(numbers, high)))
-    integer = name in INTEGER_INPUTS
     if integer:
         bad = pc.or_(bad, pc.not_equal(numbers, pc.floor(numbers)))
     if integer:
@@ -205,9 +216,10 @@ def _check_column(
     is allowed."""
     column = _plain(column)
     if name == "prompt":
-        values, bad = _check_prompts(column, normalise)
+        values, bad = _check_prompts(column, ctx, normalise)
         bad = [] if ctx.template else bad  # an empty cell takes the spec's template
-        return values, {row: "a non-empty string" for row in bad}
+        allowed = _prompt_allowed(ctx)
+        return values, {row: allowed for row in bad}
     distinct = pc.unique(column)
     if len(distinct) <= FEW_VALUES:
         return _check_few_values(column, distinct, name, ctx, normalise)
@@ -225,7 +237,7 @@ def check_batch(
     """Fill `batch.inputs` with normalised input values; each bad cell is logged as a problem."""
     bad_cells: list[tuple[int, str, str]] = []
     for name, column in columns.items():
-        if name not in INPUT_NAMES:
+        if name not in ctx.input_names:
             continue
         values, problems = _check_column(column, name, ctx, normalise)
         if normalise:

@@ -1,12 +1,13 @@
 """Expanding grid rows × prompts × sweep × zip × seeds into Jobs with deterministic ids, duplicates collapsed.
 
 A job's inputs come from, last one winning: the model's defaults, the spec's `inputs`, the sweep and zip
-axes and seed, then the row's own input columns (an empty cell falls back). A row whose prompt is a
-template (or that falls back to the spec's `template:`) becomes one prompt per combination of its variables
-(`variables`). The job id is a hash of model, version and those normalised inputs, the rendered prompt
-among them, so neither row nor axis order changes it; carried columns and variables do not enter it. Rows
-are read in batches, prompts are rendered as they are needed, and only 16-byte digests are kept for dedup,
-so millions of jobs never sit in memory.
+axes and seed, then the row's own input columns (an empty cell falls back); each only where the job's model
+has that input (a two-model study sets each model's own inputs). A row whose prompt is a template (or that
+falls back to the spec's `template:`) becomes one prompt per combination of its variables (`variables`).
+The job id is a hash of model, version and those normalised inputs, the rendered prompt among them, so
+neither row nor axis order changes it; carried columns and variables do not enter it. Rows are read in
+batches, prompts are rendered as they are needed, and only 16-byte digests are kept for dedup, so millions
+of jobs never sit in memory.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from json.encoder import encode_basestring
 from typing import Any
 
-from promptgrid.tasks.models.catalog import get_model
+from promptgrid.tasks.models.schema import ModelSchema
 from promptgrid.tasks.spec.checks import check_value, iter_grid
 from promptgrid.tasks.spec.grid import GridBatch, GridContext
 from promptgrid.tasks.spec.schema import SweepSpec
@@ -53,10 +54,13 @@ class Variant:
 
     model: str
     inputs: dict[str, Any]
+    input_names: frozenset[str] = frozenset()  # every input the model has: which row columns apply
 
 
-def _normalised(spec: SweepSpec, name: str, raw: Any) -> Any:
-    value, allowed = check_value(spec.model_schemas(), name, raw, spec.base_dir)
+def _normalised(spec: SweepSpec, model: ModelSchema | None, name: str, raw: Any) -> Any:
+    """A value normalised by one model's schema (None: by every model of the study that has the input)."""
+    models = spec.model_schemas() if model is None else (model,)
+    value, allowed = check_value(models, name, raw, spec.base_dir)
     if allowed is not None:  # load_spec rejects these; a spec built by hand may not have been through it
         raise ValueError(f"{name}: {raw!r} is not allowed; expected {allowed}")
     return value
@@ -78,13 +82,15 @@ def build_variants(spec: SweepSpec) -> list[Variant]:
     """The combinations every row is expanded into, in spec order (models, axes, then seeds)."""
     variants = []
     for combination in _axis_combinations(spec):
-        model = get_model(combination.pop("model", spec.model))
-        base = model.default_inputs()
+        model = spec.catalog.get(combination.pop("model", spec.model))
+        base = dict(model.defaults)
         for name, raw in {**spec.inputs, **combination}.items():
-            base[name] = _normalised(spec, name, raw)
-        for seed in spec.seeds:
+            if name in model.properties:  # another model's input, in a study of several
+                base[name] = _normalised(spec, model, name, raw)
+        seeds: tuple[int | None, ...] = spec.seeds if "seed" in model.properties else (None,)
+        for seed in seeds:
             inputs = {key: value for key, value in {**base, "seed": seed}.items() if value is not None}
-            variants.append(Variant(model.slug, inputs))
+            variants.append(Variant(model.slug, inputs, frozenset(model.properties)))
     return variants
 
 
@@ -122,7 +128,7 @@ def prompt_axes(spec: SweepSpec) -> PromptAxes:
         spec.sweep,
         spec.zip,
         spec.variables,
-        lambda name, raw: _normalised(spec, name, raw),
+        lambda name, raw: _normalised(spec, None, name, raw),
         grid_templates=spec.grid_templates,
     )
 
@@ -138,12 +144,19 @@ class _Expander:
         self.candidates = 0  # jobs before identical ones collapse
         self.prompts: set[int] = set()  # hashes of the distinct prompts, not the strings
         self.prompt_samples: list[str] = []
-        self._templates: dict[tuple[str, ...], list[str]] = {}
+        self._templates: dict[tuple[str, ...], list[tuple[str, tuple[int, ...] | None]]] = {}
 
-    def templates(self, own_keys: tuple[str, ...]) -> list[str]:
+    def templates(self, own_keys: tuple[str, ...]) -> list[tuple[str, tuple[int, ...] | None]]:
+        """Per variant, its %-template and which of the row's values it takes (None: all of them)."""
         found = self._templates.get(own_keys)
         if found is None:
-            found = [_template(v.model, self.version, v.inputs, own_keys) for v in self.variants]
+            found = []
+            for v in self.variants:
+                kept = tuple(i for i, key in enumerate(own_keys) if key in v.input_names)
+                keys = tuple(own_keys[i] for i in kept)
+                found.append(
+                    (_template(v.model, self.version, v.inputs, keys), None if keys == own_keys else kept)
+                )
             self._templates[own_keys] = found
         return found
 
@@ -168,8 +181,9 @@ class _Expander:
         """Jobs not seen before, row by row, variants in spec order, as (digest, variant, row, prompt)."""
         sha256, seen, variants = hashlib.sha256, self.seen, self.variants  # this loop runs once per job
         for row, keys, values, choice in self.rows(batch):
-            for variant, template in zip(variants, self.templates(keys), strict=True):
-                digest = sha256((template % values).encode("utf-8")).digest()[:ID_BYTES]
+            for variant, (template, kept) in zip(variants, self.templates(keys), strict=True):
+                own = values if kept is None else tuple(values[i] for i in kept)
+                digest = sha256((template % own).encode("utf-8")).digest()[:ID_BYTES]
                 if digest not in seen:
                     seen.add(digest)
                     yield digest, variant, row, choice
@@ -194,9 +208,10 @@ class _Expander:
     def _hash_groups(self, groups: Mapping[tuple[str, ...], list[tuple[str, ...]]]) -> None:
         sha256 = hashlib.sha256
         for keys, rows in groups.items():
-            for template in self.templates(keys):
+            for template, kept in self.templates(keys):
+                picked = rows if kept is None else [tuple(values[i] for i in kept) for values in rows]
                 self.seen.update(
-                    [sha256((template % values).encode()).digest()[:ID_BYTES] for values in rows]
+                    [sha256((template % values).encode()).digest()[:ID_BYTES] for values in picked]
                 )
 
     def _count_rendered(self, batch: GridBatch) -> None:
@@ -284,12 +299,18 @@ def _grid_batches(spec: SweepSpec, carried: bool) -> Iterator[GridBatch]:
 def _to_job(
     version: str, batch: GridBatch, digest: bytes, variant: Variant, row: int, choice: Choice | None
 ) -> Job:
-    own = {name: values[row] for name, values in batch.inputs.items() if values[row] is not None}
+    names = variant.input_names  # in a study of several models, the row's inputs this model has
+    own = {
+        name: values[row]
+        for name, values in batch.inputs.items()
+        if values[row] is not None and name in names
+    }
     carried = {name: values[row] for name, values in batch.carried.items()}
     if choice is None:
         return Job(digest.hex(), variant.model, {**variant.inputs, **own}, version, carried)
     plan, flat, prompt = choice
-    inputs = {**variant.inputs, **plan.inputs(flat), **own, "prompt": prompt}
+    zipped = {name: value for name, value in plan.inputs(flat).items() if name in names}
+    inputs = {**variant.inputs, **zipped, **own, "prompt": prompt}
     variables = plan.variables(flat)
     return Job(digest.hex(), variant.model, inputs, version, carried, variables, plan.template.text)
 

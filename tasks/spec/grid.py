@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from promptgrid.errors import InvalidInput
-from promptgrid.tasks.models.catalog import INPUT_NAMES, ModelSchema
+from promptgrid.tasks.models.schema import NUMERIC, ModelSchema, names_of
 from promptgrid.tasks.spec.problems import ProblemLog, display_path
 
 if TYPE_CHECKING:
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 
 CSV_SUFFIXES = {".csv": ",", ".tsv": "\t"}
 PARQUET_SUFFIXES = (".parquet", ".pq")
-TEXT_INPUTS = ("prompt", "aspect_ratio", "output_format", "image")
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,18 @@ class GridContext:
     @property
     def display(self) -> str:
         return display_path(self.path)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """A column of one of these names is an input (of the models that have it); any other is carried."""
+        return names_of(self.models)
+
+    def owners(self, name: str) -> tuple[ModelSchema, ...]:
+        """The models that have this input."""
+        return tuple(model for model in self.models if name in model.properties)
+
+    def is_text(self, name: str) -> bool:
+        return any(model.is_text(name) for model in self.owners(name))
 
 
 @dataclass
@@ -64,14 +75,15 @@ class GridLayout:
 
     columns: tuple[str, ...]
     kind: str  # "csv" or "parquet"
+    input_names: tuple[str, ...] = ()
 
     @property
     def input_columns(self) -> tuple[str, ...]:
-        return tuple(name for name in self.columns if name in INPUT_NAMES)
+        return tuple(name for name in self.columns if name in self.input_names)
 
     @property
     def carried_columns(self) -> tuple[str, ...]:
-        return tuple(name for name in self.columns if name not in INPUT_NAMES)
+        return tuple(name for name in self.columns if name not in self.input_names)
 
 
 def read_layout(ctx: GridContext) -> GridLayout:
@@ -91,7 +103,7 @@ def read_layout(ctx: GridContext) -> GridLayout:
     log = ProblemLog()
     _check_columns(shown, columns, log, prompt_needed=not ctx.template)
     log.raise_if_any()
-    return GridLayout(tuple(columns), kind)
+    return GridLayout(tuple(columns), kind, ctx.input_names)
 
 
 def _check_columns(shown: str, columns: Sequence[str], log: ProblemLog, prompt_needed: bool = True) -> None:
@@ -212,7 +224,7 @@ def _parquet_header(ctx: GridContext) -> list[str]:
     schema = _parquet_file(ctx).schema_arrow
     log = ProblemLog()
     for column in schema:
-        expected = _type_problem(column.name, column.type)
+        expected = _type_problem(ctx, column.name, column.type)
         if expected:
             log.add(f"{ctx.display}, column {column.name}: has type {column.type}; expected {expected}")
     log.raise_if_any()
@@ -220,16 +232,22 @@ def _parquet_header(ctx: GridContext) -> list[str]:
     return names
 
 
-def _type_problem(name: str, kind: pa.DataType) -> str | None:
-    if name not in INPUT_NAMES or (pa.types.is_null(kind) and name != "prompt"):
+def _type_problem(ctx: GridContext, name: str, kind: pa.DataType) -> str | None:
+    """What an input column's Parquet type should be instead, or None when it can hold the input."""
+    if name not in ctx.input_names or (pa.types.is_null(kind) and name != "prompt"):
         return None
     if pa.types.is_dictionary(kind):
         kind = kind.value_type
     text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
-    if name in TEXT_INPUTS:
+    if ctx.is_text(name):
         return None if text else "text"
+    kinds = frozenset().union(*(model.kinds[name] for model in ctx.owners(name))) - {"null"}
     numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
-    return None if numeric or text else "numbers"
+    if kinds and kinds <= NUMERIC:
+        return None if numeric or text else "numbers"
+    if kinds == {"boolean"}:
+        return None if pa.types.is_boolean(kind) or text else "true/false values"
+    return None
 
 
 def parquet_batches(

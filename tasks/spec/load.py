@@ -1,11 +1,14 @@
 """Loading a spec: YAML parsed strictly, overrides applied, then the spec and every grid row checked.
 
-Every problem found (spec keys, input values for every model swept, grid rows) is reported together in one
-InvalidInput, before anything is sent to the API.
+Loading has two steps, so that the models can be resolved between them: `read_spec` checks the spec's own
+shape; `check_spec` checks it against its models' schemas (a catalog: what the API answered, or offline the
+built-in table and the user cache) and checks every grid row. Every problem found (spec keys, input values
+for every model swept, grid rows) is reported together in one InvalidInput, before anything is sent.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -16,10 +19,12 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from promptgrid.errors import InvalidInput, UnknownModel
-from promptgrid.tasks.models.catalog import get_model
-from promptgrid.tasks.spec.checks import check_value, validate_grid
-from promptgrid.tasks.spec.grid import GridContext
+from promptgrid.errors import InvalidInput
+from promptgrid.tasks.models.catalog import ModelCatalog
+from promptgrid.tasks.models.records import offline_catalog
+from promptgrid.tasks.spec.checks import validate_grid
+from promptgrid.tasks.spec.grid import GridContext, read_layout
+from promptgrid.tasks.spec.model_checks import check_required, check_study, find_models, model_entries
 from promptgrid.tasks.spec.overrides import setting_origins
 from promptgrid.tasks.spec.problems import ProblemLog, display_path
 from promptgrid.tasks.spec.schema import OVERRIDE_KEYS, ApiConfig, SweepSpec
@@ -124,38 +129,6 @@ def _describe_validation_error(
     return problems
 
 
-def _check_values(spec: SweepSpec, base_dir: Path, source_name: str, log: ProblemLog) -> None:
-    """Check every default, sweep and zip value against every model the jobs run on."""
-    models, variables = spec.model_schemas(), set(spec.variables)
-    entries = [(f"inputs.{key}", key, value) for key, value in spec.inputs.items()]
-    for section in ("sweep", "zip"):
-        for key, values in getattr(spec, section).items():
-            entries.extend((f"{section}.{key}[{i}]", key, value) for i, value in enumerate(values))
-    for where, key, value in entries:
-        if key == "model" or key in variables:  # variables are text for the template, checked there
-            continue
-        _, allowed = check_value(models, key, value, base_dir)
-        if allowed is None and value in (None, ""):
-            allowed = "a value (leave the key out to use the default)"
-        if allowed is not None and key == "aspect_ratio" and isinstance(value, int):
-            allowed += ' (quote it, as "1:1": YAML reads an unquoted 1:1 as the number 61)'
-        if allowed is not None:
-            log.add(f"{source_name}: {where}: {value!r} is not allowed; expected {allowed}")
-
-
-def _model_axis_problems(data: Mapping[str, Any], source_name: str) -> list[str]:
-    problems = []
-    for section in ("sweep", "zip"):
-        axis = data.get(section)
-        values = axis.get("model") if isinstance(axis, Mapping) else None
-        for index, slug in enumerate(values if isinstance(values, list) else []):
-            try:
-                get_model(slug)
-            except UnknownModel as exc:
-                problems.append(f"{source_name}: {section}.model[{index}]: {exc.message}")
-    return problems
-
-
 def _fill_defaults(data: dict[str, Any], base_dir: Path, source_name: str) -> dict[str, Any]:
     data = dict(data)
     data.setdefault("name", Path(source_name).stem)
@@ -181,14 +154,14 @@ def _spec_hash(spec: SweepSpec, prompts_as_written: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def load_spec_text(
+def parse_spec_text(
     text: str,
     base_dir: Path,
     source_name: str,
     overrides: Mapping[str, Any] | None = None,
     environment: Mapping[str, Any] | None = None,
 ) -> SweepSpec:
-    """Parse and check a spec given as text, and every grid row; relative paths resolve against base_dir.
+    """Parse a spec given as text and check its shape (not yet its models' inputs, nor the grid).
 
     `overrides` are the flags, `environment` the settings the environment sets
     (`promptgrid.settings.environment_overrides`): a flag wins over the environment, which wins over the spec.
@@ -199,7 +172,7 @@ def load_spec_text(
     data = _fill_defaults(_apply_overrides(raw, layered, source_name), base_dir, source_name)
     origins = setting_origins(raw, flags, environment)
     sources = resolve_sources(data, base_dir, source_name, text)  # wildcard files and samples, as lists
-    problems = _model_axis_problems(data, source_name)
+    problems = []
     if "prompts" not in data and "template" not in data:
         problems.append(f"{source_name}: prompts: is required (a CSV or Parquet grid), unless a template: is")
     try:
@@ -210,32 +183,61 @@ def load_spec_text(
         ) from None
     if problems:
         raise InvalidInput(sources.problems + problems)
-    log = ProblemLog()
-    for problem in sources.problems:
-        log.add(problem)
-    _check_values(spec, base_dir, source_name, log)
-    if spec.prompts is not None and spec.prompts.is_file():
-        ctx = GridContext(spec.prompts, spec.model_schemas(), base_dir, template=spec.template is not None)
-        validate_grid(ctx, log)
-    elif spec.prompts is not None:
-        reason = "is a directory" if spec.prompts.is_dir() else "does not exist"
-        shown = display_path(spec.prompts)
-        log.add(f"{source_name}: prompts: {shown} {reason} (a relative path starts at the spec's folder)")
-    spec._base_dir = base_dir
-    spec._grid_templates = TemplateChecker(spec, sources, source_name, log).check()
-    log.raise_if_any()
+    spec._sources = sources
     spec._source_path = Path(source_name)
+    spec._source_name = source_name
     spec._base_dir = base_dir
     spec._source_text = text
+    spec._model_entries = tuple(model_entries(sources.data))
+    spec._requested_models = tuple(dict.fromkeys(slug for _, slug in spec._model_entries))
     spec._spec_hash = _spec_hash(spec, raw.get("prompts"))
     spec._setting_origins = origins
     return spec
 
 
-def load_spec(
+def check_spec(spec: SweepSpec, catalog: ModelCatalog | None = None) -> SweepSpec:
+    """Check a parsed spec against its models' schemas, its templates, and every grid row; the spec, now
+    tied to `catalog` (offline, by default: the built-in table and the user cache of `api.base_url`)."""
+    catalog = catalog or offline_catalog(spec.api.base_url)
+    source, log = spec._source_name, ProblemLog()
+    sources = spec._sources or resolve_sources({}, spec.base_dir, source, spec.source_text)
+    entries = spec._model_entries or tuple(("model", slug) for slug in spec.models)
+    models = find_models(entries, catalog, source, log)
+    log.raise_if_any()  # values cannot be checked against a model without its schema
+    spec._catalog = catalog
+    for problem in sources.problems:
+        log.add(problem)
+    check_study(spec, models, source, log)
+    if spec.prompts is not None and spec.prompts.is_file():
+        ctx = GridContext(spec.prompts, tuple(models), spec.base_dir, template=spec.template is not None)
+        with contextlib.suppress(InvalidInput):  # the grid's own problems are reported next
+            check_required(spec, models, read_layout(ctx).input_columns, source, log)
+        validate_grid(ctx, log)
+    elif spec.prompts is not None:
+        reason = "is a directory" if spec.prompts.is_dir() else "does not exist"
+        shown = display_path(spec.prompts)
+        log.add(f"{source}: prompts: {shown} {reason} (a relative path starts at the spec's folder)")
+    spec._grid_templates = TemplateChecker(spec, sources, source, log).check()
+    log.raise_if_any()
+    return spec
+
+
+def load_spec_text(
+    text: str,
+    base_dir: Path,
+    source_name: str,
+    overrides: Mapping[str, Any] | None = None,
+    environment: Mapping[str, Any] | None = None,
+    models: ModelCatalog | None = None,
+) -> SweepSpec:
+    """Parse and check a spec given as text, and every grid row; relative paths resolve against base_dir."""
+    return check_spec(parse_spec_text(text, base_dir, source_name, overrides, environment), models)
+
+
+def read_spec(
     path: Path, overrides: Mapping[str, Any] | None = None, environment: Mapping[str, Any] | None = None
 ) -> SweepSpec:
-    """Read, parse and check a spec file and every row of its grid; InvalidInput lists all problems found."""
+    """Read and parse a spec file, checking its shape only (`check_spec` does the rest)."""
     path = Path(path)
     shown = display_path(path.absolute())
     try:
@@ -248,6 +250,19 @@ def load_spec(
         raise InvalidInput([f"{shown}: byte {exc.start + 1} is not UTF-8; save the spec as UTF-8"]) from None
     except OSError as exc:
         raise InvalidInput([f"{shown}: cannot read the spec file ({exc.strerror})"]) from None
-    spec = load_spec_text(text, path.absolute().parent, shown, overrides, environment)
+    spec = parse_spec_text(text, path.absolute().parent, shown, overrides, environment)
     spec._source_path = path.absolute()
     return spec
+
+
+def load_spec(
+    path: Path,
+    overrides: Mapping[str, Any] | None = None,
+    environment: Mapping[str, Any] | None = None,
+    models: ModelCatalog | None = None,
+) -> SweepSpec:
+    """Read, parse and check a spec file and every row of its grid; InvalidInput lists all problems found.
+
+    `models` is the catalog to check against; without it, the offline one (built-in table, user cache).
+    """
+    return check_spec(read_spec(path, overrides, environment), models)

@@ -1,6 +1,8 @@
 """The sweep spec's keys as frozen pydantic models: what each key accepts, checked as it is read.
 
-Key names are a public contract (tools outside promptgrid write them); an unknown key is an error.
+Key names are a public contract (tools outside promptgrid write them); an unknown key is an error. Which
+input names and values a model accepts is its schema's to say, once the models are resolved
+(`promptgrid.tasks.spec.load`): here only the spec's own shape is checked.
 """
 
 from __future__ import annotations
@@ -25,7 +27,9 @@ from pydantic import (
 from promptgrid import defaults
 from promptgrid.errors import UnknownModel
 from promptgrid.locations import check_output, check_quota_url
-from promptgrid.tasks.models.catalog import INPUT_NAMES, SEED_MAX, ModelSchema, get_model
+from promptgrid.tasks.models.catalog import INPUT_NAMES, SEED_MAX, ModelCatalog, builtin_catalog
+from promptgrid.tasks.models.schema import ModelSchema, names_of
+from promptgrid.tasks.models.slugs import canonical_slug
 from promptgrid.tasks.spec.template import variable_keys, variable_name_problem, variable_values
 from promptgrid.tasks.spec.verdict import ANY_FAILURE, FailWhen
 
@@ -40,7 +44,13 @@ OVERRIDE_KEYS = (
     "api.polls_count",
     "api.quota_url",
 )
+# The built-in table's axes: what a key is known to be before the models are resolved.
 AXIS_NAMES = tuple(name for name in INPUT_NAMES if name not in ("prompt", "seed")) + ("model",)
+# Not inputs a spec sets for every job: prompts come from the grid, seeds from `seeds:`.
+NOT_SPEC_INPUTS = {
+    "seed": "use seeds: [..] or seeds: {count, start}",
+    "prompt": "prompts come from the grid's prompt column or the template",
+}
 MAX_RANGE_VALUES = 10_000
 # Combinations every row is expanded into (axes × zip × seeds): they are held in memory, rows are not.
 MAX_VARIANTS = 100_000
@@ -161,17 +171,33 @@ def _axes(value: Any) -> Any:
     if not isinstance(value, Mapping):
         raise ValueError(f"{value!r} is not a mapping of input or variable name to values")
     for key in value:
-        if key == "seed":
-            raise ValueError("'seed' is not an axis; use seeds: [..] or seeds: {count, start}")
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"{key!r} is not an input name")
+        if key in NOT_SPEC_INPUTS:
+            raise ValueError(f"{key!r} is not an axis; {NOT_SPEC_INPUTS[key]}")
         problem = None if key in AXIS_NAMES else variable_name_problem(key)
         if problem:
             raise ValueError(
                 f"{key!r} is not an input that can be swept ({', '.join(AXIS_NAMES)}), {problem}"
             )
-    return {
-        key: _axis_values(key, axis) if key in AXIS_NAMES else variable_values(key, _axis_values(key, axis))
-        for key, axis in value.items()
-    }
+    axes = {key: _axis_or_variable(key, _axis_values(key, axis)) for key, axis in value.items()}
+    if "model" in axes:
+        if not all(isinstance(slug, str) and slug.strip() for slug in axes["model"]):
+            raise ValueError("model: every model must be a slug")
+        axes["model"] = tuple(canonical_slug(slug) for slug in axes["model"])
+    return axes
+
+
+def _axis_or_variable(key: str, values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A key the built-in table does not know is a template variable (its values the text they render as)
+    or an input of a model resolved later: values that are not text or numbers stay as they are, for
+    the model's schema or the variables' check (`check_spec`) to judge."""
+    if key in AXIS_NAMES:
+        return values
+    try:
+        return variable_values(key, values)
+    except ValueError:
+        return values
 
 
 def parse_seeds(value: Any) -> tuple[int, ...]:
@@ -198,7 +224,7 @@ class SweepSpec(_Frozen):
     template variables), seeds, output and API limits."""
 
     name: str
-    model: str  # canonical slug; with a `model` sweep or zip axis, the first of it
+    model: str  # promptgrid's name for it (the dashed slug); with a `model` sweep or zip axis, the first
     version: str = defaults.MODEL_VERSION
     prompts: Path | None = None  # absolute, resolved against the spec file's folder
     template: str | None = None  # the prompt of every row whose grid gives none; `{name}` are variables
@@ -211,6 +237,11 @@ class SweepSpec(_Frozen):
     fail_when: FailWhenSetting = ANY_FAILURE  # when the run's Prefect state is Failed (and the exit code 1)
 
     _source_path: Path = PrivateAttr(default=Path("spec.yaml"))
+    _source_name: str = PrivateAttr(default="spec.yaml")
+    _model_entries: tuple[tuple[str, str], ...] = PrivateAttr(default=())
+    _requested_models: tuple[str, ...] = PrivateAttr(default=())
+    _catalog: ModelCatalog | None = PrivateAttr(default=None)
+    _sources: Any = PrivateAttr(default=None)  # the spec's wildcard files and samples (spec.sources)
     _source_text: str = PrivateAttr(default="")
     _spec_hash: str = PrivateAttr(default="")
     _base_dir: Path = PrivateAttr(default=Path("."))
@@ -249,13 +280,32 @@ class SweepSpec(_Frozen):
     @property
     def variables(self) -> tuple[str, ...]:
         """The sweep and zip keys that are template variables (not inputs of the models), in spec order."""
-        return variable_keys([*self.sweep, *self.zip], AXIS_NAMES)
+        return variable_keys([*self.sweep, *self.zip], self.input_names)
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        """Every input of the spec's models (and `model`); before they are resolved, the built-in table's
+        for models it does not know."""
+        try:
+            return (*names_of(self.model_schemas()), "model")
+        except UnknownModel:
+            return (*INPUT_NAMES, "model")
 
     @property
     def models(self) -> tuple[str, ...]:
-        """Every model slug the jobs run on."""
+        """Every model the jobs run on, by promptgrid's name (the dashed slug)."""
         axis = self.sweep.get("model") or self.zip.get("model")
-        return tuple(dict.fromkeys(get_model(m).slug for m in axis)) if axis else (self.model,)
+        return tuple(dict.fromkeys(axis)) if axis else (self.model,)
+
+    @property
+    def requested_models(self) -> tuple[str, ...]:
+        """The models as the spec spells them, for resolution to ask the API about first."""
+        return self._requested_models or self.models
+
+    @property
+    def catalog(self) -> ModelCatalog:
+        """The models' schemas the spec was checked against (the built-in table until it is checked)."""
+        return self._catalog or builtin_catalog()
 
     @field_validator("name")
     @classmethod
@@ -267,10 +317,9 @@ class SweepSpec(_Frozen):
     @field_validator("model")
     @classmethod
     def _model(cls, value: str) -> str:
-        try:
-            return get_model(value).slug
-        except UnknownModel as exc:
-            raise ValueError(exc.message) from None
+        if not value.strip():
+            raise ValueError("the model slug is empty")
+        return canonical_slug(value)
 
     @field_validator("template")
     @classmethod
@@ -290,13 +339,10 @@ class SweepSpec(_Frozen):
             return {}
         if isinstance(value, Mapping):
             for key in value:
-                if key == "seed":
-                    raise ValueError(
-                        "'seed' cannot be a default input; use seeds: [..] or seeds: {count, start}"
-                    )
-                if key not in AXIS_NAMES or key == "model":
-                    names = ", ".join(name for name in AXIS_NAMES if name != "model")
-                    raise ValueError(f"{key!r} cannot be a default input; expected one of {names}")
+                if key in NOT_SPEC_INPUTS:
+                    raise ValueError(f"{key!r} cannot be a default input; {NOT_SPEC_INPUTS[key]}")
+                if key == "model":
+                    raise ValueError("'model' cannot be a default input; use the model key or a model axis")
         return value
 
     @model_validator(mode="after")
@@ -308,6 +354,13 @@ class SweepSpec(_Frozen):
         if len(set(lengths.values())) > 1:
             shown = ", ".join(f"{key} has {n}" for key, n in lengths.items())
             raise ValueError(f"zip lists must have equal lengths: {shown}")
+        self.count_variants()
+        return self
+
+    def count_variants(self) -> None:
+        """ValueError when a row would expand into too many jobs or prompts (which keys are inputs and which
+        template variables follows the models: checked again once they are resolved)."""
+        lengths = {key: len(values) for key, values in self.zip.items()}
         variables = set(self.variables)
         # A zip with a variable in it advances with the prompt's variables, not with the inputs.
         zip_steps = max(lengths.values(), default=1)
@@ -325,7 +378,6 @@ class SweepSpec(_Frozen):
                 f"the template variables make {prompts:,} prompts per row; "
                 f"at most {MAX_PROMPT_COMBINATIONS:,} allowed"
             )
-        return self
 
     def model_schemas(self) -> tuple[ModelSchema, ...]:
-        return tuple(get_model(slug) for slug in self.models)
+        return tuple(self.catalog.get(slug) for slug in self.models)

@@ -20,10 +20,9 @@ import pyarrow.parquet as pq
 
 from promptgrid.defaults import MAX_PROMPT_CHARS
 from promptgrid.errors import InvalidInput
-from promptgrid.tasks.models.catalog import INPUT_NAMES
 from promptgrid.tasks.spec.grid import CSV_SUFFIXES, GridContext, csv_batches, parquet_batches, read_layout
 from promptgrid.tasks.spec.problems import ProblemLog
-from promptgrid.tasks.spec.schema import AXIS_NAMES, SweepSpec
+from promptgrid.tasks.spec.schema import SweepSpec
 from promptgrid.tasks.spec.sources import ResolvedSources, where
 from promptgrid.tasks.spec.template import NAME, RESERVED_NAMES, Template, has_braces, parse_template
 from promptgrid.tasks.spec.variables import AxisGroup, PromptAxes
@@ -48,7 +47,7 @@ class TemplateChecker:
     def __init__(self, spec: SweepSpec, sources: ResolvedSources, source_name: str, log: ProblemLog):
         self.spec, self.sources, self.source_name, self.log = spec, sources, source_name, log
         self.axes = PromptAxes(spec.template, spec.sweep, spec.zip, spec.variables, lambda _, value: value)
-        self.collisions = frozenset(INPUT_NAMES) | frozenset(AXIS_NAMES) | RESERVED_NAMES
+        self.collisions = frozenset(spec.input_names) | RESERVED_NAMES
         self.used: set[str] = set()
         self.limit = MAX_PROMPT_CHARS
         self._bounds: dict[tuple[str, tuple[str, ...]], Bounds] = {}
@@ -114,9 +113,13 @@ class TemplateChecker:
             if name in self.used:
                 continue
             section = "sweep" if name in self.spec.sweep else "zip"
+            models = self.spec.model_schemas()
+            near = dict.fromkeys(found for model in models if (found := model.suggest(name)))
+            hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
+            inputs = [n for n in self.spec.input_names if n not in ("prompt", "seed")]
             self.log.add(
                 f"{self._spec_where(f'{section}.{name}')}: {name!r} is not an input that can be swept "
-                f"({', '.join(AXIS_NAMES)}), and no placeholder {{{name}}} in the template or the grid's "
+                f"({', '.join(inputs)}){hint}, and no placeholder {{{name}}} in the template or the grid's "
                 "prompts uses it"
             )
 
