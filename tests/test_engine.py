@@ -352,14 +352,14 @@ async def test_unknown_statuses_and_failing_polls_are_waited_out():
     [
         (lambda p: httpx.Response(410, text="gone"), "OUTPUT_EXPIRED"),
         (lambda p: httpx.Response(403, text="signature expired"), "OUTPUT_EXPIRED"),
-        (lambda p: httpx.Response(200, content=png((512, 512))), "OUTPUT_INVALID"),
-        (lambda p: httpx.Response(200, content=png(p["size"], "JPEG")), "OUTPUT_INVALID"),
         (lambda p: httpx.Response(200, content=png(p["size"])[:200]), "OUTPUT_INVALID"),
+        (lambda p: httpx.Response(200, content=b"not an image at all"), "OUTPUT_INVALID"),
+        (lambda p: httpx.Response(200, content=b""), "OUTPUT_INVALID"),
         (lambda p: httpx.Response(200, content=b"\0" * 5000), "OUTPUT_TOO_LARGE"),
     ],
-    ids=["410", "403", "wrong-size", "wrong-format", "truncated", "too-large"],
+    ids=["410", "403", "truncated", "not-an-image", "empty", "too-large"],
 )
-async def test_outputs_that_are_not_the_requested_image_fail_with_a_reason(respond, code):
+async def test_outputs_that_are_no_image_fail_with_a_reason(respond, code):
     api = ScriptedApi()
     api.on_output = respond
     cap = 4096 if code == "OUTPUT_TOO_LARGE" else FAST.output_max_bytes
@@ -367,6 +367,28 @@ async def test_outputs_that_are_not_the_requested_image_fail_with_a_reason(respo
     outcome = await engine.run_job(make_job(1))
     assert (outcome.status, outcome.error_code) == (JobStatus.FAILED, code)
     assert outcome.image is None and outcome.sha256 is None
+    await engine.client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("content", "fmt", "size", "mismatch"),
+    [
+        (png((512, 512)), "png", (512, 512), True),
+        (png((1024, 1024), "JPEG"), "jpg", (1024, 1024), False),
+        (png((1000, 1000), "WEBP"), "webp", (1000, 1000), True),
+    ],
+    ids=["other-size", "other-format", "both"],
+)
+async def test_a_paid_image_of_another_size_or_format_is_kept_with_what_it_really_is(
+    content, fmt, size, mismatch
+):
+    api = ScriptedApi()
+    api.on_output = lambda p: httpx.Response(200, content=content)
+    engine = engine_for(api)
+    outcome = await engine.run_job(make_job(1))  # asks for a 1024x1024 png
+    assert outcome.status is JobStatus.SUCCESS and outcome.image == content
+    assert (outcome.image_format, (outcome.width, outcome.height)) == (fmt, size)
+    assert outcome.size_mismatch is mismatch
     await engine.client.aclose()
 
 

@@ -156,8 +156,9 @@ def test_image_key_layout_and_fallbacks():
     assert slugify("  --A  b--  ") == "a-b"
     assert safe_token("..") == "x"
     assert manifest_part_key("run 1", "w/0", 7) == "manifest/part-run-1-w-0-000007.parquet"
+    assert image_key(make_job(), "gif").endswith("/0123abcd.gif")  # a paid image keeps its real format
     with pytest.raises(ValueError):
-        image_key(make_job(), "gif")
+        image_key(make_job(), "../x")
 
 
 def test_the_s3_specific_endpoint_variable_wins(s3_env, s3_server, monkeypatch):

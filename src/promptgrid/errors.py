@@ -17,6 +17,8 @@
     │   ├── AuthenticationFailed 401/403 from the API
     │   ├── InputRejected       400/422: the model refused the inputs
     │   ├── PredictionNotFound  404 on a prediction
+    │   ├── ModelNotFound       404 from the API's own JSON for a model: on the model endpoint or a create
+    │   │                       (such a create was refused, so it created and billed nothing)
     │   └── UnexpectedAnswer    any other status, or a body that does not parse
     ├── FetchFailed             a prediction's output could not be downloaded or verified; `.code` is the
     │                           outcome's error code, `.retryable` whether another download may work
@@ -133,6 +135,10 @@ class InputRejected(ApiError):
 
 
 class PredictionNotFound(ApiError):
+    pass
+
+
+class ModelNotFound(ApiError):
     pass
 
 

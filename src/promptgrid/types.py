@@ -58,10 +58,12 @@ class ErrorCode(StrEnum):
 class Job:
     """One image to generate.
 
-    `inputs` are the model's inputs, validated and normalised (promptgrid.tasks.models.check), the seed
-    always fixed. `job_id` is a hash of model, version and inputs, so the same image asked for twice
-    is one job. `carried` holds the grid's other columns, passed to the manifest untouched. A prompt
-    rendered from a template keeps the template and the value of each variable it used.
+    `model` is promptgrid's name for the model (the dashed slug, whichever spelling the spec used; the slug
+    sent is the one the API knows, resolved before the first create). `inputs` are the model's inputs,
+    validated and normalised against its schema (promptgrid.tasks.models), the seed fixed where the model
+    has one. `job_id` is a hash of model, version and inputs, so the same image asked for twice is one
+    job. `carried` holds the grid's other columns, passed to the manifest untouched. A prompt rendered
+    from a template keeps the template and the value of each variable it used.
     """
 
     job_id: str
@@ -90,8 +92,10 @@ class JobOutcome:
     predict_time_s: float | None = None
     cost_usd: float | None = None
     image: bytes | None = field(default=None, repr=False)
-    image_format: str | None = None
+    image_format: str | None = None  # the real encoding, read from the bytes
     sha256: str | None = None
     bytes: int | None = None
-    width: int | None = None
+    width: int | None = None  # the real pixel size, read from the bytes
     height: int | None = None
+    size_mismatch: bool | None = None  # None when nothing said what size to expect
+    model_slug: str | None = None  # the slug the create was sent with (the API's spelling)

@@ -4,8 +4,9 @@ The client sends exactly one HTTP request per call and never retries: retrying s
 budget and on what kind of call failed, which the engine decides. Every foreign failure is translated here,
 in `_send`, into the ApiError tree of `promptgrid.errors`.
 
-The API key goes into one header and nowhere else: not in reprs, messages or logs, and any text the server
-sends back is scrubbed of it before it lands in an exception.
+The API key goes into the auth headers and nowhere else: not in reprs, messages or logs, and any text the
+server sends back is scrubbed of it before it lands in an exception. It is sent both as `Authorization:
+Bearer` (the only form the docs show since mid-2026) and as `X-API-Key` (what older deployments read).
 """
 
 from __future__ import annotations
@@ -41,7 +42,6 @@ _BY_STATUS: dict[int, type[ApiError]] = {
     401: AuthenticationFailed,
     402: PaymentRequired,
     403: AuthenticationFailed,
-    404: PredictionNotFound,
     422: InputRejected,
 }
 
@@ -105,8 +105,9 @@ class ApiClient:
         self._key = api_key
         pool = limits or httpx.Limits(max_connections=64, max_keepalive_connections=32)
         common: _SharedOptions = {"transport": transport, "timeout": timeouts, "limits": pool}
+        headers = {"Authorization": f"Bearer {api_key.reveal()}", "X-API-Key": api_key.reveal()}
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, headers={"X-API-Key": api_key.reveal()}, follow_redirects=False, **common
+            base_url=self.base_url, headers=headers, follow_redirects=False, **common
         )
         self.storage = httpx.AsyncClient(follow_redirects=True, **common)
 
@@ -150,7 +151,13 @@ class ApiClient:
         await self._send("POST", f"/v1/prediction/{prediction_id}/cancel", prediction_id=prediction_id)
 
     async def _send(
-        self, method: str, path: str, *, prediction_id: str | None = None, **kwargs: Any
+        self,
+        method: str,
+        path: str,
+        *,
+        prediction_id: str | None = None,
+        not_found: type[ApiError] = PredictionNotFound,
+        **kwargs: Any,
     ) -> dict[str, Any]:
         what = f"{method} {path}"
         try:
@@ -181,6 +188,11 @@ class ApiClient:
             raise Throttled(message, retry_after_s=retry_after, **context)
         if response.status_code >= 500:
             raise ServerFailure(message, api_answered=from_api, **context)
+        if response.status_code == 404:
+            # Only the API's own JSON error says a model is missing; a bare 404 page may mean the path is not
+            # served at all (an API without the model endpoint).
+            missing = not_found if from_api or not_found is PredictionNotFound else UnexpectedAnswer
+            raise missing(message, **context)
         raise _BY_STATUS.get(response.status_code, UnexpectedAnswer)(message, **context)
 
     def _scrub(self, text: str) -> str:

@@ -1,10 +1,13 @@
-"""Downloading a prediction's output from hosted storage and proving it is the image that was asked for.
+"""Downloading a prediction's output from hosted storage and proving it is an image.
 
 Hosted outputs expire, so the engine fetches right after success. The download is streamed and capped, hashed
 as it arrives, then decoded with Pillow in a worker thread (decoding a megapixel blocks for milliseconds,
-which would delay every other prediction's poll). The header is checked before the pixels are decoded, so a
-huge or mislabelled file is refused without decoding it. Storage is not the API: these requests do not count
-against the request budget.
+which would delay every other prediction's poll). Pillow's limit on pixels refuses a decompression bomb before
+decoding it. Storage is not the API: these requests do not count against the request budget.
+
+A paid image is kept whatever its encoding and pixel size: Eachlabs publishes no sizes, so the real format,
+width and height are recorded, and a size other than expected is a flag (`size_mismatch`), not a failure.
+Only an empty, unreadable or non-image answer fails the job (OUTPUT_INVALID).
 """
 
 from __future__ import annotations
@@ -20,44 +23,47 @@ import httpx
 from PIL import Image, UnidentifiedImageError
 
 from promptgrid.errors import FetchFailed
-from promptgrid.tasks.models.catalog import output_size
+from promptgrid.tasks.models.catalog import expected_size
 
-# Pillow's names for the formats the API can produce.
-PILLOW_FORMATS = {"webp": "WEBP", "jpg": "JPEG", "png": "PNG"}
+# promptgrid's names for Pillow's formats, where they differ from the lower-cased Pillow name.
+FORMAT_NAMES = {"JPEG": "jpg", "TIFF": "tiff"}
 EXPIRED_STATUSES = frozenset({403, 404, 410})
 DEFAULT_MAX_BYTES = 32 * 1024 * 1024
 
 
 @dataclass(frozen=True)
 class FetchedImage:
+    """A downloaded image as it really is: its encoding and size read from the bytes, not the request."""
+
     data: bytes = b""
     sha256: str = ""
     format: str = ""
     width: int = 0
     height: int = 0
+    size_mismatch: bool | None = None  # None when nothing said what size to expect
 
     @property
     def bytes(self) -> int:
         return len(self.data)
 
 
-def expected_image(inputs: Mapping[str, Any]) -> tuple[str, tuple[int, int] | None]:
-    """The format and pixel size a prediction with these inputs must yield (size None for image-to-image)."""
-    return str(inputs.get("output_format") or "webp"), output_size(inputs)
+def expected_image(model: str, inputs: Mapping[str, Any]) -> tuple[int, int] | None:
+    """The pixel size a prediction with these inputs should yield, when anything says (None otherwise)."""
+    return expected_size(model, inputs)
 
 
 async def fetch_output(
     storage: httpx.AsyncClient,
     url: str,
     *,
-    output_format: str,
     size: tuple[int, int] | None,
     max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> FetchedImage:
-    """Download `url` and verify it; else raise FetchFailed (OUTPUT_EXPIRED, OUTPUT_TOO_LARGE, ...)."""
+    """Download `url` and check it is an image; else raise FetchFailed (OUTPUT_EXPIRED, ...)."""
     data, digest = await _download(storage, url, max_bytes)
-    image = await asyncio.to_thread(verify_image, data, output_format, size)
-    return FetchedImage(data=data, sha256=digest, format=output_format, width=image[0], height=image[1])
+    image_format, width, height = await asyncio.to_thread(verify_image, data)
+    mismatch = None if size is None else (width, height) != tuple(size)
+    return FetchedImage(data, digest, image_format, width, height, mismatch)
 
 
 async def _download(storage: httpx.AsyncClient, url: str, max_bytes: int) -> tuple[bytes, str]:
@@ -94,19 +100,18 @@ async def _download(storage: httpx.AsyncClient, url: str, max_bytes: int) -> tup
     return b"".join(chunks), digest.hexdigest()
 
 
-def verify_image(data: bytes, output_format: str, size: tuple[int, int] | None) -> tuple[int, int]:
-    """Decode `data` fully; return (width, height) or raise FetchFailed(OUTPUT_INVALID)."""
-    want = PILLOW_FORMATS.get(output_format, output_format.upper())
+def image_format_name(pillow_format: str | None) -> str:
+    """promptgrid's name for an encoding Pillow read (`JPEG` is `jpg`, as the API's `output_format` says)."""
+    name = str(pillow_format or "")
+    return FORMAT_NAMES.get(name, name.lower())
+
+
+def verify_image(data: bytes) -> tuple[str, int, int]:
+    """Decode `data` fully; return (format, width, height) or raise FetchFailed(OUTPUT_INVALID)."""
     try:
         with Image.open(io.BytesIO(data)) as image:
-            if image.format != want:
-                raise FetchFailed("OUTPUT_INVALID", f"the output is {image.format}, expected {want}")
-            if size is not None and image.size != tuple(size):
-                got = "x".join(map(str, image.size))
-                raise FetchFailed(
-                    "OUTPUT_INVALID", f"the output is {got} pixels, expected {size[0]}x{size[1]}"
-                )
             image.load()
-            return image.size
+            width, height = image.size
+            return image_format_name(image.format), width, height
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise FetchFailed("OUTPUT_INVALID", f"the output does not decode as an image: {exc}") from None

@@ -31,6 +31,7 @@ _STATUS_ALIASES = {
     "running": PredictionStatus.PROCESSING,
     "success": PredictionStatus.SUCCESS,
     "succeeded": PredictionStatus.SUCCESS,
+    "completed": PredictionStatus.SUCCESS,  # the Python docs page's word for success
     "error": PredictionStatus.ERROR,
     "failed": PredictionStatus.ERROR,
     "cancelled": PredictionStatus.CANCELLED,
@@ -90,11 +91,16 @@ def _output_url(output: Any) -> str | None:
 
 
 def _error_detail(output: Any, body: Mapping[str, Any]) -> dict[str, Any]:
+    """The error of a failed prediction: `{error_code, error_message, retryable}`, the minimal `{error}`,
+    or plain text; the message is kept whichever shape it came in."""
     if isinstance(output, Mapping):
         retryable = output.get("retryable")
+        text = (
+            output.get("error_message") or output.get("message") or output.get("error") or body.get("error")
+        )
         return {
             "error_code": str(output.get("error_code") or "PREDICTION_ERROR"),
-            "error_message": clip(str(output.get("error_message") or output.get("message") or "")),
+            "error_message": clip(str(text or "")),
             "retryable": retryable if isinstance(retryable, bool) else None,
         }
     text = output if isinstance(output, str) else body.get("error") or body.get("logs") or ""

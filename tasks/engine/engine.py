@@ -329,19 +329,18 @@ class Engine:
             raise JobEnded(JobStatus.CANCELLED, ErrorCode.PREDICTION_CANCELLED, "cancelled at the API")
         if prediction.output_url is None:
             raise failed(ErrorCode.OUTPUT_MISSING, "the prediction succeeded without an output URL")
-        image = await self._fetch(prediction.output_url, job.inputs)
+        image = await self._fetch(prediction.output_url, job)
         outcome.status = JobStatus.SUCCESS
         outcome.image, outcome.sha256, outcome.bytes = image.data, image.sha256, image.bytes
         outcome.image_format, outcome.width, outcome.height = image.format, image.width, image.height
+        outcome.size_mismatch = image.size_mismatch
 
-    async def _fetch(self, url: str, inputs: Mapping[str, Any]) -> FetchedImage:
-        output_format, size = expected_image(inputs)
+    async def _fetch(self, url: str, job: Job) -> FetchedImage:
+        size = expected_image(job.model, job.inputs)
         cap = self.config.output_max_bytes
         for attempt in range(self.config.fetch_retries + 1):
             try:
-                return await fetch_output(
-                    self.client.storage, url, output_format=output_format, size=size, max_bytes=cap
-                )
+                return await fetch_output(self.client.storage, url, size=size, max_bytes=cap)
             except FetchFailed as exc:
                 if not exc.retryable or attempt == self.config.fetch_retries:
                     raise failed(exc.code, exc.message) from None

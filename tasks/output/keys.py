@@ -15,13 +15,15 @@ IMAGES_PREFIX = "images/"
 MANIFEST_PREFIX = "manifest/"
 JOURNAL_PREFIX = "journal/"
 INPUTS_PREFIX = "inputs/"
+MODELS_PREFIX = "models/"
 SPEC_KEY = "spec.yaml"
 
 SLUG_MAX = 48
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")
 _NOT_TOKEN = re.compile(r"[^A-Za-z0-9._-]+")
 # The API's names for an encoding differ from the file extensions people expect in a few cases.
-_EXTENSIONS = {"jpeg": "jpg", "jpg": "jpg", "png": "png", "webp": "webp"}
+_EXTENSIONS = {"jpeg": "jpg", "jpg": "jpg", "png": "png", "webp": "webp", "tif": "tiff"}
+_OTHER_EXTENSION = re.compile(r"^[a-z0-9]{2,5}$")  # any other image format Pillow reads (gif, bmp, ...)
 
 
 def slugify(text: str, *, max_len: int = SLUG_MAX, fallback: str = "x") -> str:
@@ -40,10 +42,12 @@ def safe_token(text: str, *, max_len: int = 64, fallback: str = "x") -> str:
 
 def image_extension(image_format: str) -> str:
     """The file extension for an image encoding (`jpeg` and `jpg` are both `jpg`)."""
-    try:
-        return _EXTENSIONS[image_format.lower().lstrip(".")]
-    except KeyError:
-        raise ValueError(f"unknown image format {image_format!r}; expected one of webp, jpg, png") from None
+    name = image_format.lower().lstrip(".")
+    if name in _EXTENSIONS:
+        return _EXTENSIONS[name]
+    if _OTHER_EXTENSION.match(name):
+        return name
+    raise ValueError(f"unknown image format {image_format!r}; expected a name such as webp, jpg, png")
 
 
 def image_key(job: Job, image_format: str) -> str:
@@ -57,6 +61,11 @@ def image_key(job: Job, image_format: str) -> str:
 def manifest_part_key(run_id: str, worker_id: str, sequence: int) -> str:
     """A part name unique per writer, so several workers can add parts to one output without clashing."""
     return f"{MANIFEST_PREFIX}part-{safe_token(run_id)}-{safe_token(worker_id)}-{sequence:06d}.parquet"
+
+
+def model_key(model: str) -> str:
+    """Where a run keeps the schema its model was checked against: `models/<model>.json`."""
+    return f"{MODELS_PREFIX}{slugify(model, max_len=96, fallback='model')}.json"
 
 
 def input_key(sha256_hex: str, extension: str) -> str:

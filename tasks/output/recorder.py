@@ -6,7 +6,7 @@ import asyncio
 from datetime import UTC, datetime
 
 from promptgrid.tasks.engine.progress import RunProgress
-from promptgrid.tasks.models.catalog import CONTENT_TYPES
+from promptgrid.tasks.models.catalog import content_type
 from promptgrid.tasks.output.journal import Journal
 from promptgrid.tasks.output.keys import image_key
 from promptgrid.tasks.output.manifest.writer import ManifestWriter
@@ -58,14 +58,14 @@ class OutcomeStore:
     async def save(self, job: Job, outcome: JobOutcome) -> None:
         image_uri = key = None
         if outcome.status == JobStatus.SUCCESS and outcome.image is not None:
-            # The engine verified the bytes are in the requested format.
-            fmt = job.inputs.get("output_format") or "webp"
+            # The format the engine read from the bytes, maybe not the one asked for: a paid image is kept.
+            fmt = outcome.image_format or str(job.inputs.get("output_format") or "webp")
             key = image_key(job, fmt)
             image_uri = await asyncio.to_thread(
                 self.sink.put_bytes,
                 key,
                 outcome.image,
-                CONTENT_TYPES.get(fmt, "application/octet-stream"),
+                content_type(fmt),
                 {"job-id": job.job_id, "sha256": outcome.sha256 or ""},
             )
             outcome.image = None  # the bytes are stored; keep memory flat on long runs

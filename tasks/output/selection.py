@@ -16,8 +16,8 @@ import yaml
 from promptgrid.defaults import MODEL_VERSION
 from promptgrid.errors import InvalidInput
 from promptgrid.tasks.engine.estimate import estimate_run, format_duration
-from promptgrid.tasks.models.catalog import INPUT_NAMES
 from promptgrid.tasks.output.manifest.read import read_manifest
+from promptgrid.tasks.output.manifest.rows import INPUT_COLUMNS
 from promptgrid.tasks.output.saved_spec import read_saved_spec
 from promptgrid.tasks.output.sinks import open_sink
 from promptgrid.tasks.spec.schema import ApiConfig
@@ -66,7 +66,12 @@ def jobs_to_backfill(output: str, statuses: list[str], where: str | None) -> tup
 
 
 def job_from_row(row: dict[str, Any]) -> Job:
-    inputs = {name: row[name] for name in INPUT_NAMES if row.get(name) is not None}
+    """The job a manifest row records: its inputs exactly as sent (`inputs`), or, in a manifest written before
+    that column, the typed input columns."""
+    if row.get("inputs"):
+        inputs = json.loads(row["inputs"])
+    else:
+        inputs = {name: row[name] for name in INPUT_COLUMNS if row.get(name) is not None}
     carried = json.loads(row["carried"]) if row.get("carried") else {}
     variables = json.loads(row["variables"]) if row.get("variables") else {}
     version = row.get("version") or MODEL_VERSION

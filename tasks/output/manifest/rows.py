@@ -1,10 +1,16 @@
 """The manifest's columns, declared once, and the row a job's outcome becomes.
 
-The base columns are `MANIFEST_SCHEMA`. A grid's carried columns vary from grid to grid: each is appended
-after the base columns as a string column under its own name (`carried_<name>` if it would shadow a base
-column), and the original typed values are kept as JSON in the `carried` column. A prompt rendered from a
-template adds its variables the same way (all of them also as JSON in `variables`, the template in
-`template`). Parts from different runs therefore differ only by which string columns they add, so they unify.
+The base columns are `MANIFEST_SCHEMA`: the SD3.5 family's inputs have typed columns of their own (`cfg`,
+`steps`, ...), which any model's input of that name and type fills too. Every job's inputs are also kept
+exactly as sent, as canonical JSON in `inputs` (backfill rebuilds jobs from it). An input without a base
+column gets a column `input_<name>` after the base columns: a double for numbers, a boolean, or a string
+(JSON for lists and objects), so `--where "input_guidance > 3"` works on any model's inputs.
+
+A grid's carried columns vary from grid to grid: each is appended as a string column under its own name
+(`carried_<name>` if it would shadow a base column or an input column), and the original typed values are
+kept as JSON in the `carried` column. A prompt rendered from a template adds its variables the same way
+(all of them also as JSON in `variables`, the template in `template`). Parts from different runs therefore
+differ only by which columns they add, so they unify; parts written before a column existed read it as null.
 """
 
 from __future__ import annotations
@@ -16,7 +22,6 @@ from typing import Any
 
 import pyarrow as pa
 
-from promptgrid.tasks.models.catalog import INPUT_NAMES
 from promptgrid.types import Job, JobOutcome, JobStatus
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -36,7 +41,8 @@ MANIFEST_SCHEMA = pa.schema(
         ("completed_at", _TS),
         ("predict_time_s", pa.float64()),
         ("cost_usd", pa.float64()),
-        ("model", pa.string()),
+        ("model", pa.string()),  # promptgrid's name for the model (the dashed slug)
+        ("resolved_model", pa.string()),  # the slug the create was sent with: the one the API knows
         ("version", pa.string()),
         ("prompt", pa.string()),
         ("aspect_ratio", pa.string()),
@@ -51,26 +57,59 @@ MANIFEST_SCHEMA = pa.schema(
         ("image_key", pa.string()),  # the image's key inside the output, resolved against where it is now
         ("sha256", pa.string()),
         ("bytes", pa.int64()),
-        ("width", pa.int32()),
+        ("width", pa.int32()),  # the image's real size and format, read from its bytes
         ("height", pa.int32()),
+        ("image_format", pa.string()),
+        ("size_mismatch", pa.bool_()),  # the real size differs from the expected one (null: none expected)
+        ("inputs", pa.string()),  # every input as sent, canonical JSON
         ("carried", pa.string()),  # the grid's carried columns as one JSON object, values typed
         ("template", pa.string()),  # the template the prompt was rendered from, if any
         ("variables", pa.string()),  # the template's variables as one JSON object of text values
     ]
 )
 BASE_COLUMNS = tuple(MANIFEST_SCHEMA.names)
+# The typed input columns (the SD3.5 family's inputs, the manifest's first models).
+INPUT_COLUMNS = (
+    *("prompt", "aspect_ratio", "cfg", "steps", "seed", "image", "prompt_strength", "output_format"),
+    "output_quality",
+)
 STATUS_COLUMNS = ("job_id", "status", "completed_at", "prediction_id")
 _OUTCOME_FIELDS = (
     *("error_code", "error_message", "prediction_id", "attempts", "api_requests", "queued_at"),
     *("submitted_at", "completed_at", "predict_time_s", "cost_usd", "sha256", "bytes", "width", "height"),
+    *("image_format", "size_mismatch"),
 )
-assert set(INPUT_NAMES) <= set(BASE_COLUMNS), "every model input has a manifest column"
+INPUT_PREFIX = "input_"
 
 
 def carried_column_name(name: str) -> str:
-    """The manifest column for a carried grid column: its own name unless a base column already has it."""
+    """The column for a carried grid column: its own name unless a base or input column may use it."""
     name = str(name)
-    return f"carried_{name}" if name in BASE_COLUMNS or name.startswith("carried_") else name
+    reserved = name in BASE_COLUMNS or name.startswith(("carried_", INPUT_PREFIX))
+    return f"carried_{name}" if reserved else name
+
+
+def _fits(value: Any, kind: pa.DataType) -> bool:
+    """Whether an input's value belongs in a typed base column without losing anything."""
+    if pa.types.is_string(kind):
+        return isinstance(value, str)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if pa.types.is_floating(kind):
+        return True
+    bits = kind.bit_width - 1
+    return isinstance(value, int) and -(2**bits) <= value < 2**bits
+
+
+def _input_columns(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """Each input under its base column where it fits, else under `input_<name>`."""
+    columns: dict[str, Any] = {}
+    for name, value in inputs.items():
+        if name in INPUT_COLUMNS and (value is None or _fits(value, MANIFEST_SCHEMA.field(name).type)):
+            columns[name] = value
+        else:
+            columns[INPUT_PREFIX + name] = value
+    return columns
 
 
 def outcome_row(
@@ -83,8 +122,9 @@ def outcome_row(
     for name in ("queued_at", "submitted_at", "completed_at"):
         row[name] = _as_utc(row[name])
     row.update(model=job.model, version=job.version, image_uri=image_uri, image_key=image_key)
-    for name in INPUT_NAMES:
-        row[name] = job.inputs.get(name)
+    row.update(resolved_model=outcome.model_slug)
+    row.update(_input_columns(job.inputs))
+    row["inputs"] = json.dumps(dict(job.inputs), sort_keys=True, ensure_ascii=False, default=str)
     row["carried"] = json.dumps(dict(job.carried), default=str, ensure_ascii=False) if job.carried else None
     for name, value in job.carried.items():
         row[carried_column_name(name)] = _as_text(value)
@@ -121,15 +161,38 @@ def _coerce(value: Any, kind: pa.DataType) -> Any:
     return value
 
 
+def _input_column_type(values: list[Any]) -> pa.DataType:
+    present = [value for value in values if value is not None]
+    if present and all(isinstance(value, bool) for value in present):
+        return pa.bool_()
+    if present and all(isinstance(value, int | float) and not isinstance(value, bool) for value in present):
+        return pa.float64()
+    return pa.string()
+
+
+def _as_input_text(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+
+
 def rows_to_table(rows: list[dict[str, Any]], metadata: Mapping[str, str] | None = None) -> pa.Table:
-    """Rows -> a table with the base schema plus one string column per carried column seen."""
+    """Rows -> a table with the base schema plus the input and carried columns the rows have."""
     extra = list(dict.fromkeys(name for row in rows for name in row if name not in BASE_COLUMNS))
-    schema = pa.schema([*MANIFEST_SCHEMA, *(pa.field(name, pa.string()) for name in extra)])
+    fields = []
+    for name in extra:
+        kind = _input_column_type([row.get(name) for row in rows]) if name.startswith(INPUT_PREFIX) else None
+        fields.append(pa.field(name, kind or pa.string()))
+    schema = pa.schema([*MANIFEST_SCHEMA, *fields])
     columns = {}
     for field in schema:
         values = [row.get(field.name) for row in rows]
         if field.name in BASE_COLUMNS:
             values = [_coerce(value, field.type) for value in values]
+        elif pa.types.is_floating(field.type):
+            values = [None if value is None else float(value) for value in values]
+        elif field.name.startswith(INPUT_PREFIX) and pa.types.is_string(field.type):
+            values = [_as_input_text(value) for value in values]
         columns[field.name] = pa.array(values, type=field.type)
     table = pa.table(columns, schema=schema)
     return table.replace_schema_metadata(dict(metadata or {}))
