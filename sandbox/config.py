@@ -42,6 +42,16 @@ class SandboxConfig:
     never_finish_rate: float = 0.0
     url_lifetime_s: float = 3600.0
     cost_per_image_usd: float = PRICE_PER_IMAGE_USD
+    # The API's variants: which model slug spelling it knows ("any", "dotted", "dashed"), whether it reads
+    # only `Authorization: Bearer`, which model endpoints answer ("model": GET /v1/model, "openapi": the
+    # per-model OpenAPI document; the others answer 503), the word for success ("completed" in the Python
+    # docs), errors as the minimal `{error}`, and outputs `size_delta_px` off the expected size each way.
+    slug_spelling: str = "any"
+    bearer_only: bool = False
+    model_endpoints: tuple[str, ...] = ("model", "openapi")
+    success_status: str = "success"
+    minimal_errors: bool = False
+    size_delta_px: int = 0
     host: str = "127.0.0.1"
     port: int = 0
 
@@ -61,6 +71,14 @@ class SandboxConfig:
                 problems.append(f"{name} must be between 0 and 1")
         if not self.error_codes:
             problems.append("error_codes must name at least one code")
+        if self.slug_spelling not in ("any", "dotted", "dashed"):
+            problems.append("slug_spelling must be any, dotted or dashed")
+        if set(self.model_endpoints) - {"model", "openapi"}:
+            problems.append("model_endpoints may name only model and openapi")
+        if self.success_status not in ("success", "completed", "succeeded"):
+            problems.append("success_status must be success, completed or succeeded")
+        if self.size_delta_px < -200:
+            problems.append("size_delta_px must be at least -200")
         if problems:
             raise ValueError("; ".join(problems))
 

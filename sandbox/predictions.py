@@ -103,7 +103,10 @@ class Counters:
     def snapshot(self, now: float) -> dict[str, Any]:
         by_status = Counter(p.status(now) for p in self.predictions)
         return {
-            "requests": {kind: self.requests[kind] for kind in ("create", "get", "cancel", "output")},
+            "requests": {
+                kind: self.requests[kind]
+                for kind in ("create", "get", "cancel", "output", "model", "openapi")
+            },
             "throttled": self.throttled,
             "max_window_requests": self.max_window_requests,
             "max_in_flight": self.max_in_flight,

@@ -40,11 +40,10 @@ def _palette(key: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
 def _caption(inputs: Mapping[str, Any]) -> list[str]:
     prompt = str(inputs.get("prompt", ""))
     lines = textwrap.wrap(prompt, width=48)[:6] or [""]
-    details = (
-        f"seed {inputs.get('seed')}  cfg {inputs.get('cfg')}  steps {inputs.get('steps')}  "
-        f"{inputs.get('aspect_ratio')}  {inputs.get('output_format')}"
+    details = "  ".join(
+        f"{name} {value}" for name, value in inputs.items() if name not in ("prompt", "image")
     )
-    return [*lines, details]
+    return [*lines, *textwrap.wrap(details, width=64)[:3]]
 
 
 def draw_image(key: str, inputs: Mapping[str, Any], size: tuple[int, int]) -> Image.Image:

@@ -27,6 +27,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from promptgrid.sandbox.config import SandboxConfig, system_clock
+from promptgrid.sandbox.models import find_model, model_detail, openapi_document
 from promptgrid.sandbox.service import Reply, SandboxService, key_owner
 from promptgrid.tasks.models.catalog import CONTENT_TYPES
 
@@ -54,20 +55,44 @@ def _base_url(request: Request) -> str:
     return str(request.base_url).rstrip("/")
 
 
+def _describe_model(service: SandboxService, request: Request, endpoint: str, slug: str) -> Response:
+    """The model endpoints: 503 when switched off, 400 without a slug, 404 for a spelling not known."""
+    service.counters.requests[endpoint] += 1
+    config = service.config
+    if key_owner(request.headers, config.api_key, config.bearer_only) is None:
+        return _unauthorised()
+    if endpoint not in config.model_endpoints:
+        return JSONResponse({"error": "Service temporarily unavailable"}, status_code=503)
+    if not slug:
+        return JSONResponse({"error": "slug parameter is required"}, status_code=400)
+    model = find_model(slug, config.slug_spelling)
+    if model is None:
+        return JSONResponse({"error": "Failed to fetch model: model not found"}, status_code=404)
+    body = model_detail(model, slug) if endpoint == "model" else openapi_document(model, slug)
+    return JSONResponse(body)
+
+
 def _routes(service: SandboxService) -> list[Route]:
-    required_key = service.config.api_key
+    def owner_of(request: Request) -> str | None:
+        return key_owner(request.headers, service.config.api_key, service.config.bearer_only)
+
+    async def model(request: Request) -> Response:
+        return _describe_model(service, request, "model", request.query_params.get("slug", "").strip())
+
+    async def model_openapi(request: Request) -> Response:
+        return _describe_model(service, request, "openapi", request.path_params["slug"])
 
     async def create(request: Request) -> Response:
         service.counters.requests["create"] += 1
         body = await request.body()
-        owner = key_owner(request.headers, required_key)
+        owner = owner_of(request)
         if owner is None:
             return _unauthorised()
         return _respond(request, service.create(owner, body))
 
     async def get(request: Request) -> Response:
         service.counters.requests["get"] += 1
-        owner = key_owner(request.headers, required_key)
+        owner = owner_of(request)
         if owner is None:
             return _unauthorised()
         reply = service.get(owner, request.path_params["prediction_id"], _base_url(request))
@@ -75,7 +100,7 @@ def _routes(service: SandboxService) -> list[Route]:
 
     async def cancel(request: Request) -> Response:
         service.counters.requests["cancel"] += 1
-        owner = key_owner(request.headers, required_key)
+        owner = owner_of(request)
         if owner is None:
             return _unauthorised()
         return _respond(request, service.cancel(owner, request.path_params["prediction_id"]))
@@ -95,6 +120,8 @@ def _routes(service: SandboxService) -> list[Route]:
         return JSONResponse(service.stats())
 
     return [
+        Route("/v1/model", model, methods=["GET"]),
+        Route("/v1/models/{slug}/schemas/openapi", model_openapi, methods=["GET"]),
         Route("/v1/prediction/", create, methods=["POST"]),
         Route("/v1/prediction", create, methods=["POST"]),
         Route("/v1/prediction/{prediction_id}", get, methods=["GET"]),

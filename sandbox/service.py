@@ -19,14 +19,12 @@ from typing import Any
 
 import httpx
 
-from promptgrid.errors import UnknownModel
 from promptgrid.sandbox.config import SandboxConfig
 from promptgrid.sandbox.faults import CreateFault, Dice, GetFault
 from promptgrid.sandbox.limits import InFlight, RequestWindow
+from promptgrid.sandbox.models import SandboxModel, find_model
 from promptgrid.sandbox.predictions import TERMINAL, Counters, Prediction, input_hash
 from promptgrid.sandbox.render import RenderCache, image_size, render, render_key
-from promptgrid.tasks.models.catalog import ASPECT_RATIOS, MODELS, get_model
-from promptgrid.tasks.models.check import check_input
 
 INPUT_IMAGE_MAX_BYTES = 20 * 1024 * 1024
 INPUT_IMAGE_TIMEOUT_S = 10.0
@@ -58,9 +56,12 @@ def _throttled(seconds: float, details: str) -> Reply:
     return Reply(429, body, {"Retry-After": _format_seconds(seconds)})
 
 
-def key_owner(headers: Mapping[str, str], required_key: str | None) -> str | None:
-    """Who is calling (a digest of the key, so the key itself is never kept), or None when not allowed."""
-    key = headers.get("x-api-key", "").strip()
+def key_owner(headers: Mapping[str, str], required_key: str | None, bearer_only: bool = False) -> str | None:
+    """Who is calling (a digest of the key, so the key itself is never kept), or None when not allowed.
+
+    The key is read from `X-API-Key` or `Authorization: Bearer`; with `bearer_only`, from Bearer alone.
+    """
+    key = "" if bearer_only else headers.get("x-api-key", "").strip()
     if not key:
         scheme, _, value = headers.get("authorization", "").partition(" ")
         key = value.strip() if scheme.lower() == "bearer" else ""
@@ -159,25 +160,23 @@ class SandboxService:
             },
         )
 
-    def _parse_create(self, body: bytes) -> Reply | tuple[str, dict[str, Any], dict[str, Any]]:
+    def _parse_create(self, body: bytes) -> Reply | tuple[SandboxModel, dict[str, Any], dict[str, Any]]:
         try:
             payload = json.loads(body or b"null")
         except ValueError:
             return _error(400, "Invalid JSON body")
         if not isinstance(payload, dict):
             return _error(400, "The body must be a JSON object with model, version and input")
-        model = payload.get("model")
-        try:
-            # Anything but a string is an unknown model too.
-            schema = get_model(model if isinstance(model, str) else "")
-        except UnknownModel:
-            return _error(400, "Unknown model", model=payload.get("model"), known=list(MODELS))
+        # Anything but a string, or a spelling this API does not know, is no model: 404, nothing created.
+        model = find_model(payload.get("model"), self.config.slug_spelling)
+        if model is None:
+            return _error(404, "Model not found", model=payload.get("model"))
         raw = payload.get("input")
         if not isinstance(raw, dict):
             return _error(
                 400, "Invalid input for model", message="input: expected a JSON object", fields=["input"]
             )
-        inputs, problems = check_input(schema, raw)
+        inputs, problems = model.schema.check(raw)
         if problems:
             return _error(
                 400,
@@ -186,14 +185,14 @@ class SandboxService:
                 fields=[p.field for p in problems],
                 details=[{"field": p.field, "value": p.value, "allowed": p.allowed} for p in problems],
             )
-        return schema.slug, raw, inputs
+        return model, raw, inputs
 
     def _start(
-        self, owner: str, model: str, raw: dict[str, Any], inputs: dict[str, Any], now: float
+        self, owner: str, model: SandboxModel, raw: dict[str, Any], inputs: dict[str, Any], now: float
     ) -> Prediction:
-        digest = input_hash(model, inputs)
+        digest = input_hash(model.slug, inputs)
         resolved = dict(inputs)
-        if resolved.get("seed") is None:
+        if resolved.get("seed") is None and "seed" in model.schema.properties:
             resolved["seed"] = self.dice.random_seed()
         fate = self.dice.fate()
         if fate.never_finishes:
@@ -203,13 +202,13 @@ class SandboxService:
         prediction = Prediction(
             id=str(uuid.uuid4()),
             owner=owner,
-            model=model,
+            model=model.slug,
             raw_input=raw,
             inputs=resolved,
             created_at=now,
             fate=fate,
-            output_format=resolved["output_format"],
-            size=ASPECT_RATIOS[resolved["aspect_ratio"]] if not resolved.get("image") else None,
+            output_format=str(resolved.get("output_format") or "webp"),
+            size=None if resolved.get("image") else model.size(resolved, self.config.size_delta_px),
             input_pending=bool(resolved.get("image")),
         )
         self.predictions[prediction.id] = prediction
@@ -295,12 +294,14 @@ class SandboxService:
             output = f"{base_url}/outputs/{prediction.id}.{prediction.output_format}"
         elif status == "error":
             output = prediction.error_output()
+            if self.config.minimal_errors:
+                output = {"error": output["error_message"]}
         ended = status in ("success", "error")
         api_url = f"{base_url}/v1/prediction/{prediction.id}"
         return {
             "id": prediction.id,
             "input": prediction.raw_input,
-            "status": status,
+            "status": self.config.success_status if status == "success" else status,
             "output": output,
             "logs": "sandbox render\n" if status == "success" else "",
             "metrics": {

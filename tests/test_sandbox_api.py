@@ -154,7 +154,6 @@ def test_turbo_accepts_its_own_ranges(sandbox):
 @pytest.mark.parametrize(
     ("content", "error"),
     [
-        (b'{"model": "dall-e", "version": "0.0.1", "input": {"prompt": "x"}}', "Unknown model"),
         (b"{not json", "Invalid JSON body"),
         (b'["model"]', "The body must be a JSON object with model, version and input"),
         (b'{"model": "stable-diffusion-3-5-large", "input": "a cat"}', "Invalid input for model"),
@@ -166,6 +165,14 @@ def test_malformed_creates_are_400(sandbox, content, error):
             "/v1/prediction/", content=content, headers={"Content-Type": "application/json"}
         )
     assert response.status_code == 400 and response.json()["error"] == error
+
+
+@pytest.mark.parametrize("model", ["dall-e", 7, None])
+def test_an_unknown_model_is_404_as_the_api_answers_and_creates_nothing(sandbox, model):
+    with httpx.Client(base_url=sandbox.url, headers=KEY, timeout=5) as client:
+        response = client.post("/v1/prediction/", json={"model": model, "version": "0.0.1", "input": {}})
+    assert response.status_code == 404 and response.json()["error"] == "Model not found"
+    assert sandbox.stats()["creates"] == 0
 
 
 def test_cancel_stops_a_prediction_and_frees_its_slot(sandbox_factory, manual_clock):
@@ -210,7 +217,9 @@ def test_stats_count_duplicates_and_reset_zeroes_them(sandbox_factory, manual_cl
         assert sorted(stats["creates_per_input"].values()) == [1, 3]
         assert stats["max_in_flight"] == 4 and stats["max_window_requests"] == 4
         reset = client.post("/sandbox/reset").json()
-    assert reset["creates"] == 0 and reset["requests"] == {"create": 0, "get": 0, "cancel": 0, "output": 0}
+    assert reset["creates"] == 0 and reset["requests"] == dict.fromkeys(
+        ("create", "get", "cancel", "output", "model", "openapi"), 0
+    )
     assert reset["predictions_by_status"] == dict.fromkeys(stats["predictions_by_status"], 0)
 
 

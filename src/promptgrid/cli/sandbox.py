@@ -64,6 +64,25 @@ def register(app: typer.Typer) -> None:
             float, typer.Option(help="Share of predictions that never finish.")
         ] = 0.0,
         url_lifetime_s: Annotated[float, typer.Option(help="Output URL lifetime (API seconds).")] = 3600.0,
+        slug_spelling: Annotated[
+            str, typer.Option(help="Model slug spellings known: any, dotted (3.5) or dashed (3-5).")
+        ] = "any",
+        bearer_only: Annotated[
+            bool, typer.Option("--bearer-only", help="Read the key from Authorization: Bearer only.")
+        ] = False,
+        model_endpoints: Annotated[
+            str,
+            typer.Option(help="Model endpoints that answer (model, openapi; comma-separated); others 503."),
+        ] = "model,openapi",
+        success_status: Annotated[
+            str, typer.Option(help="The status word for success: success, completed or succeeded.")
+        ] = "success",
+        minimal_errors: Annotated[
+            bool, typer.Option("--minimal-errors", help="Failed predictions' output as the minimal {error}.")
+        ] = False,
+        size_delta_px: Annotated[
+            int, typer.Option(help="Render outputs this many pixels off the expected size each way.")
+        ] = 0,
     ) -> None:
         """Serve a local, strict stand-in for the prediction API (limits, latency, faults) until Ctrl-C."""
         from promptgrid.errors import InvalidInput
@@ -76,6 +95,9 @@ def register(app: typer.Typer) -> None:
                 latency_sigma=latency_sigma, api_key=api_key, seed=seed, create_5xx_rate=create_5xx_rate,
                 get_5xx_rate=get_5xx_rate, drop_rate=drop_rate, error_rate=error_rate,
                 never_finish_rate=never_finish_rate, url_lifetime_s=url_lifetime_s, host=host, port=port,
+                slug_spelling=slug_spelling, bearer_only=bearer_only, success_status=success_status,
+                model_endpoints=tuple(name.strip() for name in model_endpoints.split(",") if name.strip()),
+                minimal_errors=minimal_errors, size_delta_px=size_delta_px,
             )  # fmt: skip
         except ValueError as exc:
             raise InvalidInput([f"sandbox options: {exc}"]) from None
