@@ -14,6 +14,7 @@ from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.flows.generate import current_run_id
 from promptgrid.flows.pipeline import run_plan
 from promptgrid.flows.planning import RunPlan, Selection
+from promptgrid.flows.resolution import resolve_jobs_models
 from promptgrid.settings import environment_overrides
 from promptgrid.tasks.output.manifest.read import provenance
 from promptgrid.tasks.output.selection import DEFAULT_STATUSES, jobs_to_backfill, saved_api_config
@@ -38,7 +39,11 @@ async def backfill(
     flags = spec_overrides(None, api_base, rate_limit, max_concurrent)
     api = saved_api_config(text, {**environment_overrides(), **flags})
     spec_hash = provenance(open_sink(output)).get("promptgrid.spec_hash", "")
-    plan = RunPlan(api, output, text, spec_hash, lambda: [jobs], fail_when=FailWhen.of_saved_spec(text))
+    models = await resolve_jobs_models(
+        api.base_url, {job.model for job in jobs}, output, time_scale=time_scale
+    )
+    fail_when = FailWhen.of_saved_spec(text)
+    plan = RunPlan(api, output, text, spec_hash, lambda: [jobs], fail_when=fail_when, models=models)
     selection = Selection(rerun=frozenset(job.job_id for job in jobs))
     return await run_plan(
         plan, selection, price_per_image=price_per_image, time_scale=time_scale, run_id=current_run_id()

@@ -1,4 +1,5 @@
-"""The generate flow: spec → validate → expand → skip what is done → predict → store → manifest.
+"""The generate flow: spec → resolve models → validate → expand → skip what is done → predict → store →
+manifest.
 
 Run it with `promptgrid run SPEC`, or as a deployment (deployments/prefect.yaml). The API key is read from
 EACHLABS_API_KEY inside the run and is never a parameter, so it cannot land in Prefect's database.
@@ -9,15 +10,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow
+from prefect import flow, get_run_logger
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.flows.pipeline import run_plan
 from promptgrid.flows.planning import RunPlan, Selection
+from promptgrid.flows.resolution import resolve_spec
 from promptgrid.settings import environment_overrides
-from promptgrid.tasks.spec.load import load_spec, load_spec_text
 from promptgrid.tasks.spec.overrides import spec_overrides
 
 
@@ -41,6 +42,7 @@ async def generate(
     time_scale: float = 1.0,
     report: bool = True,
     spec_text: str | None = None,
+    resolved_models: dict[str, Any] | None = None,
 ) -> State[dict[str, Any]]:
     """Generate every image of a spec that its output does not have yet.
 
@@ -52,16 +54,25 @@ async def generate(
     speed of the API's clock (1 for the real API; a sandbox started with --time-scale runs faster).
     `report=False` skips the HTML report at the end (`promptgrid report` builds it later). `spec_text` is
     the spec itself when it was never a file (built in Python): `spec_path` then only names it, and relative
-    paths in it start from `spec_path`'s folder.
+    paths in it start from `spec_path`'s folder. The spec's models are resolved first (which slug the API
+    knows, their schemas), unless `resolved_models` brings a resolution made just before (the command
+    line's).
     """
     overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count)
-    path, environment = Path(spec_path), environment_overrides()
-    if spec_text is None:
-        spec = load_spec(path, overrides=overrides, environment=environment)
-    else:
-        spec = load_spec_text(spec_text, path.parent, str(path), overrides, environment)
+    environment = environment_overrides()
+    spec, models = await resolve_spec(
+        Path(spec_path),
+        overrides,
+        resolved_models,
+        environment=environment,
+        time_scale=time_scale,
+        spec_text=spec_text,
+    )
+    if resolved_models is None:
+        for note in models.notes:
+            get_run_logger().info("model %s", note)
     return await run_plan(
-        RunPlan.from_spec(spec),
+        RunPlan.from_spec(spec, models),
         Selection(shard_index, shard_count),
         price_per_image=price_per_image,
         time_scale=time_scale,

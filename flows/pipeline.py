@@ -26,6 +26,7 @@ from promptgrid.errors import ApiError, InvalidInput
 from promptgrid.flows.planning import RunPlan, Selection, Tally, plan_selection, select_jobs
 from promptgrid.settings import read_api_settings
 from promptgrid.tasks.api.client import ApiClient
+from promptgrid.tasks.api.routes import ModelRoutes
 from promptgrid.tasks.engine.config import EngineConfig, PrepareInputs
 from promptgrid.tasks.engine.engine import Engine
 from promptgrid.tasks.engine.progress import RunProgress, TerminalProgress
@@ -33,7 +34,7 @@ from promptgrid.tasks.output.input_images import InputImages, InputServer, class
 from promptgrid.tasks.output.journal import Journal
 from promptgrid.tasks.output.manifest.writer import ManifestWriter
 from promptgrid.tasks.output.recorder import OutcomeStore
-from promptgrid.tasks.output.saved_spec import save_spec
+from promptgrid.tasks.output.saved_spec import save_models, save_spec
 from promptgrid.tasks.output.sinks import open_sink
 from promptgrid.tasks.output.sinks.base import Sink
 from promptgrid.tasks.output.sinks.local import LocalSink
@@ -150,6 +151,8 @@ async def run_plan(
     run_id = run_id or uuid.uuid4().hex[:12]
     sink = open_sink(plan.output)
     await asyncio.to_thread(save_spec, sink, plan.spec_text)
+    if plan.models is not None:
+        await asyncio.to_thread(save_models, sink, plan.models.models.values())
     latest, total, tally = await asyncio.to_thread(plan_selection, plan, sink, selection)
     progress = RunProgress(total=total, skipped=tally.skipped, price_per_image=price_per_image)
     journal = Journal(sink, writer_id=f"{run_id}-s{selection.shard_index}")
@@ -177,6 +180,9 @@ async def run_plan(
                 on_sending=store.on_sending,
                 on_unsent=store.on_unsent,
                 prepare_inputs=prepare,
+                routes=ModelRoutes(
+                    client, plan.models.slugs() if plan.models else {}, retry_s=1 / time_scale
+                ),
             )
             run = RunContext(engine, store, terminal, resume, uncertain)
             artifact = await ProgressArtifact.start(progress)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from promptgrid.errors import InvalidInput
+from promptgrid.tasks.api.resolve import Resolution
 from promptgrid.tasks.output.manifest.read import latest_status
 from promptgrid.tasks.output.sinks.base import Sink
 from promptgrid.tasks.spec.expand import iter_job_batches
@@ -48,9 +49,10 @@ class RunPlan:
     batches: Callable[[], Iterable[list[Job]]]
     base_dir: Path = Path(".")  # where relative image paths in the grid are found
     fail_when: FailWhen = ANY_FAILURE
+    models: Resolution | None = None  # which slug each model is sent as, and its schema
 
     @classmethod
-    def from_spec(cls, spec: SweepSpec) -> RunPlan:
+    def from_spec(cls, spec: SweepSpec, models: Resolution | None = None) -> RunPlan:
         return cls(
             spec.api,
             spec.output,
@@ -59,6 +61,7 @@ class RunPlan:
             lambda: iter_job_batches(spec),
             spec.source_path.parent,
             spec.fail_when,
+            models,
         )
 
 

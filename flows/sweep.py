@@ -16,8 +16,8 @@ from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.flows.generate import current_run_id
 from promptgrid.flows.pipeline import run_plan
 from promptgrid.flows.planning import RunPlan, Selection
+from promptgrid.flows.resolution import resolve_spec
 from promptgrid.settings import environment_overrides
-from promptgrid.tasks.spec.load import load_spec
 
 
 class SweepRequest(BaseModel):
@@ -74,9 +74,9 @@ async def sweep(
         # The form's empty fields fall back to the environment, as a spec's absent keys do.
         unset = {"api.base_url": request.api_base, "api.quota_url": request.quota_url}
         environment = {k: v for k, v in environment_overrides().items() if k in unset and not unset[k]}
-        spec = load_spec(spec_file, environment=environment)
+        spec, models = await resolve_spec(spec_file, {}, environment=environment, time_scale=time_scale)
         return await run_plan(
-            RunPlan.from_spec(spec),
+            RunPlan.from_spec(spec, models),
             Selection(),
             price_per_image=price_per_image,
             time_scale=time_scale,

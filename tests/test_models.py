@@ -192,7 +192,9 @@ def test_the_user_cache_follows_xdg_cache_home_and_keeps_one_folder_per_api(tmp_
     assert (tmp_path / "xdg/promptgrid/models/127.0.0.1_8787/flux-1-dev.json").is_file()
     loaded = UserCache("http://127.0.0.1:8787").load("flux-1-dev")
     assert loaded == record
-    assert loaded is not None and loaded.schema().input_names == FLUX.input_names  # the API's order of inputs is kept
+    assert (
+        loaded is not None and loaded.schema().input_names == FLUX.input_names
+    )  # the API's order of inputs is kept
     assert UserCache("https://api.eachlabs.ai").load("flux-1-dev") is None  # another API's cache
     catalog = offline_catalog("http://127.0.0.1:8787")
     assert catalog.get("flux-1-dev").source.startswith("the user cache (GET /v1/model?slug=flux-1-dev")

@@ -15,6 +15,7 @@ import email.utils
 import time
 from collections.abc import Mapping
 from typing import Any, TypedDict
+from urllib.parse import quote
 
 import httpx
 
@@ -22,6 +23,7 @@ from promptgrid.errors import (
     ApiError,
     AuthenticationFailed,
     InputRejected,
+    ModelNotFound,
     PaymentRequired,
     PredictionNotFound,
     ServerFailure,
@@ -133,9 +135,12 @@ class ApiClient:
         await self.storage.aclose()
 
     async def create(self, model: str, version: str, inputs: Mapping[str, Any]) -> str:
-        """Start a prediction; return its id. Sends real JSON numbers, never strings."""
+        """Start a prediction; return its id. Sends real JSON numbers, never strings.
+
+        `model` is sent exactly as given: the slug the API knows. A 404 from the API is ModelNotFound.
+        """
         payload = {"model": model, "version": version, "input": dict(inputs)}
-        body = await self._send("POST", "/v1/prediction/", json=payload)
+        body = await self._send("POST", "/v1/prediction/", json=payload, not_found=ModelNotFound)
         prediction_id = body.get("predictionID") or body.get("prediction_id") or body.get("id")
         if not isinstance(prediction_id, str) or not prediction_id:
             # The server answered 2xx: something may have been created, but we cannot name it.
@@ -145,6 +150,15 @@ class ApiClient:
     async def get(self, prediction_id: str) -> Prediction:
         body = await self._send("GET", f"/v1/prediction/{prediction_id}", prediction_id=prediction_id)
         return parse_prediction(prediction_id, body)
+
+    async def model(self, slug: str) -> dict[str, Any]:
+        """The model endpoint's details of `slug` (its `request_schema` among them); ModelNotFound on 404."""
+        return await self._send("GET", "/v1/model", params={"slug": slug}, not_found=ModelNotFound)
+
+    async def model_openapi(self, slug: str) -> dict[str, Any]:
+        """The OpenAPI document the API publishes for one model; ModelNotFound on the API's 404."""
+        path = f"/v1/models/{quote(slug, safe='')}/schemas/openapi"
+        return await self._send("GET", path, not_found=ModelNotFound)
 
     async def cancel(self, prediction_id: str) -> None:
         """Ask the API to stop a prediction (best effort on its side)."""

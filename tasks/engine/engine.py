@@ -23,16 +23,17 @@ from promptgrid.errors import (
     ApiError,
     ApiUnreachable,
     AuthenticationFailed,
-    FetchFailed,
+    ModelNotFound,
     PredictionNotFound,
     ServerFailure,
     Throttled,
     TransportFailure,
 )
 from promptgrid.tasks.api.client import ApiClient, created_nothing
-from promptgrid.tasks.api.fetch import FetchedImage, expected_image, fetch_output
 from promptgrid.tasks.api.polling import LatencyModel, PollPlan
 from promptgrid.tasks.api.prediction import Prediction, PredictionStatus
+from promptgrid.tasks.api.routes import ModelRoutes
+from promptgrid.tasks.engine.collect import collect
 from promptgrid.tasks.engine.config import EngineConfig, EngineStats, OnCreated, OnSending, PrepareInputs
 from promptgrid.tasks.engine.retry import (
     JobDeferred,
@@ -67,9 +68,12 @@ class Engine:
         on_sending: OnSending | None = None,
         on_unsent: OnSending | None = None,
         prepare_inputs: PrepareInputs | None = None,
+        routes: ModelRoutes | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
         self.client = client
+        # Which slug each model is sent as (resolved before the run); without, the job's model as it is.
+        self.routes = routes or ModelRoutes(client)
         self.budget = budget
         self.config = config or EngineConfig()
         self.on_created = on_created
@@ -135,7 +139,7 @@ class Engine:
                     self.stats.retried_attempts += 1
                     prediction_id = None
                     continue
-                await self._collect(job, prediction, outcome)
+                await collect(self.client.storage, self.config, job, prediction, outcome)
                 break
         except JobEnded as ended:
             outcome.status = ended.status
@@ -154,6 +158,8 @@ class Engine:
         try:
             if known_id is None:
                 self._refuse_if_halted()
+                if (missing := self.routes.missing(job.model)) is not None:  # refused in every spelling
+                    raise failed(ErrorCode.MODEL_NOT_FOUND, missing)
                 inputs = await self._prepare(job)
                 outcome.attempts = attempt  # counted once sent: an unknown create may have made a prediction
                 prediction_id = await self._create(job, inputs, outcome)
@@ -196,17 +202,16 @@ class Engine:
                 await on_sending(job, attempt)
 
         reason: ApiError  # why the last create was refused
+        slug = self.routes.slug_for(job.model)
         for resend in range(self.config.create_retries + 1):
+            outcome.model_slug = slug
             try:
                 prediction_id = await self._call(
-                    "create",
-                    outcome,
-                    self.client.create,
-                    job.model,
-                    job.version,
-                    inputs,
-                    before_send=announce,
+                    "create", outcome, self.client.create, slug, job.version, inputs, before_send=announce
                 )
+            except ModelNotFound as exc:  # refused: nothing was created, so sending again is safe
+                slug = await self._after_model_not_found(job, slug, exc)
+                reason = exc
             except Throttled as exc:
                 await self._throttled(exc)
                 reason = exc
@@ -230,6 +235,13 @@ class Engine:
                 return prediction_id
             self.stats.create_resends += 1
         raise failed(ErrorCode.CREATE_FAILED, f"the API kept refusing the create: {reason.message}")
+
+    async def _after_model_not_found(self, job: Job, refused: str, exc: ModelNotFound) -> str:
+        """The slug to send next, after resolving the model again; ends the job when there is none."""
+        slug = await self.routes.after_not_found(job.model, refused)
+        if slug is None:
+            raise failed(ErrorCode.MODEL_NOT_FOUND, self.routes.missing(job.model) or exc.message)
+        return slug
 
     def _refuse_if_halted(self) -> None:
         self._halt_if_unreachable(None)
@@ -320,32 +332,6 @@ class Engine:
                 await self._throttled(exc)
             except ApiError:
                 return
-
-    async def _collect(self, job: Job, prediction: Prediction, outcome: JobOutcome) -> None:
-        """Turn a finished prediction into the outcome: fetch and verify the image, or record why not."""
-        if prediction.status is PredictionStatus.ERROR:
-            raise ended_by_error(prediction)
-        if prediction.status is PredictionStatus.CANCELLED:
-            raise JobEnded(JobStatus.CANCELLED, ErrorCode.PREDICTION_CANCELLED, "cancelled at the API")
-        if prediction.output_url is None:
-            raise failed(ErrorCode.OUTPUT_MISSING, "the prediction succeeded without an output URL")
-        image = await self._fetch(prediction.output_url, job)
-        outcome.status = JobStatus.SUCCESS
-        outcome.image, outcome.sha256, outcome.bytes = image.data, image.sha256, image.bytes
-        outcome.image_format, outcome.width, outcome.height = image.format, image.width, image.height
-        outcome.size_mismatch = image.size_mismatch
-
-    async def _fetch(self, url: str, job: Job) -> FetchedImage:
-        size = expected_image(job.model, job.inputs)
-        cap = self.config.output_max_bytes
-        for attempt in range(self.config.fetch_retries + 1):
-            try:
-                return await fetch_output(self.client.storage, url, size=size, max_bytes=cap)
-            except FetchFailed as exc:
-                if not exc.retryable or attempt == self.config.fetch_retries:
-                    raise failed(exc.code, exc.message) from None
-                await asyncio.sleep(self._backoff(attempt))
-        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _call(
         self,

@@ -13,7 +13,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import typer  # noqa: E402
 
-from promptgrid.cli import export, manifest, report, run, sandbox  # noqa: E402
+from promptgrid.cli import export, manifest, models, report, run, sandbox  # noqa: E402
 from promptgrid.errors import InvalidInput, PromptgridError  # noqa: E402
 
 app = typer.Typer(
@@ -30,7 +30,7 @@ def _root() -> None:
     """Keep `promptgrid` a group of subcommands, even while only one is registered."""
 
 
-for module in (run, sandbox, manifest, report, export):
+for module in (run, models, sandbox, manifest, report, export):
     module.register(app)
 
 

@@ -58,6 +58,21 @@ def api_for_run(use_sandbox: bool, time_scale: float) -> Iterator[str | None]:
             os.environ[API_KEY_ENV] = saved
 
 
+def resolve_models_first(
+    spec: Path, overrides: dict[str, Any], environment: dict[str, Any], time_scale: float
+) -> tuple[SweepSpec, dict[str, Any]]:
+    """Resolve the spec's models and check the spec against them before anything runs (exit 2 on bad input);
+    say what was found. The resolution goes to the flow, which then does not ask again."""
+    from promptgrid.flows.resolution import resolve_spec
+
+    checked, resolution = asyncio.run(
+        resolve_spec(spec, overrides, environment=environment, time_scale=time_scale)
+    )
+    for note in resolution.notes:
+        print(f"model {note}", file=sys.stderr)
+    return checked, resolution.to_json()
+
+
 def scaled_rate_limit(requests: int, window_s: float, time_scale: float) -> str:
     return f"{requests}/{window_s / time_scale:g}s"
 
@@ -170,22 +185,19 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Generate every image a spec describes (or, with --dry-run, say what that would take)."""
         from promptgrid.tasks.engine.estimate import describe_dry_run
-        from promptgrid.tasks.spec.load import load_spec
+        from promptgrid.tasks.spec.load import check_spec, load_spec, read_spec
 
         overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count)
-        sweep = load_spec(spec, overrides=overrides, environment=environment_overrides())
-        if dry_run:
+        environment = environment_overrides()
+        if dry_run:  # offline: the built-in table and the user cache, nothing asked of the API
+            sweep = load_spec(spec, overrides=overrides, environment=environment)
             print(describe_settings(sweep, key_set=read_api_settings().api_key is not None), file=sys.stderr)
             typer.echo(describe_dry_run(sweep, price_per_image=price_per_image))
             return
+        sweep = read_spec(spec, overrides=overrides, environment=environment)
         if not use_sandbox and read_api_settings().api_key is None:
+            check_spec(sweep)  # without a key nothing can be asked: say what is wrong with the spec first
             raise InvalidInput([f"{API_KEY_ENV} is not set: export your Eachlabs API key, or pass --sandbox"])
-        done = nothing_left(sweep)
-        if done is not None:
-            print(describe_settings(sweep), file=sys.stderr)
-            print(f"nothing to do: all {done['skipped']} jobs are in the manifest already", file=sys.stderr)
-            print(describe_summary(done))
-            raise typer.Exit(1 if done["previously_failed"] and done["fail_when"] != "never" else 0)
         if not use_sandbox and not reachable(sweep.api.base_url):
             raise typer.Exit(1)
         from promptgrid.flows.generate import generate
@@ -200,6 +212,15 @@ def register(app: typer.Typer) -> None:
                 origin = f"--sandbox, x{time_scale:g} time"
                 replaced = {"api.base_url": (api_base, "--sandbox"), "api.rate_limit": (rate_limit, origin)}
             print(describe_settings(sweep, replaced), file=sys.stderr)
+            overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count)
+            checked, resolved = resolve_models_first(spec, overrides, environment, time_scale)
+            done = nothing_left(checked)
+            if done is not None:
+                print(
+                    f"nothing to do: all {done['skipped']} jobs are in the manifest already", file=sys.stderr
+                )
+                print(describe_summary(done))
+                raise typer.Exit(1 if done["previously_failed"] and done["fail_when"] != "never" else 0)
             code = run_flow(
                 lambda: generate(
                     spec_path=str(spec.resolve()),
@@ -212,6 +233,7 @@ def register(app: typer.Typer) -> None:
                     time_scale=time_scale,
                     report=report,
                     return_state=True,
+                    resolved_models=resolved,
                 )
             )
         raise typer.Exit(code)
