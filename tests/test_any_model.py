@@ -237,3 +237,18 @@ def test_backfill_sql_filters_on_any_models_inputs_across_old_and_new_parts():
     assert select_rows(table, ["failed"], "cfg = 3.5")["job_id"].to_pylist() == ["old-1"]
     old_job = job_from_row(select_rows(table, ["failed"], "cfg = 3.5").to_pylist()[0])
     assert old_job.inputs == {"prompt": "a fox", "cfg": 3.5, "steps": 20, "seed": 1}
+
+
+def test_the_report_lays_any_models_inputs_out_and_never_the_record_columns():
+    from promptgrid.tasks.report.layout import choose_axes, sweep_params
+
+    jobs = [
+        flux_job(n, guidance=g, num_inference_steps=s) for n, (g, s) in enumerate([(2, 10), (4, 10), (2, 20)])
+    ]
+    rows = manifest_of(
+        [(job, JobOutcome(job.job_id, JobStatus.SUCCESS, model_slug="flux-1-dev")) for job in jobs]
+    )
+    assert choose_axes(rows.to_pylist()) == ("input_guidance", "input_num_inference_steps")
+    offered = sweep_params(rows.column_names)
+    assert "input_guidance" in offered
+    assert not {"inputs", "resolved_model", "image_format", "size_mismatch"} & set(offered)

@@ -58,6 +58,10 @@ OUTCOME_COLUMNS = frozenset(
         "bytes",
         "width",
         "height",
+        "image_format",
+        "size_mismatch",
+        "resolved_model",
+        "inputs",
     }
 )
 
@@ -247,9 +251,11 @@ def _parse_variables(text: str | None) -> Mapping[str, str]:
 
 
 def _candidates(rows: Sequence[Row]) -> list[str]:
-    """Parameters that may be axes or set variants apart: the inputs, then the rows' template variables."""
+    """Parameters that may be axes or set variants apart: the inputs (any model's `input_<name>` after the
+    SD3.5 family's), then the rows' template variables."""
+    inputs = dict.fromkeys(name for row in rows for name in row if name.startswith("input_"))
     variables = dict.fromkeys(name for row in rows for name in row_variables(row))
-    return [*AXIS_PREFERENCE, *(name for name in variables if name not in AXIS_PREFERENCE)]
+    return [*AXIS_PREFERENCE, *inputs, *(name for name in variables if name not in AXIS_PREFERENCE)]
 
 
 def _first_queued(rows: Sequence[Row]) -> tuple[int, Any]:
