@@ -1,4 +1,16 @@
-"""The sandbox's settings: limits, latency and fault rates, all in "real API" seconds, and its clock."""
+"""The sandbox's settings: limits, latency and fault rates, all in "real API" seconds, and its clock.
+
+Two descriptions of the API's limits can be served (`limit_model`):
+
+- "page", the model page's: per key, at most `rate_limit` requests in any trailing `window_s` (polls and
+  cancels counted unless told otherwise) and `max_in_flight` predictions in flight.
+- "docs", the current documentation's: no request-rate limit; `max_in_flight` is the organisation's cap on
+  concurrent executions, shared by every key and by `held_by_others` slots other keys occupy; its 429s speak
+  of "concurrent executions", and only executions finishing clear them.
+
+Either way `payment_limit` can add 402s (the executions in flight cost more than the balance), and
+`cancel_ignored_rate` makes cancels best effort, as the API says they are.
+"""
 
 from __future__ import annotations
 
@@ -16,18 +28,32 @@ DEFAULT_ERROR_CODES: tuple[tuple[str, bool], ...] = (
 )
 
 
+LIMIT_MODELS = ("page", "docs")
+
+
 @dataclass(frozen=True)
 class SandboxConfig:
     """How the sandbox behaves. Durations are the real API's; `time_scale` divides every one of them."""
 
     time_scale: float = 1.0
-    rate_limit: int = 60
+    limit_model: str = "page"
+    rate_limit: int = 60  # the page model's; the docs model has no request-rate limit
     window_s: float = 60.0
-    max_in_flight: int = 10
+    max_in_flight: int = 10  # per key (page) or for the whole organisation (docs)
     polls_count: bool = True
     cancels_count: bool = True
+    retry_after: bool = True  # whether 429s say when to come back (the docs call it optional)
+    held_by_others: int = 0  # in-flight slots other keys of the organisation occupy
+    payment_limit: int | None = None  # 402 for a create while this many predictions are in flight
+    # Share of cancels the API acknowledges but does not carry out: the prediction runs on, holding its slot,
+    # and ends as it would have (a success is billed); one that would never finish ends `cancelled_late_s` on.
+    cancel_ignored_rate: float = 0.0
+    cancel_late_s: float = 30.0
     latency_median_s: float = 8.0
     latency_sigma: float = 0.25
+    # A heavy tail: this share of predictions takes 1x to `latency_tail_factor`x (log-uniform) longer.
+    latency_tail_rate: float = 0.0
+    latency_tail_factor: float = 5.0
     # Share of the latency a prediction spends `created` (queued) before it is `processing`.
     queue_share: float = 0.1
     api_key: str | None = field(default=None, repr=False)
@@ -63,9 +89,20 @@ class SandboxConfig:
             problems.append("rate_limit must be at least 1 and window_s positive")
         if self.max_in_flight < 1:
             problems.append("max_in_flight must be at least 1")
+        if self.limit_model not in LIMIT_MODELS:
+            problems.append(f"limit_model must be one of {', '.join(LIMIT_MODELS)}")
+        if not 0 <= self.held_by_others <= self.max_in_flight:
+            problems.append("held_by_others must be between 0 and max_in_flight")
+        if self.payment_limit is not None and self.payment_limit < 1:
+            problems.append("payment_limit must be at least 1")
+        if self.cancel_late_s < 0 or self.latency_tail_factor < 1:
+            problems.append("cancel_late_s must be >= 0 and latency_tail_factor >= 1")
         if self.latency_median_s < 0 or self.latency_sigma < 0 or self.url_lifetime_s <= 0:
             problems.append("latency_median_s and latency_sigma must be >= 0, url_lifetime_s positive")
-        rates = ("create_5xx_rate", "get_5xx_rate", "drop_rate", "error_rate", "never_finish_rate")
+        rates = (
+            *("create_5xx_rate", "get_5xx_rate", "drop_rate", "error_rate", "never_finish_rate"),
+            *("cancel_ignored_rate", "latency_tail_rate"),
+        )
         for name in (*rates, "drop_after_create_share", "queue_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be between 0 and 1")
@@ -85,6 +122,11 @@ class SandboxConfig:
     def scaled(self, seconds: float) -> float:
         """A duration of the real API as the sandbox's clock runs it."""
         return seconds / self.time_scale
+
+    @property
+    def rate_limited(self) -> bool:
+        """Whether requests are limited per window (the page model) or only executions in flight (docs)."""
+        return self.limit_model == "page"
 
     @property
     def window(self) -> float:

@@ -47,6 +47,8 @@ class Dice:
         self._faults = random.Random(f"faults-{config.seed}")
         self._fates = random.Random(f"fates-{config.seed}")
         self._seeds = random.Random(f"seeds-{config.seed}")
+        self._tails = random.Random(f"tails-{config.seed}")
+        self._cancels = random.Random(f"cancels-{config.seed}")
 
     def _hit(self, rng: random.Random, rate: float) -> bool:
         return rate > 0 and rng.random() < rate
@@ -70,10 +72,16 @@ class Dice:
     def server_error_status(self) -> int:
         return self._faults.choice(SERVER_ERROR_STATUSES)
 
+    def cancel_ignored(self) -> bool:
+        """Whether the API acknowledges this cancel but lets the prediction run on (best effort)."""
+        return self._hit(self._cancels, self.config.cancel_ignored_rate)
+
     def fate(self) -> Fate:
-        """Latency is lognormal around the median; the queued share of it comes first."""
+        """Latency is lognormal around the median, a share stretched by the tail; queued time comes first."""
         cfg = self.config
         total = cfg.latency_median_s * math.exp(cfg.latency_sigma * self._latency.gauss(0.0, 1.0))
+        if self._hit(self._tails, cfg.latency_tail_rate):
+            total *= cfg.latency_tail_factor ** self._tails.random()
         total = cfg.scaled(total)
         never = self._hit(self._fates, cfg.never_finish_rate)
         code, retryable = None, False

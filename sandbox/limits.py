@@ -1,10 +1,19 @@
-"""The quota in its strictest reading: requests in any trailing window, and predictions in flight, per key."""
+"""The sandbox's limits in their strictest reading: requests in any trailing window, predictions in flight.
+
+`Admission` applies them as the configured limit model says: the page's (per key, a request window and an
+in-flight cap) or the docs' (no window; one in-flight cap for the whole organisation, part of it possibly held
+by other keys), plus the balance's 402 when one is set.
+"""
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+
+from promptgrid.sandbox.config import SandboxConfig
+from promptgrid.sandbox.predictions import TERMINAL, Counters, Prediction
+from promptgrid.sandbox.replies import Reply, error, throttled
 
 
 class RequestWindow:
@@ -89,3 +98,128 @@ class InFlight:
 
     def is_full(self, now: float) -> bool:
         return self.count(now) >= self.limit
+
+
+class Admission:
+    """Decides, for each request, whether the limits let it through; records the ones they do.
+
+    Every method answers None to admit, else the refusal to send. `counters` is read through a callable
+    because the service replaces its counters on reset.
+    """
+
+    def __init__(
+        self, config: SandboxConfig, predictions: Mapping[str, Prediction], counters: Callable[[], Counters]
+    ):
+        self.config = config
+        self._predictions = predictions
+        self._counters = counters
+        self._windows: dict[str, RequestWindow] = {}
+        self._in_flight: dict[str, InFlight] = {}
+        self.held_by_others = config.held_by_others  # tests may change it while the sandbox runs
+
+    def request(self, owner: str, counted: bool, now: float) -> Reply | None:
+        """A get or a cancel: only the page model's window can refuse it."""
+        if not counted or not self.config.rate_limited:
+            return None
+        window = self._window(owner)
+        refusal = self._window_refusal(window, now)
+        if refusal is None:
+            self._record(window, now)
+        return refusal
+
+    def create(self, owner: str, valid: bool, now: float) -> Reply | None:
+        """A create (`valid`: its body passed the checks): the window, then the slots, then the balance."""
+        window = self._window(owner) if self.config.rate_limited else None
+        if window is not None and (refusal := self._window_refusal(window, now)):
+            return refusal
+        if valid and (refusal := self._in_flight_refusal(owner, now)):
+            return refusal  # a 429 costs the client nothing
+        if window is not None:
+            self._record(window, now)  # anything else the server answered counts, a 400 or a 402 too
+        return self._payment_refusal(owner, now) if valid else None
+
+    def started(self, prediction: Prediction, now: float) -> int:
+        """Count a new prediction against its owner's cap; returns how many are in flight under that cap."""
+        flights = self._flights(prediction.owner)
+        flights.add(prediction.id, None if prediction.fate.never_finishes else prediction.finished_at)
+        return flights.count(now) + self.held_by_others
+
+    def cancelled(self, prediction: Prediction) -> None:
+        """A cancel took effect (now, or at `prediction.cancelled_at`): the slot frees when it does."""
+        flights = self._flights(prediction.owner)
+        if prediction.cancel_ignored:
+            assert prediction.cancelled_at is not None  # a late cancel has its time
+            flights.add(prediction.id, prediction.cancelled_at)
+        else:
+            flights.discard(prediction.id)
+
+    def hold_slots(self, count: int) -> None:
+        """Let other keys of the organisation occupy `count` in-flight slots from now on."""
+        if not 0 <= count <= self.config.max_in_flight:
+            raise ValueError("held slots must be between 0 and max_in_flight")
+        self.held_by_others = count
+
+    def _window(self, owner: str) -> RequestWindow:
+        if owner not in self._windows:
+            self._windows[owner] = RequestWindow(self.config.rate_limit, self.config.window)
+        return self._windows[owner]
+
+    def _flights(self, owner: str) -> InFlight:
+        """The predictions counted against `owner`'s cap: its key's (page), or the organisation's (docs)."""
+        scope = owner if self.config.rate_limited else "organisation"
+        if scope not in self._in_flight:
+            self._in_flight[scope] = InFlight(self.config.max_in_flight, self._is_done)
+        return self._in_flight[scope]
+
+    def _is_done(self, prediction_id: str, now: float) -> bool:
+        return self._predictions[prediction_id].status(now) in TERMINAL
+
+    def _record(self, window: RequestWindow, now: float) -> None:
+        window.record(now)
+        counters = self._counters()
+        counters.max_window_requests = max(counters.max_window_requests, window.current(now))
+
+    def _window_refusal(self, window: RequestWindow, now: float) -> Reply | None:
+        wait = window.retry_after(now)
+        if wait <= 0:
+            return None
+        self._refused("rate")
+        cfg = self.config
+        details = f"at most {cfg.rate_limit} requests per {cfg.window_s:g} s per API key"
+        return throttled(wait, details, cfg.retry_after)
+
+    def _in_flight_refusal(self, owner: str, now: float) -> Reply | None:
+        cfg = self.config
+        if self._flights(owner).count(now) + self.held_by_others < cfg.max_in_flight:
+            return None
+        self._refused("concurrency")
+        if cfg.rate_limited:
+            details = f"at most {cfg.max_in_flight} predictions in flight per API key"
+        else:
+            details = (
+                f"too many concurrent executions: the organisation may run {cfg.max_in_flight} at once "
+                "across all its API keys; wait for one to finish"
+            )
+        return throttled(self._next_end(owner, now), details, cfg.retry_after)
+
+    def _payment_refusal(self, owner: str, now: float) -> Reply | None:
+        limit = self.config.payment_limit
+        if limit is None or self._flights(owner).count(now) + self.held_by_others < limit:
+            return None
+        self._counters().payment_required += 1
+        return error(
+            402,
+            "Insufficient balance",
+            details="the executions in flight cost more than the balance: wait for one to finish, or top up",
+        )
+
+    def _refused(self, reason: str) -> None:
+        counters = self._counters()
+        counters.throttled += 1
+        counters.throttled_by[reason] += 1
+
+    def _next_end(self, owner: str, now: float) -> float:
+        """Seconds until one of the counted predictions ends (a guess when none of them will by itself)."""
+        unfinished = [self._predictions[pid] for pid in self._flights(owner).ids(now)]
+        ends = [p.finished_at for p in unfinished if not p.fate.never_finishes]
+        return min(ends) - now if ends else self.config.scaled(1.0)

@@ -35,7 +35,8 @@ class Prediction:
     size: tuple[int, int] | None  # None until an image-to-image input has been fetched
     input_failure: str | None = None
     input_pending: bool = False
-    cancelled_at: float | None = None
+    cancelled_at: float | None = None  # when a cancel takes effect (later than asked, when it is ignored)
+    cancel_ignored: bool = False
     logs: list[str] = field(default_factory=list)
 
     @property
@@ -46,8 +47,12 @@ class Prediction:
     def finished_at(self) -> float:
         return self.started_at + self.fate.run_s
 
+    @property
+    def latency_s(self) -> float:
+        return self.fate.queue_s + self.fate.run_s
+
     def status(self, now: float) -> str:
-        if self.cancelled_at is not None:
+        if self.cancelled_at is not None and now >= self.cancelled_at:
             return "cancelled"
         if now < self.started_at:
             return "created"
@@ -88,6 +93,9 @@ class Counters:
     responses: Counter[int | str] = field(default_factory=Counter)  # by HTTP status, and "dropped"
     faults: Counter[str] = field(default_factory=Counter)
     throttled: int = 0
+    throttled_by: Counter[str] = field(default_factory=Counter)  # "rate" or "concurrency"
+    payment_required: int = 0
+    cancels_ignored: int = 0
     creates: int = 0
     creates_per_input: Counter[str] = field(default_factory=Counter)
     max_window_requests: int = 0
@@ -102,12 +110,18 @@ class Counters:
 
     def snapshot(self, now: float) -> dict[str, Any]:
         by_status = Counter(p.status(now) for p in self.predictions)
+        succeeded = [p.latency_s for p in self.predictions if p.status(now) == "success"]
         return {
             "requests": {
                 kind: self.requests[kind]
                 for kind in ("create", "get", "cancel", "output", "model", "openapi")
             },
             "throttled": self.throttled,
+            "throttled_by": {reason: self.throttled_by[reason] for reason in ("rate", "concurrency")},
+            "payment_required": self.payment_required,
+            "cancels_ignored": self.cancels_ignored,
+            # Sandbox seconds from create to success, for floors: images x mean latency / slots.
+            "mean_success_latency_s": sum(succeeded) / len(succeeded) if succeeded else None,
             "max_window_requests": self.max_window_requests,
             "max_in_flight": self.max_in_flight,
             "creates": self.creates,

@@ -28,7 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from promptgrid.sandbox.config import SandboxConfig, system_clock
 from promptgrid.sandbox.models import find_model, model_detail, openapi_document
-from promptgrid.sandbox.service import Reply, SandboxService, key_owner
+from promptgrid.sandbox.replies import Reply
+from promptgrid.sandbox.service import SandboxService, key_owner
 from promptgrid.tasks.models.catalog import CONTENT_TYPES
 
 __all__ = ["SandboxConfig", "RunningSandbox", "create_app", "running_sandbox", "serve_forever"]
@@ -211,6 +212,10 @@ class RunningSandbox:
 
     def reset(self) -> None:
         self._on_loop(self.service.reset)
+
+    def hold_slots(self, count: int) -> None:
+        """Let other keys of the organisation occupy `count` in-flight slots from now on."""
+        self._on_loop(lambda: self.service.admission.hold_slots(count))
 
 
 def _bound_socket(host: str, port: int) -> socket.socket:

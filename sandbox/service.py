@@ -11,49 +11,22 @@ import asyncio
 import hashlib
 import hmac
 import json
-import math
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from promptgrid.sandbox.config import SandboxConfig
 from promptgrid.sandbox.faults import CreateFault, Dice, GetFault
-from promptgrid.sandbox.limits import InFlight, RequestWindow
+from promptgrid.sandbox.limits import Admission
 from promptgrid.sandbox.models import SandboxModel, find_model
 from promptgrid.sandbox.predictions import TERMINAL, Counters, Prediction, input_hash
 from promptgrid.sandbox.render import RenderCache, image_size, render, render_key
+from promptgrid.sandbox.replies import Reply, error
 
 INPUT_IMAGE_MAX_BYTES = 20 * 1024 * 1024
 INPUT_IMAGE_TIMEOUT_S = 10.0
-
-
-@dataclass
-class Reply:
-    """One answer: HTTP status, JSON body and headers, or `drop` to close the connection unanswered."""
-
-    status: int = 200
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    drop: bool = False
-
-
-def _error(status: int, error: str, **extra: Any) -> Reply:
-    return Reply(status, {"error": error, **extra})
-
-
-def _format_seconds(seconds: float) -> str:
-    # Fractional seconds: at a time scale of 100 a whole-second Retry-After would waste most of a window.
-    return f"{seconds:.3f}".rstrip("0").rstrip(".")
-
-
-def _throttled(seconds: float, details: str) -> Reply:
-    # Rounded up to the millisecond: a client that waits exactly this long must be admitted.
-    seconds = max(math.ceil(seconds * 1000) / 1000, 0.001)
-    body = {"status": 429, "error": "too many requests", "details": details, "retry_after": round(seconds, 3)}
-    return Reply(429, body, {"Retry-After": _format_seconds(seconds)})
 
 
 def key_owner(headers: Mapping[str, str], required_key: str | None, bearer_only: bool = False) -> str | None:
@@ -82,70 +55,26 @@ class SandboxService:
         self.counters = Counters()
         self.renders = RenderCache()
         self.predictions: dict[str, Prediction] = {}
-        self._windows: dict[str, RequestWindow] = {}
-        self._in_flight: dict[str, InFlight] = {}
+        self.admission = Admission(config, self.predictions, lambda: self.counters)
         self._tasks: set[asyncio.Task[None]] = set()
         self._http: httpx.AsyncClient | None = None
         self.loop: asyncio.AbstractEventLoop | None = None  # set when the server starts
-
-    # --- limits -------------------------------------------------------------------------------------
-
-    def _window(self, owner: str) -> RequestWindow:
-        if owner not in self._windows:
-            self._windows[owner] = RequestWindow(self.config.rate_limit, self.config.window)
-        return self._windows[owner]
-
-    def _flights(self, owner: str) -> InFlight:
-        if owner not in self._in_flight:
-            self._in_flight[owner] = InFlight(self.config.max_in_flight, self._is_done)
-        return self._in_flight[owner]
-
-    def _is_done(self, prediction_id: str, now: float) -> bool:
-        return self.predictions[prediction_id].status(now) in TERMINAL
-
-    def _window_refusal(self, window: RequestWindow, now: float) -> Reply | None:
-        wait = window.retry_after(now)
-        if wait <= 0:
-            return None
-        self.counters.throttled += 1
-        cfg = self.config
-        return _throttled(wait, f"at most {cfg.rate_limit} requests per {cfg.window_s:g} s per API key")
-
-    def _in_flight_refusal(self, owner: str, now: float) -> Reply | None:
-        flights = self._flights(owner)
-        if not flights.is_full(now):
-            return None
-        self.counters.throttled += 1
-        unfinished = [self.predictions[pid] for pid in flights.ids(now)]
-        ends = [p.finished_at for p in unfinished if not p.fate.never_finishes]
-        wait = min(ends) - now if ends else self.config.scaled(1.0)
-        return _throttled(wait, f"at most {self.config.max_in_flight} predictions in flight per API key")
-
-    def _record(self, window: RequestWindow, now: float) -> None:
-        window.record(now)
-        self.counters.max_window_requests = max(self.counters.max_window_requests, window.current(now))
 
     # --- create -------------------------------------------------------------------------------------
 
     def create(self, owner: str, body: bytes) -> Reply:
         now = self.clock()
-        window = self._window(owner)
-        refusal = self._window_refusal(window, now)
-        if refusal:
-            return refusal
         parsed = self._parse_create(body)
-        if isinstance(parsed, Reply):
-            self._record(window, now)
-            return parsed
-        refusal = self._in_flight_refusal(owner, now)
+        refusal = self.admission.create(owner, not isinstance(parsed, Reply), now)
         if refusal:
             return refusal
-        self._record(window, now)
+        if isinstance(parsed, Reply):
+            return parsed
         fault = self.dice.create_fault()
         if fault is not CreateFault.NONE:
             self.counters.faults[f"create_{fault.value}"] += 1
         if fault is CreateFault.SERVER_ERROR:
-            return _error(self.dice.server_error_status(), "Failed to create prediction")
+            return error(self.dice.server_error_status(), "Failed to create prediction")
         if fault is CreateFault.DROP_BEFORE:
             return Reply(drop=True)
         prediction = self._start(owner, *parsed, now)
@@ -164,21 +93,21 @@ class SandboxService:
         try:
             payload = json.loads(body or b"null")
         except ValueError:
-            return _error(400, "Invalid JSON body")
+            return error(400, "Invalid JSON body")
         if not isinstance(payload, dict):
-            return _error(400, "The body must be a JSON object with model, version and input")
+            return error(400, "The body must be a JSON object with model, version and input")
         # Anything but a string, or a spelling this API does not know, is no model: 404, nothing created.
         model = find_model(payload.get("model"), self.config.slug_spelling)
         if model is None:
-            return _error(404, "Model not found", model=payload.get("model"))
+            return error(404, "Model not found", model=payload.get("model"))
         raw = payload.get("input")
         if not isinstance(raw, dict):
-            return _error(
+            return error(
                 400, "Invalid input for model", message="input: expected a JSON object", fields=["input"]
             )
         inputs, problems = model.schema.check(raw)
         if problems:
-            return _error(
+            return error(
                 400,
                 "Invalid input for model",
                 message="; ".join(str(p) for p in problems),
@@ -212,9 +141,7 @@ class SandboxService:
             input_pending=bool(resolved.get("image")),
         )
         self.predictions[prediction.id] = prediction
-        flights = self._flights(owner)
-        flights.add(prediction.id, None if fate.never_finishes else prediction.finished_at)
-        self.counters.record_create(prediction, digest, flights.count(now))
+        self.counters.record_create(prediction, digest, self.admission.started(prediction, now))
         if prediction.input_pending:
             task = asyncio.get_running_loop().create_task(self._fetch_input(prediction))
             self._tasks.add(task)
@@ -240,18 +167,9 @@ class SandboxService:
 
     # --- get and cancel -----------------------------------------------------------------------------
 
-    def _admit_counted(self, owner: str, counted: bool, now: float) -> Reply | None:
-        if not counted:
-            return None
-        window = self._window(owner)
-        refusal = self._window_refusal(window, now)
-        if refusal is None:
-            self._record(window, now)
-        return refusal
-
     def get(self, owner: str, prediction_id: str, base_url: str) -> Reply:
         now = self.clock()
-        refusal = self._admit_counted(owner, self.config.polls_count, now)
+        refusal = self.admission.request(owner, self.config.polls_count, now)
         if refusal:
             return refusal
         fault = self.dice.get_fault()
@@ -260,26 +178,34 @@ class SandboxService:
         if fault is GetFault.DROP:
             return Reply(drop=True)
         if fault is GetFault.SERVER_ERROR:
-            return _error(self.dice.server_error_status(), "Internal server error")
+            return error(self.dice.server_error_status(), "Internal server error")
         prediction = self.predictions.get(prediction_id)
         if prediction is None or prediction.owner != owner:
-            return _error(404, "Prediction not found")
+            return error(404, "Prediction not found")
         return Reply(200, self._describe(prediction, base_url, now))
 
     def cancel(self, owner: str, prediction_id: str) -> Reply:
         now = self.clock()
-        refusal = self._admit_counted(owner, self.config.cancels_count, now)
+        refusal = self.admission.request(owner, self.config.cancels_count, now)
         if refusal:
             return refusal
         prediction = self.predictions.get(prediction_id)
         if prediction is None or prediction.owner != owner:
-            return _error(404, "Prediction not found")
+            return error(404, "Prediction not found")
         status = prediction.status(now)
         if status in TERMINAL:
             body = {"status": status, "message": "Prediction already finished", "predictionID": prediction.id}
             return Reply(200, body)
-        prediction.cancelled_at = now
-        self._flights(owner).discard(prediction.id)
+        if self.dice.cancel_ignored():
+            # Acknowledged, not carried out: it runs on, holding its slot, and ends as it would have.
+            self.counters.cancels_ignored += 1
+            prediction.cancel_ignored = True
+            if prediction.fate.never_finishes:
+                prediction.cancelled_at = now + self.config.scaled(self.config.cancel_late_s)
+                self.admission.cancelled(prediction)
+        else:
+            prediction.cancelled_at = now
+            self.admission.cancelled(prediction)
         body = {
             "status": "cancelled",
             "message": "Prediction canceled successfully",
@@ -331,7 +257,7 @@ class SandboxService:
         return 200, data, fmt
 
     def stats(self) -> dict[str, Any]:
-        return self.counters.snapshot(self.clock())
+        return {**self.counters.snapshot(self.clock()), "held_by_others": self.admission.held_by_others}
 
     def reset(self) -> None:
         self.counters = Counters()

@@ -11,14 +11,27 @@ if TYPE_CHECKING:
     from promptgrid.sandbox.config import SandboxConfig
 
 
+def _limits(config: SandboxConfig) -> str:
+    if config.rate_limited:
+        polls = "polls count" if config.polls_count else "polls do not count"
+        limits = (
+            f"{config.rate_limit} requests per {config.window:g} s per key ({polls}), "
+            f"{config.max_in_flight} predictions in flight per key"
+        )
+    else:
+        limits = f"no request-rate limit, {config.max_in_flight} concurrent executions per organisation"
+    if config.held_by_others:
+        limits += f" ({config.held_by_others} held by other keys)"
+    if config.payment_limit is not None:
+        limits += f", 402 from {config.payment_limit} in flight"
+    return limits
+
+
 def _describe(config: SandboxConfig, url: str) -> str:
-    per_window = f"{config.rate_limit} requests per {config.window:g} s"
-    polls = "polls count" if config.polls_count else "polls do not count"
     return "\n".join(
         [
             f"Sandbox API listening on {url}",
-            f"  time scale x{config.time_scale:g}: {per_window} per key ({polls}), "
-            f"{config.max_in_flight} predictions in flight, "
+            f"  time scale x{config.time_scale:g}, {config.limit_model} limits: {_limits(config)}, "
             f"median latency {config.scaled(config.latency_median_s):g} s",
             f"  key: {'the one given with --api-key' if config.api_key else 'any non-empty key'}; "
             f"stats at {url}/sandbox/stats",
@@ -40,7 +53,14 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="Accept only this key (default: any non-empty key).", show_default=False),
         ] = None,
-        rate_limit: Annotated[int, typer.Option(help="Requests per window per key.")] = 60,
+        limit_model: Annotated[
+            str,
+            typer.Option(
+                help="page: requests per window and in-flight cap per key; docs: no rate limit, one cap "
+                "on concurrent executions for the whole organisation."
+            ),
+        ] = "page",
+        rate_limit: Annotated[int, typer.Option(help="Requests per window per key (page model).")] = 60,
         window_s: Annotated[float, typer.Option(help="Window length in API seconds.")] = 60.0,
         max_in_flight: Annotated[int, typer.Option(help="Predictions in flight per key.")] = 10,
         polls_count: Annotated[
@@ -49,10 +69,26 @@ def register(app: typer.Typer) -> None:
         cancels_count: Annotated[
             bool, typer.Option("--cancels-count/--no-cancels-count", help="Whether cancels count.")
         ] = True,
+        retry_after: Annotated[
+            bool, typer.Option("--retry-after/--no-retry-after", help="Whether 429s carry Retry-After.")
+        ] = True,
+        held_by_others: Annotated[
+            int, typer.Option(help="In-flight slots other keys of the organisation hold.")
+        ] = 0,
+        payment_limit: Annotated[
+            int | None, typer.Option(help="Answer 402 to creates while this many are in flight.")
+        ] = None,
+        cancel_ignored_rate: Annotated[
+            float, typer.Option(help="Share of cancels acknowledged but not carried out.")
+        ] = 0.0,
         latency_median_s: Annotated[
             float, typer.Option(help="Median prediction latency (API seconds).")
         ] = 8.0,
         latency_sigma: Annotated[float, typer.Option(help="Lognormal spread of the latency.")] = 0.25,
+        latency_tail_rate: Annotated[
+            float, typer.Option(help="Share of predictions stretched by up to --latency-tail-factor.")
+        ] = 0.0,
+        latency_tail_factor: Annotated[float, typer.Option(help="The longest stretch of the tail.")] = 5.0,
         seed: Annotated[int, typer.Option(help="Seed of every random draw (latency, faults).")] = 0,
         create_5xx_rate: Annotated[float, typer.Option(help="Share of creates answered 5xx.")] = 0.0,
         get_5xx_rate: Annotated[float, typer.Option(help="Share of polls answered 5xx.")] = 0.0,
@@ -90,9 +126,13 @@ def register(app: typer.Typer) -> None:
 
         try:
             config = SandboxConfig(
-                time_scale=time_scale, rate_limit=rate_limit, window_s=window_s, max_in_flight=max_in_flight,
-                polls_count=polls_count, cancels_count=cancels_count, latency_median_s=latency_median_s,
-                latency_sigma=latency_sigma, api_key=api_key, seed=seed, create_5xx_rate=create_5xx_rate,
+                time_scale=time_scale, limit_model=limit_model, rate_limit=rate_limit, window_s=window_s,
+                max_in_flight=max_in_flight, polls_count=polls_count, cancels_count=cancels_count,
+                retry_after=retry_after, held_by_others=held_by_others, payment_limit=payment_limit,
+                cancel_ignored_rate=cancel_ignored_rate, latency_median_s=latency_median_s,
+                latency_sigma=latency_sigma, latency_tail_rate=latency_tail_rate,
+                latency_tail_factor=latency_tail_factor, api_key=api_key, seed=seed,
+                create_5xx_rate=create_5xx_rate,
                 get_5xx_rate=get_5xx_rate, drop_rate=drop_rate, error_rate=error_rate,
                 never_finish_rate=never_finish_rate, url_lifetime_s=url_lifetime_s, host=host, port=port,
                 slug_spelling=slug_spelling, bearer_only=bearer_only, success_status=success_status,
