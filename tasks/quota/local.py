@@ -22,6 +22,9 @@ first come, first served within one kind.
 A 429 anywhere pauses the whole budget: for `Retry-After` when the server sent one, else for a backoff that
 starts at one request's share of the window and doubles while 429s keep coming. Uncounted polls wait out
 pauses too.
+
+Without a cap (`Limits.auto`) every request is admitted at once, pauses aside, and only the receipts not yet
+settled are remembered; `adopt` then sets a cap, counting those receipts and the answer times it is given.
 """
 
 from __future__ import annotations
@@ -31,21 +34,25 @@ import heapq
 import itertools
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from promptgrid.tasks.quota.base import REQUEST_KINDS, BudgetStats, Limits
 
 _PRIORITY = {"cancel": 0, "poll": 1, "create": 2}
+_KINDS = {priority: kind for kind, priority in _PRIORITY.items()}
+# A 429 without Retry-After while no cap is known: the first pause (the engine adopts a cap right after).
+_UNCAPPED_BACKOFF_S = 1.0
 
 
 class LocalReceipt:
     """A request LocalBudget admitted; `settle()` it when its answer or failure is in (twice is harmless)."""
 
-    __slots__ = ("_budget", "admitted_at", "settled")
+    __slots__ = ("_budget", "admitted_at", "kind", "settled")
 
-    def __init__(self, budget: LocalBudget | None, admitted_at: float):
+    def __init__(self, budget: LocalBudget | None, admitted_at: float, kind: str = "create"):
         self._budget = budget
         self.admitted_at = admitted_at
+        self.kind = kind
         self.settled = budget is None
 
     def settle(self) -> None:
@@ -56,10 +63,11 @@ class LocalReceipt:
 
 
 def _default_burst(limits: Limits) -> int:
+    requests = limits.requests or 1
     if not limits.polls_count:
-        return limits.requests  # only creates count: a starved window delays no poll, so no pacing
+        return requests  # only creates count: a starved window delays no poll, so no pacing
     # A wave of finished predictions frees every slot at once: their creates may go together.
-    return max(limits.requests // 12, limits.max_in_flight)
+    return max(requests // 12, limits.max_in_flight)
 
 
 class LocalBudget:
@@ -75,22 +83,19 @@ class LocalBudget:
         burst: int | None = None,
         max_pause_s: float | None = None,
     ):
-        self.limits = limits
         self._clock = clock
-        self.guard_s = guard_s if guard_s is not None else min(0.1, max(0.005, limits.window_s * 0.005))
-        self.unsettled_s = unsettled_s if unsettled_s is not None else limits.window_s
-        self.max_pause_s = max_pause_s if max_pause_s is not None else max(limits.window_s, 1.0)
-        self.burst = max(1, burst if burst is not None else _default_burst(limits))
-        self._burst_span_s = limits.window_s * self.burst / limits.requests
+        self._given = (guard_s, unsettled_s, max_pause_s, burst)
+        self._apply(limits)
         self._recent: deque[float] = deque()  # admission times within the last burst span
         self._settled: list[float] = []  # a heap of settle times
         self._pending: dict[LocalReceipt, None] = {}  # admitted, not settled; in admission order
+        self._open: dict[LocalReceipt, None] = {}  # without a cap: admitted, not settled
         self._paused_until = float("-inf")
         self._last_throttle = float("-inf")
         self._backoff_s = 0.0
         self._waiters: list[tuple[int, int, asyncio.Future[LocalReceipt]]] = []
-        # Uncounted polls: they wait out pauses only.
-        self._pause_waiters: deque[asyncio.Future[LocalReceipt]] = deque()
+        # Uncounted requests (polls, or every kind without a cap): they wait out pauses only.
+        self._pause_waiters: deque[tuple[str, asyncio.Future[LocalReceipt]]] = deque()
         self._order = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
         self._free_slots = limits.max_in_flight
@@ -100,19 +105,47 @@ class LocalBudget:
         self._counts: Counter[str] = Counter()
         self._throttled = 0
 
+    def _apply(self, limits: Limits) -> None:
+        guard_s, unsettled_s, max_pause_s, burst = self._given
+        self.limits = limits
+        self.guard_s = guard_s if guard_s is not None else min(0.1, max(0.005, limits.window_s * 0.005))
+        self.unsettled_s = unsettled_s if unsettled_s is not None else limits.window_s
+        self.max_pause_s = max_pause_s if max_pause_s is not None else max(limits.window_s, 1.0)
+        self.burst = max(1, burst if burst is not None else _default_burst(limits))
+        self._burst_span_s = limits.floor_interval_s * self.burst
+
+    def adopt(self, limits: Limits, answered: Sequence[float] = ()) -> None:
+        """Keep to `limits` from now on, counting the receipts still open and the requests `answered` then."""
+        self._apply(limits)
+        now = self._clock()
+        horizon = now - limits.window_s - self.guard_s
+        self._settled = [t for t in answered if t > horizon]
+        heapq.heapify(self._settled)
+        self._recent.clear()
+        for receipt in [r for r in self._open if limits.counts(r.kind)]:
+            self._pending[receipt] = None
+        self._open.clear()
+        waiting, self._pause_waiters = self._pause_waiters, deque()
+        for kind, future in waiting:
+            if limits.counts(kind):
+                heapq.heappush(self._waiters, (_PRIORITY[kind], next(self._order), future))
+            else:
+                self._pause_waiters.append((kind, future))
+        self._serve()
+
     async def take_request(self, kind: str) -> LocalReceipt:
         """Wait until a request fits the window and no pause is on; settle the receipt when answered."""
         if kind not in _PRIORITY:
             raise ValueError(f"unknown request kind {kind!r}; expected one of {REQUEST_KINDS}")
-        counted = kind != "poll" or self.limits.polls_count
+        counted = self.limits.counts(kind)
         queue_empty = not self._waiters if counted else not self._pause_waiters
-        receipt = self._admit(counted) if queue_empty else None
+        receipt = self._admit(kind, counted) if queue_empty else None
         if receipt is None:
             future = asyncio.get_running_loop().create_future()
             if counted:
                 heapq.heappush(self._waiters, (_PRIORITY[kind], next(self._order), future))
             else:
-                self._pause_waiters.append(future)
+                self._pause_waiters.append((kind, future))
             self._serve()
             try:
                 receipt = await future  # a cancelled waiter is skipped by _serve: its future is done
@@ -132,7 +165,7 @@ class LocalBudget:
         else:
             recent = now - self._last_throttle < self.limits.window_s
             self._backoff_s = min(self._backoff_s * 2, self.max_pause_s) if recent else 0.0
-            self._backoff_s = self._backoff_s or self.limits.floor_interval_s
+            self._backoff_s = self._backoff_s or self.limits.floor_interval_s or _UNCAPPED_BACKOFF_S
             pause = self._backoff_s
         self._last_throttle = now
         self._paused_until = max(self._paused_until, now + min(pause, self.max_pause_s))
@@ -172,7 +205,8 @@ class LocalBudget:
             requests=dict(self._counts),
             throttled=self._throttled,
             in_flight=len(self._held),
-            waiting_requests=sum(1 for *_, f in self._waiters if not f.done()) + len(self._pause_waiters),
+            waiting_requests=sum(1 for *_, f in self._waiters if not f.done())
+            + sum(1 for _, f in self._pause_waiters if not f.done()),
             waiting_slots=sum(1 for f in self._slot_waiters if not f.done()),
             paused_for_s=max(0.0, self._paused_until - self._clock()),
         )
@@ -185,18 +219,22 @@ class LocalBudget:
                 return
         self._free_slots += 1
 
-    def _admit(self, counted: bool) -> LocalReceipt | None:
+    def _admit(self, kind: str, counted: bool) -> LocalReceipt | None:
         """A receipt for one send now if the window and any pause allow it, else None."""
         now = self._clock()
         if now < self._paused_until:
             return None
+        if self.limits.requests is None:
+            receipt = LocalReceipt(self, now, kind)
+            self._open[receipt] = None  # a cap adopted before it settles counts it
+            return receipt
         if not counted:
-            return LocalReceipt(None, now)
+            return LocalReceipt(None, now, kind)
         self._forget(now)
         if len(self._settled) + len(self._pending) >= self.limits.requests or len(self._recent) >= self.burst:
             return None
         self._recent.append(now)
-        receipt = LocalReceipt(self, now)
+        receipt = LocalReceipt(self, now, kind)
         self._pending[receipt] = None
         return receipt
 
@@ -216,6 +254,7 @@ class LocalBudget:
             heapq.heappop(self._settled)
 
     def _settle(self, receipt: LocalReceipt) -> None:
+        self._open.pop(receipt, None)
         if self._pending.pop(receipt, 0) is None:
             heapq.heappush(self._settled, self._clock())
             if self._waiters:
@@ -225,14 +264,14 @@ class LocalBudget:
         """Grant waiting requests in priority order while they fit; else wake up when the next one would."""
         if self._clock() >= self._paused_until:
             while self._pause_waiters:
-                future = self._pause_waiters.popleft()
+                kind, future = self._pause_waiters.popleft()
                 if not future.done():
-                    future.set_result(LocalReceipt(None, self._clock()))
+                    future.set_result(self._admit(kind, False) or LocalReceipt(None, self._clock(), kind))
         while self._waiters:
-            future = self._waiters[0][2]
+            priority, _, future = self._waiters[0]
             if future.done():
                 heapq.heappop(self._waiters)
-            elif (receipt := self._admit(True)) is not None:
+            elif (receipt := self._admit(_KINDS[priority], True)) is not None:
                 heapq.heappop(self._waiters)
                 future.set_result(receipt)
             else:
@@ -248,7 +287,8 @@ class LocalBudget:
         """Seconds until a waiter could be served; None when only a settle can tell (it calls _serve)."""
         now = self._clock()
         opening = self._paused_until
-        if self._waiters and len(self._settled) + len(self._pending) >= self.limits.requests:
+        requests = self.limits.requests
+        if self._waiters and requests is not None and len(self._settled) + len(self._pending) >= requests:
             expiries = [t + self.limits.window_s + self.guard_s for t in self._settled[:1]]
             if self._pending:
                 oldest = next(iter(self._pending)).admitted_at

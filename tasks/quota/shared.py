@@ -15,6 +15,11 @@ script reading Redis TIME, so every process judges time by one clock:
 Releases are announced on a pub/sub channel so slot waiters wake at once instead of polling; a waiter still
 re-checks after `recheck_s` in case an announcement is lost. Redis being unreachable raises
 `QuotaUnavailable`: running on without the shared limits would break them for every other worker.
+
+Without a request-rate cap (`Limits.auto`) no request is entered in the window: the slots and the shared
+pause still hold. A cap the engine adopts (`adopt`) applies to this process's requests from then on; the
+shared window starts empty at that moment, and every process that meets the API's limit adopts its own
+reading of it. A 429 still pauses every process, so until all have adopted, the pause is what they share.
 """
 
 from __future__ import annotations
@@ -42,6 +47,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+
+# A 429 without Retry-After while no cap is known: how long every process pauses.
+_UNCAPPED_PAUSE_S = 1.0
 
 # Times are microseconds of Redis TIME (exact in a Lua double until the year 2255).
 # KEYS: window, paused_until. ARGV: limit, window_us, guard_us, member, counts (1/0), unsettled_us.
@@ -144,14 +152,10 @@ class RedisBudget:
         default_pause_s: float | None = None,
         max_connections: int = 16,
     ):
-        self.limits = limits
         self.lease_s = lease_s
         self.recheck_s = recheck_s
-        # LocalBudget's margins: the guard covers rounding only, since entries are dated at their answer.
-        self.guard_s = guard_s if guard_s is not None else min(0.1, max(0.005, limits.window_s * 0.005))
-        self.unsettled_s = unsettled_s if unsettled_s is not None else limits.window_s
-        # A 429 without Retry-After: one request's share of the window, LocalBudget's first backoff step.
-        self.default_pause_s = default_pause_s or limits.floor_interval_s
+        self._given = (guard_s, unsettled_s, default_pause_s)
+        self._apply(limits)
         self._where = redact_url(url)
         # A bounded pool: thousands of waiting callers must not become thousands of connections.
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30)
@@ -178,6 +182,19 @@ class RedisBudget:
         # ones behind would only be told to wait as long. Kinds queue apart so polls never wait on creates.
         self._askers = {kind: asyncio.Lock() for kind in (*REQUEST_KINDS, "slot")}
 
+    def _apply(self, limits: Limits) -> None:
+        guard_s, unsettled_s, default_pause_s = self._given
+        self.limits = limits
+        # LocalBudget's margins: the guard covers rounding only, since entries are dated at their answer.
+        self.guard_s = guard_s if guard_s is not None else min(0.1, max(0.005, limits.window_s * 0.005))
+        self.unsettled_s = unsettled_s if unsettled_s is not None else limits.window_s
+        # A 429 without Retry-After: one request's share of the window, LocalBudget's first backoff step.
+        self.default_pause_s = default_pause_s or limits.floor_interval_s or _UNCAPPED_PAUSE_S
+
+    def adopt(self, limits: Limits, answered: Sequence[float] = ()) -> None:
+        """Keep this process's requests to `limits` from now on (the shared window counts from here)."""
+        self._apply(limits)
+
     async def take_request(self, kind: str) -> SharedReceipt | None:
         """Wait until one more request fits the shared window and no shared pause is on, then count it.
 
@@ -185,8 +202,8 @@ class RedisBudget:
         """
         if kind not in REQUEST_KINDS:
             raise ValueError(f"unknown request kind {kind!r}; expected one of {REQUEST_KINDS}")
-        counts = kind != "poll" or self.limits.polls_count
-        window = [self.limits.requests, _us(self.limits.window_s), _us(self.guard_s)]
+        counts = self.limits.counts(kind)
+        window = [self.limits.requests or 0, _us(self.limits.window_s), _us(self.guard_s)]
         args: list[EncodableT] = [*window, "", "1" if counts else "0", _us(self.unsettled_s)]
         async with self._askers[kind]:
             while True:
@@ -204,7 +221,7 @@ class RedisBudget:
                 await wait_event(settled, min(wait_us / 1e6, self._request_recheck_s()))
 
     def _request_recheck_s(self) -> float:
-        return max(0.005, min(self.recheck_s, self.limits.floor_interval_s))
+        return max(0.005, min(self.recheck_s, self.limits.floor_interval_s or self.recheck_s))
 
     def _settle_soon(self, member: str) -> None:
         task = asyncio.get_running_loop().create_task(self._settle_now(member))
