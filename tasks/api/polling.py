@@ -1,15 +1,26 @@
 """When to poll a prediction: learn how long predictions take, poll first near when one is likely done.
 
-Every poll counts against the request budget, so the target is close to one poll per image. For each
-(model, steps) the `LatencyModel` learns two numbers with the stochastic-approximation quantile rule, which
-needs only the yes/no answer a poll gives:
+Two regimes, switched as the engine learns the API's limits (`LatencyModel.polls_free`):
+
+- Polls count against a request cap ("thrifty"): every poll costs throughput, so the target is close to one
+  poll per image. The first poll comes where a share `first_hit` of predictions are done; a miss is followed
+  `gap`·delay later, then geometrically wider.
+- Polls are free (no cap is known, or polls do not count toward it: "fine"): the slots set the pace, and a
+  finished prediction holds its slot until a poll sees it. The first poll comes early (where a share
+  `fine_first_hit` are done), then one every `fine_step` of the time elapsed — about half a second of an
+  8 s prediction — so a slot turns over within a few percent of the latency, whatever its spread. While the
+  API is short of room for us (`room_scarce`: creates wait because it refused them), a slot seen free is
+  taken at once, so polls come twice as often (`scarce_fine_step`).
+
+For each (model, steps) the `LatencyModel` learns two numbers with the stochastic-approximation quantile rule,
+which needs only the yes/no answer a poll gives:
 
 - `delay`: when to poll first. A first poll that finds the prediction done shortens it by a factor
-  exp(-rate·(1 − first_hit)), a miss lengthens it by exp(rate·first_hit), so it settles where a share
-  `first_hit` of first polls succeed — whatever the latency distribution. When polls do not count against
-  the rate limit, `first_hit_uncounted` (lower) applies: slots then turn over sooner for a few more polls.
-- `gap`: after a miss, the second poll comes `gap`·delay later; the same rule settles it where a share
-  `second_hit` of second polls succeed. Later polls widen geometrically.
+  exp(-rate·(1 − target)), a miss lengthens it by exp(rate·target), so it settles where a share `target`
+  of first polls succeed — whatever the latency distribution. When the regime changes, the delay restarts
+  from the recent completion times, at the new target's quantile.
+- `gap` (thrifty): after a miss, the second poll comes `gap`·delay later; the same rule settles it where a
+  share `second_hit` of second polls succeed. Later polls widen geometrically.
 
 Nothing is known at first: a few "scout" predictions probe on a geometric schedule from `cold_start_s`
 (staggered so their polls interleave), while the others hold back; the first completion seeds the delay and
@@ -20,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import deque
 from dataclasses import dataclass, field, replace
 
 LatencyKey = tuple[str, int]
@@ -30,9 +42,13 @@ class PollPolicy:
     """Poll timing knobs in seconds of the API's clock; tests and benchmarks shrink them by the time scale."""
 
     first_hit: float = 0.9
-    # When polls do not count against the rate limit, slots turning over fast matter more than polls saved.
-    first_hit_uncounted: float = 0.85
     second_hit: float = 0.8
+    # When polls are free, slots turning over fast matter more than polls saved: poll early, then finely.
+    fine_first_hit: float = 0.1
+    fine_step: float = 0.05
+    scarce_fine_step: float = 0.01
+    fine_cold_growth: float = 1.2
+    fine_seed_margin: float = 0.8
     rate: float = 0.1
     warm_rate: float = 0.5  # larger steps for the first few samples, while the seed is rough
     warm_samples: int = 8
@@ -50,10 +66,12 @@ class PollPolicy:
     prior_s: float | None = None  # a known typical latency skips the cold start
 
     def __post_init__(self) -> None:
-        if not all(0 < share < 1 for share in (self.first_hit, self.first_hit_uncounted, self.second_hit)):
-            raise ValueError("PollPolicy needs first_hit and second_hit between 0 and 1")
-        if self.cold_growth <= 1 or self.retry_growth < 1 or self.scouts < 1:
-            raise ValueError("PollPolicy needs cold_growth > 1, retry_growth >= 1 and at least one scout")
+        if not all(0 < share < 1 for share in (self.first_hit, self.fine_first_hit, self.second_hit)):
+            raise ValueError("PollPolicy needs first_hit, fine_first_hit and second_hit between 0 and 1")
+        if min(self.cold_growth, self.fine_cold_growth) <= 1 or self.retry_growth < 1 or self.scouts < 1:
+            raise ValueError("PollPolicy needs cold growths > 1, retry_growth >= 1 and at least one scout")
+        if min(self.fine_step, self.scarce_fine_step) <= 0:
+            raise ValueError("PollPolicy needs fine steps > 0")
 
     def scaled(self, time_scale: float) -> PollPolicy:
         """The same policy for an API whose clock runs `time_scale` times faster.
@@ -70,6 +88,11 @@ class PollPolicy:
         )
 
 
+# Completion times kept per key, to restart the delay at another quantile when the regime changes.
+_RECENT_DONE = 200
+_MIN_RESTART_SAMPLES = 8
+
+
 @dataclass
 class _KeyState:
     delay_s: float | None = None
@@ -77,15 +100,33 @@ class _KeyState:
     samples: int = 0
     cold_started: int = 0
     learned: asyncio.Event = field(default_factory=asyncio.Event)
+    done_at: deque[float] = field(default_factory=lambda: deque(maxlen=_RECENT_DONE))
 
 
 class LatencyModel:
     """What the engine knows about prediction latency, per (model, steps), shared by all its predictions."""
 
-    def __init__(self, policy: PollPolicy | None = None, *, polls_count: bool = True):
+    def __init__(self, policy: PollPolicy | None = None, *, polls_free: bool = False):
         self.policy = policy or PollPolicy()
-        self.first_hit = self.policy.first_hit if polls_count else self.policy.first_hit_uncounted
+        self.polls_free = polls_free
+        self.room_scarce = False  # creates wait for room the API refused: a slot seen free is taken at once
         self._keys: dict[LatencyKey, _KeyState] = {}
+
+    @property
+    def first_hit(self) -> float:
+        """The share of first polls meant to find the prediction done, in the current regime."""
+        return self.policy.fine_first_hit if self.polls_free else self.policy.first_hit
+
+    def set_polls_free(self, free: bool) -> None:
+        """Switch regime; each delay restarts at the new target's quantile of recent completion times."""
+        if free == self.polls_free:
+            return
+        self.polls_free = free
+        for state in self._keys.values():
+            if len(state.done_at) >= _MIN_RESTART_SAMPLES:
+                ordered = sorted(state.done_at)
+                state.delay_s = ordered[min(len(ordered) - 1, int(self.first_hit * len(ordered)))]
+                state.samples = 0
 
     def estimate(self, key: LatencyKey) -> float | None:
         """The current first-poll delay for `key`, or None while nothing is known."""
@@ -124,8 +165,10 @@ class LatencyModel:
     def record_done(self, key: LatencyKey, elapsed_s: float) -> None:
         """A prediction was seen done `elapsed_s` after creation; seeds the delay when nothing was known."""
         state = self._state(key)
+        state.done_at.append(elapsed_s)
         if state.delay_s is None:
-            state.delay_s = max(elapsed_s * self.policy.seed_margin, self.policy.min_interval_s)
+            margin = self.policy.fine_seed_margin if self.polls_free else self.policy.seed_margin
+            state.delay_s = max(elapsed_s * margin, self.policy.min_interval_s)
             state.learned.set()
 
     def learned_event(self, key: LatencyKey) -> asyncio.Event:
@@ -163,7 +206,8 @@ class PollPlan:
         self._scout_index = scout_index
         self.polls = 0
         self._misses = 0  # polls that found it unfinished since the delay was known
-        self._last_poll_s = 0.0
+        self._last_poll_s = 0.0  # when the last poll's answer came
+        self._last_sent_s = 0.0  # when it left
         self._gap_used = 0.0
 
     @property
@@ -178,26 +222,35 @@ class PollPlan:
             return self._cold_poll_at()
         if self._misses == 0:
             return max(delay, self._last_poll_s + policy.min_interval_s)
-        self._gap_used = self._model.gap(self.key) * policy.retry_growth ** (self._misses - 1)
-        wait = min(policy.max_interval_s, max(policy.min_interval_s, delay * self._gap_used))
-        return self._last_poll_s + wait
+        if self._model.polls_free:
+            # Counted from when the last poll left, so a slow answer does not stretch the cadence too.
+            step = policy.scarce_fine_step if self._model.room_scarce else policy.fine_step
+            interval = min(policy.max_interval_s, self._last_sent_s * step)
+            return max(self._last_sent_s + interval, self._last_poll_s + policy.min_interval_s)
+        else:
+            self._gap_used = self._model.gap(self.key) * policy.retry_growth ** (self._misses - 1)
+            wait = delay * self._gap_used
+        return self._last_poll_s + min(policy.max_interval_s, max(policy.min_interval_s, wait))
 
-    def record_poll(self, elapsed_s: float, done: bool) -> None:
+    def record_poll(self, elapsed_s: float, done: bool, sent_s: float | None = None) -> None:
+        """A poll answered `elapsed_s` after creation (sent at `sent_s`, if known) found it `done` or not."""
         if self._model.estimate(self.key) is not None:
             if self._misses == 0:
                 self._model.record_first_poll(self.key, elapsed_s, done)
-            elif self._misses == 1:
+            elif self._misses == 1 and not self._model.polls_free:
                 self._model.record_second_poll(self.key, self._gap_used, done)
             self._misses += 0 if done else 1
         if done:
             self._model.record_done(self.key, elapsed_s)
         self.polls += 1
         self._last_poll_s = elapsed_s
+        self._last_sent_s = elapsed_s if sent_s is None else sent_s
 
     def _cold_poll_at(self) -> float:
         policy = self._model.policy
         index = self._scout_index or 0
         # Scouts' polls interleave; the others hold back until a scout has likely found something.
         step = self.polls + (index / policy.scouts if index < policy.scouts else policy.scout_lead)
-        planned = policy.cold_start_s * policy.cold_growth**step
+        growth = policy.fine_cold_growth if self._model.polls_free else policy.cold_growth
+        planned = policy.cold_start_s * growth**step
         return max(planned, self._last_poll_s + policy.min_interval_s)
