@@ -123,7 +123,7 @@ def input_images(sink: Sink, plan: RunPlan) -> Iterator[PrepareInputs]:
 
 def engine_config(api: ApiConfig, time_scale: float) -> EngineConfig:
     limits = Limits(
-        requests=api.rate_limit.requests,
+        requests=api.rate_limit.requests,  # None under auto: the engine adopts what the API shows
         window_s=api.rate_limit.window_s,
         max_in_flight=api.max_concurrent,
         polls_count=api.polls_count,
@@ -184,6 +184,7 @@ async def run_plan(
                     client, plan.models.slugs() if plan.models else {}, retry_s=1 / time_scale
                 ),
             )
+            progress.engine = engine.stats  # the summary says how the API's limits were met
             run = RunContext(engine, store, terminal, resume, uncertain)
             artifact = await ProgressArtifact.start(progress)
             ticker = asyncio.create_task(_tick(run, writer, artifact))

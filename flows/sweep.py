@@ -37,7 +37,9 @@ class SweepRequest(BaseModel):
     output_format: Literal["webp", "jpg", "png"] = "webp"
     output: str = Field(..., description="A local folder or s3://bucket/prefix")
     api_base: str | None = Field(None, description="The API's base URL; the public API when empty")
-    rate_limit: str = "60/60s"
+    rate_limit: str = Field(
+        "auto", description="auto (learned from the API), or requests/window such as 60/60s"
+    )
     max_concurrent: int = Field(10, ge=1)
     quota_url: str | None = Field(None, description="redis:// URL of the quota shared by all workers")
 

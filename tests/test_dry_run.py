@@ -40,7 +40,7 @@ def test_the_demo_dry_run_prints_the_plan_and_sends_nothing(sandbox) -> None:
     out = done.stdout
     assert "jobs: 24 (8 per row; 0 identical jobs collapsed)" in out
     assert "3 rows, 3 distinct prompts" in out
-    polls = math.ceil(24 * expected_polls(True))  # the engine's poll targets, whatever they are tuned to
+    polls = math.ceil(24 * expected_polls(False))  # counted polls: the thrifty targets
     assert f"24 creates + ~{polls} polls = ~{24 + polls}; ~{24 + polls} count toward the limit" in out
     assert "cost: $1.56 at $0.065 per image" in out
     assert out.count("stable-diffusion-3-5-large  prompt=") == 3  # the sample jobs
@@ -114,7 +114,7 @@ def test_a_bad_spec_without_dry_run_also_exits_2_before_any_request(tmp_path: Pa
 
 
 def test_the_time_estimate_follows_the_binding_limit() -> None:
-    api = ApiConfig()  # 60 per 60 s, 10 in flight, polls count
+    api = ApiConfig.model_validate({"rate_limit": "60/60s"})  # 10 in flight, polls count
     counted = estimate_run(600, api, 0.065, latency_s=8.0, polls_per_image=2.0)
     assert counted.counted_requests == 1800 and counted.bound_by == "rate limit"
     assert counted.seconds == pytest.approx(600 * 3 + 8)
@@ -133,5 +133,17 @@ def test_the_larger_example_plans_648_jobs() -> None:
 
 
 def test_expected_polls_follow_the_engines_poll_targets() -> None:
-    assert expected_polls(False) > expected_polls(True)  # uncounted polls are spent to free slots sooner
-    assert expected_polls(True, PollPolicy(first_hit=0.5, second_hit=0.5)) == pytest.approx(2.0)
+    assert expected_polls(True) > expected_polls(False)  # free polls are spent to free slots sooner
+    assert expected_polls(False, PollPolicy(first_hit=0.5, second_hit=0.5)) == pytest.approx(2.0)
+    # Free polls: one where ~10% are done, then one per 5% of the time elapsed; fewer with coarser steps.
+    assert 5 < expected_polls(True) < 12
+    assert expected_polls(True, PollPolicy(fine_step=0.2)) < expected_polls(True) / 2
+
+
+def test_under_auto_the_time_is_the_in_flight_bounds_and_the_page_limits_is_given_beside_it() -> None:
+    auto = ApiConfig()
+    assert str(auto.rate_limit) == "auto"
+    estimate = estimate_run(600, auto, 0.065, latency_s=8.0)
+    assert estimate.bound_by == "concurrency" and estimate.seconds == pytest.approx(600 / (10 / 8.0) + 8)
+    assert estimate.counted_requests == 600  # nothing is known to count polls
+    assert estimate.seconds_at_page_limit == pytest.approx(600 * (2 + 0.125) + 8)

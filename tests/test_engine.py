@@ -11,8 +11,10 @@ import functools
 import io
 import itertools
 import json
+import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -227,24 +229,38 @@ async def test_a_gateways_timeout_page_on_create_is_an_unknown_outcome():
     await engine.client.aclose()
 
 
-async def test_402_stops_new_submissions_but_collects_predictions_in_flight():
+async def test_a_402_with_predictions_in_flight_waits_for_one_to_finish_instead_of_failing():
     api = ScriptedApi(polls_to_finish=3)
-    api.on_create = lambda request, n: (
-        httpx.Response(402, json={"error": "payment required"}) if n == 3 else None
-    )
-    config = EngineConfig(
-        **{**FAST.__dict__, "limits": Limits(requests=10_000, window_s=1.0, max_in_flight=2)}
-    )
+
+    def balance(request: httpx.Request, n: int) -> httpx.Response | None:
+        running = sum(1 for p in api.predictions.values() if p["gets"] < api.polls_to_finish)
+        return httpx.Response(402, json={"error": "Insufficient balance"}) if running >= 2 else None
+
+    api.on_create = balance
+    config = replace(FAST, limits=Limits(requests=10_000, window_s=1.0, max_in_flight=4), deadline_s=5.0)
     engine = engine_for(api, config)
+    outcomes = [outcome async for outcome in engine.run(make_job(n) for n in range(8))]
+    assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 8}
+    assert engine.stats.payment_waits >= 1 and engine.halted is None
+    assert len(api.predictions) == 8  # a refused create made nothing; the job sent it again later
+    await engine.client.aclose()
+
+
+async def test_a_402_that_persists_with_nothing_in_flight_halts_the_run_after_spaced_tries():
+    api = ScriptedApi()
+    api.on_create = lambda request, n: httpx.Response(402, json={"error": "Insufficient balance"})
+    limits = Limits(requests=10_000, window_s=1.0, max_in_flight=2)
+    config = replace(FAST, limits=limits, idle_retry_s=0.01, max_backoff_s=0.1)
+    engine = engine_for(api, config)
+    started = time.monotonic()
     outcomes = []
     with pytest.raises(PaymentRequired):
-        async for outcome in engine.run(make_job(n) for n in range(20)):
+        async for outcome in engine.run(make_job(n) for n in range(5)):
             outcomes.append(outcome)
-    by_code = Counter(o.error_code for o in outcomes)
-    assert by_code[None] == 2  # the two created before the 402 were still polled and fetched
-    assert by_code["PAYMENT_REQUIRED"] >= 1
-    assert api.calls["create"] == 3  # nothing sent after the 402
-    assert all(o.status in (JobStatus.SUCCESS, JobStatus.FAILED) for o in outcomes)
+    # Jobs already taken end PAYMENT_REQUIRED; no further job is taken once the run halts.
+    assert {o.error_code for o in outcomes} == {"PAYMENT_REQUIRED"} and len(outcomes) == 4
+    assert api.calls["create"] == config.payment_tries  # one job tried; the others were never sent
+    assert time.monotonic() - started >= 0.01 + 0.02 + 0.04  # the tries were spaced, doubling
     await engine.client.aclose()
 
 

@@ -8,7 +8,8 @@ MODEL = "stable-diffusion-3-5-large"
 MODEL_VERSION = "0.0.1"
 # The indicative price of one SD3.5 Large image, for estimates and for runs whose API reports no cost.
 PRICE_PER_IMAGE_USD = 0.065
-# The quota the model page states; `api.rate_limit` and `api.max_concurrent` override it.
+# The quota the model page states. A spec's `api.rate_limit` defaults to auto (no cap until the API shows
+# one); an explicit `api.rate_limit` and `api.max_concurrent` override these.
 RATE_LIMIT_REQUESTS = 60
 RATE_LIMIT_WINDOW_S = 60.0
 MAX_CONCURRENT = 10

@@ -36,6 +36,14 @@ class EngineConfig:
     create_retries: int = 6
     retry_backoff_s: float = 1.0
     max_backoff_s: float = 30.0
+    # A create refused for want of room (a full organisation, the balance) waits this long at most.
+    room_wait_s: float = 1800.0
+    # Refused with nothing of ours in flight, no finish can make room: try again after this, doubling.
+    idle_retry_s: float = 2.0
+    # 402s in a row with nothing of ours in flight (spaced as above) before the run halts.
+    payment_tries: int = 4
+    # A prediction cancelled as stuck keeps its slot until the API says it ended, watched this long at most.
+    cancel_wait_s: float = 300.0
     fetch_retries: int = 2
     output_max_bytes: int = DEFAULT_MAX_BYTES
     queue_size: int | None = None  # jobs started beyond the in-flight slots; default: as many as the slots
@@ -51,6 +59,9 @@ class EngineConfig:
             min_deadline_s=self.min_deadline_s / time_scale,
             retry_backoff_s=self.retry_backoff_s / time_scale,
             max_backoff_s=self.max_backoff_s / time_scale,
+            room_wait_s=self.room_wait_s / time_scale,
+            idle_retry_s=self.idle_retry_s / time_scale,
+            cancel_wait_s=self.cancel_wait_s / time_scale,
             poll=self.poll.scaled(time_scale),
         )
 
@@ -60,7 +71,12 @@ class EngineStats:
     """Live counters for progress displays and benchmarks."""
 
     requests: Counter[str] = field(default_factory=Counter)  # by kind: create, poll, cancel
-    throttled: int = 0
+    throttled: int = 0  # 429s of any kind
+    rate_limited: int = 0  # 429s about the request rate
+    room_waits: int = 0  # creates refused for want of room (429 about concurrency): they waited
+    payment_waits: int = 0  # creates refused with 402: they waited for one of ours to finish
+    adopted_limit: str | None = None  # the request cap read off the API under `rate_limit: auto`
+    late_successes: int = 0  # predictions cancelled as stuck that succeeded after all (fetched, paid)
     transient_errors: int = 0
     creates: int = 0
     create_resends: int = 0

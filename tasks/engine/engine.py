@@ -1,6 +1,9 @@
 """The prediction engine: jobs in, outcomes out — create, poll, fetch, within the budget, with safe retries.
 
-What is retried and how each failure ends a job is the policy in `promptgrid.tasks.engine.retry`.
+What is retried and how each failure ends a job is the policy in `promptgrid.tasks.engine.retry`; how the
+API's limits are read and met (a request cap adopted under `rate_limit: auto`, in-flight room, 402 waits) is
+in `promptgrid.tasks.engine.limits`; polling, the deadline and best-effort cancel are in
+`promptgrid.tasks.engine.waiting`.
 
 A run that is cancelled (Ctrl-C) leaves its predictions running: the ids already went to `on_created`, so a
 resumed run polls them instead of paying for them twice. For the same reason an exception raised by
@@ -18,44 +21,46 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from promptgrid.aio import as_async_iterator, wait_event
+from promptgrid.aio import as_async_iterator
 from promptgrid.errors import (
     ApiError,
     ApiUnreachable,
-    AuthenticationFailed,
     ModelNotFound,
-    PredictionNotFound,
+    PaymentRequired,
     ServerFailure,
     Throttled,
     TransportFailure,
 )
 from promptgrid.tasks.api.client import ApiClient, created_nothing
-from promptgrid.tasks.api.polling import LatencyModel, PollPlan
+from promptgrid.tasks.api.polling import LatencyModel
 from promptgrid.tasks.api.prediction import Prediction, PredictionStatus
 from promptgrid.tasks.api.routes import ModelRoutes
 from promptgrid.tasks.engine.collect import collect
 from promptgrid.tasks.engine.config import EngineConfig, EngineStats, OnCreated, OnSending, PrepareInputs
+from promptgrid.tasks.engine.limits import ApiLimits
 from promptgrid.tasks.engine.retry import (
     JobDeferred,
     JobEnded,
+    NoRoom,
     Reachability,
     RetryAttempt,
-    backoff_s,
     create_refused,
     ended_by_error,
     failed,
     halts_the_run,
     is_retryable,
+    no_room,
     not_submitted,
     unknown_create,
 )
+from promptgrid.tasks.engine.waiting import PredictionWaits
 from promptgrid.tasks.quota.base import Budget
 from promptgrid.types import ErrorCode, Job, JobOutcome, JobStatus
 
 T = TypeVar("T")
 
 
-class Engine:
+class Engine(PredictionWaits):
     """Turns jobs into outcomes through one ApiClient and one Budget, shared by all the jobs it runs."""
 
     def __init__(
@@ -72,20 +77,21 @@ class Engine:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.client = client
-        # Which slug each model is sent as (resolved before the run); without, the job's model as it is.
-        self.routes = routes or ModelRoutes(client)
         self.budget = budget
         self.config = config or EngineConfig()
         self.on_created = on_created
         self.on_sending = on_sending
         self.on_unsent = on_unsent
         self.prepare_inputs = prepare_inputs
-        self.latency = LatencyModel(self.config.poll, polls_count=self.config.limits.polls_count)
+        # Which slug each model is sent as (resolved before the run); without, the job's model as it is.
+        self.routes = routes or ModelRoutes(client)
+        self.latency = LatencyModel(self.config.poll)
         self.stats = EngineStats()
         self.halted: ApiError | None = None
         self.reachability = Reachability(self.config.unreachable_after)
         self.deferred: set[str] = set()  # jobs stopped with no outcome: nothing of them was sent
         self._clock = clock
+        self.limits = ApiLimits(self.config, budget, self.latency, self.stats, clock)
 
     async def run(
         self, jobs: Iterable[Job] | AsyncIterable[Job], resume: Mapping[str, str] | None = None
@@ -153,28 +159,7 @@ class Engine:
 
     async def _attempt(self, job: Job, outcome: JobOutcome, attempt: int, known_id: str | None) -> Prediction:
         """One prediction from slot to terminal state: create (or resume), report the id, poll."""
-        token = await self.budget.take_slot()
-        self.stats.in_flight += 1
-        try:
-            if known_id is None:
-                self._refuse_if_halted()
-                if (missing := self.routes.missing(job.model)) is not None:  # refused in every spelling
-                    raise failed(ErrorCode.MODEL_NOT_FOUND, missing)
-                inputs = await self._prepare(job)
-                outcome.attempts = attempt  # counted once sent: an unknown create may have made a prediction
-                prediction_id = await self._create(job, inputs, outcome)
-                outcome.prediction_id = prediction_id
-                if self.on_created is not None:
-                    await self.on_created(job, prediction_id, attempt)
-            else:
-                prediction_id = known_id
-                outcome.attempts = max(outcome.attempts, attempt)
-                outcome.prediction_id = prediction_id
-                outcome.submitted_at = outcome.submitted_at or _now()
-            prediction = await self._wait_until_finished(job, prediction_id, outcome)
-        finally:
-            self.stats.in_flight -= 1
-            await self.budget.release_slot(token)
+        prediction = await self._in_a_slot(job, outcome, attempt, known_id)
         outcome.predict_time_s = prediction.predict_time_s
         if prediction.cost_usd is not None:
             outcome.cost_usd = (outcome.cost_usd or 0.0) + prediction.cost_usd
@@ -183,6 +168,69 @@ class Engine:
         ):
             raise RetryAttempt(prediction)
         return prediction
+
+    async def _in_a_slot(
+        self, job: Job, outcome: JobOutcome, attempt: int, known_id: str | None
+    ) -> Prediction:
+        """Hold a slot from create to terminal state.
+
+        A create refused for want of room gives the slot back and waits for one again, ahead of the queue.
+        """
+        gate = self.limits.gate
+        inputs: Mapping[str, Any] | None = None
+        refused_since: float | None = None
+        while True:
+            await gate.enter(first=refused_since is not None)
+            token = await self.budget.take_slot()
+            self.stats.in_flight += 1
+            running = False
+            try:
+                if known_id is None:
+                    self._refuse_if_halted()
+                    if (missing := self.routes.missing(job.model)) is not None:  # refused in every spelling
+                        raise failed(ErrorCode.MODEL_NOT_FOUND, missing)
+                    inputs = inputs if inputs is not None else await self._prepare(job)
+                    outcome.attempts = attempt  # counted once sent: an unknown create may have made one
+                    try:
+                        prediction_id = await self._create(job, inputs, outcome)
+                    except NoRoom as no:
+                        refused_since = self._no_room(no.refusal, refused_since)
+                        continue
+                else:
+                    prediction_id = known_id
+                created_at = self._clock()  # polls are timed from here, not from after the journal
+                gate.accepted()
+                running = True
+                await self._started(job, outcome, attempt, prediction_id, resumed=known_id is not None)
+                prediction = await self._wait_until_finished(job, prediction_id, outcome, created_at)
+                self.limits.finished()
+                return prediction
+            finally:
+                self.stats.in_flight -= 1
+                await self.budget.release_slot(token)
+                gate.leave(running)
+
+    async def _started(
+        self, job: Job, outcome: JobOutcome, attempt: int, prediction_id: str, *, resumed: bool
+    ) -> None:
+        """Note a prediction the API runs for this job: resumed, or new and reported to `on_created`."""
+        outcome.prediction_id = prediction_id
+        if resumed:
+            outcome.attempts = max(outcome.attempts, attempt)
+            outcome.submitted_at = outcome.submitted_at or _now()
+        elif self.on_created is not None:
+            await self.on_created(job, prediction_id, attempt)
+
+    def _no_room(self, refusal: ApiError, since: float | None) -> float:
+        """Note a create refused for want of room; end the job past `room_wait_s` or when the run halts."""
+        if self.limits.refused(refusal):
+            self.halted = self.halted or refusal
+            raise create_refused(refusal)
+        now = self._clock()
+        since = now if since is None else since
+        if now - since > self.config.room_wait_s:
+            raise no_room(now - since, refusal)
+        return since
 
     async def _prepare(self, job: Job) -> Mapping[str, Any]:
         if self.prepare_inputs is None:
@@ -193,7 +241,10 @@ class Engine:
             raise failed(ErrorCode.INPUT_PREPARATION_FAILED, f"{type(exc).__name__}: {exc}") from None
 
     async def _create(self, job: Job, inputs: Mapping[str, Any], outcome: JobOutcome) -> str:
-        """Send the create, re-sending only when the API provably created nothing."""
+        """Send the create, re-sending only when the API provably created nothing.
+
+        Raises NoRoom when the API has no room for it now (concurrency, balance): the caller waits for room.
+        """
         announce = None
         if self.on_sending is not None:
             on_sending, attempt = self.on_sending, outcome.attempts
@@ -201,9 +252,10 @@ class Engine:
             async def announce() -> None:
                 await on_sending(job, attempt)
 
-        reason: ApiError  # why the last create was refused
+        throttled_since = None
+        resends = 0
         slug = self.routes.slug_for(job.model)
-        for resend in range(self.config.create_retries + 1):
+        while True:
             outcome.model_slug = slug
             try:
                 prediction_id = await self._call(
@@ -211,20 +263,33 @@ class Engine:
                 )
             except ModelNotFound as exc:  # refused: nothing was created, so sending again is safe
                 slug = await self._after_model_not_found(job, slug, exc)
-                reason = exc
-            except Throttled as exc:
-                await self._throttled(exc)
-                reason = exc
+                if resends >= self.config.create_retries:
+                    message = f"the API kept refusing the create: {exc.message}"
+                    raise failed(ErrorCode.CREATE_FAILED, message) from None
+                resends += 1
+            except Throttled as exc:  # about the rate: the budget paused; sending again creates nothing twice
+                await self._unsent(job, outcome)
+                throttled_since = throttled_since or self._clock()
+                if self._clock() - throttled_since > self.config.room_wait_s:
+                    raise no_room(self._clock() - throttled_since, exc) from None
+            except NoRoom:
+                await self._unsent(job, outcome)
+                raise
             except (ServerFailure, TransportFailure) as exc:
                 if not created_nothing(exc):
                     raise unknown_create(exc) from None
-                if self.on_unsent is not None:
-                    await self.on_unsent(job, outcome.attempts)
+                await self._unsent(job, outcome)
                 self._halt_if_unreachable(exc)
                 self.stats.transient_errors += 1
-                await asyncio.sleep(self._backoff(resend))
+                if resends >= self.config.create_retries:
+                    message = f"the API kept refusing the create: {exc.message}"
+                    raise failed(ErrorCode.CREATE_FAILED, message) from None
+                await asyncio.sleep(self._backoff(resends))
                 self._halt_if_unreachable(None)
-                reason = exc
+                resends += 1
+            except PaymentRequired as exc:
+                await self._unsent(job, outcome)
+                raise NoRoom(exc) from None
             except ApiError as exc:
                 if halts_the_run(exc):
                     self.halted = self.halted or exc
@@ -234,7 +299,6 @@ class Engine:
                 outcome.submitted_at = _now()
                 return prediction_id
             self.stats.create_resends += 1
-        raise failed(ErrorCode.CREATE_FAILED, f"the API kept refusing the create: {reason.message}")
 
     async def _after_model_not_found(self, job: Job, refused: str, exc: ModelNotFound) -> str:
         """The slug to send next, after resolving the model again; ends the job when there is none."""
@@ -242,6 +306,11 @@ class Engine:
         if slug is None:
             raise failed(ErrorCode.MODEL_NOT_FOUND, self.routes.missing(job.model) or exc.message)
         return slug
+
+    async def _unsent(self, job: Job, outcome: JobOutcome) -> None:
+        """The create provably created nothing: withdraw the trace `on_sending` left."""
+        if self.on_unsent is not None:
+            await self.on_unsent(job, outcome.attempts)
 
     def _refuse_if_halted(self) -> None:
         self._halt_if_unreachable(None)
@@ -254,84 +323,6 @@ class Engine:
             self.halted = self.reachability.unreachable(exc, self.client.base_url)
         if isinstance(self.halted, ApiUnreachable):
             raise JobDeferred
-
-    async def _wait_until_finished(self, job: Job, prediction_id: str, outcome: JobOutcome) -> Prediction:
-        """Poll on the learned schedule until the prediction is terminal; past the deadline, cancel it."""
-        plan = self.latency.plan(_latency_key(job))
-        start = self._clock()
-        while True:
-            limit_s = self._deadline_s(job)
-            deadline = start + limit_s
-            await self._sleep_until_poll(plan, start, deadline)
-            prediction = await self._poll(prediction_id, outcome, deadline)
-            now = self._clock()
-            if prediction is not None:
-                plan.record_poll(now - start, prediction.finished)
-                if prediction.finished:
-                    return prediction
-            if prediction is None or now >= deadline:
-                await self._cancel(prediction_id, outcome)
-                seen = "never answered a poll" if prediction is None else f"still {prediction.raw_status!r}"
-                message = f"{seen} after {limit_s:.3g} s (the deadline); cancelled"
-                raise JobEnded(JobStatus.TIMED_OUT, ErrorCode.DEADLINE_EXCEEDED, message)
-
-    def _deadline_s(self, job: Job) -> float:
-        """The configured deadline, shortened once this kind of prediction's latency has been learned."""
-        delay = self.latency.estimate(_latency_key(job))
-        if delay is None:
-            return self.config.deadline_s
-        stuck_after = max(self.config.min_deadline_s, self.config.stuck_factor * delay)
-        return min(self.config.deadline_s, stuck_after)
-
-    async def _sleep_until_poll(self, plan: PollPlan, start: float, deadline: float) -> None:
-        """Sleep until the next poll; a cold schedule is cut short once another prediction sets the delay."""
-        while True:
-            wake = min(start + plan.next_poll_at(), deadline)
-            delay = wake - self._clock()
-            if delay <= 0:
-                return
-            learned = plan.learned
-            if learned.is_set():
-                await asyncio.sleep(delay)
-                return
-            if not await wait_event(learned, delay):
-                return
-
-    async def _poll(self, prediction_id: str, outcome: JobOutcome, deadline: float) -> Prediction | None:
-        """One successful get, retrying transient failures; None when the deadline comes first."""
-        failures = 0
-        while True:
-            try:
-                return await self._call("poll", outcome, self.client.get, prediction_id)
-            except Throttled as exc:
-                await self._throttled(exc)
-                if self._clock() >= deadline:
-                    return None
-                continue
-            except PredictionNotFound as exc:
-                raise failed(ErrorCode.PREDICTION_NOT_FOUND, exc.message) from None
-            except AuthenticationFailed as exc:
-                self.halted = self.halted or exc
-                raise failed(ErrorCode.AUTHENTICATION_FAILED, exc.message) from None
-            except ApiError as exc:
-                self._halt_if_unreachable(exc)  # the prediction stays in the journal for a rerun to poll
-                self.stats.transient_errors += 1
-            pause = self._backoff(failures)
-            failures += 1
-            if self._clock() + pause >= deadline:
-                return None
-            await asyncio.sleep(pause)
-
-    async def _cancel(self, prediction_id: str, outcome: JobOutcome) -> None:
-        """Best effort: a cancel that fails leaves the prediction to the API's own timeout."""
-        for _ in range(2):
-            try:
-                await self._call("cancel", outcome, self.client.cancel, prediction_id)
-                return
-            except Throttled as exc:
-                await self._throttled(exc)
-            except ApiError:
-                return
 
     async def _call(
         self,
@@ -349,33 +340,27 @@ class Engine:
         receipt = await self.budget.take_request(kind)
         self.stats.requests[kind] += 1
         outcome.api_requests += 1
+        sent_at = self._clock()
         try:
             if before_send is not None:
                 await before_send()
-            result = await method(*args)
+            answer = await method(*args)
+        except Throttled as exc:
+            self.reachability.heard(exc)
+            if self.limits.about_room(kind, exc):
+                raise NoRoom(exc) from None
+            await self.limits.rate_limited(kind, exc, sent_at)
+            raise
         except ApiError as exc:
             self.reachability.heard(exc)
+            self.limits.answered(kind)  # anything the API answered, or may have, counts
             raise
         finally:
             if receipt is not None:
                 receipt.settle()
         self.reachability.heard(None)
-        return result
-
-    async def _throttled(self, exc: Throttled) -> None:
-        self.stats.throttled += 1
-        await self.budget.on_throttled(exc.retry_after_s)
-
-    def _backoff(self, failures: int) -> float:
-        return backoff_s(failures, self.config.retry_backoff_s, self.config.max_backoff_s)
-
-
-def _latency_key(job: Job) -> tuple[str, int]:
-    try:
-        steps = int(job.inputs.get("steps") or 0)
-    except (TypeError, ValueError):
-        steps = 0
-    return job.model, steps
+        self.limits.answered(kind)
+        return answer
 
 
 def _now() -> datetime:

@@ -2,22 +2,32 @@
 
 The time model is the quota's: images per second are capped both by the request rate (each image costs one
 create plus its polls, when polls count) and by predictions in flight (max_concurrent per typical latency).
+Under `rate_limit: auto` no rate is known before the run, so the time is the in-flight bound's, and the
+model page's 60 requests a minute is given beside it, in case the API keeps to that.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from statistics import NormalDist
 
-from promptgrid.defaults import PRICE_PER_IMAGE_USD, TYPICAL_LATENCY_S
+from promptgrid.defaults import (
+    PRICE_PER_IMAGE_USD,
+    RATE_LIMIT_REQUESTS,
+    RATE_LIMIT_WINDOW_S,
+    TYPICAL_LATENCY_S,
+)
 from promptgrid.tasks.api.polling import PollPolicy
 from promptgrid.tasks.spec.expand import JobPlan, plan_jobs
 from promptgrid.tasks.spec.problems import display_path
-from promptgrid.tasks.spec.schema import ApiConfig, SweepSpec
+from promptgrid.tasks.spec.schema import ApiConfig, RateLimit, SweepSpec
 from promptgrid.types import Job
 
 SAMPLE_PROMPT_CHARS = 60
 RENDERED_PROMPT_CHARS = 200
+# The latency spread assumed for free polls' count (lognormal sigma, as measured on the sandbox's default).
+TYPICAL_SPREAD = 0.25
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,7 @@ class RunEstimate:
     seconds_if_polls_free: float
     bound_by: str  # "rate limit" or "concurrency"
     cost_usd: float
+    seconds_at_page_limit: float | None = None  # under auto: the time if the API keeps the page's limit
 
     @property
     def requests(self) -> int:
@@ -41,19 +52,32 @@ class RunEstimate:
 def _run_seconds(jobs: int, api: ApiConfig, requests_per_image: float, latency_s: float) -> tuple[float, str]:
     if jobs == 0:
         return 0.0, "nothing"
-    by_rate = api.rate_limit.requests / api.rate_limit.window_s / requests_per_image
+    rate = api.rate_limit
+    by_rate = math.inf if rate.requests is None else rate.requests / rate.window_s / requests_per_image
     by_flight = api.max_concurrent / latency_s
     per_second = min(by_rate, by_flight)
     # The last images still take one latency to come back after the last create.
     return jobs / per_second + latency_s, "rate limit" if by_rate < by_flight else "concurrency"
 
 
-def expected_polls(polls_count: bool, policy: PollPolicy | None = None) -> float:
-    """Polls per image once the engine has learned the latency: its first poll finds a share `first_hit`
-    done, each later one about `second_hit` of the rest (the cold start's few scout polls left out)."""
+def expected_polls(polls_free: bool, policy: PollPolicy | None = None) -> float:
+    """Polls per image once the engine has learned the latency (the cold start's few scout polls left out).
+
+    Counted polls: the first finds a share `first_hit` done, each later one about `second_hit` of the rest.
+    Free polls: the first comes where `fine_first_hit` are done, then one every `fine_step` of the time
+    elapsed, counted here for a lognormal latency of TYPICAL_SPREAD.
+    """
     policy = policy or PollPolicy()
-    first_hit = policy.first_hit if polls_count else policy.first_hit_uncounted
-    return 1 + (1 - first_hit) / policy.second_hit
+    if not polls_free:
+        return 1 + (1 - policy.first_hit) / policy.second_hit
+    spread = NormalDist(0.0, TYPICAL_SPREAD)
+    first = spread.inv_cdf(policy.fine_first_hit)
+    steps = 200
+    later = 0.0
+    for n in range(steps):  # the mean over latency quantiles of the fine polls after the first
+        log_latency = spread.inv_cdf((n + 0.5) / steps)
+        later += max(0.0, math.ceil((log_latency - first) / math.log1p(policy.fine_step)))
+    return 1 + later / steps
 
 
 def estimate_run(
@@ -64,21 +88,29 @@ def estimate_run(
     polls_per_image: float | None = None,
 ) -> RunEstimate:
     """Requests, time and cost of `jobs` images at `api`'s limits and a typical latency."""
+    counted = api.polls_count and not api.rate_limit.auto
     if polls_per_image is None:
-        polls_per_image = expected_polls(api.polls_count)
+        polls_per_image = expected_polls(not counted)
     polls = math.ceil(jobs * polls_per_image)
-    counted_per_image = 1 + polls_per_image if api.polls_count else 1.0
+    counted_per_image = 1 + polls_per_image if counted else 1.0
     seconds, bound_by = _run_seconds(jobs, api, counted_per_image, latency_s)
     free_seconds, _ = _run_seconds(jobs, api, 1.0, latency_s)
+    at_page = None
+    if api.rate_limit.auto:
+        page = api.model_copy(
+            update={"rate_limit": RateLimit(requests=RATE_LIMIT_REQUESTS, window_s=RATE_LIMIT_WINDOW_S)}
+        )
+        at_page, _ = _run_seconds(jobs, page, 1 + expected_polls(not page.polls_count), latency_s)
     return RunEstimate(
         jobs=jobs,
         creates=jobs,
         polls=polls,
-        counted_requests=jobs + (polls if api.polls_count else 0),
+        counted_requests=jobs + (polls if counted else 0),
         seconds=seconds,
         seconds_if_polls_free=free_seconds,
         bound_by=bound_by,
         cost_usd=jobs * price_per_image,
+        seconds_at_page_limit=at_page,
     )
 
 
@@ -115,7 +147,22 @@ def describe_plan(
 ) -> str:
     """The dry run's text: jobs, prompts, requests, time, cost and a few sample jobs."""
     api = spec.api
-    polls_note = "polls count toward the limit" if api.polls_count else "polls do not count toward the limit"
+    if api.rate_limit.auto:
+        polls_note = "no request cap is known before the run"
+        limits = f"limits: auto (no request-rate cap until the API shows one), {api.max_concurrent} in flight"
+        time_note = (
+            f"~{format_duration(estimate.seconds_at_page_limit or 0)} if the API keeps the model page's "
+            f"{RATE_LIMIT_REQUESTS} requests per {RATE_LIMIT_WINDOW_S:g} s"
+        )
+    else:
+        polls_note = (
+            "polls count toward the limit" if api.polls_count else "polls do not count toward the limit"
+        )
+        limits = (
+            f"limits: {api.rate_limit.requests} requests per {api.rate_limit.window_s:g} s, "
+            f"{api.max_concurrent} in flight"
+        )
+        time_note = f"~{format_duration(estimate.seconds_if_polls_free)} if polls did not count"
     lines = [
         f"spec {spec.name} ({display_path(spec.source_path)}), spec hash {spec.spec_hash[:12]}",
         f"models: {', '.join(plan.models)} (version {spec.version})",
@@ -125,11 +172,9 @@ def describe_plan(
         f"{plan.duplicates_collapsed} identical jobs collapsed)",
         f"API requests: {estimate.creates} creates + ~{estimate.polls} polls = ~{estimate.requests}; "
         f"~{estimate.counted_requests} count toward the limit ({polls_note})",
-        f"limits: {api.rate_limit.requests} requests per {api.rate_limit.window_s:g} s, "
-        f"{api.max_concurrent} in flight, at {api.base_url}",
+        f"{limits}, at {api.base_url}",
         f"time: ~{format_duration(estimate.seconds)} at these limits and {latency_s:g} s typical latency "
-        f"(bound by {estimate.bound_by}); ~{format_duration(estimate.seconds_if_polls_free)} "
-        "if polls did not count",
+        f"(bound by {estimate.bound_by}); {time_note}",
         f"cost: ${estimate.cost_usd:,.2f} at ${price_per_image:g} per image",
         f"output: {spec.output}",
     ]

@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
+from promptgrid.tasks.engine.config import EngineStats
 from promptgrid.types import JobOutcome, JobStatus
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class RunProgress:
     latencies_s: list[float] = field(default_factory=list)
     # The first failure of each kind, as a line to show as soon as it happens; a display takes them.
     news: list[str] = field(default_factory=list)
+    engine: EngineStats | None = None  # the engine's counters: how the API's limits were met
 
     @property
     def finished(self) -> int:
@@ -138,6 +140,21 @@ def summary_rows(progress: RunProgress) -> list[dict[str, Any]]:
         {"metric": "cost (USD)", "value": round(progress.cost_usd, 4)},
         {"metric": "wall time (s)", "value": round(progress.snapshot()["elapsed_s"], 1)},
     ]
+    return rows + limit_rows(progress.engine)
+
+
+def limit_rows(stats: EngineStats | None) -> list[dict[str, Any]]:
+    """How the API's limits were met: a request cap adopted from the API, 429s, and creates that waited."""
+    if stats is None:
+        return []
+    rows: list[dict[str, Any]] = [
+        {"metric": "request cap adopted from the API", "value": stats.adopted_limit or "none"},
+        {"metric": "429s about the request rate", "value": stats.rate_limited},
+        {"metric": "creates that waited for room (429, concurrency)", "value": stats.room_waits},
+        {"metric": "creates that waited for the balance (402)", "value": stats.payment_waits},
+    ]
+    if stats.late_successes:
+        rows.append({"metric": "cancelled as stuck, then succeeded", "value": stats.late_successes})
     return rows
 
 

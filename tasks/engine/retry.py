@@ -2,22 +2,28 @@
 
 The API has no idempotency key, so a create is only re-sent when it provably created nothing:
 
-- create: re-sent after 429 (the whole budget pauses first), after a 5xx carrying the API's own JSON error
-  or 500/503 ("Failed to create prediction": refused before creating) and after a transport failure that
-  happened before the request left (connect error or timeout). Any other failure after the request may have
-  reached the server — read timeout, dropped connection, a gateway's 502/504 page, a 2xx without a
-  predictionID — makes the outcome unknown: the job fails with CREATE_OUTCOME_UNKNOWN and is never re-sent.
-  Re-sends are bounded by `create_retries` (see promptgrid.tasks.api.client.created_nothing).
+- create: re-sent after a 429 about the request rate (the whole budget pauses first), after a 5xx carrying
+  the API's own JSON error or 500/503 ("Failed to create prediction": refused before creating) and after a
+  transport failure that happened before the request left (connect error or timeout). Any other failure
+  after the request may have reached the server — read timeout, dropped connection, a gateway's 502/504
+  page, a 2xx without a predictionID — makes the outcome unknown: the job fails with CREATE_OUTCOME_UNKNOWN
+  and is never re-sent. 5xx re-sends are bounded by `create_retries` (see
+  promptgrid.tasks.api.client.created_nothing); waits on 429s by `room_wait_s`.
 - unreachable: when the run's first requests all fail before leaving (DNS, refused or timed-out connections)
   `unreachable_after` times with no HTTP answer yet, the API is unreachable (ApiUnreachable): the run stops
   within seconds, and the jobs it stops end with no outcome at all (nothing was sent; a rerun takes them up).
-- 402 stops new submissions for the rest of the run (PAYMENT_REQUIRED; 401/403 likewise stop it with
+- no room: a create refused by a 429 about concurrency or by a 402 is not a failure: the job waits for room
+  (one of ours finishing, see promptgrid.tasks.engine.limits) and sends it again, for `room_wait_s` at
+  most (then CREATE_FAILED). A 402 met with nothing of ours in flight `payment_tries` times in a row stops
+  new submissions for the rest of the run (PAYMENT_REQUIRED; 401/403 stop it at once with
   AUTHENTICATION_FAILED); predictions already in flight are still collected, then `run` raises the error.
 - poll: 429, 5xx, malformed answers and transport failures are retried with jittered exponential backoff
   until the prediction's deadline. 404 is final (PREDICTION_NOT_FOUND).
 - deadline: `deadline_s` after creation (sooner once latency is learned: `stuck_factor` times the learned
-  first-poll delay, at least `min_deadline_s`) the engine polls one last time, then cancels the prediction and
-  records `timed_out`.
+  first-poll delay, at least `min_deadline_s`) the engine polls one last time, then cancels the prediction.
+  Cancel is best effort: the prediction keeps its slot, polled slowly, until the API reports it ended (for
+  `cancel_wait_s` at most). If it succeeded after all, its image is fetched and the job succeeds (it was
+  paid for); otherwise the job is `timed_out`.
 - a prediction ending in error is retried as a new attempt (a new create, reported through `on_created`)
   when its code is in `retryable_codes` or it says `retryable: true`, up to `max_attempts` creates per job.
 - output: fetched right after success, outside the budget (hosted storage); 5xx and network failures are
@@ -52,6 +58,13 @@ class JobEnded(Exception):
     def __init__(self, status: JobStatus, code: str, message: str):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+
+
+class NoRoom(Exception):
+    """A create refused for want of room (a full organisation, the balance): the job waits and sends again."""
+
+    def __init__(self, refusal: ApiError):
+        self.refusal = refusal
 
 
 class RetryAttempt(Exception):
@@ -118,8 +131,8 @@ def create_refused(exc: ApiError) -> JobEnded:
 
 
 def halts_the_run(exc: ApiError) -> bool:
-    """Whether no further job may be submitted after this answer (the balance or the key is refused)."""
-    return isinstance(exc, PaymentRequired | AuthenticationFailed)
+    """Whether no further job may be submitted after this answer (the key is refused)."""
+    return isinstance(exc, AuthenticationFailed)
 
 
 def not_submitted(halted: ApiError) -> JobEnded:
@@ -142,3 +155,11 @@ def backoff_s(failures: int, base_s: float, cap_s: float) -> float:
     """A jittered exponential backoff: between half and all of `base_s * 2**failures`, at most `cap_s`."""
     ceiling = min(cap_s, base_s * 2**failures)
     return random.uniform(ceiling / 2, ceiling)
+
+
+def no_room(waited_s: float, refusal: ApiError) -> JobEnded:
+    """How a job ends that found no room at the API for `room_wait_s`."""
+    return failed(
+        ErrorCode.CREATE_FAILED,
+        f"no room at the API for {waited_s:.3g} s (the last refusal: {refusal.message})",
+    )

@@ -92,8 +92,8 @@ def describe_backfill(output: str, jobs: list[Job], api: ApiConfig, price_per_im
     lines = [
         f"backfill of {output}: {len(jobs)} jobs would run again",
         f"API requests: ~{estimate.requests} ({estimate.creates} creates); time: "
-        f"~{format_duration(estimate.seconds)} at {api.rate_limit.requests} requests per "
-        f"{api.rate_limit.window_s:g} s and {api.max_concurrent} in flight",
+        f"~{format_duration(estimate.seconds)} at rate limit {api.rate_limit} and {api.max_concurrent} "
+        "in flight",
         f"cost: ${estimate.cost_usd:,.2f} at ${price_per_image:g} per image",
     ]
     for job in jobs[:LISTED_JOBS]:

@@ -65,9 +65,12 @@ class _Frozen(BaseModel):
 
 
 class RateLimit(_Frozen):
-    """At most `requests` API requests in any `window_s` seconds; written "60/60s", "60/6s" or "100/1m"."""
+    """At most `requests` API requests in any `window_s` seconds; written "60/60s", "60/6s" or "100/1m".
 
-    requests: int
+    "auto" (`requests` None) is no cap until the API shows one; the engine then adopts what it saw.
+    """
+
+    requests: int | None
     window_s: float
 
     @model_validator(mode="before")
@@ -75,31 +78,39 @@ class RateLimit(_Frozen):
     def _parse(cls, value: Any) -> Any:
         if not isinstance(value, str):
             return value
+        if value.strip().lower() == "auto":
+            return {"requests": None, "window_s": defaults.RATE_LIMIT_WINDOW_S}
         match = _RATE.match(value)
         if not match or (match.group(2) is None and match.group(3) is None):
             raise ValueError(
-                f"{value!r} is not a rate; expected requests/window such as 60/60s, 60/6s, 100/1m"
+                f"{value!r} is not a rate; expected auto, or requests/window such as 60/60s, 60/6s, 100/1m"
             )
         amount = float(match.group(2) or 1) * _UNIT_SECONDS[match.group(3) or "s"]
         return {"requests": int(match.group(1)), "window_s": amount}
 
     @model_validator(mode="after")
     def _positive(self) -> RateLimit:
-        if self.requests < 1 or self.window_s <= 0:
+        if (self.requests is not None and self.requests < 1) or self.window_s <= 0:
             raise ValueError("a rate needs at least 1 request per window longer than 0 s")
         return self
 
+    @property
+    def auto(self) -> bool:
+        return self.requests is None
+
     def __str__(self) -> str:
-        return f"{self.requests}/{self.window_s:g}s"
+        return "auto" if self.requests is None else f"{self.requests}/{self.window_s:g}s"
 
 
 class ApiConfig(_Frozen):
-    """Where the API is and the quota to keep: requests per window and predictions in flight per key."""
+    """Where the API is and the quota to keep: requests per window and predictions in flight per key.
+
+    `rate_limit` defaults to auto: no request-rate cap until the API shows one (see
+    promptgrid.tasks.engine.limits); `max_concurrent` always holds.
+    """
 
     base_url: str = defaults.API_BASE
-    rate_limit: RateLimit = RateLimit(
-        requests=defaults.RATE_LIMIT_REQUESTS, window_s=defaults.RATE_LIMIT_WINDOW_S
-    )
+    rate_limit: RateLimit = RateLimit(requests=None, window_s=defaults.RATE_LIMIT_WINDOW_S)
     # strict: YAML's `true` is not 1
     max_concurrent: int = Field(default=defaults.MAX_CONCURRENT, strict=True)
     polls_count: bool = True

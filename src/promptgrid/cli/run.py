@@ -169,7 +169,7 @@ def register(app: typer.Typer) -> None:
         output: Annotated[str | None, typer.Option(help="Local folder or s3://bucket/prefix.")] = None,
         api_base: Annotated[str | None, typer.Option(help="Base URL of the prediction API.")] = None,
         rate_limit: Annotated[
-            str | None, typer.Option(help="Requests per window, e.g. 60/60s or 60/6s.")
+            str | None, typer.Option(help="auto (learned from the API), or requests per window: 60/60s.")
         ] = None,
         max_concurrent: Annotated[int | None, typer.Option(help="Predictions in flight at most.")] = None,
         polls_count: Annotated[
@@ -208,9 +208,10 @@ def register(app: typer.Typer) -> None:
             if sandbox_url:
                 api_base = sandbox_url
                 limit = sweep.api.rate_limit
-                rate_limit = scaled_rate_limit(limit.requests, limit.window_s, time_scale)
-                origin = f"--sandbox, x{time_scale:g} time"
-                replaced = {"api.base_url": (api_base, "--sandbox"), "api.rate_limit": (rate_limit, origin)}
+                replaced = {"api.base_url": (api_base, "--sandbox")}
+                if limit.requests is not None:  # auto needs no scaling: it reads the sandbox's limits
+                    rate_limit = scaled_rate_limit(limit.requests, limit.window_s, time_scale)
+                    replaced["api.rate_limit"] = (rate_limit, f"--sandbox, x{time_scale:g} time")
             print(describe_settings(sweep, replaced), file=sys.stderr)
             overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count)
             checked, resolved = resolve_models_first(spec, overrides, environment, time_scale)

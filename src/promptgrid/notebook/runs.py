@@ -97,8 +97,8 @@ def run(
     every problem, nothing is sent), jobs already in the manifest are skipped, so running a spec again
     creates nothing it already has (and does not even start Prefect). `sandbox=True` starts the local
     stand-in API for the run (its images are sandbox renders); otherwise the key is read from
-    EACHLABS_API_KEY. `output`, `api_base`, `rate_limit` ("60/60s"), `max_concurrent` and `polls_count`
-    override the spec's keys of those names, and the environment's (EACHLABS_API_BASE, ...).
+    EACHLABS_API_KEY. `output`, `api_base`, `rate_limit` ("auto", "60/60s"), `max_concurrent` and
+    `polls_count` override the spec's keys of those names, and the environment's (EACHLABS_API_BASE, ...).
 
     `time_scale` says how many times faster than real time the API's clock runs: 10 for `sandbox=True`
     unless given, 1 for a real API. The rate limit's window and the engine's clocks shrink by it.
@@ -123,8 +123,8 @@ def run(
         return RunSummary.from_flow(done)
     if not sandbox:
         check_reachable(checked.api.base_url)
-    if scale != 1.0:
-        limit = checked.api.rate_limit
+    limit = checked.api.rate_limit
+    if scale != 1.0 and limit.requests is not None:  # auto needs no scaling: it reads the API's limits
         rate_limit = f"{limit.requests}/{limit.window_s / scale:g}s"
     from promptgrid.flows.generate import generate
 

@@ -1,0 +1,242 @@
+"""The engine meets either description of the API's limits without being told which, against the sandbox.
+
+Each test starts the sandbox with one limit model (the page's, the documentation's, slots held by other keys,
+a 402 threshold, best-effort cancel) and runs the engine with `rate_limit: auto` unless it says otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+
+from promptgrid.errors import PaymentRequired, Throttled
+from promptgrid.sandbox.predictions import input_hash
+from promptgrid.settings import ApiKey
+from promptgrid.tasks.api.client import ApiClient
+from promptgrid.tasks.api.polling import LatencyModel, PollPolicy
+from promptgrid.tasks.engine.config import EngineConfig, EngineStats
+from promptgrid.tasks.engine.engine import Engine
+from promptgrid.tasks.engine.limits import ApiLimits
+from promptgrid.tasks.engine.progress import RunProgress, summary_rows
+from promptgrid.tasks.models.check import check_input
+from promptgrid.tasks.quota.base import Limits
+from promptgrid.tasks.quota.local import LocalBudget
+from promptgrid.types import Job, JobOutcome, JobStatus
+from tests.support.sandbox import TEST_TIME_SCALE
+
+MODEL = "stable-diffusion-3-5-large"
+# The cold start is absolute (0.25 s); at x100, where a prediction takes 80 ms, it is scaled here too.
+AUTO = replace(
+    EngineConfig(limits=Limits.auto(max_in_flight=10)).scaled(TEST_TIME_SCALE),
+    poll=PollPolicy(cold_start_s=0.25 / TEST_TIME_SCALE).scaled(TEST_TIME_SCALE),
+)
+
+
+def jobs(count: int) -> list[Job]:
+    out = []
+    for n in range(count):
+        inputs, errors = check_input(
+            MODEL, {"prompt": f"a harbour, take {n}", "seed": n, "output_format": "jpg"}
+        )
+        assert not errors
+        out.append(Job(job_id=f"job-{n}", model=MODEL, inputs=inputs))
+    return out
+
+
+async def run_all(url: str, batch: list[Job], config: EngineConfig = AUTO) -> tuple[list[JobOutcome], Engine]:
+    async with ApiClient(url, ApiKey("sk-limits-test")) as client:
+        engine = Engine(client, LocalBudget(config.limits), config)
+        outcomes = [outcome async for outcome in engine.run(batch)]
+    return outcomes, engine
+
+
+def requests_sent(stats: dict) -> int:
+    return sum(stats["requests"][kind] for kind in ("create", "get", "cancel"))
+
+
+async def test_under_the_docs_model_no_cap_is_adopted_and_polls_are_fine(sandbox_factory):
+    sb = sandbox_factory(limit_model="docs")
+    outcomes, engine = await run_all(sb.url, jobs(30))
+    stats = sb.stats()
+    assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 30}
+    assert stats["throttled"] == 0 and stats["duplicate_creates"] == 0 and stats["max_in_flight"] <= 10
+    assert engine.stats.adopted_limit is None and engine.latency.polls_free  # polls timed finely
+
+
+async def test_slots_held_by_other_keys_are_shared_without_a_429_storm(sandbox_factory):
+    sb = sandbox_factory(limit_model="docs", held_by_others=3)
+    outcomes, engine = await run_all(sb.url, jobs(40))
+    stats = sb.stats()
+    assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 40}  # none ended CREATE_FAILED
+    assert stats["throttled_by"]["concurrency"] >= 1 and engine.stats.room_waits == stats["throttled"]
+    # The three creates that found the organisation full at the start, then a probe now and then: a storm
+    # would be one 429 per create.
+    assert stats["throttled"] <= 3 + 40 / 8
+    assert stats["max_in_flight"] <= 10 and stats["duplicate_creates"] == 0
+    assert engine.stats.adopted_limit is None
+
+
+async def test_slots_the_other_keys_give_back_are_taken_again_by_probing(sandbox_factory):
+    sb = sandbox_factory(limit_model="docs", held_by_others=4)
+    batch = jobs(100)
+    caps: list[int] = []
+    async with ApiClient(sb.url, ApiKey("sk-limits-test")) as client:
+        engine = Engine(client, LocalBudget(AUTO.limits), AUTO)
+        done = 0
+        async for _ in engine.run(batch):
+            done += 1
+            caps.append(engine.limits.gate.cap)
+            if done == 20:
+                await asyncio.to_thread(sb.hold_slots, 0)
+    stats = sb.stats()
+    assert min(caps[:20]) <= 7  # six of ours fit beside the other keys' four
+    assert caps[-1] == 10  # probed back up to the whole cap once the slots were free
+    assert stats["max_in_flight"] <= 10 and stats["throttled"] <= 0.05 * requests_sent(stats)
+
+
+@pytest.mark.parametrize("polls_count", [True, False])
+async def test_under_the_page_model_a_cap_is_adopted_from_the_first_429(sandbox_factory, polls_count):
+    # 8 requests per 0.3 s at x100: the ten creates sent at once are sure to meet a 429.
+    sb = sandbox_factory(polls_count=polls_count, rate_limit=8, window_s=30.0)
+    config = replace(AUTO, limits=Limits(None, polls_count=polls_count))  # the spec's polls_count
+    outcomes, engine = await run_all(sb.url, jobs(20), config)
+    stats = sb.stats()
+    assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 20}
+    assert stats["duplicate_creates"] == 0 and stats["max_window_requests"] <= 8
+    adopted = engine.limits.limits
+    assert engine.stats.adopted_limit == adopted.describe() and adopted.requests <= 8
+    if not polls_count:  # the spec says polls are free: they never count, and are timed finely
+        assert not adopted.polls_count and engine.latency.polls_free
+    assert engine.latency.polls_free is not adopted.polls_count
+    assert 1 <= engine.stats.rate_limited <= 20  # the 429s that showed the cap, not one per request
+
+
+async def test_an_explicit_cap_is_kept_as_given_and_never_replaced(sandbox_factory):
+    sb = sandbox_factory(rate_limit=8, window_s=30.0)  # the API allows half of what the spec claims
+    explicit = Limits(requests=16, window_s=30.0 / TEST_TIME_SCALE, max_in_flight=10)
+    config = replace(AUTO, limits=explicit)
+    outcomes, engine = await run_all(sb.url, jobs(20), config)
+    assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 20}
+    assert engine.stats.rate_limited >= 1 and engine.stats.adopted_limit is None
+    assert engine.limits.limits == explicit and not engine.latency.polls_free
+
+
+async def test_402_past_five_in_flight_every_image_after_waiting(sandbox_factory):
+    sb = sandbox_factory(limit_model="docs", payment_limit=5)
+    outcomes, engine = await run_all(sb.url, jobs(30))
+    stats = sb.stats()
+    assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 30}
+    assert engine.halted is None and engine.stats.payment_waits == stats["payment_required"] >= 1
+    assert stats["max_in_flight"] <= 5 and stats["duplicate_creates"] == 0
+
+
+async def test_402_with_nothing_of_ours_in_flight_halts_after_spaced_tries(sandbox_factory):
+    sb = sandbox_factory(limit_model="docs", payment_limit=3, held_by_others=3)  # others spend the balance
+    config = replace(AUTO, idle_retry_s=0.01, max_backoff_s=0.05)
+    async with ApiClient(sb.url, ApiKey("sk-limits-test")) as client:
+        engine = Engine(client, LocalBudget(config.limits), config)
+        with pytest.raises(PaymentRequired):
+            _ = [outcome async for outcome in engine.run(jobs(30))]
+    stats = sb.stats()
+    # The first creates went together (one try) and lowered the gate to one; then one job tried, spaced.
+    assert engine.limits.gate.cap == 1 and engine.limits.gate.idle_refusals == config.payment_tries
+    assert stats["creates"] == 0 and stats["payment_required"] <= 10 + config.payment_tries - 1
+
+
+async def test_a_stuck_prediction_keeps_its_slot_after_a_cancel_the_api_ignores(sandbox_factory):
+    sb = sandbox_factory(
+        limit_model="docs",
+        max_in_flight=4,
+        never_finish_rate=0.2,
+        cancel_ignored_rate=1.0,
+        cancel_late_s=15.0,
+        seed=3,
+    )
+    config = replace(AUTO, limits=Limits.auto(max_in_flight=4), deadline_s=0.5, min_deadline_s=0.1)
+    outcomes, engine = await run_all(sb.url, jobs(30), config)
+    stats = sb.stats()
+    timed_out = [o for o in outcomes if o.status is JobStatus.TIMED_OUT]
+    assert timed_out and len(outcomes) == 30
+    assert all("cancelled" in (o.error_message or "") for o in timed_out)
+    # Had a slot been released at the cancel, the organisation's cap would have answered 429.
+    assert stats["throttled"] == 0 and stats["cancels_ignored"] == len(timed_out)
+    assert stats["predictions_by_status"]["processing"] == 0  # every one ended before its job did
+
+
+async def test_a_prediction_cancelled_as_stuck_that_succeeds_after_all_is_fetched_and_kept(sandbox_factory):
+    sb = sandbox_factory(
+        limit_model="docs",
+        latency_sigma=0.05,
+        latency_tail_rate=0.15,
+        latency_tail_factor=12.0,
+        cancel_ignored_rate=1.0,
+        seed=5,
+    )
+    config = replace(AUTO, stuck_factor=3.0, min_deadline_s=0.0)
+    batch = jobs(60)
+    outcomes, engine = await run_all(sb.url, batch, config)
+    stats = sb.stats()
+    assert stats["requests"]["cancel"] >= 1 and engine.stats.late_successes >= 1
+    assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 60}  # paid for, so kept
+    assert all(o.sha256 for o in outcomes) and stats["duplicate_creates"] == 0
+    assert sum(stats["creates_per_input"][input_hash(MODEL, job.inputs)] for job in batch) == 60
+
+
+async def test_a_429_on_a_create_caps_creates_and_one_on_a_poll_then_counts_polls():
+    now = [100.0]
+    config = replace(AUTO, limits=Limits.auto(max_in_flight=10))
+    budget = LocalBudget(config.limits, clock=lambda: now[0])
+    stats = EngineStats()
+    limits = ApiLimits(config, budget, LatencyModel(), stats, lambda: now[0])
+    for n in range(60):  # 20 creates and 40 polls answered over 3 s
+        now[0] = 100.0 + n * 0.05
+        limits.answered("create" if n % 3 == 0 else "poll")
+    await limits.rate_limited("create", Throttled("too many requests", retry_after_s=3.0), now[0])
+    first = limits.limits
+    assert (first.requests, first.polls_count) == (20, False) and first.window_s == pytest.approx(5.95)
+    assert limits.latency.polls_free  # polls are not known to count: still timed finely
+    now[0] += 3.0
+    await limits.rate_limited("poll", Throttled("too many requests", retry_after_s=0.5), now[0])
+    second = limits.limits
+    assert second.polls_count and second.requests == 60 and second.window_s == first.window_s
+    assert not limits.latency.polls_free and stats.rate_limited == 2
+    assert stats.adopted_limit == second.describe()
+    await budget.aclose()
+
+
+@pytest.mark.parametrize(
+    ("kind", "message", "active", "room"),
+    [
+        ("create", "too many requests; too many concurrent executions for the organisation", 3, True),
+        ("create", "at most 10 predictions in flight per API key", 3, True),
+        ("create", "too many requests; at most 60 requests per 60 s per API key", 10, False),
+        ("create", "too many requests", 10, True),  # unsaid, with our cap full: a full organisation
+        ("create", "too many requests", 3, False),  # unsaid, well below our cap: the request rate
+        ("poll", "too many concurrent executions", 10, False),  # a poll starts nothing
+    ],
+)
+async def test_a_429_is_read_for_what_it_is_about(kind, message, active, room):
+    async with ApiClient("http://127.0.0.1:9", ApiKey("sk-limits-test")) as client:
+        engine = Engine(client, LocalBudget(AUTO.limits), AUTO)
+        for _ in range(active):
+            await engine.limits.gate.enter()
+        assert engine.limits.about_room(kind, Throttled(message, retry_after_s=None)) is room
+
+
+def test_the_run_summary_says_how_the_limits_were_met():
+    stats = EngineStats(rate_limited=2, room_waits=3, payment_waits=4, late_successes=1)
+    stats.adopted_limit = "60 requests per 6 s (polls count), 10 in flight"
+    rows = {row["metric"]: row["value"] for row in summary_rows(RunProgress(total=1, engine=stats))}
+    assert rows["request cap adopted from the API"] == stats.adopted_limit
+    assert rows["429s about the request rate"] == 2
+    assert rows["creates that waited for room (429, concurrency)"] == 3
+    assert rows["creates that waited for the balance (402)"] == 4
+    assert rows["cancelled as stuck, then succeeded"] == 1
+    quiet = {row["metric"]: row["value"] for row in summary_rows(RunProgress(total=1, engine=EngineStats()))}
+    assert (
+        quiet["request cap adopted from the API"] == "none"
+        and "cancelled as stuck, then succeeded" not in quiet
+    )
