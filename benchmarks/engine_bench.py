@@ -1,12 +1,26 @@
-"""Engine benchmark: the engine against the sandbox at ×10 time, beside the seed page's plain loop.
+"""Engine benchmark: the engine against the sandbox at x10 time, beside the seed page's plain loop, per case.
 
-For polls counted and not counted it prints images, 429s, duplicate creates, API requests per image and the
-span from first to last API request against the floor the quota allows (requests needed at the allowed
-rate), for the engine and for the seed page's loop (create, poll every second, ten at a time, no budget),
-run in the same process against the same sandbox settings. Then the engine's own overhead: jobs per second
-with the limits lifted and zero latency, against the bare HTTP calls it makes.
+A case is a latency spread (lognormal sigma 0.1, 0.25, 0.5, and 0.25 with a heavy tail: 10% of predictions
+take up to 5x longer), a limit model and a fault mix:
 
-    .venv/bin/python benchmarks/engine_bench.py [--images 120] [--scale 10] [--overhead-jobs 3000]
+- page-counted: the model page's 60 requests per window (6 s at x10), polls counted, 10 in flight per key;
+- page-free: the same with polls free of the limit;
+- docs: the documentation's: no request-rate limit, 10 concurrent executions per organisation, 429s that
+  speak of concurrent executions, no Retry-After;
+- docs-held: the same with 3 of the 10 slots held by other keys of the organisation;
+- 402: the docs model with a 402 for every create while 5 are in flight.
+
+The engine runs as a spec would by default (`rate_limit: auto`, `max_concurrent: 10`), told nothing of the
+limit model. Beside it, in the same process and against a fresh sandbox with the same settings, the seed
+page's loop: create (again a second later if refused), poll every second, ten at a time, no budget; it gives
+a prediction up at the API's own 300 s timeout. The sandbox runs in its own process.
+
+For each run: images, 429s, 402s, duplicate creates, API requests per image, the span from first to last API
+request, the floor (the larger of images x mean latency / slots available, and the requests the rate limit
+needs at its rate: 2 per image when polls count, 1 when not), and the engine's span against the loop's.
+
+    .venv/bin/python benchmarks/engine_bench.py                      # every case (~20 min)
+    .venv/bin/python benchmarks/engine_bench.py --spreads 0.25 --models docs,docs-held --faults none
 """
 
 from __future__ import annotations
@@ -15,13 +29,17 @@ import argparse
 import asyncio
 import io
 import itertools
+import json
+import os
 import time
+import urllib.request
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import httpx
 from PIL import Image
+from support import sandbox_process
 
-from promptgrid.sandbox.server import SandboxConfig, running_sandbox
 from promptgrid.settings import ApiKey
 from promptgrid.tasks.api.client import ApiClient
 from promptgrid.tasks.engine.config import EngineConfig
@@ -33,6 +51,29 @@ from promptgrid.types import Job, JobStatus
 
 MODEL = "stable-diffusion-3-5-large"
 KEY = ApiKey("sk-benchmark-key")
+API_TIMEOUT_S = 300.0  # the API's own timeout for a prediction: where the seed loop gives up
+
+SPREADS: dict[str, tuple[str, ...]] = {
+    "0.1": ("--latency-sigma", "0.1"),
+    "0.25": ("--latency-sigma", "0.25"),
+    "0.5": ("--latency-sigma", "0.5"),
+    "tail": ("--latency-sigma", "0.25", "--latency-tail-rate", "0.1", "--latency-tail-factor", "5"),
+}
+MODELS: dict[str, tuple[str, ...]] = {
+    "page-counted": ("--limit-model", "page"),
+    "page-free": ("--limit-model", "page", "--no-polls-count"),
+    "docs": ("--limit-model", "docs", "--no-retry-after"),
+    "docs-held": ("--limit-model", "docs", "--no-retry-after", "--held-by-others", "3"),
+    "402": ("--limit-model", "docs", "--no-retry-after", "--payment-limit", "5"),
+}
+FAULTS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "mix": (
+        *("--get-5xx-rate", "0.05", "--create-5xx-rate", "0.02", "--error-rate", "0.05"),
+        *("--never-finish-rate", "0.02", "--cancel-ignored-rate", "0.5", "--url-lifetime-s", "60"),
+    ),
+}
+SLOTS = {"page-counted": 10, "page-free": 10, "docs": 10, "docs-held": 7, "402": 5}
 
 
 class RecordingTransport(httpx.AsyncHTTPTransport):
@@ -52,41 +93,51 @@ class RecordingTransport(httpx.AsyncHTTPTransport):
 class Figures:
     images: int
     throttled: int
+    payment: int
     duplicates: int
     requests: int
     span_s: float
     floor_s: float
 
-    def row(self, name: str, count: int) -> str:
+    def row(self, case: str, runner: str, count: int, against: Figures | None = None) -> str:
+        versus = f"{self.span_s / against.span_s:>10.2f}x" if against else " " * 11
         ratio = self.span_s / self.floor_s
         return (
-            f"| {name:<24} | {self.images:>3}/{count} | {self.throttled:>5} | {self.duplicates:>4} | "
-            f"{self.requests / count:>7.2f} | {self.span_s:>6.1f} | {self.floor_s:>5.1f} | {ratio:>9.2f}x |"
+            f"| {case:<24} | {runner:<9} | {self.images:>3}/{count} | {self.throttled:>5} | "
+            f"{self.payment:>4} | {self.duplicates:>4} | {self.requests / count:>7.2f} | "
+            f"{self.span_s:>6.1f} | {self.floor_s:>5.1f} | {ratio:>9.2f}x | {versus} |"
         )
+
+
+HEADER = (
+    "| case                     | runner    | images  |   429 |  402 | dups | req/img | span s | floor | "
+    "span/floor | engine/loop |\n"
+    "|--------------------------|-----------|---------|-------|------|------|---------|--------|-------|"
+    "------------|-------------|"
+)
 
 
 def make_jobs(count: int) -> list[Job]:
     jobs = []
     for n in range(count):
-        inputs, _ = check_input(MODEL, {"prompt": f"a lighthouse at dusk, take {n}", "seed": n})
+        inputs, _ = check_input(
+            MODEL, {"prompt": f"a lighthouse at dusk, take {n}", "seed": n, "output_format": "jpg"}
+        )
         jobs.append(Job(job_id=f"job-{n}", model=MODEL, inputs=inputs))
     return jobs
 
 
-async def run_engine(
-    url: str, jobs: list[Job], limits: Limits, scale: float
-) -> tuple[int, RecordingTransport]:
+async def run_engine(url: str, jobs: list[Job], scale: float) -> tuple[int, RecordingTransport]:
+    """The engine as a spec runs it by default: `rate_limit: auto`, 10 in flight."""
     transport = RecordingTransport()
-    config = EngineConfig(limits=limits).scaled(scale)
+    config = EngineConfig(limits=Limits.auto(max_in_flight=10)).scaled(scale)
     async with ApiClient(url, KEY, transport=transport) as client:
         engine = Engine(client, LocalBudget(config.limits), config)
         images = sum([outcome.status is JobStatus.SUCCESS async for outcome in engine.run(jobs)])
     return images, transport
 
 
-async def run_seed_loop(
-    url: str, jobs: list[Job], limits: Limits, scale: float
-) -> tuple[int, RecordingTransport]:
+async def run_seed_loop(url: str, jobs: list[Job], scale: float) -> tuple[int, RecordingTransport]:
     """The seed page's loop: create, then poll every (API) second until done; ten at a time, no budget."""
     transport = RecordingTransport()
     tick = 1.0 / scale
@@ -97,25 +148,32 @@ async def run_seed_loop(
         async def worker() -> None:
             nonlocal images
             for job in queue:
-                got = await seed_one(client, job, tick)
+                got = await seed_one(client, job, tick, API_TIMEOUT_S / scale)
                 images += got
 
-        await asyncio.gather(*(worker() for _ in range(limits.max_in_flight)))
+        await asyncio.gather(*(worker() for _ in range(10)))
     return images, transport
 
 
-async def seed_one(client: ApiClient, job: Job, tick: float) -> int:
+async def seed_one(client: ApiClient, job: Job, tick: float, give_up_s: float) -> int:
     headers = {"X-API-Key": KEY.reveal()}
     body = {"model": job.model, "version": job.version, "input": dict(job.inputs)}
-    while True:  # a 429 on create created nothing: wait a second and try again
-        answer = await client._http.post("/v1/prediction/", json=body, headers=headers)
+    while True:  # a refused create (429, 402, 5xx) created nothing: wait a second and try again
+        try:
+            answer = await client._http.post("/v1/prediction/", json=body, headers=headers)
+        except httpx.TransportError:
+            return 0
         if answer.status_code == 200:
             break
         await asyncio.sleep(tick)
     pid = answer.json()["predictionID"]
-    while True:
+    deadline = time.monotonic() + give_up_s
+    while time.monotonic() < deadline:
         await asyncio.sleep(tick)
-        answer = await client._http.get(f"/v1/prediction/{pid}", headers=headers)
+        try:
+            answer = await client._http.get(f"/v1/prediction/{pid}", headers=headers)
+        except httpx.TransportError:
+            continue
         if answer.status_code != 200:
             continue
         status = answer.json()["status"]
@@ -124,19 +182,25 @@ async def seed_one(client: ApiClient, job: Job, tick: float) -> int:
             return int(output.status_code == 200)
         if status in ("error", "cancelled"):
             return 0
+    return 0
 
 
-def measure(runner, jobs: list[Job], polls_count: bool, scale: float) -> Figures:
-    limits = Limits(requests=60, window_s=60.0 / scale, max_in_flight=10, polls_count=polls_count)
-    config = SandboxConfig(time_scale=scale, polls_count=polls_count, seed=1)
-    with running_sandbox(config) as sandbox:
-        images, transport = asyncio.run(runner(sandbox.url, jobs, limits, scale))
-        stats = sandbox.stats()
-    per_image = 2 if polls_count else 1
-    floor = len(jobs) * per_image / limits.requests * limits.window_s
+Runner = Callable[[str, list[Job], float], Awaitable[tuple[int, RecordingTransport]]]
+
+
+def measure(runner: Runner, jobs: list[Job], options: tuple[str, ...], model: str, scale: float) -> Figures:
+    with sandbox_process("--time-scale", str(scale), "--seed", "1", *options) as url:
+        images, transport = asyncio.run(runner(url, jobs, scale))
+        stats = json.load(urllib.request.urlopen(f"{url}/sandbox/stats"))
+    latency = stats["mean_success_latency_s"] or 0.0
+    floor = len(jobs) * latency / SLOTS[model]
+    if model.startswith("page"):
+        per_image = 2 if model == "page-counted" else 1
+        floor = max(floor, len(jobs) * per_image / 60 * (60.0 / scale))
     return Figures(
         images=images,
         throttled=stats["throttled"],
+        payment=stats["payment_required"],
         duplicates=stats["duplicate_creates"],
         requests=len(transport.sent),
         span_s=transport.sent[-1] - transport.sent[0],
@@ -186,33 +250,45 @@ async def engine_overhead(count: int) -> tuple[float, float]:
         for job in jobs[: count // 3]:
             pid = await client.create(job.model, job.version, job.inputs)
             prediction = await client.get(pid)
+            assert prediction.output_url is not None
             await client.storage.get(prediction.output_url)
         bare_rate = (count // 3) / (time.perf_counter() - started)
     return engine_rate, bare_rate
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--images", type=int, default=120)
     parser.add_argument("--scale", type=float, default=10.0)
+    parser.add_argument("--spreads", default=",".join(SPREADS))
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--faults", default=",".join(FAULTS))
     parser.add_argument("--overhead-jobs", type=int, default=3000)
     args = parser.parse_args()
     jobs = make_jobs(args.images)
-    window = 60 / args.scale
-    print(f"{args.images} images, sandbox at x{args.scale:g}: 60 requests per {window:g} s, 10 in flight")
-    print("| run                      | images  |   429 | dups | req/img | span s | floor | span/floor |")
-    print("|--------------------------|---------|-------|------|---------|--------|-------|------------|")
-    for polls_count in (True, False):
-        label = "polls counted" if polls_count else "polls free"
-        for name, runner in (("engine", run_engine), ("seed loop", run_seed_loop)):
-            figures = measure(runner, jobs, polls_count, args.scale)
-            print(figures.row(f"{name}, {label}", args.images), flush=True)
-    engine_rate, bare_rate = asyncio.run(engine_overhead(args.overhead_jobs))
-    print(
-        f"\noverhead, limits lifted, zero latency, 8x8 png outputs: engine {engine_rate:,.0f} jobs/s; "
-        f"the bare create+get+download calls in sequence {bare_rate:,.0f} jobs/s "
-        f"(engine/bare {engine_rate / bare_rate:.2f}x)"
-    )
+    print(f"{args.images} images, sandbox at x{args.scale:g} (median latency {8 / args.scale:g} s); "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
+    print(HEADER)
+    slower = []
+    for faults in args.faults.split(","):
+        spreads = args.spreads.split(",") if faults == "none" else ["0.25"]
+        for spread, model in itertools.product(spreads, args.models.split(",")):
+            case = f"{model}, {spread}" + ("" if faults == "none" else ", faults")
+            options = (*MODELS[model], *SPREADS[spread], *FAULTS[faults])
+            loop = measure(run_seed_loop, jobs, options, model, args.scale)
+            engine = measure(run_engine, jobs, options, model, args.scale)
+            print(engine.row(case, "engine", args.images, loop), flush=True)
+            print(loop.row(case, "seed loop", args.images), flush=True)
+            if engine.span_s > loop.span_s:
+                slower.append(case)
+    print(f"\nengine slower than the seed loop in: {', '.join(slower) or 'no case'}")
+    if args.overhead_jobs:
+        engine_rate, bare_rate = asyncio.run(engine_overhead(args.overhead_jobs))
+        print(
+            f"overhead, limits lifted, zero latency, 8x8 png outputs: engine {engine_rate:,.0f} jobs/s; "
+            f"the bare create+get+download calls in sequence {bare_rate:,.0f} jobs/s "
+            f"(engine/bare {engine_rate / bare_rate:.2f}x)"
+        )
 
 
 if __name__ == "__main__":
