@@ -67,6 +67,14 @@ class SandboxConfig:
     error_codes: tuple[tuple[str, bool], ...] = DEFAULT_ERROR_CODES
     never_finish_rate: float = 0.0
     url_lifetime_s: float = 3600.0
+    # A slow output host: outputs are sent one byte every `output_drip_s` (0: at once).
+    output_drip_s: float = 0.0
+    # GET /v1/executions: absent (404, as on servers that never had it), or failing a share of the time
+    # (500), since Eachlabs has called the listing unreliable.
+    executions_endpoint: bool = True
+    executions_fail_rate: float = 0.0
+    # A misbehaving API: error answers and failed predictions echo the caller's key in codes and messages.
+    echo_key: bool = False
     cost_per_image_usd: float = PRICE_PER_IMAGE_USD
     # The API's variants: which model slug spelling it knows ("any", "dotted", "dashed"), whether it reads
     # only `Authorization: Bearer`, which model endpoints answer ("model": GET /v1/model, "openapi": the
@@ -99,9 +107,11 @@ class SandboxConfig:
             problems.append("cancel_late_s must be >= 0 and latency_tail_factor >= 1")
         if self.latency_median_s < 0 or self.latency_sigma < 0 or self.url_lifetime_s <= 0:
             problems.append("latency_median_s and latency_sigma must be >= 0, url_lifetime_s positive")
+        if self.output_drip_s < 0:
+            problems.append("output_drip_s must be >= 0")
         rates = (
             *("create_5xx_rate", "get_5xx_rate", "drop_rate", "error_rate", "never_finish_rate"),
-            *("cancel_ignored_rate", "latency_tail_rate"),
+            *("cancel_ignored_rate", "latency_tail_rate", "executions_fail_rate"),
         )
         for name in (*rates, "drop_after_create_share", "queue_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:

@@ -49,6 +49,7 @@ class Dice:
         self._seeds = random.Random(f"seeds-{config.seed}")
         self._tails = random.Random(f"tails-{config.seed}")
         self._cancels = random.Random(f"cancels-{config.seed}")
+        self._listing = random.Random(f"listing-{config.seed}")
 
     def _hit(self, rng: random.Random, rate: float) -> bool:
         return rate > 0 and rng.random() < rate
@@ -68,6 +69,9 @@ class Dice:
         if self._hit(self._faults, self.config.get_5xx_rate):
             return GetFault.SERVER_ERROR
         return GetFault.NONE
+
+    def listing_fails(self) -> bool:
+        return self._hit(self._listing, self.config.executions_fail_rate)
 
     def server_error_status(self) -> int:
         return self._faults.choice(SERVER_ERROR_STATUSES)

@@ -114,7 +114,7 @@ class Counters:
         return {
             "requests": {
                 kind: self.requests[kind]
-                for kind in ("create", "get", "cancel", "output", "model", "openapi")
+                for kind in ("create", "get", "cancel", "executions", "output", "model", "openapi")
             },
             "throttled": self.throttled,
             "throttled_by": {reason: self.throttled_by[reason] for reason in ("rate", "concurrency")},

@@ -22,14 +22,15 @@ from typing import Any, TypeVar
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from promptgrid.sandbox.config import SandboxConfig, system_clock
+from promptgrid.sandbox.leaks import echo_key
 from promptgrid.sandbox.models import find_model, model_detail, openapi_document
 from promptgrid.sandbox.replies import Reply
-from promptgrid.sandbox.service import SandboxService, key_owner
+from promptgrid.sandbox.service import SandboxService, key_owner, presented_key
 from promptgrid.tasks.models.catalog import CONTENT_TYPES
 
 __all__ = ["SandboxConfig", "RunningSandbox", "create_app", "running_sandbox", "serve_forever"]
@@ -46,6 +47,13 @@ def _respond(request: Request, reply: Reply) -> Response:
         request.scope[_DROP] = True
         return Response(status_code=200)
     return JSONResponse(reply.body, status_code=reply.status, headers=reply.headers)
+
+
+async def _drip(data: bytes, config: SandboxConfig) -> AsyncIterator[bytes]:
+    """A slow output host: one byte, then a pause, until the image is sent (or the client gives up)."""
+    for index in range(len(data)):
+        yield data[index : index + 1]
+        await asyncio.sleep(config.scaled(config.output_drip_s))
 
 
 def _unauthorised() -> Response:
@@ -83,13 +91,18 @@ def _routes(service: SandboxService) -> list[Route]:
     async def model_openapi(request: Request) -> Response:
         return _describe_model(service, request, "openapi", request.path_params["slug"])
 
+    def answer(request: Request, reply: Reply) -> Response:
+        if service.config.echo_key:
+            reply = echo_key(reply, presented_key(request.headers, service.config.bearer_only))
+        return _respond(request, reply)
+
     async def create(request: Request) -> Response:
         service.counters.requests["create"] += 1
         body = await request.body()
         owner = owner_of(request)
         if owner is None:
             return _unauthorised()
-        return _respond(request, service.create(owner, body))
+        return answer(request, service.create(owner, body))
 
     async def get(request: Request) -> Response:
         service.counters.requests["get"] += 1
@@ -97,21 +110,34 @@ def _routes(service: SandboxService) -> list[Route]:
         if owner is None:
             return _unauthorised()
         reply = service.get(owner, request.path_params["prediction_id"], _base_url(request))
-        return _respond(request, reply)
+        return answer(request, reply)
 
     async def cancel(request: Request) -> Response:
         service.counters.requests["cancel"] += 1
         owner = owner_of(request)
         if owner is None:
             return _unauthorised()
-        return _respond(request, service.cancel(owner, request.path_params["prediction_id"]))
+        return answer(request, service.cancel(owner, request.path_params["prediction_id"]))
+
+    async def executions(request: Request) -> Response:
+        service.counters.requests["executions"] += 1
+        owner = owner_of(request)
+        if owner is None:
+            return _unauthorised()
+        return answer(request, service.executions(owner, request.query_params, _base_url(request)))
 
     async def output(request: Request) -> Response:
         service.counters.requests["output"] += 1
         status, content, fmt = await service.output(request.path_params["name"])
         if status != 200:
             return JSONResponse(content, status_code=status)
-        return Response(content, media_type=CONTENT_TYPES[fmt], headers={"Cache-Control": "no-store"})
+        headers = {"Cache-Control": "no-store"}
+        if service.config.output_drip_s > 0:
+            assert isinstance(content, bytes)  # a 200 carries the image
+            return StreamingResponse(
+                _drip(content, service.config), media_type=CONTENT_TYPES[fmt], headers=headers
+            )
+        return Response(content, media_type=CONTENT_TYPES[fmt], headers=headers)
 
     async def stats(request: Request) -> Response:
         return JSONResponse(service.stats())
@@ -128,6 +154,8 @@ def _routes(service: SandboxService) -> list[Route]:
         Route("/v1/prediction/{prediction_id}", get, methods=["GET"]),
         Route("/v1/prediction/{prediction_id}/", get, methods=["GET"]),
         Route("/v1/prediction/{prediction_id}/cancel", cancel, methods=["POST"]),
+        Route("/v1/executions", executions, methods=["GET"]),
+        Route("/v1/executions/", executions, methods=["GET"]),
         Route("/outputs/{name}", output, methods=["GET"]),
         Route("/sandbox/stats", stats, methods=["GET"]),
         Route("/sandbox/reset", reset, methods=["POST"]),

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 
 from promptgrid.sandbox.config import SandboxConfig
+from promptgrid.sandbox.executions import list_page, parse_query
 from promptgrid.sandbox.faults import CreateFault, Dice, GetFault
 from promptgrid.sandbox.limits import Admission
 from promptgrid.sandbox.models import SandboxModel, find_model
@@ -29,15 +31,21 @@ INPUT_IMAGE_MAX_BYTES = 20 * 1024 * 1024
 INPUT_IMAGE_TIMEOUT_S = 10.0
 
 
+def presented_key(headers: Mapping[str, str], bearer_only: bool = False) -> str:
+    """The key the caller sent (X-API-Key or a Bearer token; with `bearer_only`, Bearer alone), or ""."""
+    key = "" if bearer_only else headers.get("x-api-key", "").strip()
+    if not key:
+        scheme, _, value = headers.get("authorization", "").partition(" ")
+        key = value.strip() if scheme.lower() == "bearer" else ""
+    return key
+
+
 def key_owner(headers: Mapping[str, str], required_key: str | None, bearer_only: bool = False) -> str | None:
     """Who is calling (a digest of the key, so the key itself is never kept), or None when not allowed.
 
     The key is read from `X-API-Key` or `Authorization: Bearer`; with `bearer_only`, from Bearer alone.
     """
-    key = "" if bearer_only else headers.get("x-api-key", "").strip()
-    if not key:
-        scheme, _, value = headers.get("authorization", "").partition(" ")
-        key = value.strip() if scheme.lower() == "bearer" else ""
+    key = presented_key(headers, bearer_only)
     if not key:
         return None
     if required_key is not None and not hmac.compare_digest(key.encode(), required_key.encode()):
@@ -51,6 +59,7 @@ class SandboxService:
     def __init__(self, config: SandboxConfig, clock: Callable[[], float]):
         self.config = config
         self.clock = clock
+        self.epoch = time.time() - clock()  # sandbox clock + epoch = wall-clock time, for the listing
         self.dice = Dice(config)
         self.counters = Counters()
         self.renders = RenderCache()
@@ -212,6 +221,30 @@ class SandboxService:
             "predictionID": prediction.id,
         }
         return Reply(200, body)
+
+    def executions(self, owner: str, params: Mapping[str, str], base_url: str) -> Reply:
+        """GET /v1/executions: the whole organisation's predictions (every key's), one page."""
+        now = self.clock()
+        refusal = self.admission.request(owner, self.config.polls_count, now)
+        if refusal:
+            return refusal
+        if not self.config.executions_endpoint:
+            return error(404, "Not found")
+        if self.dice.listing_fails():
+            self.counters.faults["executions_error"] += 1
+            return error(500, "Failed to list executions")
+        query = parse_query(params)
+        if isinstance(query, str):
+            return error(400, "Invalid query", message=query)
+        page = list_page(
+            self.predictions.values(),
+            query,
+            now=now,
+            epoch=self.epoch,
+            base_url=base_url,
+            cost_usd=self.config.cost_per_image_usd,
+        )
+        return Reply(200, page)
 
     def _describe(self, prediction: Prediction, base_url: str, now: float) -> dict[str, Any]:
         status = prediction.status(now)

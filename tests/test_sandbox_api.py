@@ -218,7 +218,7 @@ def test_stats_count_duplicates_and_reset_zeroes_them(sandbox_factory, manual_cl
         assert stats["max_in_flight"] == 4 and stats["max_window_requests"] == 4
         reset = client.post("/sandbox/reset").json()
     assert reset["creates"] == 0 and reset["requests"] == dict.fromkeys(
-        ("create", "get", "cancel", "output", "model", "openapi"), 0
+        ("create", "get", "cancel", "executions", "output", "model", "openapi"), 0
     )
     assert reset["predictions_by_status"] == dict.fromkeys(stats["predictions_by_status"], 0)
 

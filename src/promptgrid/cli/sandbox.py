@@ -119,6 +119,15 @@ def register(app: typer.Typer) -> None:
         size_delta_px: Annotated[
             int, typer.Option(help="Render outputs this many pixels off the expected size each way.")
         ] = 0,
+        executions: Annotated[
+            bool, typer.Option("--executions/--no-executions", help="Serve GET /v1/executions (else 404).")
+        ] = True,
+        executions_fail_rate: Annotated[
+            float, typer.Option(help="Share of executions listings answered 500.")
+        ] = 0.0,
+        echo_key: Annotated[
+            bool, typer.Option("--echo-key", help="Echo the caller's key in error answers (a leak test).")
+        ] = False,
     ) -> None:
         """Serve a local, strict stand-in for the prediction API (limits, latency, faults) until Ctrl-C."""
         from promptgrid.errors import InvalidInput
@@ -138,6 +147,7 @@ def register(app: typer.Typer) -> None:
                 slug_spelling=slug_spelling, bearer_only=bearer_only, success_status=success_status,
                 model_endpoints=tuple(name.strip() for name in model_endpoints.split(",") if name.strip()),
                 minimal_errors=minimal_errors, size_delta_px=size_delta_px,
+                executions_endpoint=executions, executions_fail_rate=executions_fail_rate, echo_key=echo_key,
             )  # fmt: skip
         except ValueError as exc:
             raise InvalidInput([f"sandbox options: {exc}"]) from None
