@@ -2,7 +2,8 @@
 
     PromptgridError             the root: `except PromptgridError` catches everything below
     ├── InvalidInput            input a person must fix (spec, grid row, flag, output); the CLI exits 2
-    │   └── UnknownModel        a model slug no catalog knows
+    │   ├── UnknownModel        a model slug no catalog knows
+    │   └── OutputInUse         another run holds the output's lease (names the holder and since when)
     ├── ApiError                a call to the prediction API that did not give the answer asked for;
     │   │                       `.prediction_id`, `.status_code`, `.request_id` when known
     │   ├── TransportFailure    no HTTP answer. `.sent` is False when the request provably never left
@@ -25,10 +26,15 @@
     ├── StorageError            the output store did not confirm a write (size or checksum mismatch)
     ├── QuotaUnavailable        the shared quota's Redis could not be reached (the message names the
     │                           server, never a password)
+    ├── OutputLeaseLost         the run could not renew its output lease in time, so another run may have
+    │                           taken the output over: no further create is sent
+    ├── RunInterrupted          the run was stopped (Ctrl-C) after saving what it had; the CLI exits 130
     ├── RunFailed               a run that could not finish its work (shards failed after retries, or
     │                           the API stopped it); the CLI exits 1
     └── ExportFailed            an export that could not finish (its source changed under it); the
                                 shards already written stay, and running it again resumes or restarts
+
+Every message is scrubbed of the API key (`promptgrid.redact`), whatever text went into it.
 
 httpx's exceptions become ApiError in `promptgrid.tasks.api.client`, botocore's and the file system's are
 raised as they are by the sinks (a run stops on them), Redis's become QuotaUnavailable in the shared quota.
@@ -39,9 +45,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from promptgrid.redact import scrub, scrub_any
+
 
 class PromptgridError(Exception):
-    """The root of every exception promptgrid raises on purpose."""
+    """The root of every exception promptgrid raises on purpose; its message never holds the API key."""
+
+    def __init__(self, *args: Any):
+        super().__init__(*(scrub_any(arg) for arg in args))
 
 
 class InvalidInput(PromptgridError):
@@ -52,7 +63,7 @@ class InvalidInput(PromptgridError):
     """
 
     def __init__(self, problems: Sequence[str], total: int | None = None):
-        self.problems = list(problems)
+        self.problems = [scrub(problem) for problem in problems]
         self.total = total if total is not None else len(self.problems)
         super().__init__(self.describe())
 
@@ -83,7 +94,7 @@ class ApiError(PromptgridError):
         request_id: str | None = None,
     ):
         super().__init__(message)
-        self.message = message
+        self.message = scrub(message)
         self.prediction_id = prediction_id
         self.status_code = status_code
         self.request_id = request_id
@@ -152,7 +163,7 @@ class FetchFailed(PromptgridError):
     def __init__(self, code: str, message: str, *, retryable: bool = False):
         super().__init__(message)
         self.code = code
-        self.message = message
+        self.message = scrub(message)
         self.retryable = retryable
 
 
@@ -162,6 +173,18 @@ class StorageError(PromptgridError):
 
 class QuotaUnavailable(PromptgridError):
     """The shared quota's Redis could not be reached; the message names the server, never a password."""
+
+
+class OutputInUse(InvalidInput):
+    """Another run holds the output (or an overlapping shard of it); nothing was sent."""
+
+
+class OutputLeaseLost(PromptgridError):
+    """The output lease expired before it could be renewed: another run may now hold the output."""
+
+
+class RunInterrupted(PromptgridError):
+    """The run was stopped on request (Ctrl-C) once the writes in progress were saved."""
 
 
 class RunFailed(PromptgridError):

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from promptgrid.defaults import API_BASE as DEFAULT_API_BASE
 from promptgrid.errors import InvalidInput
+from promptgrid.redact import add_secret
 
 API_KEY_ENV = "EACHLABS_API_KEY"
 API_BASE_ENV = "EACHLABS_API_BASE"
@@ -40,6 +41,7 @@ class ApiKey:
         if not value or not value.strip():
             raise ValueError("the API key is empty")
         self._value = value.strip()
+        add_secret(self._value)  # from now on scrubbed from everything stored or printed
 
     def reveal(self) -> str:
         """The key itself, for the one header that carries it."""

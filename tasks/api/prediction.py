@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from promptgrid.redact import scrub
+
 _MESSAGE_LIMIT = 300
 
 
@@ -56,6 +58,7 @@ class Prediction:
     retryable: bool | None = None
     predict_time_s: float | None = None
     cost_usd: float | None = None
+    inputs: Mapping[str, Any] | None = None  # as the API echoes them back (what the create sent)
 
     @property
     def finished(self) -> bool:
@@ -63,15 +66,21 @@ class Prediction:
 
 
 def parse_prediction(prediction_id: str, body: Mapping[str, Any]) -> Prediction:
-    """Read a get answer defensively: output as a string, a one-item list or {url}; errors as text or dict."""
-    raw_status = str(body.get("status", ""))
+    """Read a get answer defensively: output as a string, a one-item list or {url}; errors as text or dict.
+
+    Every text kept (status, error code and message) is scrubbed of the API key, which a careless API may
+    echo back.
+    """
+    raw_status = scrub(str(body.get("status", "")))
     status = parse_status(raw_status)
     output = body.get("output")
     raw_metrics = body.get("metrics")
     metrics: Mapping[str, Any] = raw_metrics if isinstance(raw_metrics, Mapping) else {}
+    raw_input = body.get("input")
     fields: dict[str, Any] = {
         "predict_time_s": _as_float(metrics.get("predict_time")),
         "cost_usd": _as_float(metrics.get("cost")),
+        "inputs": raw_input if isinstance(raw_input, Mapping) else None,
     }
     if status is PredictionStatus.SUCCESS:
         fields["output_url"] = _output_url(output)
@@ -99,12 +108,12 @@ def _error_detail(output: Any, body: Mapping[str, Any]) -> dict[str, Any]:
             output.get("error_message") or output.get("message") or output.get("error") or body.get("error")
         )
         return {
-            "error_code": str(output.get("error_code") or "PREDICTION_ERROR"),
-            "error_message": clip(str(text or "")),
+            "error_code": scrub(str(output.get("error_code") or "PREDICTION_ERROR")),
+            "error_message": clip(scrub(str(text or ""))),
             "retryable": retryable if isinstance(retryable, bool) else None,
         }
     text = output if isinstance(output, str) else body.get("error") or body.get("logs") or ""
-    return {"error_code": "PREDICTION_ERROR", "error_message": clip(str(text)), "retryable": None}
+    return {"error_code": "PREDICTION_ERROR", "error_message": clip(scrub(str(text))), "retryable": None}
 
 
 def _as_float(value: Any) -> float | None:
