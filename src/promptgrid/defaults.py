@@ -20,3 +20,8 @@ TYPICAL_LATENCY_S = 8.0
 # The longest prompt a rendered template may make: Stability's own API for SD3.5 caps prompts at 10,000
 # characters, and Eachlabs publishes no cap of its own.
 MAX_PROMPT_CHARS = 10_000
+# Overall deadlines, besides the per-read timeouts: one API request, one output download.
+REQUEST_DEADLINE_S = 120.0
+DOWNLOAD_DEADLINE_S = 120.0
+# The output lease: how long a run's claim on its output lasts unless renewed (it is renewed every third).
+OUTPUT_LEASE_TTL_S = 60.0

@@ -7,18 +7,26 @@ in `_send`, into the ApiError tree of `promptgrid.errors`.
 The API key goes into the auth headers and nowhere else: not in reprs, messages or logs, and any text the
 server sends back is scrubbed of it before it lands in an exception. It is sent both as `Authorization:
 Bearer` (the only form the docs show since mid-2026) and as `X-API-Key` (what older deployments read).
+
+Every request has an overall deadline (`deadline_s`) besides httpx's per-phase timeouts, so a server that
+drips its answer a byte at a time cannot hold a call for ever. A create tells its caller the moment its
+first byte is about to leave (`before_send`): through httpcore's trace extension on the default transport,
+so a create that never got a connection is never announced as sent.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
 from typing import Any, TypedDict
 from urllib.parse import quote
 
 import httpx
 
+from promptgrid.defaults import REQUEST_DEADLINE_S
 from promptgrid.errors import (
     ApiError,
     AuthenticationFailed,
@@ -32,6 +40,7 @@ from promptgrid.errors import (
     UnexpectedAnswer,
 )
 from promptgrid.settings import ApiKey, read_api_settings
+from promptgrid.tasks.api.executions import MAX_PAGE, ExecutionsPage, format_time, parse_executions
 from promptgrid.tasks.api.prediction import Prediction, clip, parse_prediction
 
 DEFAULT_TIMEOUTS = httpx.Timeout(connect=10.0, read=60.0, write=30.0, pool=60.0)
@@ -77,6 +86,25 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, when.timestamp() - (now if now is not None else time.time()))
 
 
+class _Departure:
+    """Runs a hook once, just before a request's first byte leaves; `left` says whether it got that far."""
+
+    def __init__(self, hook: Callable[[], Awaitable[None]] | None):
+        self.hook, self.left = hook, False
+
+    async def leave(self) -> None:
+        if not self.left:
+            if self.hook is not None:
+                await self.hook()
+            self.left = True
+
+    async def trace(self, event: str, info: Mapping[str, Any]) -> None:
+        # httpcore's trace events: "http11.send_request_headers.started" (or http2's) is the last moment
+        # before the request reaches the socket; connecting, TLS and waiting for the pool come before it.
+        if event.endswith("send_request_headers.started"):
+            await self.leave()
+
+
 class _SharedOptions(TypedDict):
     """What the API client and the storage client have in common."""
 
@@ -100,11 +128,15 @@ class ApiClient:
         transport: httpx.AsyncBaseTransport | None = None,
         timeouts: httpx.Timeout = DEFAULT_TIMEOUTS,
         limits: httpx.Limits | None = None,
+        deadline_s: float = REQUEST_DEADLINE_S,
     ):
         if not isinstance(api_key, ApiKey):
             raise TypeError("api_key must be a promptgrid.settings.ApiKey")
         self.base_url = base_url.rstrip("/")
+        self.deadline_s = deadline_s
         self._key = api_key
+        # Only httpcore (behind httpx's own transport) reports when a request starts to leave.
+        self._traced = transport is None or isinstance(transport, httpx.AsyncHTTPTransport)
         pool = limits or httpx.Limits(max_connections=64, max_keepalive_connections=32)
         common: _SharedOptions = {"transport": transport, "timeout": timeouts, "limits": pool}
         headers = {"Authorization": f"Bearer {api_key.reveal()}", "X-API-Key": api_key.reveal()}
@@ -134,13 +166,25 @@ class ApiClient:
         await self._http.aclose()
         await self.storage.aclose()
 
-    async def create(self, model: str, version: str, inputs: Mapping[str, Any]) -> str:
+    async def create(
+        self,
+        model: str,
+        version: str,
+        inputs: Mapping[str, Any],
+        *,
+        before_send: Callable[[], Awaitable[None]] | None = None,
+    ) -> str:
         """Start a prediction; return its id. Sends real JSON numbers, never strings.
 
         `model` is sent exactly as given: the slug the API knows. A 404 from the API is ModelNotFound.
+        `before_send` is awaited once, right before the request's first byte leaves; if the request fails
+        before that (no connection), it is never called and the failure says the request was not sent.
         """
         payload = {"model": model, "version": version, "input": dict(inputs)}
-        body = await self._send("POST", "/v1/prediction/", json=payload, not_found=ModelNotFound)
+        departure = _Departure(before_send)
+        body = await self._send(
+            "POST", "/v1/prediction/", json=payload, not_found=ModelNotFound, departure=departure
+        )
         prediction_id = body.get("predictionID") or body.get("prediction_id") or body.get("id")
         if not isinstance(prediction_id, str) or not prediction_id:
             # The server answered 2xx: something may have been created, but we cannot name it.
@@ -164,6 +208,25 @@ class ApiClient:
         """Ask the API to stop a prediction (best effort on its side)."""
         await self._send("POST", f"/v1/prediction/{prediction_id}/cancel", prediction_id=prediction_id)
 
+    async def list_executions(
+        self,
+        *,
+        model: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int = MAX_PAGE,
+        offset: int = 0,
+    ) -> ExecutionsPage:
+        """One page of the account's executions, newest first (the whole organisation's, best effort)."""
+        params: dict[str, str | int] = {"limit": limit, "offset": offset}
+        if model:
+            params["model"] = model
+        if since is not None:
+            params["from"] = format_time(since)
+        if until is not None:
+            params["to"] = format_time(until)
+        return parse_executions(await self._send("GET", "/v1/executions", params=params))
+
     async def _send(
         self,
         method: str,
@@ -171,16 +234,29 @@ class ApiClient:
         *,
         prediction_id: str | None = None,
         not_found: type[ApiError] = PredictionNotFound,
+        departure: _Departure | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
         what = f"{method} {path}"
+        if departure is not None:
+            if self._traced:
+                kwargs["extensions"] = {"trace": departure.trace}
+            else:
+                await departure.leave()
         try:
-            response = await self._http.request(method, path, **kwargs)
+            async with asyncio.timeout(self.deadline_s):
+                response = await self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            sent = not isinstance(exc, _NEVER_SENT)
+            sent = not isinstance(exc, _NEVER_SENT) and (departure is None or departure.left)
             detail = self._scrub(str(exc)) or type(exc).__name__
             raise TransportFailure(
                 f"{what}: {type(exc).__name__}: {detail}", sent=sent, prediction_id=prediction_id
+            ) from None
+        except TimeoutError:
+            raise TransportFailure(
+                f"{what}: no complete answer within {self.deadline_s:g} s",
+                sent=departure is None or departure.left,
+                prediction_id=prediction_id,
             ) from None
         context = {
             "prediction_id": prediction_id,

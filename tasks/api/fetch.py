@@ -1,8 +1,9 @@
 """Downloading a prediction's output from hosted storage and proving it is an image.
 
-Hosted outputs expire, so the engine fetches right after success. The download is streamed and capped, hashed
-as it arrives, then decoded with Pillow in a worker thread (decoding a megapixel blocks for milliseconds,
-which would delay every other prediction's poll). Pillow's limit on pixels refuses a decompression bomb before
+Hosted outputs expire, so the engine fetches right after success. The download is streamed and capped, has
+an overall deadline (a host that drips one byte at a time never trips a per-read timeout), is hashed as it
+arrives, then decoded with Pillow in a worker thread (decoding a megapixel blocks for milliseconds, which
+would delay every other prediction's poll). Pillow's limit on pixels refuses a decompression bomb before
 decoding it. Storage is not the API: these requests do not count against the request budget.
 
 A paid image is kept whatever its encoding and pixel size: Eachlabs publishes no sizes, so the real format,
@@ -22,6 +23,7 @@ from typing import Any
 import httpx
 from PIL import Image, UnidentifiedImageError
 
+from promptgrid.defaults import DOWNLOAD_DEADLINE_S
 from promptgrid.errors import FetchFailed
 from promptgrid.tasks.models.catalog import expected_size
 
@@ -58,9 +60,16 @@ async def fetch_output(
     *,
     size: tuple[int, int] | None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    deadline_s: float = DOWNLOAD_DEADLINE_S,
 ) -> FetchedImage:
     """Download `url` and check it is an image; else raise FetchFailed (OUTPUT_EXPIRED, ...)."""
-    data, digest = await _download(storage, url, max_bytes)
+    try:
+        async with asyncio.timeout(deadline_s):
+            data, digest = await _download(storage, url, max_bytes)
+    except TimeoutError:
+        raise FetchFailed(
+            "OUTPUT_FETCH_FAILED", f"the output did not download within {deadline_s:g} s", retryable=True
+        ) from None
     image_format, width, height = await asyncio.to_thread(verify_image, data)
     mismatch = None if size is None else (width, height) != tuple(size)
     return FetchedImage(data, digest, image_format, width, height, mismatch)

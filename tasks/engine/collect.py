@@ -40,7 +40,9 @@ async def fetch_image(storage: httpx.AsyncClient, config: EngineConfig, url: str
     size = expected_image(job.model, job.inputs)
     for attempt in range(config.fetch_retries + 1):
         try:
-            return await fetch_output(storage, url, size=size, max_bytes=config.output_max_bytes)
+            return await fetch_output(
+                storage, url, size=size, max_bytes=config.output_max_bytes, deadline_s=config.fetch_deadline_s
+            )
         except FetchFailed as exc:
             if not exc.retryable or attempt == config.fetch_retries:
                 raise failed(exc.code, exc.message) from None

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from promptgrid.defaults import PREDICTION_DEADLINE_S
+from promptgrid.defaults import DOWNLOAD_DEADLINE_S, PREDICTION_DEADLINE_S
 from promptgrid.tasks.api.fetch import DEFAULT_MAX_BYTES
 from promptgrid.tasks.api.polling import PollPolicy
 from promptgrid.tasks.engine.retry import RETRYABLE_CODES
@@ -45,6 +45,8 @@ class EngineConfig:
     # A prediction cancelled as stuck keeps its slot until the API says it ended, watched this long at most.
     cancel_wait_s: float = 300.0
     fetch_retries: int = 2
+    # One output download's overall limit, however the bytes trickle in; storage's clock, not the API's.
+    fetch_deadline_s: float = DOWNLOAD_DEADLINE_S
     output_max_bytes: int = DEFAULT_MAX_BYTES
     queue_size: int | None = None  # jobs started beyond the in-flight slots; default: as many as the slots
     retryable_codes: frozenset[str] = RETRYABLE_CODES

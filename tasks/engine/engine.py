@@ -8,8 +8,9 @@ in `promptgrid.tasks.engine.limits`; polling, the deadline and best-effort cance
 A run that is cancelled (Ctrl-C) leaves its predictions running: the ids already went to `on_created`, so a
 resumed run polls them instead of paying for them twice. For the same reason an exception raised by
 `on_created` (the id could not be recorded) stops the run rather than create predictions a resume cannot find.
-`on_sending` is told of each create just before it leaves, so a run that dies before reading the answer
-leaves a trace: its rerun knows that create's outcome is unknown and does not send it blindly again.
+`on_sending` is told of each create just before its first byte leaves (not before: a create cancelled
+while it waited for a connection was never sent), so a run that dies before reading the answer leaves a
+trace: its rerun knows that create's outcome is unknown and does not send it blindly again.
 `on_unsent` withdraws that trace when the create provably created nothing (never left, or was refused).
 """
 
@@ -330,21 +331,19 @@ class Engine(PredictionWaits):
         outcome: JobOutcome,
         method: Callable[..., Awaitable[T]],
         *args: Any,
-        before_send: Callable[[], Awaitable[None]] | None = None,
+        **kwargs: Any,
     ) -> T:
         """One API request through the budget; its receipt is settled once the answer (or failure) is in.
 
-        `before_send` runs after the budget admits the request and right before it leaves: the moment
-        from which a create's outcome is unknown until its answer is read.
+        A create's `before_send` (in `kwargs`) is run by the client after the budget admitted the request,
+        right before its first byte leaves: the moment from which its outcome is unknown until the answer.
         """
         receipt = await self.budget.take_request(kind)
         self.stats.requests[kind] += 1
         outcome.api_requests += 1
         sent_at = self._clock()
         try:
-            if before_send is not None:
-                await before_send()
-            answer = await method(*args)
+            answer = await method(*args, **kwargs)
         except Throttled as exc:
             self.reachability.heard(exc)
             if self.limits.about_room(kind, exc):
