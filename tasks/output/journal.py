@@ -6,18 +6,25 @@ Layout, one folder per writer so several workers share an output without touchin
 - S3 output: `journal/<writer>/<job_id>/<created>-a<attempt>-<prediction_id>.json`, one small object per
   record (a PUT is atomic; nothing is ever read, modified and written back). Loading needs only a listing,
   because the key itself carries the record; the body repeats it for people.
+
+Beside the records: intents (a create about to leave: `intents.jsonl`, `<created>-a<attempt>.intent`) and
+stored images (`images.jsonl`, `<created>-a<attempt>.image`): an image's key, size, hash and manifest row,
+written before the image itself, so a run killed before its row reached the manifest loses nothing: the
+next run finds the image, checks it against this record and writes the row without fetching or paying.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Container, Iterator
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from promptgrid.tasks.output.keys import JOURNAL_PREFIX, safe_token
 from promptgrid.tasks.output.manifest.read import latest_outcomes
@@ -30,6 +37,9 @@ _LOCAL_FILE = "records.jsonl"
 _INTENT_FILE = "intents.jsonl"
 _INTENT_SUFFIX = ".intent"
 _WITHDRAWN = "-"  # the prediction id of an intent taken back: that create never left
+_IMAGE_FILE = "images.jsonl"
+_IMAGE_SUFFIX = ".image"
+_TORN = (ValueError, TypeError, KeyError)  # what a record torn by a crash mid-write raises when parsed
 # Statuses after which a prediction needs no more polling. A timed-out prediction may still finish on
 # the server, so it stays resumable.
 FINISHED = frozenset({JobStatus.SUCCESS.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value})
@@ -59,6 +69,29 @@ class JournalRecord:
         return (self.created_at, self.attempt)
 
 
+@dataclass(frozen=True)
+class ImageRecord:
+    """An image stored (or about to be) for a job: where, how big, its hash, and the manifest row it makes."""
+
+    job_id: str
+    key: str
+    sha256: str
+    size: int  # bytes
+    attempt: int = 1
+    created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    row: dict[str, Any] = field(default_factory=dict)  # JSON-safe: timestamps as ISO 8601 text
+
+    def to_json(self) -> str:
+        fields = asdict(self) | {"created_at": self.created_at.isoformat()}
+        return json.dumps(fields, separators=(",", ":"), ensure_ascii=False, default=str)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> ImageRecord:
+        fields = json.loads(text)
+        fields["created_at"] = datetime.fromisoformat(fields["created_at"])
+        return cls(**fields)
+
+
 class Journal:
     """Append-only record of created predictions for one output; `record` is durable when it returns."""
 
@@ -69,6 +102,7 @@ class Journal:
         self._lock = threading.Lock()  # one appender at a time keeps local lines whole
         self._fd: int | None = None
         self._intent_fd: int | None = None
+        self._image_fd: int | None = None
 
     async def record(self, job_id: str, prediction_id: str, attempt: int) -> None:
         """Persist one record (fsync locally, a completed PUT on S3) without blocking the event loop.
@@ -100,11 +134,11 @@ class Journal:
     def close(self) -> None:
         """Release the local journal file; records already written stay."""
         with self._lock:
-            for fd in (self._fd, self._intent_fd):
+            for fd in (self._fd, self._intent_fd, self._image_fd):
                 if fd is not None:
                     os.fsync(fd)
                     os.close(fd)
-            self._fd = self._intent_fd = None
+            self._fd = self._intent_fd = self._image_fd = None
 
     def record_sync(self, job_id: str, prediction_id: str, attempt: int) -> JournalRecord:
         entry = self._entry(job_id, prediction_id, attempt)
@@ -142,6 +176,48 @@ class Journal:
         key = f"{JOURNAL_PREFIX}{self.writer_id}/{_key_segment(job_id)}/{name}"
         await asyncio.to_thread(self.sink.put_bytes, key, line, "application/json")
 
+    async def record_image(self, entry: ImageRecord) -> None:
+        """Persist where a job's image goes and what it must be, before the image itself is written."""
+        line = (entry.to_json() + "\n").encode("utf-8")
+        if isinstance(self.sink, LocalSink):
+            with self._lock:
+                if self._image_fd is None:
+                    target = self.sink.local_path(f"{JOURNAL_PREFIX}{self.writer_id}/{_IMAGE_FILE}")
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    self._image_fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                os.write(self._image_fd, line)
+                fd = self._image_fd
+            await asyncio.to_thread(os.fsync, fd)
+            return
+        stamp = entry.created_at.astimezone(UTC).strftime(_STAMP)
+        name = f"{stamp}-a{entry.attempt}{_IMAGE_SUFFIX}"
+        key = f"{JOURNAL_PREFIX}{self.writer_id}/{_key_segment(entry.job_id)}/{name}"
+        await asyncio.to_thread(self.sink.put_bytes, key, line, "application/json")
+
+    def images(self, skip: Container[str] = ()) -> dict[str, ImageRecord]:
+        """job_id -> its latest stored-image record, leaving out jobs in `skip` (whose bodies on S3 are not
+        even read: the job id is in the key)."""
+        found: dict[str, ImageRecord] = {}
+
+        def keep(entry: ImageRecord) -> None:
+            known = found.get(entry.job_id)
+            if entry.job_id not in skip and (known is None or known.created_at <= entry.created_at):
+                found[entry.job_id] = entry
+
+        for key in self.sink.list_keys(JOURNAL_PREFIX):
+            if key.endswith("/" + _IMAGE_FILE):
+                for line in self.sink.get_bytes(key).decode("utf-8", errors="replace").splitlines():
+                    # A line torn by a crash announces nothing: its image is fetched again if need be.
+                    with contextlib.suppress(*_TORN):
+                        keep(ImageRecord.from_json(line))
+            elif key.endswith(_IMAGE_SUFFIX):
+                segment = key[len(JOURNAL_PREFIX) :].split("/")[1]
+                if segment in skip:
+                    continue
+                with contextlib.suppress(*_TORN):  # torn by a crash: the image is fetched again if need be
+                    keep(ImageRecord.from_json(self.sink.get_bytes(key)))
+        return found
+
     def intents(self) -> Iterator[JournalRecord]:
         """Every intent of every writer: a job id and attempt, with no prediction id."""
         for key in self.sink.list_keys(JOURNAL_PREFIX):
@@ -150,17 +226,27 @@ class Journal:
 
     def uncertain(self) -> set[str]:
         """Jobs whose latest create was sent but whose prediction id never reached the journal."""
+        return set(self.unanswered())
+
+    def unanswered(self) -> dict[str, JournalRecord]:
+        """job_id -> the intent of its latest create, for creates whose prediction id never reached the
+        journal (when it was sent, and which attempt: what finding its prediction later needs)."""
         latest = self.latest()
-        last_intent: dict[str, datetime] = {}
+        last_intent: dict[str, JournalRecord] = {}
         last_withdrawn: dict[str, datetime] = {}
         for entry in self.intents():
-            seen = last_withdrawn if entry.prediction_id == _WITHDRAWN else last_intent
-            seen[entry.job_id] = max(entry.created_at, seen.get(entry.job_id, entry.created_at))
+            if entry.prediction_id == _WITHDRAWN:
+                withdrawn = last_withdrawn.get(entry.job_id, entry.created_at)
+                last_withdrawn[entry.job_id] = max(entry.created_at, withdrawn)
+                continue
+            known = last_intent.get(entry.job_id)
+            if known is None or known.sort_key() < entry.sort_key():
+                last_intent[entry.job_id] = entry
         return {
-            job_id
-            for job_id, sent_at in last_intent.items()
-            if (job_id not in latest or latest[job_id].created_at < sent_at)
-            and not (job_id in last_withdrawn and last_withdrawn[job_id] >= sent_at)
+            job_id: intent
+            for job_id, intent in last_intent.items()
+            if (job_id not in latest or latest[job_id].created_at < intent.created_at)
+            and not (job_id in last_withdrawn and last_withdrawn[job_id] >= intent.created_at)
         }
 
     def records(self) -> Iterator[JournalRecord]:

@@ -1,12 +1,17 @@
-"""The `promptgrid manifest` command: show an output's manifest by status, or compact its parts into one."""
+"""The `promptgrid manifest` command: show an output's manifest by status, compact its parts into one, or
+check it (damaged parts, stored images without rows) and repair it."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from promptgrid.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from promptgrid.tasks.output.recovery import Recovery
 
 OutputArgument = Annotated[
     str, typer.Argument(help="The run's output: a local folder or s3://bucket/prefix.")
@@ -48,3 +53,59 @@ def register(app: typer.Typer) -> None:
         before = len(part_keys(sink))
         rows = compact(sink)
         typer.echo(f"compacted {before} parts into {len(part_keys(sink))}: {rows} jobs")
+
+    @manifest_app.command("check")
+    def check_command(
+        output: OutputArgument,
+        repair: Annotated[
+            bool,
+            typer.Option(
+                "--repair",
+                help="Move damaged parts aside and rebuild rows of stored images from the journal.",
+            ),
+        ] = False,
+    ) -> None:
+        """Find damaged manifest parts and stored images without a row; with --repair, fix both.
+
+        Exit 0 when the manifest is whole (or was repaired), 1 when problems were found and left.
+        """
+        from promptgrid.tasks.output import recovery
+        from promptgrid.tasks.output.journal import Journal
+        from promptgrid.tasks.output.lease import OutputLease, lease_name
+        from promptgrid.tasks.output.manifest.read import provenance
+        from promptgrid.tasks.output.manifest.writer import ManifestWriter
+        from promptgrid.tasks.output.sinks import open_sink
+
+        sink = open_sink(output)
+        run_id = f"repair-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"
+        journal = Journal(sink, writer_id=run_id)
+        if not repair:
+            found, _ = recovery.inspect(sink, journal, whole=True)
+            _describe(found, sink.root)
+            if not found.healthy:
+                typer.echo(f"repair with: promptgrid manifest check --repair {output}")
+            raise typer.Exit(0 if found.healthy else 1)
+        # Repairing writes to the output: it holds the whole output's lease, like a run.
+        with OutputLease(sink, lease_name(), run_id) as lease:
+            lease.take()
+            spec_hash = provenance(sink).get("promptgrid.spec_hash", "")
+            with ManifestWriter(sink, run_id=run_id, spec_hash=spec_hash, worker_id="repair") as writer:
+                done = recovery.repair(sink, journal, writer, whole=True)
+        _describe(done, sink.root)
+        for moved in done.quarantined:
+            typer.echo(f"moved aside: {sink.root}/{moved}")
+        typer.echo(f"rebuilt {done.rebuilt} success rows from the journal")
+
+
+def _describe(found: Recovery, root: str) -> None:
+    typer.echo(f"manifest: {root}/manifest ({found.parts} parts)")
+    for part in found.damaged:
+        typer.echo(f"  damaged: {part.key} ({part.reason})")
+    typer.echo(
+        f"  stored images without a success row: {len(found.recoverable)} (recoverable from the journal)"
+    )
+    if found.unverified:
+        typer.echo(
+            f"  journal records whose image is missing or differs: {len(found.unverified)} "
+            "(their jobs run again, polling the predictions already paid for)"
+        )

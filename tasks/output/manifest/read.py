@@ -9,13 +9,19 @@ in for older parts, and `image_uri` points where the image is now, wherever the 
 
 "Latest" per job: a success always wins over a failure (a success must never be shadowed, and its image
 exists); among rows of the same kind the latest `completed_at` wins, then the part written last.
+
+A part that cannot be read (truncated, zero bytes, garbage) is damaged: it is skipped and reported to
+`on_damaged` (by default a warning naming it), so no reader ever stops on it. Moving it aside and
+recovering its jobs is `promptgrid.tasks.output.recovery`'s.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,6 +35,36 @@ from promptgrid.types import JobStatus
 
 _READ_THREADS = 8
 _RELIST_ATTEMPTS = 20
+_logger = logging.getLogger("promptgrid.manifest")
+_warned: set[tuple[str, str]] = set()
+
+
+class DamagedPart(NamedTuple):
+    """A manifest part that does not read as Parquet, and what the reader said."""
+
+    key: str
+    reason: str
+
+
+OnDamaged = Callable[[DamagedPart], None]
+
+
+def warn_damaged(root: str) -> OnDamaged:
+    """The default: warn once per part and process, naming it and the command that repairs it."""
+
+    def warn(part: DamagedPart) -> None:
+        if (root, part.key) not in _warned:
+            _warned.add((root, part.key))
+            _logger.warning(
+                "manifest part %s/%s is damaged (%s) and was skipped; "
+                "`promptgrid manifest check --repair %s` moves it aside and recovers its jobs",
+                root,
+                part.key,
+                part.reason,
+                root,
+            )
+
+    return warn
 
 
 def part_keys(sink: Sink) -> list[str]:
@@ -49,38 +85,67 @@ def _read_part(sink: Sink, key: str, columns: Iterable[str] | None) -> pa.Table:
     return table if columns is None or wanted is not None else table.select(columns)
 
 
-def read_parts(sink: Sink, columns: Iterable[str] | None = None, keys: list[str] | None = None) -> pa.Table:
-    """Every row of every part (or of `keys`), as one table with the unified schema.
+def read_parts(
+    sink: Sink,
+    columns: Iterable[str] | None = None,
+    keys: list[str] | None = None,
+    on_damaged: OnDamaged | None = None,
+) -> pa.Table:
+    """Every row of every readable part (or of `keys`), as one table with the unified schema.
 
     A compaction running meanwhile deletes parts only after committing their rows in a new part: a part
     that vanished is skipped and the listing taken again, until it shows nothing unread, so the reader
     still sees every job (rows of a compacted part may then appear twice; `latest_rows` folds them).
+    Damaged parts are skipped and reported to `on_damaged`.
     """
     columns = list(columns) if columns is not None else None
+    report = on_damaged or warn_damaged(sink.root)
     if keys is not None:
-        return _concat([_read_part(sink, key, columns) for key in keys], columns)
+        found = _read_existing(sink, keys, columns, report)
+        return _concat([found[key] for key in keys if key in found], columns)
     tables: dict[str, pa.Table] = {}
+    damaged: set[str] = set()
+
+    def note(part: DamagedPart) -> None:
+        damaged.add(part.key)
+        report(part)
+
     for _ in range(_RELIST_ATTEMPTS):
-        unread = [key for key in part_keys(sink) if key not in tables]
-        found = _read_existing(sink, unread, columns)
+        unread = [key for key in part_keys(sink) if key not in tables and key not in damaged]
+        found = _read_existing(sink, unread, columns, note)
         tables.update(found)
-        if len(found) == len(unread):
+        if len(found) == len([key for key in unread if key not in damaged]):
             return _concat(list(tables.values()), columns)
     raise FileNotFoundError(f"{sink.root}: manifest parts kept vanishing while being read")
 
 
-def _read_existing(sink: Sink, keys: list[str], columns: list[str] | None) -> dict[str, pa.Table]:
-    def read(key: str) -> pa.Table | None:
+def read_keys(sink: Sink, keys: list[str], on_damaged: OnDamaged) -> dict[str, pa.Table]:
+    """The parts among `keys` that read, whole; the others reported to `on_damaged`."""
+    return _read_existing(sink, keys, None, on_damaged)
+
+
+def _read_existing(
+    sink: Sink, keys: list[str], columns: list[str] | None, on_damaged: OnDamaged
+) -> dict[str, pa.Table]:
+    def read(key: str) -> pa.Table | DamagedPart | None:
         try:
             return _read_part(sink, key, columns)
         except FileNotFoundError:
             return None
+        except (pa.ArrowException, OSError) as exc:  # truncated, empty, or not Parquet at all
+            return DamagedPart(key, f"{type(exc).__name__}: {exc}")
 
     if not keys:
         return {}
     with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(keys))) as pool:
         found = dict(zip(keys, pool.map(read, keys), strict=True))
-    return {key: table for key, table in found.items() if table is not None}
+    tables = {}
+    for key, result in found.items():
+        if isinstance(result, DamagedPart):
+            on_damaged(result)
+        elif result is not None:
+            tables[key] = result
+    return tables
 
 
 def _concat(tables: list[pa.Table], columns: list[str] | None) -> pa.Table:
@@ -132,9 +197,9 @@ def latest_outcomes(sink: Sink) -> dict[str, tuple[str, str | None]]:
     )
 
 
-def latest_status(sink: Sink) -> dict[str, str]:
+def latest_status(sink: Sink, on_damaged: OnDamaged | None = None) -> dict[str, str]:
     """job_id -> status of its latest row (cheap: reads only job_id, status and completed_at)."""
-    table = latest_rows(read_parts(sink, columns=STATUS_COLUMNS[:3]))
+    table = latest_rows(read_parts(sink, columns=STATUS_COLUMNS[:3], on_damaged=on_damaged))
     return dict(zip(table["job_id"].to_pylist(), table["status"].to_pylist(), strict=True))
 
 
@@ -149,6 +214,8 @@ def provenance(sink: Sink) -> dict[str, str]:
         try:
             metadata = _read_part(sink, key, columns=["job_id"]).schema.metadata or {}
         except FileNotFoundError:  # compacted away since the listing
+            continue
+        except (pa.ArrowException, OSError):  # damaged: the read that needs its rows warns about it
             continue
         return {k.decode(): v.decode() for k, v in metadata.items() if k.startswith(b"promptgrid.")}
     return {}

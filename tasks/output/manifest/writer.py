@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import promptgrid
 from promptgrid.tasks.output.keys import manifest_part_key
 from promptgrid.tasks.output.manifest.locate import key_under_root
-from promptgrid.tasks.output.manifest.read import latest_rows, part_keys, read_parts
+from promptgrid.tasks.output.manifest.read import latest_rows, part_keys, read_keys
 from promptgrid.tasks.output.manifest.rows import outcome_row, rows_to_table
 from promptgrid.tasks.output.sinks import Sink
 from promptgrid.types import Job, JobOutcome
@@ -92,6 +92,14 @@ class ManifestWriter:
             if len(self._rows) >= self.rows_per_part or self._flush_due():
                 self._flush_locked()
 
+    def add_row(self, row: dict[str, Any]) -> None:
+        """Buffer a row made earlier (one rebuilt from the journal), as it is."""
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the manifest writer is closed")
+            self._rows.append(row)
+            self.counts[row["status"]] += 1
+
     def maybe_flush(self) -> None:
         """Commit buffered rows once `flush_s` has passed: a periodic tick for when no outcome arrives."""
         with self._lock:
@@ -136,10 +144,13 @@ def compact(sink: Sink) -> int:
     The compacted part is committed before any old part is deleted, and parts written meanwhile by a
     running worker are left alone, so a reader sees the same latest view at every moment.
     """
-    keys = part_keys(sink)
+    damaged: set[str] = set()
+    readable = read_keys(sink, part_keys(sink), lambda part: damaged.add(part.key))
+    keys = sorted(readable)
     if not keys:
         return 0
-    table = latest_rows(read_parts(sink, keys=keys))
+    # Damaged parts are left where they are (`promptgrid manifest check --repair` moves them aside).
+    table = latest_rows(pa.concat_tables([readable[key] for key in keys], promote_options="default"))
     metadata = dict(table.schema.metadata or {})
     metadata[b"promptgrid.compacted_from"] = str(len(keys)).encode()
     metadata[b"promptgrid.version"] = promptgrid.__version__.encode()
