@@ -33,9 +33,11 @@ async def backfill(
     max_concurrent: int | None = None,
     price_per_image: float = PRICE_PER_IMAGE_USD,
     time_scale: float = 1.0,
+    wait: bool = False,
 ) -> State[dict[str, Any]]:
     """Re-run the jobs in `output` whose latest status is in `statuses` (and that match `where`, SQL)."""
-    text, jobs = jobs_to_backfill(output, list(statuses or DEFAULT_STATUSES), where)
+    chosen = list(statuses or DEFAULT_STATUSES)
+    text, jobs = jobs_to_backfill(output, chosen, where)
     flags = spec_overrides(None, api_base, rate_limit, max_concurrent)
     api = saved_api_config(text, {**environment_overrides(), **flags})
     spec_hash = provenance(open_sink(output)).get("promptgrid.spec_hash", "")
@@ -44,7 +46,12 @@ async def backfill(
     )
     fail_when = FailWhen.of_saved_spec(text)
     plan = RunPlan(api, output, text, spec_hash, lambda: [jobs], fail_when=fail_when, models=models)
-    selection = Selection(rerun=frozenset(job.job_id for job in jobs))
+    selection = Selection(rerun=frozenset(job.job_id for job in jobs), rerun_successes="success" in chosen)
     return await run_plan(
-        plan, selection, price_per_image=price_per_image, time_scale=time_scale, run_id=current_run_id()
+        plan,
+        selection,
+        price_per_image=price_per_image,
+        time_scale=time_scale,
+        run_id=current_run_id(),
+        wait=wait,
     )

@@ -43,6 +43,7 @@ async def generate(
     report: bool = True,
     spec_text: str | None = None,
     resolved_models: dict[str, Any] | None = None,
+    wait: bool = False,
 ) -> State[dict[str, Any]]:
     """Generate every image of a spec that its output does not have yet.
 
@@ -56,7 +57,7 @@ async def generate(
     the spec itself when it was never a file (built in Python): `spec_path` then only names it, and relative
     paths in it start from `spec_path`'s folder. The spec's models are resolved first (which slug the API
     knows, their schemas), unless `resolved_models` brings a resolution made just before (the command
-    line's).
+    line's). Another run holding the output (or an overlapping shard) stops this one at once, unless `wait`.
     """
     overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count)
     environment = environment_overrides()
@@ -78,4 +79,5 @@ async def generate(
         time_scale=time_scale,
         run_id=current_run_id(),
         report=report,
+        wait=wait,
     )

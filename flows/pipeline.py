@@ -21,8 +21,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect.utilities.annotations import quote
 
+from promptgrid import interrupts
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
-from promptgrid.errors import ApiError, InvalidInput
+from promptgrid.errors import ApiError, InvalidInput, RunInterrupted
 from promptgrid.flows.planning import RunPlan, Selection, Tally, plan_selection, select_jobs
 from promptgrid.settings import read_api_settings
 from promptgrid.tasks.api.client import ApiClient
@@ -32,8 +33,16 @@ from promptgrid.tasks.engine.engine import Engine
 from promptgrid.tasks.engine.progress import RunProgress, TerminalProgress
 from promptgrid.tasks.output.input_images import InputImages, InputServer, classify_image_ref
 from promptgrid.tasks.output.journal import Journal
+from promptgrid.tasks.output.lease import OutputLease, holding, lease_name, take_lease
 from promptgrid.tasks.output.manifest.writer import ManifestWriter
+from promptgrid.tasks.output.reconcile import (
+    Reconciler,
+    UnknownCreates,
+    run_and_store,
+    settle_unknown_creates,
+)
 from promptgrid.tasks.output.recorder import OutcomeStore
+from promptgrid.tasks.output.recovery import repair
 from promptgrid.tasks.output.saved_spec import save_models, save_spec
 from promptgrid.tasks.output.sinks import open_sink
 from promptgrid.tasks.output.sinks.base import Sink
@@ -72,22 +81,24 @@ class RunContext:
     store: OutcomeStore
     terminal: TerminalProgress
     resume: dict[str, str] = field(default_factory=dict)
-    uncertain: set[str] = field(default_factory=set)  # creates sent by a run that died before the answer
+    # job_id -> attempt of a create sent by a run that died before its answer, and how to look for it
+    uncertain: dict[str, int] = field(default_factory=dict)
+    reconciler: Reconciler | None = None
+    resend_unknown: bool = False  # a backfill chose these jobs: what the listing cannot find is sent anew
 
 
 @task(name="predict-shard", retries=len(SHARD_RETRY_DELAYS_S), cache_policy=NO_CACHE)
 async def predict_shard(jobs: list[Job], run: RunContext) -> int:
     """Run one shard's jobs to outcomes and store them; a retry skips what an earlier try stored."""
-    todo = [job for job in jobs if job.job_id not in run.store.saved]
-    for job in [job for job in todo if job.job_id in run.uncertain]:
-        await run.store.save_unknown(job)  # never re-sent blindly: the first may have been billed
-    todo = [job for job in todo if job.job_id not in run.uncertain]
-    by_id = {job.job_id: job for job in todo}
-    resume = {**run.resume, **run.store.created}
+    store = run.store
+    await settle_unknown_creates(jobs, run.uncertain, store, run.reconciler, resend=run.resend_unknown)
+    todo = [job for job in jobs if job.job_id not in store.saved]
     try:
-        async for outcome in run.engine.run(todo, resume=resume):
-            await run.store.save(by_id[outcome.job_id], outcome)
-            run.terminal.refresh()
+        adopted = await run_and_store(
+            run.engine, todo, {**run.resume, **store.created}, store, run.reconciler
+        )
+        if adopted:  # creates whose answer was lost, found through the listing: poll what was bought
+            await run_and_store(run.engine, [job for job in todo if job.job_id in adopted], adopted, store)
     except ApiError as exc:
         if exc is not run.engine.halted:
             raise
@@ -141,26 +152,47 @@ async def run_plan(
     time_scale: float = 1.0,
     run_id: str | None = None,
     report: bool = True,
+    wait: bool = False,
 ) -> State[dict[str, Any]]:
-    """Run the selected jobs of a plan to outcomes in its output; the final state carries the summary."""
-    from promptgrid.flows.reporting import ProgressArtifact, finish_run
+    """Run the selected jobs of a plan to outcomes in its output; the final state carries the summary.
 
+    The run holds the output's lease throughout (`wait`: until another run releases it, else OutputInUse),
+    puts the output in order first (damaged manifest parts aside, rows of stored images rebuilt), and on
+    Ctrl-C saves what is in progress before it raises RunInterrupted.
+    """
     settings = read_api_settings(plan.api.base_url)
     if settings.api_key is None:
         raise InvalidInput(["EACHLABS_API_KEY is not set: export your Eachlabs API key (or use --sandbox)"])
     run_id = run_id or uuid.uuid4().hex[:12]
     sink = open_sink(plan.output)
+    name = lease_name(selection.shard_index, selection.shard_count)
+    lease = await take_lease(sink, name, run_id, wait=wait, on_wait=get_run_logger().warning)
+    try:
+        with holding(lease):
+            return await _run_held(plan, selection, sink, lease, run_id, price_per_image, time_scale, report)
+    finally:
+        if interrupts.stop_requested():
+            interrupts.mark_saved()  # journal, manifest and lease are settled: the process may exit
+
+
+async def _run_held(
+    plan: RunPlan,
+    selection: Selection,
+    sink: Sink,
+    lease: OutputLease,
+    run_id: str,
+    price_per_image: float,
+    time_scale: float,
+    report: bool,
+) -> State[dict[str, Any]]:
+    from promptgrid.flows.reporting import ProgressArtifact, finish_run
+
+    settings = read_api_settings(plan.api.base_url)
+    assert settings.api_key is not None  # checked by run_plan
     await asyncio.to_thread(save_spec, sink, plan.spec_text)
     if plan.models is not None:
         await asyncio.to_thread(save_models, sink, plan.models.models.values())
-    latest, total, tally = await asyncio.to_thread(plan_selection, plan, sink, selection)
-    progress = RunProgress(total=total, skipped=tally.skipped, price_per_image=price_per_image)
     journal = Journal(sink, writer_id=f"{run_id}-s{selection.shard_index}")
-    resume = await journal.load_async()
-    # A backfill names its jobs on purpose: there, an unknown create is the user's call to send again.
-    uncertain = set() if selection.rerun is not None else await asyncio.to_thread(journal.uncertain)
-    config = engine_config(plan.api, time_scale)
-    budget = open_budget(config.limits, plan.api.quota_url, quota_namespace(settings.api_key))
     writer = ManifestWriter(
         sink,
         run_id=run_id,
@@ -168,9 +200,17 @@ async def run_plan(
         worker_id=f"s{selection.shard_index}",
         api_base=settings.base_url,
     )
+    await asyncio.to_thread(repair, sink, journal, writer, owns=selection.owns)
+    latest, total, tally = await asyncio.to_thread(plan_selection, plan, sink, selection)
+    progress = RunProgress(total=total, skipped=tally.skipped, price_per_image=price_per_image)
+    resume = await journal.load_async()
+    unknown = await asyncio.to_thread(UnknownCreates.read, journal, latest, selection.rerun)
+    config = engine_config(plan.api, time_scale)
+    budget = open_budget(config.limits, plan.api.quota_url, quota_namespace(settings.api_key))
     failures: list[BaseException] = []
+    interrupted = False
     async with ApiClient(settings.base_url, settings.api_key) as client:
-        store = OutcomeStore(sink, journal, writer, progress)
+        store = OutcomeStore(sink, journal, writer, progress, lease)
         with input_images(sink, plan) as prepare, TerminalProgress(progress) as terminal:
             engine = Engine(
                 client,
@@ -185,21 +225,35 @@ async def run_plan(
                 ),
             )
             progress.engine = engine.stats  # the summary says how the API's limits were met
-            run = RunContext(engine, store, terminal, resume, uncertain)
+            reconciler = unknown.reconciler(client, budget)
+            rerun = selection.rerun is not None
+            run = RunContext(engine, store, terminal, resume, unknown.attempts, reconciler, rerun)
             artifact = await ProgressArtifact.start(progress)
             ticker = asyncio.create_task(_tick(run, writer, artifact))
+            jobs = select_jobs(plan, latest, selection, Tally())
+            delays = [delay / time_scale for delay in SHARD_RETRY_DELAYS_S]
+            shard_task = predict_shard.with_options(retry_delay_seconds=delays)
+            shards = asyncio.create_task(_run_shards(chunked(jobs, SHARD_SIZE), run, shard_task))
             try:
-                jobs = select_jobs(plan, latest, selection, Tally())
-                delays = [delay / time_scale for delay in SHARD_RETRY_DELAYS_S]
-                shard_task = predict_shard.with_options(retry_delay_seconds=delays)
-                failures = await _run_shards(chunked(jobs, SHARD_SIZE), run, shard_task)
+                interrupted = await interrupts.until_done_or_stopped(shards)
+                failures = [] if interrupted else shards.result()
             finally:
+                # Saves in progress finish first; then the manifest's buffered rows and the journal.
+                await store.drain()
                 ticker.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await ticker
                 await asyncio.to_thread(writer.close)
                 await asyncio.to_thread(journal.close)
+                if interrupted:  # a moment for the shards to wind down before the client closes
+                    await asyncio.wait({shards}, timeout=1.0)
                 await budget.aclose()
+    if interrupted:
+        raise RunInterrupted(
+            f"stopped by Ctrl-C: {progress.succeeded} images saved, {progress.failed} failed; what was "
+            "created is in the journal, so the same command continues without paying twice"
+        )
+    progress.api_requests += reconciler.requests
     return await finish_run(
         sink,
         progress,
@@ -225,16 +279,21 @@ async def _run_shards(
     def collect(done: set[asyncio.Task[int]]) -> None:
         failures.extend(exc for t in done if (exc := t.exception()) is not None)
 
-    for shard in shards:
-        if run.engine.halted is not None:
-            break
-        if len(pending) >= SHARDS_IN_FLIGHT:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    try:
+        for shard in shards:
+            if run.engine.halted is not None or run.store.stopped:
+                break
+            if len(pending) >= SHARDS_IN_FLIGHT:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                collect(done)
+            pending.add(asyncio.create_task(shard_task(quote(shard), quote(run))))
+        if pending:
+            done, _ = await asyncio.wait(pending)
             collect(done)
-        pending.add(asyncio.create_task(shard_task(quote(shard), quote(run))))
-    if pending:
-        done, _ = await asyncio.wait(pending)
-        collect(done)
+    except asyncio.CancelledError:
+        for shard_run in pending:  # stopping: each shard's engine cancels its jobs; stores finish
+            shard_run.cancel()
+        raise
     return failures
 
 

@@ -23,12 +23,15 @@ from promptgrid.types import Job, JobStatus
 class Selection:
     """Which of a spec's jobs a run takes: its shard of the spec, minus jobs the manifest already has.
 
-    A backfill names the jobs to run again in `rerun` instead; they are taken whatever their last status.
+    A backfill names the jobs to run again in `rerun` instead; they are taken whatever their last status,
+    except that one which succeeded since it was chosen (another run got there first) is not paid again,
+    unless `rerun_successes` (a backfill that asked for successes).
     """
 
     shard_index: int = 0
     shard_count: int = 1
     rerun: frozenset[str] | None = None
+    rerun_successes: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.shard_index < self.shard_count:
@@ -79,7 +82,8 @@ def select_jobs(plan: RunPlan, latest: dict[str, str], selection: Selection, tal
             if not selection.owns(job.job_id):
                 continue
             if selection.rerun is not None:
-                if job.job_id in selection.rerun:
+                succeeded = latest.get(job.job_id) == JobStatus.SUCCESS and not selection.rerun_successes
+                if job.job_id in selection.rerun and not succeeded:
                     yield job
                 continue
             status = latest.get(job.job_id)

@@ -1,6 +1,7 @@
 """The `promptgrid` command, the top layer: one Typer app, each subcommand registered from its own module.
 
-Exit codes: 0 every job succeeded, 1 some failed or the run could not finish, 2 invalid input (nothing sent).
+Exit codes: 0 every job succeeded, 1 some failed or the run could not finish, 2 invalid input or an
+unusable or busy output (nothing sent), 130 stopped by Ctrl-C.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 import typer  # noqa: E402
 
+from promptgrid import interrupts  # noqa: E402
 from promptgrid.cli import export, manifest, models, report, run, sandbox  # noqa: E402
 from promptgrid.errors import InvalidInput, PromptgridError  # noqa: E402
 
@@ -37,6 +39,9 @@ for module in (run, models, sandbox, manifest, report, export):
 def main() -> None:
     try:
         app()
+    except KeyboardInterrupt:  # Ctrl-C before or after a run (a run's own is handled by `run`)
+        print("interrupted", file=sys.stderr)
+        sys.exit(interrupts.EXIT_CODE)
     except InvalidInput as exc:
         print(f"error: {exc.describe()}", file=sys.stderr)
         sys.exit(2)

@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from promptgrid import interrupts
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
-from promptgrid.errors import ApiUnreachable, InvalidInput, PromptgridError
+from promptgrid.errors import ApiUnreachable, InvalidInput, PromptgridError, RunInterrupted
 from promptgrid.settings import API_KEY_ENV, environment_overrides, read_api_settings
 from promptgrid.tasks.api.reach import check_reachable
 from promptgrid.tasks.spec.overrides import describe_settings, spec_overrides
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 SANDBOX_HELP = "Start the local sandbox API and run against it (sandbox renders, not real images)."
 PRICE_HELP = "USD per image, for the cost estimate."
 TIME_SCALE_HELP = "With --sandbox: how many times faster the sandbox's clock runs (latency, rate window)."
+WAIT_HELP = "When another run holds the output, wait until it is done instead of stopping at once."
 
 
 @contextlib.contextmanager
@@ -87,20 +89,49 @@ def reachable(base_url: str) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def output_reserved(output: str, wait: bool) -> Iterator[None]:
+    """Take the output's lease before the run (and Prefect) starts, for the run to claim: an unusable
+    output, or one another run holds, stops the command at once (exit 2); `wait` waits for it instead."""
+    from promptgrid.tasks.output.lease import OutputLease, check_writable, hand_over, lease_name
+    from promptgrid.tasks.output.sinks import open_sink
+
+    sink = open_sink(output)
+    check_writable(sink)
+    lease = OutputLease(sink, lease_name(), run_id=f"cli-{secrets.token_hex(6)}")
+    lease.take(wait=wait, on_wait=lambda text: print(f"note: {text}", file=sys.stderr, flush=True))
+    lease.start_renewing()
+    hand_over(lease)
+    try:
+        yield
+    finally:
+        lease.release()
+
+
 def run_flow(flow_call: Callable[[], Awaitable[Any]]) -> int:
     """Run a flow (called with return_state=True) in this process, on the Prefect API `prefect_api` gives.
 
     0 when every job succeeded; 1 when the flow run ended Failed (its message says why) or the output holds
-    failures from earlier runs; InvalidInput goes on up (exit 2).
+    failures from earlier runs; 130 when Ctrl-C stopped it (after it saved what was in progress; a second
+    Ctrl-C stops at once); InvalidInput goes on up (exit 2).
     """
     from promptgrid.cli.prefect_server import prefect_api
 
     async def flow_run() -> Any:
         return await flow_call()
 
-    with prefect_api():
-        state = asyncio.run(flow_run())
-        result = state.result(raise_on_failure=False)
+    try:
+        with interrupts.ctrl_c_stops_runs(), prefect_api():
+            state = asyncio.run(flow_run())
+            result = state.result(raise_on_failure=False)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return interrupts.EXIT_CODE
+    if isinstance(result, RunInterrupted) or (
+        isinstance(result, PromptgridError) and interrupts.stop_requested()
+    ):
+        print(f"interrupted: {result}", file=sys.stderr)
+        return interrupts.EXIT_CODE
     if isinstance(result, InvalidInput):
         raise result
     if isinstance(result, PromptgridError):
@@ -182,6 +213,7 @@ def register(app: typer.Typer) -> None:
         report: Annotated[
             bool, typer.Option("--report/--no-report", help="Write the HTML report when the run ends.")
         ] = True,
+        wait: Annotated[bool, typer.Option("--wait", help=WAIT_HELP)] = False,
     ) -> None:
         """Generate every image a spec describes (or, with --dry-run, say what that would take)."""
         from promptgrid.tasks.engine.estimate import describe_dry_run
@@ -222,21 +254,23 @@ def register(app: typer.Typer) -> None:
                 )
                 print(describe_summary(done))
                 raise typer.Exit(1 if done["previously_failed"] and done["fail_when"] != "never" else 0)
-            code = run_flow(
-                lambda: generate(
-                    spec_path=str(spec.resolve()),
-                    output=output,
-                    api_base=api_base,
-                    rate_limit=rate_limit,
-                    max_concurrent=max_concurrent,
-                    polls_count=polls_count,
-                    price_per_image=price_per_image,
-                    time_scale=time_scale,
-                    report=report,
-                    return_state=True,
-                    resolved_models=resolved,
+            with output_reserved(checked.output, wait):
+                code = run_flow(
+                    lambda: generate(
+                        spec_path=str(spec.resolve()),
+                        output=output,
+                        api_base=api_base,
+                        rate_limit=rate_limit,
+                        max_concurrent=max_concurrent,
+                        polls_count=polls_count,
+                        price_per_image=price_per_image,
+                        time_scale=time_scale,
+                        report=report,
+                        wait=wait,
+                        return_state=True,
+                        resolved_models=resolved,
+                    )
                 )
-            )
         raise typer.Exit(code)
 
     @app.command("backfill")
@@ -260,6 +294,7 @@ def register(app: typer.Typer) -> None:
         dry_run: Annotated[
             bool, typer.Option("--dry-run", help="List the jobs that would run again; send nothing.")
         ] = False,
+        wait: Annotated[bool, typer.Option("--wait", help=WAIT_HELP)] = False,
     ) -> None:
         """Re-run only the jobs of OUTPUT whose latest outcome matches (failed and timed out by default)."""
         from promptgrid.tasks.output.selection import (
@@ -293,16 +328,18 @@ def register(app: typer.Typer) -> None:
             if sandbox_url:
                 api_base = sandbox_url
                 rate_limit = rate_limit or scaled_rate_limit(60, 60.0, time_scale)
-            code = run_flow(
-                lambda: backfill(
-                    output=output,
-                    statuses=statuses,
-                    where=where,
-                    api_base=api_base,
-                    rate_limit=rate_limit,
-                    price_per_image=price_per_image,
-                    time_scale=time_scale,
-                    return_state=True,
+            with output_reserved(output, wait):
+                code = run_flow(
+                    lambda: backfill(
+                        output=output,
+                        statuses=statuses,
+                        where=where,
+                        api_base=api_base,
+                        rate_limit=rate_limit,
+                        price_per_image=price_per_image,
+                        time_scale=time_scale,
+                        wait=wait,
+                        return_state=True,
+                    )
                 )
-            )
         raise typer.Exit(code)
