@@ -195,3 +195,20 @@ def test_a_read_only_folder_is_refused(tmp_path):
 def test_a_missing_bucket_is_refused_with_a_sentence(s3_env):
     with pytest.raises(InvalidInput, match="cannot reach it"):
         check_writable(open_sink(f"s3://{s3_env}-missing/prefix"))
+
+
+def test_an_export_does_not_start_while_a_run_writes_the_output(tmp_path):
+    from typer.testing import CliRunner
+
+    from promptgrid.cli import app
+
+    holder = OutputLease(open_sink(str(tmp_path / "out")), lease_name(0, 2), "nightly")
+    holder.take()
+    try:
+        result = CliRunner().invoke(app, ["export", str(tmp_path / "out"), "--to", str(tmp_path / "ds")])
+    finally:
+        holder.release()
+    # `promptgrid` turns this InvalidInput into exit 2 with its sentence (the Typer app alone raises it).
+    assert isinstance(result.exception, OutputInUse)
+    assert "being written by run nightly" in str(result.exception) and "--wait" in str(result.exception)
+    assert not (tmp_path / "ds").exists()

@@ -308,3 +308,29 @@ async def take_lease(
         lease = OutputLease(sink, name, run_id)
         await asyncio.to_thread(lease.take, wait=wait, on_wait=on_wait)
     return lease
+
+
+def wait_until_unheld(
+    sink: Sink, *, wait: bool = False, on_wait: Callable[[str], None] | None = None
+) -> None:
+    """For a reader that needs the output at rest (an export): OutputInUse while a live run holds any lease
+    of it; with `wait`, return once none does. The reader takes no lease: runs may start after it began."""
+    store, told = lease_store(sink), False
+    while True:
+        now = datetime.now(UTC)
+        try:
+            holders = [Holder.from_json(found[0]) for name in store.names() if (found := store.read(name))]
+        except Exception as exc:  # botocore's: the reader's own open reports an unreachable output
+            if type(exc).__module__.split(".")[0] != "botocore":
+                raise
+            return
+        live = [holder for holder in holders if holder is not None and not holder.gone(now)]
+        if not live:
+            return
+        held = f"output {sink.root} is being written by {live[0].describe(now)}"
+        if not wait:
+            raise OutputInUse([f"{held}; export it once that run ends, or wait for it with --wait"])
+        if on_wait is not None and not told:
+            on_wait(f"{held}; waiting until it ends")
+            told = True
+        time.sleep(5.0)

@@ -129,9 +129,14 @@ def register(app: typer.Typer) -> None:
         restart: Annotated[
             bool, typer.Option("--restart", help="Start over instead of resuming an interrupted export.")
         ] = False,
+        wait: Annotated[
+            bool, typer.Option("--wait", help="When a run is writing OUTPUT, wait for it to end.")
+        ] = False,
     ) -> None:
         """Export OUTPUT's images and manifest rows as Parquet (--format hf) or tar shards (webdataset)."""
         from promptgrid.tasks.export.exporter import FORMATS, ExportOptions, export_output
+        from promptgrid.tasks.output.lease import wait_until_unheld
+        from promptgrid.tasks.output.sinks import open_sink
 
         if export_format not in FORMATS:
             raise InvalidInput([f"--format {export_format!r}: expected one of {', '.join(FORMATS)}"])
@@ -147,6 +152,10 @@ def register(app: typer.Typer) -> None:
             restart=restart,
         )
         try:
+            # An output a run is still writing would export half done: wait for it, or stop naming it.
+            wait_until_unheld(
+                open_sink(output), wait=wait, on_wait=lambda text: print(f"note: {text}", file=sys.stderr)
+            )
             with ExportDisplay() as display:
                 result = export_output(options, on_progress=display)
         except KeyboardInterrupt:
