@@ -102,16 +102,15 @@ class OutcomeStore:
             record = ImageRecord(
                 job.job_id, key, outcome.sha256 or "", len(outcome.image), outcome.attempts, row=row
             )
-            await self.journal.record_image(record)
-            image_uri = await asyncio.to_thread(
-                self.sink.put_bytes,
-                key,
-                outcome.image,
-                content_type(fmt),
-                {"job-id": job.job_id, "sha256": outcome.sha256 or ""},
-            )
+            image_uri = await asyncio.to_thread(self._store_image, record, outcome.image, fmt)
             outcome.image = None  # the bytes are stored; keep memory flat on long runs
         await asyncio.to_thread(self.writer.add, job, outcome, image_uri, key)
         self.created.pop(job.job_id, None)
         self.saved.add(job.job_id)
         self.progress.record(outcome)
+
+    def _store_image(self, record: ImageRecord, data: bytes, fmt: str) -> str:
+        """In a worker thread: the journal record, then the image it announces."""
+        self.journal.record_image_sync(record)
+        metadata = {"job-id": record.job_id, "sha256": record.sha256}
+        return self.sink.put_bytes(record.key, data, content_type(fmt), metadata)
