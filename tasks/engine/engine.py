@@ -8,9 +8,9 @@ in `promptgrid.tasks.engine.limits`; polling, the deadline and best-effort cance
 A run that is cancelled (Ctrl-C) leaves its predictions running: the ids already went to `on_created`, so a
 resumed run polls them instead of paying for them twice. For the same reason an exception raised by
 `on_created` (the id could not be recorded) stops the run rather than create predictions a resume cannot find.
-`on_sending` is told of each create just before its first byte leaves (not before: a create cancelled
-while it waited for a connection was never sent), so a run that dies before reading the answer leaves a
-trace: its rerun knows that create's outcome is unknown and does not send it blindly again.
+`on_sending` is told of each create as its first byte leaves (not before: one cancelled while it waited
+for a connection was never sent), so a run that dies before reading the answer leaves a trace: its rerun
+knows that create's outcome is unknown and does not send it blindly again.
 `on_unsent` withdraws that trace when the create provably created nothing (never left, or was refused).
 """
 
