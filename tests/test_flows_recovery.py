@@ -60,8 +60,10 @@ def write_spec(folder: Path, output: str, prompts: int = 4) -> Path:
 
 
 def run_generate(spec: Path, sandbox, **params):
+    """The run's summary, which a Failed run (some jobs failed) keeps as its result too."""
     params = {"api_base": sandbox.url, "rate_limit": "60/0.6s", "time_scale": 100.0, **params}
-    return asyncio.run(generate(spec_path=str(spec), **params))
+    state = asyncio.run(generate(spec_path=str(spec), return_state=True, **params))
+    return state.result(raise_on_failure=False)
 
 
 def test_a_corrupt_manifest_part_does_not_stop_a_run(tmp_path, output, sandbox_factory, api_key, caplog):
