@@ -174,12 +174,8 @@ def test_an_unusable_output_exits_2_with_a_sentence_before_anything_is_sent(tmp_
     spec = write_spec(tmp_path, prompts=2, output=str(target))
     result = promptgrid("run", str(spec), "--api-base", sandbox.url, env=environment(tmp_path / "home"))
     assert result.returncode == 2, result.stderr
-    assert result.stderr.startswith("error: output ") and "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: output ") and "Traceback" not in result.stderr
     assert sum(sandbox.stats()["requests"].values()) == 0
-
-
-class PrefectServerOutlived(AssertionError):
-    """Only the embedded Prefect server is left: its lifetime belongs to start-up, not to this stage."""
 
 
 def leftovers(session: int, marker: str) -> list[tuple[int, str]]:
@@ -197,11 +193,6 @@ def leftovers(session: int, marker: str) -> list[tuple[int, str]]:
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=PrefectServerOutlived,
-    reason="the embedded Prefect server outlives a kill -9 of the command (its lifetime is start-up's)",
-)
 def test_no_promptgrid_or_prefect_process_outlives_a_kill_9(tmp_path):
     home = tmp_path / "prefect-home-of-this-run"
     spec = write_spec(tmp_path, prompts=20)
@@ -217,10 +208,7 @@ def test_no_promptgrid_or_prefect_process_outlives_a_kill_9(tmp_path):
     while (left := leftovers(run.pid, str(home))) and time.monotonic() < deadline:
         time.sleep(0.2)
     try:
-        others = [(pid, command) for pid, command in left if "prefect.server" not in command]
-        assert not others, f"left running after kill -9: {others}"
-        if left:
-            raise PrefectServerOutlived(f"left running after kill -9: {left}")
+        assert not left, f"left running after kill -9: {left}"  # the sandbox, Prefect's server, anything
     finally:
         for pid, _ in left:
             with contextlib.suppress(ProcessLookupError):
