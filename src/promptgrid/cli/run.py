@@ -89,15 +89,22 @@ def reachable(base_url: str) -> bool:
     return True
 
 
+def check_output(output: str) -> None:
+    """Exit 2 with a sentence, before any request, when the output cannot be written (a file, read-only)."""
+    from promptgrid.tasks.output.lease import check_writable
+    from promptgrid.tasks.output.sinks import open_sink
+
+    check_writable(open_sink(output))
+
+
 @contextlib.contextmanager
 def output_reserved(output: str, wait: bool) -> Iterator[None]:
     """Take the output's lease before the run (and Prefect) starts, for the run to claim: an unusable
     output, or one another run holds, stops the command at once (exit 2); `wait` waits for it instead."""
-    from promptgrid.tasks.output.lease import OutputLease, check_writable, hand_over, lease_name
+    from promptgrid.tasks.output.lease import OutputLease, hand_over, lease_name
     from promptgrid.tasks.output.sinks import open_sink
 
     sink = open_sink(output)
-    check_writable(sink)
     lease = OutputLease(sink, lease_name(), run_id=f"cli-{secrets.token_hex(6)}")
     lease.take(wait=wait, on_wait=lambda text: print(f"note: {text}", file=sys.stderr, flush=True))
     lease.start_renewing()
@@ -230,6 +237,7 @@ def register(app: typer.Typer) -> None:
         if not use_sandbox and read_api_settings().api_key is None:
             check_spec(sweep)  # without a key nothing can be asked: say what is wrong with the spec first
             raise InvalidInput([f"{API_KEY_ENV} is not set: export your Eachlabs API key, or pass --sandbox"])
+        check_output(sweep.output)
         if not use_sandbox and not reachable(sweep.api.base_url):
             raise typer.Exit(1)
         from promptgrid.flows.generate import generate
@@ -319,6 +327,7 @@ def register(app: typer.Typer) -> None:
         if not jobs:
             raise typer.Exit(0)
         base_url = saved_api_config(text, {**environment_overrides(), **flags}).base_url
+        check_output(output)
         if not use_sandbox and not reachable(base_url):
             raise typer.Exit(1)
         from promptgrid.flows.backfill import backfill
