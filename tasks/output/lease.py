@@ -267,6 +267,7 @@ def check_writable(sink: Sink) -> None:
             raise InvalidInput(
                 [f"output {path} is a file, not a folder: give a folder or s3://bucket/prefix"]
             )
+        created = [folder for folder in (path, *path.parents) if not folder.exists()]
         try:
             path.mkdir(parents=True, exist_ok=True)
             probe = path / f".promptgrid-probe-{secrets.token_hex(4)}"
@@ -274,6 +275,10 @@ def check_writable(sink: Sink) -> None:
             probe.unlink()
         except OSError as exc:
             raise InvalidInput([f"output {path}: cannot write there ({exc.strerror or exc})"]) from None
+        finally:  # a check leaves no trace: the folders it made go again (the run makes them for real)
+            for folder in created:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
         return
     try:
         lease_store(sink).names()
