@@ -14,6 +14,7 @@ from pathlib import Path
 
 from promptgrid.tasks.output.sinks import LocalSink, S3Sink, Sink
 from promptgrid.tasks.output.sinks.base import TEMP_PREFIX
+from promptgrid.tasks.output.sinks.local import fsync_dir
 
 PARTIAL_SUFFIX = ".partial"
 SHARD_MODE = 0o644
@@ -45,7 +46,7 @@ class Staging:
                 os.fsync(handle.fileno())
             target = self.dest.local_path(key)
             os.replace(path, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
             return
         if not isinstance(self.dest, S3Sink):
             raise TypeError(f"cannot publish a file to {self.dest!r}")
@@ -86,11 +87,3 @@ class Staging:
             for leftover in Path(self._folder).glob("*"):
                 leftover.unlink(missing_ok=True)
             Path(self._folder).rmdir()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -41,7 +41,7 @@ class LocalSink:
         except BaseException:
             Path(temp).unlink(missing_ok=True)
             raise
-        _fsync_dir(target.parent)  # so the rename itself survives a power cut
+        fsync_dir(target.parent)  # so the rename itself survives a power cut
         return str(target)
 
     def get_bytes(self, key: str) -> bytes:
@@ -83,7 +83,8 @@ class LocalSink:
             os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush a folder's entries, so a rename or a new file in it survives a power cut."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
