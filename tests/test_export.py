@@ -53,6 +53,9 @@ def test_hf_export_loads_with_datasets_and_matches_the_manifest(recorded, tmp_pa
     card = (tmp_path / "hf" / "README.md").read_text()
     assert "license: cc-by-4.0" in card and "| stable-diffusion-3-5-large | 32 |" in card
     assert "- `cfg`: 2.0: 11, 4.5: 10, 7.0: 11" in card and "promptgrid 0.1.0" in card
+    # what came back (format, size check) and the slug as sent describe the outcome, not the sweep
+    counted = {*stats["totals"]["per_parameter"], *stats["totals"]["parameters_with_many_values"]}
+    assert "cfg" in counted and not {"image_format", "size_mismatch", "resolved_model"} & counted
 
 
 def test_the_card_lets_datasets_load_the_folder_by_itself(recorded, tmp_path):

@@ -19,6 +19,7 @@ NOT_PARAMETERS = frozenset(
         *("run_id", "job_id", "status", "error_code", "error_message", "prediction_id", "attempts"),
         *("api_requests", "queued_at", "submitted_at", "completed_at", "predict_time_s", "cost_usd"),
         *("version", "image_uri", "image_key", "sha256", "bytes", "width", "height", "carried", "prompt"),
+        *("image_format", "size_mismatch", "resolved_model", "inputs"),  # what came back, and as sent
         *("template", "variables"),  # a rendered prompt's provenance; each variable is a column of its own
         "model",  # counted on its own
     }
