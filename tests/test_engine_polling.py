@@ -89,6 +89,21 @@ def test_a_regime_change_restarts_the_delay_at_the_new_quantile_of_recent_latenc
     assert later == pytest.approx(sorted(latencies)[180], rel=0.1)
 
 
+def test_polls_held_back_by_a_pause_do_not_count_among_the_completion_times():
+    rng = random.Random(4)
+    model = LatencyModel(PollPolicy(), polls_free=True)
+    latencies = [8.0 * math.exp(rng.gauss(0, 0.25)) for _ in range(100)]
+    for latency in latencies:
+        poll_until_done(model, latency)
+    for _ in range(100):  # a 429's pause held every poll for 30 s: each saw its end that late
+        plan = model.plan(KEY)
+        due = plan.next_poll_at()
+        plan.record_poll(due + 30.0, True, sent_s=due)
+    model.set_polls_free(False)
+    # The restart comes from the prompt sightings alone, not from the 38 s the held polls reported.
+    assert model.estimate(KEY) == pytest.approx(sorted(latencies)[90], rel=0.1)
+
+
 def test_the_cold_start_scouts_probe_and_the_others_hold_back_until_a_delay_is_known():
     model = LatencyModel(PollPolicy(cold_start_s=1.0, cold_growth=2.0, scouts=2, scout_lead=5))
     scout_a, scout_b, other = model.plan(KEY), model.plan(KEY), model.plan(KEY)

@@ -18,7 +18,9 @@ which needs only the yes/no answer a poll gives:
 - `delay`: when to poll first. A first poll that finds the prediction done shortens it by a factor
   exp(-rate·(1 − target)), a miss lengthens it by exp(rate·target), so it settles where a share `target`
   of first polls succeed — whatever the latency distribution. When the regime changes, the delay restarts
-  from the recent completion times, at the new target's quantile.
+  from the recent completion times, at the new target's quantile. Only prompt sightings count among them:
+  a poll held back by a pause (a 429's Retry-After) saw its prediction's end late, and restarting from
+  such times would poll every prediction seconds after it finished, for good.
 - `gap` (thrifty): after a miss, the second poll comes `gap`·delay later; the same rule settles it where a
   share `second_hit` of second polls succeed. Later polls widen geometrically.
 
@@ -62,6 +64,8 @@ class PollPolicy:
     scout_lead: int = 10  # the others wait this many cold steps (~14 s) unless a scout finds a delay first
     retry_growth: float = 1.5
     min_interval_s: float = 0.02
+    # A poll answered later than this share of the elapsed time after it was due waited for the budget.
+    late_share: float = 0.1
     max_interval_s: float = 30.0
     prior_s: float | None = None  # a known typical latency skips the cold start
 
@@ -162,10 +166,15 @@ class LatencyModel:
             return
         state.gap = max(self.policy.min_gap, state.gap * self._factor(state, self.policy.second_hit, done))
 
-    def record_done(self, key: LatencyKey, elapsed_s: float) -> None:
-        """A prediction was seen done `elapsed_s` after creation; seeds the delay when nothing was known."""
+    def record_done(self, key: LatencyKey, elapsed_s: float, *, prompt: bool = True) -> None:
+        """A prediction was seen done `elapsed_s` after creation; seeds the delay when nothing was known.
+
+        A poll that was not `prompt` (it waited out a pause or the window before it left) saw the end late:
+        it is not kept among the completion times a change of regime restarts the delay from.
+        """
         state = self._state(key)
-        state.done_at.append(elapsed_s)
+        if prompt:
+            state.done_at.append(elapsed_s)
         if state.delay_s is None:
             margin = self.policy.fine_seed_margin if self.polls_free else self.policy.seed_margin
             state.delay_s = max(elapsed_s * margin, self.policy.min_interval_s)
@@ -241,7 +250,11 @@ class PollPlan:
                 self._model.record_second_poll(self.key, self._gap_used, done)
             self._misses += 0 if done else 1
         if done:
-            self._model.record_done(self.key, elapsed_s)
+            waited = 0.0 if sent_s is None else elapsed_s - sent_s
+            prompt = waited <= max(
+                self._model.policy.late_share * elapsed_s, self._model.policy.min_interval_s
+            )
+            self._model.record_done(self.key, elapsed_s, prompt=prompt)
         self.polls += 1
         self._last_poll_s = elapsed_s
         self._last_sent_s = elapsed_s if sent_s is None else sent_s
