@@ -240,8 +240,6 @@ def register(app: typer.Typer) -> None:
         check_output(sweep.output)
         if not use_sandbox and not reachable(sweep.api.base_url):
             raise typer.Exit(1)
-        from promptgrid.flows.generate import generate
-
         time_scale = sandbox_time_scale if use_sandbox else 1.0
         with api_for_run(use_sandbox, time_scale) as sandbox_url:
             replaced = {}
@@ -262,6 +260,8 @@ def register(app: typer.Typer) -> None:
                 )
                 print(describe_summary(done))
                 raise typer.Exit(1 if done["previously_failed"] and done["fail_when"] != "never" else 0)
+            from promptgrid.flows.generate import generate  # Prefect: only once there is work to do
+
             with output_reserved(checked.output, wait):
                 code = run_flow(
                     lambda: generate(
