@@ -13,7 +13,7 @@ from PIL import Image
 from promptgrid.tasks.output.sinks.local import LocalSink
 from promptgrid.tasks.report.build import write_report
 from promptgrid.types import JobStatus
-from tests.support.report_run import PROMPTS, assert_laid_out, colour_centre, record_run
+from tests.support.report_run import PROMPTS, assert_laid_out, colour_corner, record_run
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [
@@ -62,8 +62,8 @@ def test_browser_shows_the_first_prompts_grid_with_its_failures(tmp_path: Path):
     assert shot.size == (1200, 900)
 
     first_prompt = [job for job in recorded if job.prompt == PROMPTS[0]]
-    centres = {job.job_id: colour_centre(shot, job.colour) for job in first_prompt if job.colour}
-    assert_laid_out(first_prompt, centres)
+    corners = {job.job_id: colour_corner(shot, job.colour) for job in first_prompt if job.colour}
+    assert_laid_out(first_prompt, corners)
 
     failures = [job for job in first_prompt if job.status != JobStatus.SUCCESS]
     assert failures
@@ -71,7 +71,7 @@ def test_browser_shows_the_first_prompts_grid_with_its_failures(tmp_path: Path):
     for failed in failures:
         # The failure box sits where its thumbnail would: beside the other seed of the same cell.
         other = next(j for j in first_prompt if (j.cfg, j.steps) == (failed.cfg, failed.steps) and j.colour)
-        x, y = centres[other.job_id]
+        x, y = (edge + (THUMB_CSS_PX - 1) / 2 for edge in corners[other.job_id])  # its square's centre
         step = (THUMB_CSS_PX + GAP_CSS_PX) * (1 if failed.seed > other.seed else -1)
         box_x, box_y = round(x + step), round(y + THUMB_CSS_PX / 2 - 10)  # below its text
         region = pixels[box_y - 4 : box_y + 4, box_x - 40 : box_x + 40]

@@ -196,6 +196,18 @@ def colour_centre(
     return float(xs.mean()), float(ys.mean())
 
 
+def colour_corner(
+    image: Image.Image, colour: tuple[int, int, int], tolerance: int = 14
+) -> tuple[float, float]:
+    """The top-left corner of the pixels near a colour: where a tile starts, even while a browser has
+    painted only part of its image (a centroid would move with the part painted)."""
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int16)
+    near = (np.abs(pixels - np.array(colour, dtype=np.int16)) <= tolerance).all(axis=2)
+    ys, xs = np.nonzero(near)
+    assert len(xs) > 400, f"colour {colour} covers only {len(xs)} pixels"
+    return float(xs.min()), float(ys.min())
+
+
 def assert_laid_out(jobs: list[RecordedJob], centres: dict[str, tuple[float, float]]) -> None:
     """cfg grows left to right, steps top to bottom, and within a cell seed 1 comes before seed 2."""
     shown = [job for job in jobs if job.job_id in centres]
