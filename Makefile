@@ -21,9 +21,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest
 
-# The unit tests alone: no Prefect server, killed process, browser or Redis.
+# The unit tests alone: no Prefect server, killed process, browser or Redis; one worker per core.
 test-fast: $(STAMP)
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -m "not integration"
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -m "not integration" -n auto
 
 lint: $(STAMP) typecheck layers
 	$(BIN)/ruff check .
