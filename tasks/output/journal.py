@@ -100,9 +100,7 @@ class Journal:
         self.writer_id = safe_token(writer_id)
         self.clock = clock or (lambda: datetime.now(UTC))
         self._lock = threading.Lock()  # one appender at a time keeps local lines whole
-        self._fd: int | None = None
-        self._intent_fd: int | None = None
-        self._image_fd: int | None = None
+        self._fds: dict[str, int] = {}  # local journal file name -> its open append descriptor
 
     async def record(self, job_id: str, prediction_id: str, attempt: int) -> None:
         """Persist one record (fsync locally, a completed PUT on S3) without blocking the event loop.
@@ -112,7 +110,8 @@ class Journal:
         fsync that also survives a lost machine follows off the loop.
         """
         if isinstance(self.sink, LocalSink):
-            fd = self._append_local(self.sink, self._entry(job_id, prediction_id, attempt))
+            entry = self._entry(job_id, prediction_id, attempt)
+            fd = self._append_local(self.sink, _LOCAL_FILE, (entry.to_json() + "\n").encode("utf-8"))
             await asyncio.to_thread(os.fsync, fd)
             return
         await asyncio.to_thread(self.record_sync, job_id, prediction_id, attempt)
@@ -122,23 +121,24 @@ class Journal:
             raise ValueError("a journal record needs a job id and a prediction id")
         return JournalRecord(job_id, prediction_id, int(attempt), self.clock(), self.writer_id)
 
-    def _append_local(self, sink: LocalSink, entry: JournalRecord) -> int:
+    def _append_local(self, sink: LocalSink, name: str, line: bytes) -> int:
+        """Append one whole line to this writer's local journal file `name`, opened once; its descriptor."""
         with self._lock:
-            if self._fd is None:
-                target = sink.local_path(self._local_key())
+            fd = self._fds.get(name)
+            if fd is None:
+                target = sink.local_path(f"{JOURNAL_PREFIX}{self.writer_id}/{name}")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                self._fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            os.write(self._fd, (entry.to_json() + "\n").encode("utf-8"))
-            return self._fd
+                fd = self._fds[name] = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            os.write(fd, line)
+            return fd
 
     def close(self) -> None:
         """Release the local journal file; records already written stay."""
         with self._lock:
-            for fd in (self._fd, self._intent_fd, self._image_fd):
-                if fd is not None:
-                    os.fsync(fd)
-                    os.close(fd)
-            self._fd = self._intent_fd = self._image_fd = None
+            for fd in self._fds.values():
+                os.fsync(fd)
+                os.close(fd)
+            self._fds.clear()
 
     def record_sync(self, job_id: str, prediction_id: str, attempt: int) -> JournalRecord:
         entry = self._entry(job_id, prediction_id, attempt)
@@ -164,12 +164,7 @@ class Journal:
         entry = JournalRecord(job_id, marker, int(attempt), self.clock(), self.writer_id)
         line = (entry.to_json() + "\n").encode("utf-8")
         if isinstance(self.sink, LocalSink):
-            with self._lock:
-                if self._intent_fd is None:
-                    target = self.sink.local_path(f"{JOURNAL_PREFIX}{self.writer_id}/{_INTENT_FILE}")
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    self._intent_fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                os.write(self._intent_fd, line)
+            self._append_local(self.sink, _INTENT_FILE, line)
             return
         stamp = entry.created_at.astimezone(UTC).strftime(_STAMP)
         name = f"{stamp}-a{entry.attempt}{_INTENT_SUFFIX}"
@@ -184,16 +179,11 @@ class Journal:
         """`record_image` for a worker thread that writes the image next (one hop for both)."""
         line = (entry.to_json() + "\n").encode("utf-8")
         if isinstance(self.sink, LocalSink):
-            with self._lock:
-                if self._image_fd is None:
-                    target = self.sink.local_path(f"{JOURNAL_PREFIX}{self.writer_id}/{_IMAGE_FILE}")
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    self._image_fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                # Written, not fsynced: a killed process loses nothing written, and an fsync here would
-                # cost a second disk commit per image beside the image's own (measured: twice the time
-                # per save). A machine that loses power may lose the latest few records; their images
-                # are then fetched again while the links still work, as before this record existed.
-                os.write(self._image_fd, line)
+            # Written, not fsynced: a killed process loses nothing written, and an fsync here would
+            # cost a second disk commit per image beside the image's own (measured: twice the time
+            # per save). A machine that loses power may lose the latest few records; their images
+            # are then fetched again while the links still work, as before this record existed.
+            self._append_local(self.sink, _IMAGE_FILE, line)
             return
         stamp = entry.created_at.astimezone(UTC).strftime(_STAMP)
         name = f"{stamp}-a{entry.attempt}{_IMAGE_SUFFIX}"
