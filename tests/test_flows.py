@@ -15,6 +15,7 @@ from promptgrid.flows.generate import generate
 from promptgrid.flows.sweep import SweepRequest, sweep
 from promptgrid.tasks.output.manifest.read import read_manifest
 from promptgrid.tasks.output.sinks import open_sink
+from tests.support.secrets import assert_key_nowhere
 
 pytestmark = [
     pytest.mark.integration,  # the Prefect test server
@@ -246,15 +247,4 @@ def test_api_key_is_nowhere_in_outputs_or_prefect_database(tmp_path, sandbox_fac
     run_generate(spec, sandbox)
 
     captured = capfd.readouterr()
-    assert api_key not in captured.out + captured.err
-    for path in (tmp_path / "out").rglob("*"):
-        if path.is_file():
-            assert api_key.encode() not in path.read_bytes(), path
-    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_HOME
-
-    database = PREFECT_API_DATABASE_CONNECTION_URL.value() or ""
-    folders = {Path(PREFECT_HOME.value())} | {Path(part).parent for part in database.split("///")[1:]}
-    files = [path for folder in folders if folder.exists() for path in folder.rglob("*") if path.is_file()]
-    assert any(path.suffix == ".db" for path in files), "the Prefect database was not found"
-    for path in files:
-        assert api_key.encode() not in path.read_bytes(), path
+    assert_key_nowhere(api_key, captured.out + captured.err, tmp_path / "out")

@@ -21,6 +21,7 @@ from promptgrid.tasks.output.manifest.read import part_keys, read_manifest
 from promptgrid.tasks.output.sinks import open_sink
 from promptgrid.tasks.spec.expand import iter_job_batches
 from promptgrid.tasks.spec.load import load_spec
+from tests.support.secrets import assert_key_nowhere
 
 pytestmark = [
     pytest.mark.integration,  # the Prefect test server
@@ -140,17 +141,6 @@ def test_an_echoed_key_appears_nowhere_not_even_in_prefect_s_database(
     assert summary["failed"] == 8
 
     captured = capfd.readouterr()
-    assert api_key not in captured.out + captured.err
-    for path in (tmp_path / "out").rglob("*"):
-        if path.is_file():
-            assert api_key.encode() not in path.read_bytes(), path
-    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_HOME
-
-    database = PREFECT_API_DATABASE_CONNECTION_URL.value() or ""
-    folders = {Path(PREFECT_HOME.value())} | {Path(part).parent for part in database.split("///")[1:]}
-    files = [path for folder in folders if folder.exists() for path in folder.rglob("*") if path.is_file()]
-    assert any(path.suffix == ".db" for path in files), "the Prefect database was not found"
-    for path in files:
-        assert api_key.encode() not in path.read_bytes(), path
+    files = assert_key_nowhere(api_key, captured.out + captured.err, tmp_path / "out")
     # The echoed codes did reach Prefect (the run's summary artifact), scrubbed.
     assert any(b"_***" in path.read_bytes() for path in files)
