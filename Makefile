@@ -29,22 +29,10 @@ lint: $(STAMP) typecheck layers
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# mypy and import-linter cannot follow package-dir (tasks/, flows/ and sandbox/ install beneath
-# promptgrid), so they check a farm of links laid out as the installed package.
-TYPECHECK := build/typecheck
-$(TYPECHECK)/promptgrid: $(STAMP) FORCE
-	rm -rf $(TYPECHECK)/promptgrid && mkdir -p $(TYPECHECK)/promptgrid
-	cp -rs $(CURDIR)/src/promptgrid/. $(TYPECHECK)/promptgrid/
-	for d in tasks flows sandbox; do cp -rs $(CURDIR)/$$d $(TYPECHECK)/promptgrid/$$d; done
-	find $(TYPECHECK) -name __pycache__ -prune -exec rm -rf {} +
-
-typecheck: $(TYPECHECK)/promptgrid
-	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p promptgrid
+# mypy and import-linter read the source tree itself (src/promptgrid is the package, import path = file path).
+typecheck: $(STAMP)
+	$(BIN)/mypy
 
 # The layer rules in pyproject.toml's [tool.importlinter]: no stage imports a stage above it, no cycles.
-layers: $(TYPECHECK)/promptgrid
-	cd $(TYPECHECK) && PYTHONPATH=$(CURDIR)/$(TYPECHECK) $(CURDIR)/$(BIN)/lint-imports \
-		--config $(CURDIR)/pyproject.toml --no-cache
-
-.PHONY: FORCE
-FORCE:
+layers: $(STAMP)
+	PYTHONPATH=$(CURDIR)/src $(BIN)/lint-imports pyproject.toml --no-cache

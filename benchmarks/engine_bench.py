@@ -40,13 +40,13 @@ import httpx
 from PIL import Image
 from support import sandbox_process
 
+from promptgrid.api.client import ApiClient
+from promptgrid.engine.config import EngineConfig
+from promptgrid.engine.engine import Engine
+from promptgrid.models.check import check_input
+from promptgrid.quota.base import Limits
+from promptgrid.quota.local import LocalBudget
 from promptgrid.settings import ApiKey
-from promptgrid.tasks.api.client import ApiClient
-from promptgrid.tasks.engine.config import EngineConfig
-from promptgrid.tasks.engine.engine import Engine
-from promptgrid.tasks.models.check import check_input
-from promptgrid.tasks.quota.base import Limits
-from promptgrid.tasks.quota.local import LocalBudget
 from promptgrid.types import Job, JobStatus
 
 MODEL = "stable-diffusion-3-5-large"

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from promptgrid.tasks.output.keys import image_key
-from promptgrid.tasks.output.manifest.writer import ManifestWriter
-from promptgrid.tasks.output.sinks.local import LocalSink
+from promptgrid.output.keys import image_key
+from promptgrid.output.manifest.writer import ManifestWriter
+from promptgrid.output.sinks.local import LocalSink
 from promptgrid.types import Job, JobOutcome, JobStatus
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -36,7 +36,7 @@ CFGS, SEEDS = (2.5, 3.5, 4.5, 5.5, 7.0), (1, 2, 3, 4)
 
 CHILD = """
 import resource, sys, time
-from promptgrid.tasks.export.exporter import ExportOptions, export_output
+from promptgrid.export.exporter import ExportOptions, export_output
 started = time.perf_counter()
 if sys.argv[1] != "import-only":
     fmt, _, dedup = sys.argv[1].partition("+")

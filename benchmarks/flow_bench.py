@@ -52,18 +52,18 @@ def write_spec(folder: Path, jobs: int, output: Path, api_base: str) -> Path:
 
 async def bare_loop(spec_path: Path) -> int:
     """The same stages with no Prefect: engine.run over every job, each outcome stored as it comes."""
+    from promptgrid.api.client import ApiClient
+    from promptgrid.engine.engine import Engine
+    from promptgrid.engine.progress import RunProgress
     from promptgrid.flows.pipeline import engine_config
     from promptgrid.flows.planning import RunPlan
+    from promptgrid.output.journal import Journal
+    from promptgrid.output.manifest.writer import ManifestWriter
+    from promptgrid.output.recorder import OutcomeStore
+    from promptgrid.output.sinks import open_sink
+    from promptgrid.quota.local import LocalBudget
     from promptgrid.settings import read_api_settings
-    from promptgrid.tasks.api.client import ApiClient
-    from promptgrid.tasks.engine.engine import Engine
-    from promptgrid.tasks.engine.progress import RunProgress
-    from promptgrid.tasks.output.journal import Journal
-    from promptgrid.tasks.output.manifest.writer import ManifestWriter
-    from promptgrid.tasks.output.recorder import OutcomeStore
-    from promptgrid.tasks.output.sinks import open_sink
-    from promptgrid.tasks.quota.local import LocalBudget
-    from promptgrid.tasks.spec.load import load_spec
+    from promptgrid.spec.load import load_spec
 
     spec = load_spec(spec_path)
     plan = RunPlan.from_spec(spec)

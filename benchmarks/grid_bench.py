@@ -23,8 +23,8 @@ from typing import NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from promptgrid.tasks.spec.expand import plan_jobs
-from promptgrid.tasks.spec.load import load_spec
+from promptgrid.spec.expand import plan_jobs
+from promptgrid.spec.load import load_spec
 
 SPEC = """\
 name: grid-bench

@@ -6,9 +6,9 @@ import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 
-from promptgrid.tasks.output.manifest.read import latest_status, read_manifest, read_parts
-from promptgrid.tasks.output.manifest.writer import ManifestWriter, compact
-from promptgrid.tasks.output.sinks import open_sink
+from promptgrid.output.manifest.read import latest_status, read_manifest, read_parts
+from promptgrid.output.manifest.writer import ManifestWriter, compact
+from promptgrid.output.sinks import open_sink
 from promptgrid.types import Job, JobOutcome, JobStatus
 
 ROWS = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000

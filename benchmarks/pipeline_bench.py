@@ -34,7 +34,7 @@ from pathlib import Path
 from engine_bench import MODEL, run_seed_loop
 from support import sandbox_process
 
-from promptgrid.tasks.models.check import check_input
+from promptgrid.models.check import check_input
 from promptgrid.types import Job
 
 KEY = "pipeline-bench-key"
@@ -119,8 +119,8 @@ def run_pipeline(name: str, case: Case) -> None:
 
 
 def report(name: str, case: Case, done: subprocess.CompletedProcess[str], stats: dict, output: Path) -> None:
-    from promptgrid.tasks.output.manifest.read import read_manifest
-    from promptgrid.tasks.output.sinks import open_sink
+    from promptgrid.output.manifest.read import read_manifest
+    from promptgrid.output.sinks import open_sink
 
     rows = read_manifest(open_sink(str(output))).to_pylist()
     if not rows:

@@ -41,8 +41,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from promptgrid.tasks.quota.base import Limits  # noqa: E402
-from promptgrid.tasks.quota.factory import open_budget  # noqa: E402
+from promptgrid.quota.base import Limits  # noqa: E402
+from promptgrid.quota.factory import open_budget  # noqa: E402
 
 
 @dataclass

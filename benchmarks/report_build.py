@@ -15,11 +15,11 @@ from itertools import product
 
 from PIL import Image
 
-from promptgrid.tasks.output.keys import image_key
-from promptgrid.tasks.output.manifest.read import read_manifest
-from promptgrid.tasks.output.manifest.writer import ManifestWriter
-from promptgrid.tasks.output.sinks.local import LocalSink
-from promptgrid.tasks.report.build import SHEET_STATE_KEY, render_report
+from promptgrid.output.keys import image_key
+from promptgrid.output.manifest.read import read_manifest
+from promptgrid.output.manifest.writer import ManifestWriter
+from promptgrid.output.sinks.local import LocalSink
+from promptgrid.report.build import SHEET_STATE_KEY, render_report
 from promptgrid.types import Job, JobOutcome, JobStatus
 
 CFGS, STEPS, SEEDS = (2.0, 3.5, 5.0, 7.0, 9.0), (20, 35), (1, 2)

@@ -18,8 +18,8 @@ from collections.abc import Callable, Iterator
 
 import httpx
 
+from promptgrid.models.catalog import ASPECT_RATIOS
 from promptgrid.sandbox.render import render, render_key
-from promptgrid.tasks.models.catalog import ASPECT_RATIOS
 
 UNLIMITED = ["--time-scale", "100", "--rate-limit", "1000000000", "--max-in-flight", "1000000000"]
 BODY = {"model": "stable-diffusion-3-5-large", "version": "0.0.1", "input": {"prompt": "a benchmark kite"}}

@@ -18,12 +18,12 @@ import time
 import uuid
 from datetime import UTC, datetime
 
-from promptgrid.tasks.engine.progress import RunProgress
-from promptgrid.tasks.output.journal import Journal
-from promptgrid.tasks.output.keys import image_key
-from promptgrid.tasks.output.manifest.writer import ManifestWriter
-from promptgrid.tasks.output.recorder import OutcomeStore
-from promptgrid.tasks.output.sinks import open_sink
+from promptgrid.engine.progress import RunProgress
+from promptgrid.output.journal import Journal
+from promptgrid.output.keys import image_key
+from promptgrid.output.manifest.writer import ManifestWriter
+from promptgrid.output.recorder import OutcomeStore
+from promptgrid.output.sinks import open_sink
 from promptgrid.types import Job, JobOutcome, JobStatus
 
 IMAGES = int(sys.argv[1]) if len(sys.argv) > 1 else 300

@@ -10,7 +10,7 @@ import pytest
 # Before anything imports prefect: its settings are read once, at import.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="promptgrid-test-prefect-")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-# The user cache of model schemas (promptgrid.tasks.models.records), never the real one in the home folder.
+# The user cache of model schemas (promptgrid.models.records), never the real one in the home folder.
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="promptgrid-test-cache-")
 os.environ.pop("PREFECT_API_URL", None)
 os.environ.pop("EACHLABS_API_KEY", None)

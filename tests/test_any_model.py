@@ -14,22 +14,22 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
+from promptgrid.api.client import ApiClient
+from promptgrid.api.prediction import PredictionStatus, parse_prediction
+from promptgrid.engine.config import EngineConfig
+from promptgrid.engine.engine import Engine
 from promptgrid.errors import InvalidInput
+from promptgrid.models.catalog import BUILTIN, ModelCatalog
+from promptgrid.models.schema import ModelSchema
+from promptgrid.output.manifest.read import latest_rows
+from promptgrid.output.manifest.rows import MANIFEST_SCHEMA, outcome_row, rows_to_table
+from promptgrid.output.selection import job_from_row, select_rows
+from promptgrid.quota.base import Limits
+from promptgrid.quota.local import LocalBudget
 from promptgrid.sandbox.models import FLUX_SCHEMA
 from promptgrid.settings import ApiKey
-from promptgrid.tasks.api.client import ApiClient
-from promptgrid.tasks.api.prediction import PredictionStatus, parse_prediction
-from promptgrid.tasks.engine.config import EngineConfig
-from promptgrid.tasks.engine.engine import Engine
-from promptgrid.tasks.models.catalog import BUILTIN, ModelCatalog
-from promptgrid.tasks.models.schema import ModelSchema
-from promptgrid.tasks.output.manifest.read import latest_rows
-from promptgrid.tasks.output.manifest.rows import MANIFEST_SCHEMA, outcome_row, rows_to_table
-from promptgrid.tasks.output.selection import job_from_row, select_rows
-from promptgrid.tasks.quota.base import Limits
-from promptgrid.tasks.quota.local import LocalBudget
-from promptgrid.tasks.spec.expand import iter_job_batches
-from promptgrid.tasks.spec.load import load_spec
+from promptgrid.spec.expand import iter_job_batches
+from promptgrid.spec.load import load_spec
 from promptgrid.types import Job, JobOutcome, JobStatus
 from tests.support.sandbox import TEST_TIME_SCALE
 
@@ -240,7 +240,7 @@ def test_backfill_sql_filters_on_any_models_inputs_across_old_and_new_parts():
 
 
 def test_the_report_lays_any_models_inputs_out_and_never_the_record_columns():
-    from promptgrid.tasks.report.layout import choose_axes, sweep_params
+    from promptgrid.report.layout import choose_axes, sweep_params
 
     jobs = [
         flux_job(n, guidance=g, num_inference_steps=s) for n, (g, s) in enumerate([(2, 10), (4, 10), (2, 20)])

@@ -15,9 +15,9 @@ import pytest
 
 from promptgrid.flows.backfill import backfill
 from promptgrid.flows.generate import generate
-from promptgrid.tasks.models.records import UserCache
-from promptgrid.tasks.output.manifest.read import read_manifest
-from promptgrid.tasks.output.sinks import open_sink
+from promptgrid.models.records import UserCache
+from promptgrid.output.manifest.read import read_manifest
+from promptgrid.output.sinks import open_sink
 from tests.support.processes import free_port, promptgrid
 
 pytestmark = [

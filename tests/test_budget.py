@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from promptgrid.tasks.quota.base import Limits
-from promptgrid.tasks.quota.local import LocalBudget
+from promptgrid.quota.base import Limits
+from promptgrid.quota.local import LocalBudget
 
 WINDOW = 0.2
 

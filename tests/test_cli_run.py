@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from promptgrid.tasks.output.saved_spec import save_spec
-from promptgrid.tasks.output.sinks import open_sink
+from promptgrid.output.saved_spec import save_spec
+from promptgrid.output.sinks import open_sink
 from tests.support.processes import promptgrid
 
 pytestmark = pytest.mark.integration  # the installed command, in a process of its own

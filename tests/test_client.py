@@ -9,6 +9,8 @@ from email.utils import format_datetime
 import httpx
 import pytest
 
+from promptgrid.api.client import ApiClient, parse_retry_after
+from promptgrid.api.prediction import PredictionStatus, parse_prediction
 from promptgrid.errors import (
     AuthenticationFailed,
     InputRejected,
@@ -20,8 +22,6 @@ from promptgrid.errors import (
     UnexpectedAnswer,
 )
 from promptgrid.settings import ApiKey
-from promptgrid.tasks.api.client import ApiClient, parse_retry_after
-from promptgrid.tasks.api.prediction import PredictionStatus, parse_prediction
 
 SECRET = "sk-test-0123456789abcdef"
 BASE = "http://127.0.0.1:9"

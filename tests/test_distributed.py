@@ -24,9 +24,9 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
+from promptgrid.output.manifest.read import read_manifest
+from promptgrid.output.sinks import open_sink
 from promptgrid.sandbox.server import SandboxConfig, running_sandbox
-from promptgrid.tasks.output.manifest.read import read_manifest
-from promptgrid.tasks.output.sinks import open_sink
 from tests.support.processes import die_with_parent, free_port, running_redis_server
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from promptgrid.api.polling import PollPolicy
 from promptgrid.cli import app
+from promptgrid.engine.estimate import estimate_run, expected_polls, format_duration
 from promptgrid.errors import InvalidInput
-from promptgrid.tasks.api.polling import PollPolicy
-from promptgrid.tasks.engine.estimate import estimate_run, expected_polls, format_duration
-from promptgrid.tasks.spec.expand import plan_jobs
-from promptgrid.tasks.spec.load import load_spec
-from promptgrid.tasks.spec.schema import ApiConfig
+from promptgrid.spec.expand import plan_jobs
+from promptgrid.spec.load import load_spec
+from promptgrid.spec.schema import ApiConfig
 from tests.support.processes import promptgrid
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

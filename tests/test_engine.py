@@ -20,15 +20,15 @@ import httpx
 import pytest
 from PIL import Image
 
+from promptgrid.api.client import ApiClient
+from promptgrid.api.polling import PollPolicy
+from promptgrid.engine.config import EngineConfig
+from promptgrid.engine.engine import Engine
 from promptgrid.errors import PaymentRequired
+from promptgrid.models.check import check_input
+from promptgrid.quota.base import Limits
+from promptgrid.quota.local import LocalBudget
 from promptgrid.settings import ApiKey
-from promptgrid.tasks.api.client import ApiClient
-from promptgrid.tasks.api.polling import PollPolicy
-from promptgrid.tasks.engine.config import EngineConfig
-from promptgrid.tasks.engine.engine import Engine
-from promptgrid.tasks.models.check import check_input
-from promptgrid.tasks.quota.base import Limits
-from promptgrid.tasks.quota.local import LocalBudget
 from promptgrid.types import Job, JobStatus
 
 SECRET = "sk-engine-test-secret-42"

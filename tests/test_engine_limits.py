@@ -12,18 +12,18 @@ from dataclasses import replace
 
 import pytest
 
+from promptgrid.api.client import ApiClient
+from promptgrid.api.polling import LatencyModel, PollPolicy
+from promptgrid.engine.config import EngineConfig, EngineStats
+from promptgrid.engine.engine import Engine
+from promptgrid.engine.limits import ApiLimits
+from promptgrid.engine.progress import RunProgress, summary_rows
 from promptgrid.errors import PaymentRequired, Throttled
+from promptgrid.models.check import check_input
+from promptgrid.quota.base import Limits
+from promptgrid.quota.local import LocalBudget
 from promptgrid.sandbox.predictions import input_hash
 from promptgrid.settings import ApiKey
-from promptgrid.tasks.api.client import ApiClient
-from promptgrid.tasks.api.polling import LatencyModel, PollPolicy
-from promptgrid.tasks.engine.config import EngineConfig, EngineStats
-from promptgrid.tasks.engine.engine import Engine
-from promptgrid.tasks.engine.limits import ApiLimits
-from promptgrid.tasks.engine.progress import RunProgress, summary_rows
-from promptgrid.tasks.models.check import check_input
-from promptgrid.tasks.quota.base import Limits
-from promptgrid.tasks.quota.local import LocalBudget
 from promptgrid.types import Job, JobOutcome, JobStatus
 from tests.support.sandbox import TEST_TIME_SCALE
 

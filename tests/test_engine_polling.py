@@ -11,7 +11,7 @@ import random
 
 import pytest
 
-from promptgrid.tasks.api.polling import LatencyModel, PollPolicy
+from promptgrid.api.polling import LatencyModel, PollPolicy
 
 KEY = ("stable-diffusion-3-5-large", 35)
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 
+from promptgrid.api.client import ApiClient
+from promptgrid.engine.config import EngineConfig
+from promptgrid.engine.engine import Engine
+from promptgrid.models.check import check_input
+from promptgrid.quota.base import Limits
+from promptgrid.quota.local import LocalBudget
 from promptgrid.sandbox.predictions import input_hash
 from promptgrid.settings import ApiKey
-from promptgrid.tasks.api.client import ApiClient
-from promptgrid.tasks.engine.config import EngineConfig
-from promptgrid.tasks.engine.engine import Engine
-from promptgrid.tasks.models.check import check_input
-from promptgrid.tasks.quota.base import Limits
-from promptgrid.tasks.quota.local import LocalBudget
 from promptgrid.types import Job, JobStatus
 from tests.support.sandbox import TEST_TIME_SCALE
 

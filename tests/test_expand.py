@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from promptgrid.tasks.models.check import check_input
-from promptgrid.tasks.spec.expand import build_variants, iter_job_batches, job_id, plan_jobs
-from promptgrid.tasks.spec.load import load_spec
+from promptgrid.models.check import check_input
+from promptgrid.spec.expand import build_variants, iter_job_batches, job_id, plan_jobs
+from promptgrid.spec.load import load_spec
 
 SPEC = """\
 model: stable-diffusion-3-5-large

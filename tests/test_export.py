@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 
 from promptgrid.cli import app
 from promptgrid.errors import InvalidInput
-from promptgrid.tasks.export.exporter import ExportOptions, export_output
-from promptgrid.tasks.output.keys import image_key
-from promptgrid.tasks.output.manifest.writer import ManifestWriter
-from promptgrid.tasks.output.sinks import open_sink
+from promptgrid.export.exporter import ExportOptions, export_output
+from promptgrid.output.keys import image_key
+from promptgrid.output.manifest.writer import ManifestWriter
+from promptgrid.output.sinks import open_sink
 from promptgrid.types import Job, JobOutcome, JobStatus
 from tests.support.exports import check_hf, check_wds, expected_rows, load_hf
 from tests.support.report_run import FAILURES, record_retry_success, record_run
@@ -286,7 +286,7 @@ def test_an_output_without_a_manifest_is_refused(tmp_path):
 
 @pytest.mark.parametrize("distance", [0, 1, 4, 9])
 def test_the_near_duplicate_index_finds_what_comparing_every_pair_finds(distance):
-    from promptgrid.tasks.export.dedup import NearDuplicateIndex
+    from promptgrid.export.dedup import NearDuplicateIndex
 
     rng = np.random.default_rng(distance)
     kept: list[int] = []
@@ -306,8 +306,8 @@ def test_the_near_duplicate_index_finds_what_comparing_every_pair_finds(distance
 
 def test_a_part_compacted_away_mid_export_stops_it_and_a_rerun_starts_over(tmp_path):
     from promptgrid.errors import ExportFailed
-    from promptgrid.tasks.output.manifest.read import part_keys
-    from promptgrid.tasks.output.manifest.writer import compact
+    from promptgrid.output.manifest.read import part_keys
+    from promptgrid.output.manifest.writer import compact
 
     sink = open_sink(str(tmp_path / "out"))
     failed = next(job for job in record_run(sink) if job.status == JobStatus.FAILED)

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from promptgrid.tasks.export.exporter import ExportOptions, export_output
-from promptgrid.tasks.output.keys import image_key
-from promptgrid.tasks.output.manifest.writer import ManifestWriter
-from promptgrid.tasks.output.sinks import open_sink
+from promptgrid.export.exporter import ExportOptions, export_output
+from promptgrid.output.keys import image_key
+from promptgrid.output.manifest.writer import ManifestWriter
+from promptgrid.output.sinks import open_sink
 from promptgrid.types import Job, JobOutcome, JobStatus
 from tests.support.exports import check_hf, check_wds, expected_rows
 
@@ -30,7 +30,7 @@ OPTIONS = {"shard_bytes": 60_000, "batch_rows": 4}
 # The child exports and kills itself, as a lost machine would, once three parts have been written out.
 CHILD = """
 import os, signal, sys
-from promptgrid.tasks.export.exporter import ExportOptions, export_output
+from promptgrid.export.exporter import ExportOptions, export_output
 
 def on_progress(progress):
     if progress.examined >= {kill_after}:

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from promptgrid.export.exporter import ExportOptions, export_output
 from promptgrid.flows.generate import generate
+from promptgrid.models.catalog import INPUT_NAMES
+from promptgrid.output.manifest.read import read_manifest
+from promptgrid.output.sinks import open_sink
 from promptgrid.sandbox.server import SandboxConfig, running_sandbox
-from promptgrid.tasks.export.exporter import ExportOptions, export_output
-from promptgrid.tasks.models.catalog import INPUT_NAMES
-from promptgrid.tasks.output.manifest.read import read_manifest
-from promptgrid.tasks.output.sinks import open_sink
 from tests.support.exports import check_hf, check_wds, expected_rows, load_hf
 from tests.support.report_run import ReportPage
 from tests.support.sandbox import TEST_TIME_SCALE

@@ -11,14 +11,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from promptgrid.api.client import ApiClient
+from promptgrid.engine.engine import Engine
 from promptgrid.errors import ApiUnreachable
+from promptgrid.output.journal import Journal
+from promptgrid.output.sinks import open_sink
+from promptgrid.quota.base import Limits
+from promptgrid.quota.local import LocalBudget
 from promptgrid.settings import ApiKey
-from promptgrid.tasks.api.client import ApiClient
-from promptgrid.tasks.engine.engine import Engine
-from promptgrid.tasks.output.journal import Journal
-from promptgrid.tasks.output.sinks import open_sink
-from promptgrid.tasks.quota.base import Limits
-from promptgrid.tasks.quota.local import LocalBudget
 from promptgrid.types import Job, JobStatus
 from tests.test_engine import FAST, SECRET, ScriptedApi, make_job
 

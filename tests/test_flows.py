@@ -13,8 +13,8 @@ import pytest
 from promptgrid.flows.backfill import backfill
 from promptgrid.flows.generate import generate
 from promptgrid.flows.sweep import SweepRequest, sweep
-from promptgrid.tasks.output.manifest.read import read_manifest
-from promptgrid.tasks.output.sinks import open_sink
+from promptgrid.output.manifest.read import read_manifest
+from promptgrid.output.sinks import open_sink
 from tests.support.secrets import assert_key_nowhere
 
 pytestmark = [

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from promptgrid.api.client import ApiClient
 from promptgrid.flows.generate import generate
+from promptgrid.output.journal import Journal
+from promptgrid.output.manifest.read import part_keys, read_manifest
+from promptgrid.output.sinks import open_sink
 from promptgrid.settings import ApiKey
-from promptgrid.tasks.api.client import ApiClient
-from promptgrid.tasks.output.journal import Journal
-from promptgrid.tasks.output.manifest.read import part_keys, read_manifest
-from promptgrid.tasks.output.sinks import open_sink
-from promptgrid.tasks.spec.expand import iter_job_batches
-from promptgrid.tasks.spec.load import load_spec
+from promptgrid.spec.expand import iter_job_batches
+from promptgrid.spec.load import load_spec
 from tests.support.secrets import assert_key_nowhere
 
 pytestmark = [

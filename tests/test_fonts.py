@@ -10,9 +10,9 @@ import io
 
 from PIL import Image, ImageChops, ImageDraw
 
-from promptgrid.tasks.report.fonts import FontChain, installed_faces, parse_charset
-from promptgrid.tasks.report.layout import build_grids
-from promptgrid.tasks.report.sheets import TITLE_PX, draw_contact_sheet
+from promptgrid.report.fonts import FontChain, installed_faces, parse_charset
+from promptgrid.report.layout import build_grids
+from promptgrid.report.sheets import TITLE_PX, draw_contact_sheet
 
 PROMPT = "富士山の夕焼け — 水彩画"
 NOWHERE = "\U0010fffd"  # a private-use code point no font draws: whatever a font shows for it is its box

@@ -10,11 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from promptgrid.errors import InvalidInput
-from promptgrid.tasks.models.catalog import SEED_MAX, get_model
-from promptgrid.tasks.models.check import check_input
-from promptgrid.tasks.spec.checks import FEW_VALUES, check_image_ref, iter_grid, validate_grid
-from promptgrid.tasks.spec.grid import GridContext
-from promptgrid.tasks.spec.problems import ProblemLog
+from promptgrid.models.catalog import SEED_MAX, get_model
+from promptgrid.models.check import check_input
+from promptgrid.spec.checks import FEW_VALUES, check_image_ref, iter_grid, validate_grid
+from promptgrid.spec.grid import GridContext
+from promptgrid.spec.problems import ProblemLog
 
 LARGE = get_model("stable-diffusion-3-5-large")
 TURBO = get_model("stable-diffusion-3-5-large-turbo")

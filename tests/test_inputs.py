@@ -11,13 +11,13 @@ import pytest
 from PIL import Image
 
 from promptgrid.errors import InvalidInput
-from promptgrid.tasks.output.input_images import (
+from promptgrid.output.input_images import (
     InputImages,
     InputServer,
     classify_image_ref,
     sniff_image_format,
 )
-from promptgrid.tasks.output.sinks import open_sink
+from promptgrid.output.sinks import open_sink
 
 KEY = {"X-API-Key": "test-key"}
 

@@ -7,9 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from promptgrid.tasks.output.journal import Journal, JournalRecord
-from promptgrid.tasks.output.manifest.writer import ManifestWriter
-from promptgrid.tasks.output.sinks import open_sink
+from promptgrid.output.journal import Journal, JournalRecord
+from promptgrid.output.manifest.writer import ManifestWriter
+from promptgrid.output.sinks import open_sink
 from promptgrid.types import Job, JobOutcome, JobStatus
 
 T0 = datetime(2026, 3, 4, 5, 6, 7, 123456, tzinfo=UTC)

@@ -14,13 +14,8 @@ import pytest
 from promptgrid.types import ErrorCode
 
 ROOT = Path(__file__).resolve().parents[1]
-# Where each installed package's source lives (pyproject.toml's package-dir).
-SOURCE_ROOTS = {
-    "promptgrid": ROOT / "src" / "promptgrid",
-    "promptgrid.tasks": ROOT / "tasks",
-    "promptgrid.flows": ROOT / "flows",
-    "promptgrid.sandbox": ROOT / "sandbox",
-}
+SRC = ROOT / "src"
+PACKAGE = SRC / "promptgrid"
 MAX_MODULE_LINES = 400
 
 
@@ -28,29 +23,26 @@ def pyproject() -> dict:
     return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 
 
-def package_folders() -> set[str]:
-    found = set()
-    for name, root in SOURCE_ROOTS.items():
-        for init in root.rglob("__init__.py"):
-            relative = init.parent.relative_to(root).parts
-            found.add(".".join((name, *relative)))
-    return found
-
-
-def test_every_package_folder_is_installed():
-    assert set(pyproject()["tool"]["setuptools"]["packages"]) == package_folders()
-
-
-def test_package_dir_maps_the_stage_folders_under_promptgrid():
-    mapping = pyproject()["tool"]["setuptools"]["package-dir"]
-    assert {name: ROOT / path for name, path in mapping.items()} == SOURCE_ROOTS
+def test_every_module_lives_at_its_import_path():
+    # One root: the installed packages are exactly the folders under src/promptgrid, found by setuptools.
+    assert pyproject()["tool"]["setuptools"]["packages"]["find"] == {"where": ["src"]}
+    stray = [p.name for p in (ROOT / "tasks", ROOT / "flows", ROOT / "sandbox") if p.exists()]
+    assert stray == []
+    missing_init = [
+        str(folder.relative_to(ROOT))
+        for folder in PACKAGE.rglob("*")
+        if folder.is_dir()
+        and folder.name != "__pycache__"
+        and any(folder.glob("*.py"))
+        and not (folder / "__init__.py").exists()
+    ]
+    assert missing_init == []
 
 
 def test_no_module_is_over_the_size_guideline():
     long = {
         str(path.relative_to(ROOT)): lines
-        for root in SOURCE_ROOTS.values()
-        for path in root.rglob("*.py")
+        for path in PACKAGE.rglob("*.py")
         if (lines := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
     }
     assert long == {}
@@ -71,4 +63,4 @@ def test_the_wheel_installs_one_top_level_name(tmp_path):
         names = archive.namelist()
     top = {name.split("/", 1)[0] for name in names if not name.split("/", 1)[0].endswith(".dist-info")}
     assert top == {"promptgrid"}
-    assert "promptgrid/tasks/engine/engine.py" in names and "promptgrid/flows/generate.py" in names
+    assert "promptgrid/engine/engine.py" in names and "promptgrid/flows/generate.py" in names

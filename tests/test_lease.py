@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from promptgrid.errors import InvalidInput, OutputInUse, OutputLeaseLost
-from promptgrid.tasks.output.lease import OutputLease, check_writable, lease_name, overlaps
-from promptgrid.tasks.output.sinks import open_sink
+from promptgrid.output.lease import OutputLease, check_writable, lease_name, overlaps
+from promptgrid.output.sinks import open_sink
 
 
 class Clock:
@@ -148,8 +148,8 @@ def test_wait_starts_once_the_holder_releases(tmp_path):
 def test_a_lease_whose_process_was_killed_on_this_machine_is_taken_at_once(tmp_path):
     script = (
         "import sys, time\n"
-        "from promptgrid.tasks.output.lease import OutputLease\n"
-        "from promptgrid.tasks.output.sinks import open_sink\n"
+        "from promptgrid.output.lease import OutputLease\n"
+        "from promptgrid.output.sinks import open_sink\n"
         "OutputLease(open_sink(sys.argv[1]), 'shard-0-of-1', 'doomed', ttl_s=3600).take()\n"
         "print('held', flush=True)\n"
         "time.sleep(600)\n"

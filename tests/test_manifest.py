@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import promptgrid
-from promptgrid.tasks.output.manifest.read import (
+from promptgrid.output.manifest.read import (
     latest_outcomes,
     latest_status,
     part_keys,
@@ -23,11 +23,11 @@ from promptgrid.tasks.output.manifest.read import (
     read_parts,
     status_counts,
 )
-from promptgrid.tasks.output.manifest.rows import MANIFEST_SCHEMA
-from promptgrid.tasks.output.manifest.writer import ManifestWriter, compact
-from promptgrid.tasks.output.saved_spec import read_saved_spec, save_spec
-from promptgrid.tasks.output.sinks import open_sink
-from promptgrid.tasks.output.sinks.s3 import S3Sink
+from promptgrid.output.manifest.rows import MANIFEST_SCHEMA
+from promptgrid.output.manifest.writer import ManifestWriter, compact
+from promptgrid.output.saved_spec import read_saved_spec, save_spec
+from promptgrid.output.sinks import open_sink
+from promptgrid.output.sinks.s3 import S3Sink
 from promptgrid.types import Job, JobOutcome, JobStatus
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

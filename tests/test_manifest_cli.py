@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from promptgrid.cli import app
-from promptgrid.tasks.output.manifest.read import part_keys
-from promptgrid.tasks.output.manifest.writer import ManifestWriter
-from promptgrid.tasks.output.sinks import open_sink
+from promptgrid.output.manifest.read import part_keys
+from promptgrid.output.manifest.writer import ManifestWriter
+from promptgrid.output.sinks import open_sink
 from promptgrid.types import Job, JobOutcome, JobStatus
 
 

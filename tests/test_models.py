@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 
 from promptgrid.errors import UnknownModel
+from promptgrid.models.catalog import BUILTIN, ModelCatalog, expected_size, get_model
+from promptgrid.models.check import check_input
+from promptgrid.models.openapi import input_schema_from_openapi
+from promptgrid.models.records import ModelRecord, UserCache, builtin_record, offline_catalog
+from promptgrid.models.schema import ModelSchema, describe_allowed
+from promptgrid.models.slugs import canonical_slug, spellings
 from promptgrid.sandbox.models import FLUX_SCHEMA, MODELS, openapi_document
-from promptgrid.tasks.models.catalog import BUILTIN, ModelCatalog, expected_size, get_model
-from promptgrid.tasks.models.check import check_input
-from promptgrid.tasks.models.openapi import input_schema_from_openapi
-from promptgrid.tasks.models.records import ModelRecord, UserCache, builtin_record, offline_catalog
-from promptgrid.tasks.models.schema import ModelSchema, describe_allowed
-from promptgrid.tasks.models.slugs import canonical_slug, spellings
-from promptgrid.tasks.spec.expand import iter_job_batches, job_id
-from promptgrid.tasks.spec.load import load_spec
+from promptgrid.spec.expand import iter_job_batches, job_id
+from promptgrid.spec.load import load_spec
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 LARGE = get_model("stable-diffusion-3-5-large")

@@ -16,11 +16,11 @@ import pytest
 from typer.testing import CliRunner
 
 from promptgrid.cli import app
-from promptgrid.tasks.output.manifest.locate import legacy_image_key
-from promptgrid.tasks.output.manifest.read import part_keys, read_manifest
-from promptgrid.tasks.output.manifest.rows import MANIFEST_SCHEMA, rows_to_table
-from promptgrid.tasks.output.saved_spec import save_spec
-from promptgrid.tasks.output.sinks import open_sink
+from promptgrid.output.manifest.locate import legacy_image_key
+from promptgrid.output.manifest.read import part_keys, read_manifest
+from promptgrid.output.manifest.rows import MANIFEST_SCHEMA, rows_to_table
+from promptgrid.output.saved_spec import save_spec
+from promptgrid.output.sinks import open_sink
 from promptgrid.types import JobStatus
 from tests.support.exports import check_hf, expected_rows
 from tests.support.report_run import ReportPage, record_run

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 
-from promptgrid.tasks.engine.progress import RunProgress, TerminalProgress, format_eta
+from promptgrid.engine.progress import RunProgress, TerminalProgress, format_eta
 from promptgrid.types import JobOutcome, JobStatus
 
 

@@ -26,11 +26,11 @@ import promptgrid
 from promptgrid.cli import app
 from promptgrid.errors import ApiUnreachable, InvalidInput
 from promptgrid.notebook.runs import run_blocking
-from promptgrid.tasks.output.manifest.read import status_counts
-from promptgrid.tasks.output.manifest.writer import ManifestWriter
-from promptgrid.tasks.output.sinks import open_sink
-from promptgrid.tasks.report.build import write_report
-from promptgrid.tasks.report.layout import prompt_slug
+from promptgrid.output.manifest.read import status_counts
+from promptgrid.output.manifest.writer import ManifestWriter
+from promptgrid.output.sinks import open_sink
+from promptgrid.report.build import write_report
+from promptgrid.report.layout import prompt_slug
 from promptgrid.types import Job, JobOutcome, JobStatus
 from tests.support.report_run import CFGS, PROMPTS, SEEDS, STEPS, T0, record_retry_success, record_run
 

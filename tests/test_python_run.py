@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import promptgrid
-from promptgrid.tasks.output.manifest.read import status_counts
-from promptgrid.tasks.output.sinks import open_sink
+from promptgrid.output.manifest.read import status_counts
+from promptgrid.output.sinks import open_sink
 
 pytestmark = [
     pytest.mark.integration,  # the Prefect test server, and a Prefect server in the example's process

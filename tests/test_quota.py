@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 
 from promptgrid.errors import InvalidInput
+from promptgrid.quota.base import Limits
+from promptgrid.quota.factory import open_budget, quota_namespace
+from promptgrid.quota.local import LocalBudget
+from promptgrid.quota.shared import RedisBudget
 from promptgrid.settings import ApiKey
-from promptgrid.tasks.quota.base import Limits
-from promptgrid.tasks.quota.factory import open_budget, quota_namespace
-from promptgrid.tasks.quota.local import LocalBudget
-from promptgrid.tasks.quota.shared import RedisBudget
 
 
 async def test_no_quota_url_means_a_local_budget():

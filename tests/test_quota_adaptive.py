@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from promptgrid.tasks.quota.adaptive import SlotGate, infer_rate_limit, most_in_window
-from promptgrid.tasks.quota.base import Limits
-from promptgrid.tasks.quota.local import LocalBudget
+from promptgrid.quota.adaptive import SlotGate, infer_rate_limit, most_in_window
+from promptgrid.quota.base import Limits
+from promptgrid.quota.local import LocalBudget
 
 
 def steady(

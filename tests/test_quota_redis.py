@@ -15,8 +15,8 @@ import redis
 import redis.asyncio
 
 from promptgrid.errors import QuotaUnavailable
-from promptgrid.tasks.quota.base import Limits
-from promptgrid.tasks.quota.shared import RedisBudget
+from promptgrid.quota.base import Limits
+from promptgrid.quota.shared import RedisBudget
 from tests.support.processes import free_port, running_redis_server
 
 pytestmark = [
@@ -153,8 +153,8 @@ async def test_killed_holders_slots_come_back_after_the_lease(redis_url, namespa
 
 HOLDER_SCRIPT = """
 import asyncio, sys, time
-from promptgrid.tasks.quota.base import Limits
-from promptgrid.tasks.quota.shared import RedisBudget
+from promptgrid.quota.base import Limits
+from promptgrid.quota.shared import RedisBudget
 
 async def main():
     budget = RedisBudget(Limits(requests=1000, window_s=1.0, max_in_flight=2), sys.argv[1], sys.argv[2],

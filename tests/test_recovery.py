@@ -15,13 +15,13 @@ import pytest
 from typer.testing import CliRunner
 
 from promptgrid.cli import app
-from promptgrid.tasks.output import recovery
-from promptgrid.tasks.output.journal import ImageRecord, Journal
-from promptgrid.tasks.output.keys import image_key
-from promptgrid.tasks.output.manifest.read import latest_status, part_keys, read_manifest
-from promptgrid.tasks.output.manifest.rows import outcome_row
-from promptgrid.tasks.output.manifest.writer import ManifestWriter, compact
-from promptgrid.tasks.output.sinks import open_sink
+from promptgrid.output import recovery
+from promptgrid.output.journal import ImageRecord, Journal
+from promptgrid.output.keys import image_key
+from promptgrid.output.manifest.read import latest_status, part_keys, read_manifest
+from promptgrid.output.manifest.rows import outcome_row
+from promptgrid.output.manifest.writer import ManifestWriter, compact
+from promptgrid.output.sinks import open_sink
 from promptgrid.types import Job, JobOutcome, JobStatus
 
 NOW = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)

@@ -15,14 +15,14 @@ from typer.testing import CliRunner
 
 from promptgrid.cli import app
 from promptgrid.errors import InvalidInput
-from promptgrid.tasks.output.manifest.read import read_manifest
-from promptgrid.tasks.output.manifest.rows import MANIFEST_SCHEMA
-from promptgrid.tasks.output.sinks import open_sink
-from promptgrid.tasks.output.sinks.local import LocalSink
-from promptgrid.tasks.report.build import render_report, report_url, write_report
-from promptgrid.tasks.report.layout import build_grids
-from promptgrid.tasks.report.sheets import FAILURE_FILL, PAD, draw_contact_sheet
-from promptgrid.tasks.report.summary import summarize_rows
+from promptgrid.output.manifest.read import read_manifest
+from promptgrid.output.manifest.rows import MANIFEST_SCHEMA
+from promptgrid.output.sinks import open_sink
+from promptgrid.output.sinks.local import LocalSink
+from promptgrid.report.build import render_report, report_url, write_report
+from promptgrid.report.layout import build_grids
+from promptgrid.report.sheets import FAILURE_FILL, PAD, draw_contact_sheet
+from promptgrid.report.summary import summarize_rows
 from promptgrid.types import JobStatus
 from tests.support.processes import promptgrid
 from tests.support.report_run import (

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from promptgrid.tasks.output.sinks.local import LocalSink
-from promptgrid.tasks.report.build import write_report
+from promptgrid.output.sinks.local import LocalSink
+from promptgrid.report.build import write_report
 from promptgrid.types import JobStatus
 from tests.support.report_run import PROMPTS, assert_laid_out, colour_corner, record_run
 

@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from promptgrid.cli import app
 from promptgrid.flows.generate import generate
-from promptgrid.tasks.output.manifest.read import read_manifest
-from promptgrid.tasks.output.sinks.local import LocalSink
+from promptgrid.output.manifest.read import read_manifest
+from promptgrid.output.sinks.local import LocalSink
 from tests.support.report_run import ReportPage
 
 pytestmark = [

@@ -13,14 +13,14 @@ from typer.testing import CliRunner
 
 from promptgrid.cli import app
 from promptgrid.errors import InvalidInput
-from promptgrid.tasks.output.keys import image_key
-from promptgrid.tasks.output.manifest.read import read_manifest
-from promptgrid.tasks.output.manifest.writer import ManifestWriter
-from promptgrid.tasks.output.sinks import LocalSink
-from promptgrid.tasks.report.build import SHEETS_PREFIX, sheet_key, write_report
-from promptgrid.tasks.report.layout import build_grids
-from promptgrid.tasks.spec.expand import iter_job_batches
-from promptgrid.tasks.spec.load import load_spec
+from promptgrid.output.keys import image_key
+from promptgrid.output.manifest.read import read_manifest
+from promptgrid.output.manifest.writer import ManifestWriter
+from promptgrid.output.sinks import LocalSink
+from promptgrid.report.build import SHEETS_PREFIX, sheet_key, write_report
+from promptgrid.report.layout import build_grids
+from promptgrid.spec.expand import iter_job_batches
+from promptgrid.spec.load import load_spec
 from promptgrid.types import Job, JobOutcome, JobStatus
 from tests.support.report_run import T0, ReportPage, colour_centre, colour_for, png_bytes
 

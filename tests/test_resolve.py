@@ -8,17 +8,17 @@ from collections import Counter
 import httpx
 import pytest
 
+from promptgrid.api.client import ApiClient
+from promptgrid.api.resolve import Resolution, resolve_models
+from promptgrid.api.routes import ModelRoutes
+from promptgrid.engine.config import EngineConfig
+from promptgrid.engine.engine import Engine
 from promptgrid.errors import ApiUnreachable, UnknownModel
+from promptgrid.models.check import check_input
+from promptgrid.models.records import UserCache, builtin_record
+from promptgrid.quota.base import Limits
+from promptgrid.quota.local import LocalBudget
 from promptgrid.settings import ApiKey
-from promptgrid.tasks.api.client import ApiClient
-from promptgrid.tasks.api.resolve import Resolution, resolve_models
-from promptgrid.tasks.api.routes import ModelRoutes
-from promptgrid.tasks.engine.config import EngineConfig
-from promptgrid.tasks.engine.engine import Engine
-from promptgrid.tasks.models.check import check_input
-from promptgrid.tasks.models.records import UserCache, builtin_record
-from promptgrid.tasks.quota.base import Limits
-from promptgrid.tasks.quota.local import LocalBudget
 from promptgrid.types import Job, JobStatus
 from tests.support.processes import free_port
 from tests.support.sandbox import TEST_TIME_SCALE

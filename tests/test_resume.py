@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from promptgrid.tasks.output.manifest.read import read_manifest, read_parts
-from promptgrid.tasks.output.sinks import open_sink
+from promptgrid.output.manifest.read import read_manifest, read_parts
+from promptgrid.output.sinks import open_sink
 
 pytestmark = pytest.mark.integration  # a real run killed with SIGKILL, then resumed
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from promptgrid.tasks.output.manifest.read import read_manifest, read_parts
-from promptgrid.tasks.output.sinks import open_sink
+from promptgrid.output.manifest.read import read_manifest, read_parts
+from promptgrid.output.sinks import open_sink
 from tests.support.processes import promptgrid
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]  # real runs, killed and interrupted

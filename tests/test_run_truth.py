@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from promptgrid.tasks.output.journal import Journal
-from promptgrid.tasks.output.manifest.read import part_keys, read_manifest
-from promptgrid.tasks.output.sinks import open_sink
+from promptgrid.output.journal import Journal
+from promptgrid.output.manifest.read import part_keys, read_manifest
+from promptgrid.output.sinks import open_sink
 from tests.support.processes import CLI, free_port, promptgrid
 
 pytestmark = pytest.mark.integration  # the installed command, in a process of its own

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from promptgrid.tasks.models.catalog import ASPECT_RATIOS
+from promptgrid.models.catalog import ASPECT_RATIOS
 
 KEY = {"X-API-Key": "test-key"}
 PIL_NAMES = {"webp": "WEBP", "jpg": "JPEG", "png": "PNG"}

@@ -12,23 +12,23 @@ from pathlib import Path
 import httpx
 import pytest
 
+from promptgrid.api.client import ApiClient
+from promptgrid.engine.config import EngineConfig
+from promptgrid.engine.engine import Engine
+from promptgrid.engine.progress import RunProgress
 from promptgrid.errors import ApiError, InvalidInput, RunFailed
+from promptgrid.models.check import check_input
+from promptgrid.output.journal import Journal
+from promptgrid.output.manifest.read import read_manifest
+from promptgrid.output.manifest.writer import ManifestWriter
+from promptgrid.output.reconcile import run_and_store
+from promptgrid.output.recorder import OutcomeStore
+from promptgrid.output.sinks import open_sink
+from promptgrid.quota.base import Limits
+from promptgrid.quota.local import LocalBudget
 from promptgrid.redact import scrub
+from promptgrid.report.build import write_report
 from promptgrid.settings import ApiKey
-from promptgrid.tasks.api.client import ApiClient
-from promptgrid.tasks.engine.config import EngineConfig
-from promptgrid.tasks.engine.engine import Engine
-from promptgrid.tasks.engine.progress import RunProgress
-from promptgrid.tasks.models.check import check_input
-from promptgrid.tasks.output.journal import Journal
-from promptgrid.tasks.output.manifest.read import read_manifest
-from promptgrid.tasks.output.manifest.writer import ManifestWriter
-from promptgrid.tasks.output.reconcile import run_and_store
-from promptgrid.tasks.output.recorder import OutcomeStore
-from promptgrid.tasks.output.sinks import open_sink
-from promptgrid.tasks.quota.base import Limits
-from promptgrid.tasks.quota.local import LocalBudget
-from promptgrid.tasks.report.build import write_report
 from promptgrid.types import Job
 from tests.support.sandbox import TEST_TIME_SCALE
 

@@ -9,9 +9,9 @@ import pytest
 
 from promptgrid.errors import InvalidInput
 from promptgrid.settings import environment_overrides
-from promptgrid.tasks.spec.load import load_spec_text
-from promptgrid.tasks.spec.overrides import describe_settings
-from promptgrid.tasks.spec.verdict import FailWhen
+from promptgrid.spec.load import load_spec_text
+from promptgrid.spec.overrides import describe_settings
+from promptgrid.spec.verdict import FailWhen
 
 SPEC = "model: stable-diffusion-3-5-large\nprompts: p.csv\n"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from promptgrid.errors import InvalidInput
-from promptgrid.tasks.spec.load import load_spec, load_spec_text
-from promptgrid.tasks.spec.schema import RateLimit, SweepSpec
+from promptgrid.spec.load import load_spec, load_spec_text
+from promptgrid.spec.schema import RateLimit, SweepSpec
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -10,11 +10,11 @@ import httpx
 import pytest
 
 from promptgrid.errors import InvalidInput
-from promptgrid.tasks.output.keys import image_key, manifest_part_key, safe_token, slugify
-from promptgrid.tasks.output.sinks import open_sink
-from promptgrid.tasks.output.sinks.base import Sink, check_key
-from promptgrid.tasks.output.sinks.local import LocalSink
-from promptgrid.tasks.output.sinks.s3 import S3Sink
+from promptgrid.output.keys import image_key, manifest_part_key, safe_token, slugify
+from promptgrid.output.sinks import open_sink
+from promptgrid.output.sinks.base import Sink, check_key
+from promptgrid.output.sinks.local import LocalSink
+from promptgrid.output.sinks.s3 import S3Sink
 from promptgrid.types import Job
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4

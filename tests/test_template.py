@@ -14,12 +14,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from promptgrid.tasks.output.manifest.rows import outcome_row, rows_to_table
-from promptgrid.tasks.output.selection import job_from_row
-from promptgrid.tasks.spec.expand import iter_job_batches, job_id, plan_jobs
-from promptgrid.tasks.spec.load import load_spec
-from promptgrid.tasks.spec.sources import read_wildcard_file, sample_values
-from promptgrid.tasks.spec.template import parse_template
+from promptgrid.output.manifest.rows import outcome_row, rows_to_table
+from promptgrid.output.selection import job_from_row
+from promptgrid.spec.expand import iter_job_batches, job_id, plan_jobs
+from promptgrid.spec.load import load_spec
+from promptgrid.spec.sources import read_wildcard_file, sample_values
+from promptgrid.spec.template import parse_template
 from promptgrid.types import Job, JobOutcome, JobStatus
 
 SUBJECTS = ["a red fox", "an owl", "a glass teapot"]
@@ -106,7 +106,7 @@ def test_a_sample_is_fixed_by_the_spec_and_stable_when_values_are_added() -> Non
 
 def test_every_process_draws_the_same_sample(tmp_path: Path) -> None:
     # Another interpreter with other hash seeds stands for another worker.
-    code = "from promptgrid.tasks.spec.sources import sample_values\n"
+    code = "from promptgrid.spec.sources import sample_values\n"
     code += "print(sample_values([str(i) for i in range(50)], 5))"
     answers = {
         subprocess.run(

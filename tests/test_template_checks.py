@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from promptgrid.cli import app
 from promptgrid.defaults import MAX_PROMPT_CHARS
 from promptgrid.errors import InvalidInput
-from promptgrid.tasks.spec.load import load_spec
+from promptgrid.spec.load import load_spec
 from tests.support.processes import promptgrid
 
 LONG = "x" * (MAX_PROMPT_CHARS // 2 + 1)

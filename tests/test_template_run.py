@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from promptgrid.flows.generate import generate
-from promptgrid.tasks.output.manifest.read import read_manifest
-from promptgrid.tasks.output.sinks import open_sink
-from promptgrid.tasks.spec.sources import sample_values
+from promptgrid.output.manifest.read import read_manifest
+from promptgrid.output.sinks import open_sink
+from promptgrid.spec.sources import sample_values
 from tests.support.processes import promptgrid
 
 pytestmark = pytest.mark.integration  # the Prefect test server, the installed command

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from promptgrid.notebook.pictures import ManifestRow, contact_sheet, open_image
     from promptgrid.notebook.runs import RunSummary, run
     from promptgrid.notebook.specs import Plan, load_spec, plan
-    from promptgrid.tasks.spec.schema import SweepSpec
+    from promptgrid.spec.schema import SweepSpec
 
 # Each public name and the module it lives in, imported on first use (PEP 562).
 _PUBLIC = {
@@ -41,7 +41,7 @@ _PUBLIC = {
     "contact_sheet": "promptgrid.notebook.pictures",
     "open_image": "promptgrid.notebook.pictures",
     "ManifestRow": "promptgrid.notebook.pictures",
-    "SweepSpec": "promptgrid.tasks.spec.schema",
+    "SweepSpec": "promptgrid.spec.schema",
 }
 
 __all__ = [

@@ -36,7 +36,7 @@
 
 Every message is scrubbed of the API key (`promptgrid.redact`), whatever text went into it.
 
-httpx's exceptions become ApiError in `promptgrid.tasks.api.client`, botocore's and the file system's are
+httpx's exceptions become ApiError in `promptgrid.api.client`, botocore's and the file system's are
 raised as they are by the sinks (a run stops on them), Redis's become QuotaUnavailable in the shared quota.
 """
 

@@ -61,7 +61,7 @@ class Job:
 
     `model` is promptgrid's name for the model (the dashed slug, whichever spelling the spec used; the slug
     sent is the one the API knows, resolved before the first create). `inputs` are the model's inputs,
-    validated and normalised against its schema (promptgrid.tasks.models), the seed fixed where the model
+    validated and normalised against its schema (promptgrid.models), the seed fixed where the model
     has one. `job_id` is a hash of model, version and inputs, so the same image asked for twice is one
     job. `carried` holds the grid's other columns, passed to the manifest untouched. A prompt rendered
     from a template keeps the template and the value of each variable it used.

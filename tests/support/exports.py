@@ -15,8 +15,8 @@ from typing import Any
 
 from PIL import Image
 
-from promptgrid.tasks.output.manifest.read import read_manifest
-from promptgrid.tasks.output.sinks.base import Sink
+from promptgrid.output.manifest.read import read_manifest
+from promptgrid.output.sinks.base import Sink
 
 
 def load_hf(folder: Path, *, decode: bool = True) -> list[dict[str, Any]]:

@@ -12,9 +12,9 @@ from itertools import product
 import numpy as np
 from PIL import Image, ImageStat
 
-from promptgrid.tasks.output.keys import image_key
-from promptgrid.tasks.output.manifest.writer import ManifestWriter
-from promptgrid.tasks.output.sinks.base import Sink
+from promptgrid.output.keys import image_key
+from promptgrid.output.manifest.writer import ManifestWriter
+from promptgrid.output.sinks.base import Sink
 from promptgrid.types import Job, JobOutcome, JobStatus
 
 PROMPTS = (

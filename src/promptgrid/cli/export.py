@@ -18,7 +18,7 @@ from promptgrid.errors import InvalidInput
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from promptgrid.tasks.export.exporter import ExportProgress, ExportResult
+    from promptgrid.export.exporter import ExportProgress, ExportResult
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
@@ -134,9 +134,9 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Export OUTPUT's images and manifest rows as Parquet (--format hf) or tar shards (webdataset)."""
-        from promptgrid.tasks.export.exporter import FORMATS, ExportOptions, export_output
-        from promptgrid.tasks.output.lease import wait_until_unheld
-        from promptgrid.tasks.output.sinks import open_sink
+        from promptgrid.export.exporter import FORMATS, ExportOptions, export_output
+        from promptgrid.output.lease import wait_until_unheld
+        from promptgrid.output.sinks import open_sink
 
         if export_format not in FORMATS:
             raise InvalidInput([f"--format {export_format!r}: expected one of {', '.join(FORMATS)}"])

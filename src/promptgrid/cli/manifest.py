@@ -11,7 +11,7 @@ import typer
 from promptgrid.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from promptgrid.tasks.output.recovery import Recovery
+    from promptgrid.output.recovery import Recovery
 
 OutputArgument = Annotated[
     str, typer.Argument(help="The run's output: a local folder or s3://bucket/prefix.")
@@ -25,8 +25,8 @@ def register(app: typer.Typer) -> None:
     @manifest_app.command("show")
     def show_command(output: OutputArgument) -> None:
         """Print how many jobs are in each status (by each job's latest row), and where they came from."""
-        from promptgrid.tasks.output.manifest.read import part_keys, provenance, status_counts
-        from promptgrid.tasks.output.sinks import open_sink
+        from promptgrid.output.manifest.read import part_keys, provenance, status_counts
+        from promptgrid.output.sinks import open_sink
 
         sink = open_sink(output)
         parts = part_keys(sink)
@@ -45,9 +45,9 @@ def register(app: typer.Typer) -> None:
     @manifest_app.command("compact")
     def compact_command(output: OutputArgument) -> None:
         """Rewrite the manifest's parts as one part holding each job's latest row."""
-        from promptgrid.tasks.output.manifest.read import part_keys
-        from promptgrid.tasks.output.manifest.writer import compact
-        from promptgrid.tasks.output.sinks import open_sink
+        from promptgrid.output.manifest.read import part_keys
+        from promptgrid.output.manifest.writer import compact
+        from promptgrid.output.sinks import open_sink
 
         sink = open_sink(output)
         before = len(part_keys(sink))
@@ -69,12 +69,12 @@ def register(app: typer.Typer) -> None:
 
         Exit 0 when the manifest is whole (or was repaired), 1 when problems were found and left.
         """
-        from promptgrid.tasks.output import recovery
-        from promptgrid.tasks.output.journal import Journal
-        from promptgrid.tasks.output.lease import OutputLease, lease_name
-        from promptgrid.tasks.output.manifest.read import provenance
-        from promptgrid.tasks.output.manifest.writer import ManifestWriter
-        from promptgrid.tasks.output.sinks import open_sink
+        from promptgrid.output import recovery
+        from promptgrid.output.journal import Journal
+        from promptgrid.output.lease import OutputLease, lease_name
+        from promptgrid.output.manifest.read import provenance
+        from promptgrid.output.manifest.writer import ManifestWriter
+        from promptgrid.output.sinks import open_sink
 
         sink = open_sink(output)
         run_id = f"repair-{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}"

@@ -13,14 +13,14 @@ import typer
 from promptgrid.errors import InvalidInput
 
 if TYPE_CHECKING:
-    from promptgrid.tasks.models.records import ModelRecord
+    from promptgrid.models.records import ModelRecord
 
 SANDBOX_HELP = "Ask a freshly started local sandbox API (its models, not the real API's)."
 DESCRIPTION_WIDTH = 60
 
 
 def _type_text(prop: dict[str, Any], required: bool) -> str:
-    from promptgrid.tasks.models.schema import kinds_of
+    from promptgrid.models.schema import kinds_of
 
     kinds = sorted(kinds_of(prop) - {"null"}) or ["any"]
     nullable = " or null" if "null" in kinds_of(prop) else ""
@@ -85,9 +85,9 @@ def register(app: typer.Typer) -> None:
 
 
 def _ask(slug: str, api_base: str | None) -> ModelRecord:
+    from promptgrid.api.resolve import resolve_for_run
+    from promptgrid.models.records import UserCache, builtin_record
     from promptgrid.settings import read_api_settings
-    from promptgrid.tasks.api.resolve import resolve_for_run
-    from promptgrid.tasks.models.records import UserCache, builtin_record
 
     base = read_api_settings(api_base).base_url
     resolution = asyncio.run(resolve_for_run(base, [slug], [UserCache(base).load, builtin_record]))
@@ -99,7 +99,7 @@ def _ask(slug: str, api_base: str | None) -> ModelRecord:
 
 
 def _offline_record(slug: str, base_url: str) -> ModelRecord:
-    from promptgrid.tasks.models.records import UserCache, builtin_record
+    from promptgrid.models.records import UserCache, builtin_record
 
     record = UserCache(base_url).load(slug) or builtin_record(slug)
     if record is None:

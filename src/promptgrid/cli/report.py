@@ -41,9 +41,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Write OUTPUT/report/index.html (grids per prompt, failures with reasons, a run summary)."""
         from promptgrid.errors import InvalidInput
-        from promptgrid.tasks.output.manifest.read import part_keys
-        from promptgrid.tasks.output.sinks import open_sink
-        from promptgrid.tasks.report.build import write_report
+        from promptgrid.output.manifest.read import part_keys
+        from promptgrid.output.sinks import open_sink
+        from promptgrid.report.build import write_report
 
         sink = open_sink(output)
         if not part_keys(sink):

@@ -14,14 +14,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from promptgrid import interrupts
+from promptgrid.api.reach import check_reachable
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.errors import ApiUnreachable, InvalidInput, PromptgridError, RunInterrupted
 from promptgrid.settings import API_KEY_ENV, environment_overrides, read_api_settings
-from promptgrid.tasks.api.reach import check_reachable
-from promptgrid.tasks.spec.overrides import describe_settings, spec_overrides
+from promptgrid.spec.overrides import describe_settings, spec_overrides
 
 if TYPE_CHECKING:
-    from promptgrid.tasks.spec.schema import SweepSpec
+    from promptgrid.spec.schema import SweepSpec
 
 SANDBOX_HELP = "Start the local sandbox API and run against it (sandbox renders, not real images)."
 PRICE_HELP = "USD per image, for the cost estimate."
@@ -91,8 +91,8 @@ def reachable(base_url: str) -> bool:
 
 def check_output(output: str) -> None:
     """Exit 2 with a sentence, before any request, when the output cannot be written (a file, read-only)."""
-    from promptgrid.tasks.output.lease import check_writable
-    from promptgrid.tasks.output.sinks import open_sink
+    from promptgrid.output.lease import check_writable
+    from promptgrid.output.sinks import open_sink
 
     check_writable(open_sink(output))
 
@@ -101,8 +101,8 @@ def check_output(output: str) -> None:
 def output_reserved(output: str, wait: bool) -> Iterator[None]:
     """Take the output's lease before the run (and Prefect) starts, for the run to claim: an unusable
     output, or one another run holds, stops the command at once (exit 2); `wait` waits for it instead."""
-    from promptgrid.tasks.output.lease import OutputLease, hand_over, lease_name
-    from promptgrid.tasks.output.sinks import open_sink
+    from promptgrid.output.lease import OutputLease, hand_over, lease_name
+    from promptgrid.output.sinks import open_sink
 
     sink = open_sink(output)
     lease = OutputLease(sink, lease_name(), run_id=f"cli-{secrets.token_hex(6)}")
@@ -159,8 +159,8 @@ def nothing_left(spec: SweepSpec) -> dict[str, Any] | None:
     Only an output with a manifest can have nothing left, so a first run pays nothing for asking.
     """
     from promptgrid.flows.planning import RunPlan, Selection, plan_selection
-    from promptgrid.tasks.output.manifest.read import part_keys
-    from promptgrid.tasks.output.sinks import open_sink
+    from promptgrid.output.manifest.read import part_keys
+    from promptgrid.output.sinks import open_sink
 
     sink = open_sink(spec.output)
     if not part_keys(sink):
@@ -223,8 +223,8 @@ def register(app: typer.Typer) -> None:
         wait: Annotated[bool, typer.Option("--wait", help=WAIT_HELP)] = False,
     ) -> None:
         """Generate every image a spec describes (or, with --dry-run, say what that would take)."""
-        from promptgrid.tasks.engine.estimate import describe_dry_run
-        from promptgrid.tasks.spec.load import check_spec, load_spec, read_spec
+        from promptgrid.engine.estimate import describe_dry_run
+        from promptgrid.spec.load import check_spec, load_spec, read_spec
 
         overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count)
         environment = environment_overrides()
@@ -305,7 +305,7 @@ def register(app: typer.Typer) -> None:
         wait: Annotated[bool, typer.Option("--wait", help=WAIT_HELP)] = False,
     ) -> None:
         """Re-run only the jobs of OUTPUT whose latest outcome matches (failed and timed out by default)."""
-        from promptgrid.tasks.output.selection import (
+        from promptgrid.output.selection import (
             describe_backfill,
             jobs_to_backfill,
             saved_api_config,

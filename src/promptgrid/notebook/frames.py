@@ -21,10 +21,10 @@ import pyarrow.compute as pc
 
 from promptgrid.errors import InvalidInput
 from promptgrid.notebook.runs import RunSummary
-from promptgrid.tasks.output.manifest.read import latest_rows, part_keys, read_parts
-from promptgrid.tasks.output.manifest.rows import BASE_COLUMNS, carried_column_name
-from promptgrid.tasks.output.sinks import open_sink
-from promptgrid.tasks.spec.schema import SweepSpec
+from promptgrid.output.manifest.read import latest_rows, part_keys, read_parts
+from promptgrid.output.manifest.rows import BASE_COLUMNS, carried_column_name
+from promptgrid.output.sinks import open_sink
+from promptgrid.spec.schema import SweepSpec
 from promptgrid.types import JobStatus
 
 # Where a manifest is: an output (folder or s3://bucket/prefix), the spec naming it, or a run's summary.

@@ -14,10 +14,10 @@ from PIL import Image, UnidentifiedImageError
 
 from promptgrid.errors import InvalidInput
 from promptgrid.locations import split_s3_uri
-from promptgrid.tasks.output.sinks import Sink, open_sink
-from promptgrid.tasks.report.layout import build_grids, sweep_params
-from promptgrid.tasks.report.sheets import draw_contact_sheet
-from promptgrid.tasks.report.thumbnails import thumbnail_pixels
+from promptgrid.output.sinks import Sink, open_sink
+from promptgrid.report.layout import build_grids, sweep_params
+from promptgrid.report.sheets import draw_contact_sheet
+from promptgrid.report.thumbnails import thumbnail_pixels
 from promptgrid.types import JobStatus
 
 

@@ -19,13 +19,13 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
+from promptgrid.api.reach import check_reachable
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
+from promptgrid.engine.progress import PROGRESS_STREAM
 from promptgrid.errors import InvalidInput
 from promptgrid.notebook.specs import SpecSource, effective_spec, load_spec, spec_file_name
 from promptgrid.settings import API_KEY_ENV, read_api_settings
-from promptgrid.tasks.api.reach import check_reachable
-from promptgrid.tasks.engine.progress import PROGRESS_STREAM
-from promptgrid.tasks.spec.overrides import spec_overrides
+from promptgrid.spec.overrides import spec_overrides
 
 T = TypeVar("T")
 

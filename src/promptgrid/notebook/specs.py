@@ -11,14 +11,14 @@ from typing import Any, TypeAlias
 import yaml
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD, TYPICAL_LATENCY_S
+from promptgrid.engine.estimate import describe_plan, estimate_run
 from promptgrid.errors import InvalidInput
 from promptgrid.settings import environment_overrides
-from promptgrid.tasks.engine.estimate import describe_plan, estimate_run
-from promptgrid.tasks.spec.expand import plan_jobs
-from promptgrid.tasks.spec.load import load_spec as load_spec_file
-from promptgrid.tasks.spec.load import load_spec_text
-from promptgrid.tasks.spec.problems import display_path
-from promptgrid.tasks.spec.schema import SweepSpec
+from promptgrid.spec.expand import plan_jobs
+from promptgrid.spec.load import load_spec as load_spec_file
+from promptgrid.spec.load import load_spec_text
+from promptgrid.spec.problems import display_path
+from promptgrid.spec.schema import SweepSpec
 
 # What every function taking a spec accepts: a YAML file, the spec's keys as a dict, or a loaded spec.
 SpecSource: TypeAlias = str | os.PathLike[str] | Mapping[str, Any] | SweepSpec

@@ -1,0 +1,87 @@
+"""How the engine runs (deadlines, retries, poll policy), the hooks it calls, and the counters it keeps."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from promptgrid.api.fetch import DEFAULT_MAX_BYTES
+from promptgrid.api.polling import PollPolicy
+from promptgrid.defaults import DOWNLOAD_DEADLINE_S, PREDICTION_DEADLINE_S
+from promptgrid.engine.retry import RETRYABLE_CODES
+from promptgrid.quota.base import Limits
+from promptgrid.types import Job
+
+# Told of each prediction id as soon as the create's answer is read: (job, prediction id, attempt).
+OnCreated = Callable[[Job, str, int], Awaitable[None]]
+# Told of each create just before it leaves: (job, attempt).
+OnSending = Callable[[Job, int], Awaitable[None]]
+# Turns a job's inputs into what is sent (e.g. a local image into a URL the API can fetch).
+PrepareInputs = Callable[[Job], Awaitable[Mapping[str, Any]]]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How the engine runs; every duration is in seconds of the API's clock (see `scaled`)."""
+
+    limits: Limits = field(default_factory=Limits)
+    deadline_s: float = PREDICTION_DEADLINE_S  # a prediction still running past it is stuck
+    # Once latency is known, a prediction still running at `stuck_factor` times the learned first-poll delay
+    # (but never before `min_deadline_s`) is stuck, not slow: it is cancelled instead of holding a slot.
+    stuck_factor: float = 20.0
+    min_deadline_s: float = 30.0
+    max_attempts: int = 3
+    create_retries: int = 6
+    retry_backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    # A create refused for want of room (a full organisation, the balance) waits this long at most.
+    room_wait_s: float = 1800.0
+    # Refused with nothing of ours in flight, no finish can make room: try again after this, doubling.
+    idle_retry_s: float = 2.0
+    # 402s in a row with nothing of ours in flight (spaced as above) before the run halts.
+    payment_tries: int = 4
+    # A prediction cancelled as stuck keeps its slot until the API says it ended, watched this long at most.
+    cancel_wait_s: float = 300.0
+    fetch_retries: int = 2
+    # One output download's overall limit, however the bytes trickle in; storage's clock, not the API's.
+    fetch_deadline_s: float = DOWNLOAD_DEADLINE_S
+    output_max_bytes: int = DEFAULT_MAX_BYTES
+    queue_size: int | None = None  # jobs started beyond the in-flight slots; default: as many as the slots
+    retryable_codes: frozenset[str] = RETRYABLE_CODES
+    unreachable_after: int = 3  # requests failing before they leave, with no answer yet: the API is down
+    poll: PollPolicy = field(default_factory=PollPolicy)
+
+    def scaled(self, time_scale: float) -> EngineConfig:
+        """The same config for an API whose clock runs `time_scale` times faster (the sandbox, tests)."""
+        return replace(
+            self,
+            deadline_s=self.deadline_s / time_scale,
+            min_deadline_s=self.min_deadline_s / time_scale,
+            retry_backoff_s=self.retry_backoff_s / time_scale,
+            max_backoff_s=self.max_backoff_s / time_scale,
+            room_wait_s=self.room_wait_s / time_scale,
+            idle_retry_s=self.idle_retry_s / time_scale,
+            cancel_wait_s=self.cancel_wait_s / time_scale,
+            poll=self.poll.scaled(time_scale),
+        )
+
+
+@dataclass
+class EngineStats:
+    """Live counters for progress displays and benchmarks."""
+
+    requests: Counter[str] = field(default_factory=Counter)  # by kind: create, poll, cancel
+    throttled: int = 0  # 429s of any kind
+    rate_limited: int = 0  # 429s about the request rate
+    room_waits: int = 0  # creates refused for want of room (429 about concurrency): they waited
+    payment_waits: int = 0  # creates refused with 402: they waited for one of ours to finish
+    adopted_limit: str | None = None  # the request cap read off the API under `rate_limit: auto`
+    late_successes: int = 0  # predictions cancelled as stuck that succeeded after all (fetched, paid)
+    transient_errors: int = 0
+    creates: int = 0
+    create_resends: int = 0
+    retried_attempts: int = 0
+    in_flight: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)  # by JobStatus value

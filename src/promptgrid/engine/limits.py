@@ -1,0 +1,139 @@
+"""How the engine meets the API's limits without being told which description of them the API follows.
+
+The model page says 60 requests a minute and 10 in flight per key; the current documentation says no
+request-rate limit, and a cap on concurrent executions shared by every key of the organisation, whose 429s
+"backoff alone does not clear": only executions finishing do. So every refusal is read for what it is about:
+
+- about the request rate: a 429 on a poll or a cancel, or on a create that speaks of a request rate, or
+  that does not speak of concurrency while fewer than our cap are in flight. The whole budget pauses (for
+  `Retry-After`, else a backoff). Under `rate_limit: auto` the first such 429 also sets a cap, inferred
+  from what the API answered before it (promptgrid.quota.adaptive.infer_rate_limit), kept for the
+  rest of the run, logged and counted in the run summary; a later one lowers it. An explicit
+  `api.rate_limit` is a hard cap: nothing is adopted.
+- about room: a 429 about concurrency, or an unexplained one on a create while our cap is full, or a 402
+  (the executions in flight cost more than the balance). Nothing pauses: polls go on, since ours finishing
+  is what makes room. The `SlotGate` lowers the in-flight cap to what the API took and opens again as ours
+  finish; the refused job waits for room, up to `room_wait_s`, instead of failing. A 402 met with nothing
+  of ours in flight, `payment_tries` times in a row over spaced tries, halts the run (PAYMENT_REQUIRED).
+
+Polls are timed for the regime: finely while they are free (no cap known, or polls not counted), sparingly
+once a cap counts them (promptgrid.api.polling).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import deque
+from collections.abc import Callable
+
+from promptgrid.api.polling import LatencyModel
+from promptgrid.engine.config import EngineConfig, EngineStats
+from promptgrid.errors import ApiError, PaymentRequired, Throttled
+from promptgrid.quota.adaptive import SlotGate, infer_rate_limit
+from promptgrid.quota.base import Budget
+
+log = logging.getLogger(__name__)
+
+# How a refusal speaks of concurrency, or of a request rate, in the API's words or a gateway's.
+_ABOUT_CONCURRENCY = re.compile(r"concurren|in[ -]?flight|parallel|simultaneous", re.IGNORECASE)
+_ABOUT_RATE = re.compile(r"\brequests?\s+(?:per|/|an?|each|every)\b|\brate\b", re.IGNORECASE)
+# Answers remembered for inferring a cap: enough for a window of a few thousand requests.
+_ANSWERS_KEPT = 4096
+
+
+class ApiLimits:
+    """The engine's reading of the API's limits: the budget's cap, the in-flight gate, and their counters."""
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        budget: Budget,
+        latency: LatencyModel,
+        stats: EngineStats,
+        clock: Callable[[], float],
+    ):
+        self.config = config
+        self.limits = config.limits
+        self.auto = config.limits.requests is None
+        self.budget = budget
+        self.latency = latency
+        self.stats = stats
+        self.gate = SlotGate(config.limits.max_in_flight, clock=clock)
+        self._clock = clock
+        self._answered: deque[tuple[float, str]] = deque(maxlen=_ANSWERS_KEPT)
+        self._adopted_at = float("-inf")
+        latency.set_polls_free(self.limits.polls_free)
+
+    def answered(self, kind: str) -> None:
+        """A request of `kind` was answered (anything but a 429): the API counted it, if it counts any."""
+        self._answered.append((self._clock(), kind))
+
+    def about_room(self, kind: str, exc: ApiError) -> bool:
+        """Whether a refusal says there is no room for one more prediction (rather than too many requests)."""
+        if isinstance(exc, PaymentRequired):
+            return True
+        if kind != "create" or not isinstance(exc, Throttled):
+            return False
+        if _ABOUT_CONCURRENCY.search(exc.message):
+            return True
+        if _ABOUT_RATE.search(exc.message):
+            return False
+        # Unsaid: with our cap full (our own create holds an entry), a full organisation is the likelier.
+        return self.gate.active >= self.gate.cap
+
+    async def rate_limited(self, kind: str, exc: Throttled, sent_at: float) -> None:
+        """A 429 about the request rate: adopt or lower a cap under `auto`, then pause every caller."""
+        self.stats.throttled += 1
+        self.stats.rate_limited += 1
+        if self.auto and sent_at >= self._adopted_at:  # one sent before the cap was set says nothing of it
+            self._adopt(kind, exc)
+        await self.budget.on_throttled(exc.retry_after_s)
+
+    def refused(self, exc: ApiError) -> bool:
+        """A create met no room; the gate closes down to what the API took. True: halt the run (402)."""
+        idle = self.gate.running == 0
+        retry_after = exc.retry_after_s if isinstance(exc, Throttled) else None
+        self.gate.refused(retry_after, self.config.idle_retry_s, self.config.max_backoff_s)
+        self.latency.room_scarce = True
+        if isinstance(exc, PaymentRequired):
+            self.stats.payment_waits += 1
+            return idle and self.gate.idle_refusals >= self.config.payment_tries
+        self.stats.throttled += 1
+        self.stats.room_waits += 1
+        return False
+
+    def finished(self) -> None:
+        """One of ours ended at the API: the gate may open one slot more."""
+        self.gate.finished()
+        self.latency.room_scarce = self.gate.lowered
+
+    def _polls_count(self, kind: str) -> bool:
+        """Whether polls are read as counted: never if the spec says so, else once a poll met a 429."""
+        if not self.config.limits.polls_count:
+            return False
+        return kind == "poll" or (self.limits.capped and self.limits.polls_count)
+
+    def _adopt(self, kind: str, exc: Throttled) -> None:
+        adopted = self.limits if self.limits.capped else None
+        limits = infer_rate_limit(
+            self._answered,
+            self._clock(),
+            exc.retry_after_s,
+            polls_count=self._polls_count(kind),
+            max_in_flight=self.limits.max_in_flight,
+            adopted=adopted,
+        )
+        now = self._clock()
+        answered = [t for t, k in self._answered if limits.counts(k) and t > now - limits.window_s]
+        self.budget.adopt(limits, answered)
+        self.latency.set_polls_free(limits.polls_free)
+        self.limits, self._adopted_at = limits, now
+        self.stats.adopted_limit = limits.describe()
+        verb = "lowered to" if adopted is not None else "adopted"
+        log.warning(
+            "the API limits requests (HTTP 429 on a %s): cap %s %s for the rest of the run",
+            kind,
+            verb,
+            limits.describe(),
+        )

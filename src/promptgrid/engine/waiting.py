@@ -1,0 +1,170 @@
+"""Waiting for a prediction to end: polls on the learned schedule, the deadline, and a best-effort cancel.
+
+Cancel is best effort at the API: a prediction cancelled as stuck may run on, hold its slot, complete (and be
+billed) or fail. So it keeps its slot in our count until the API reports it ended, polled at widening
+intervals for `cancel_wait_s` at most; one that succeeded after all is returned like any other, so its image
+is fetched and stored: it was paid for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from promptgrid.aio import wait_event
+from promptgrid.api.client import ApiClient
+from promptgrid.api.polling import LatencyModel, PollPlan
+from promptgrid.api.prediction import Prediction, PredictionStatus
+from promptgrid.engine.config import EngineConfig, EngineStats
+from promptgrid.engine.retry import JobEnded, backoff_s, failed
+from promptgrid.errors import ApiError, AuthenticationFailed, PredictionNotFound, Throttled
+from promptgrid.types import ErrorCode, Job, JobOutcome, JobStatus
+
+T = TypeVar("T")
+
+# After a cancel, the first look comes this share of the learned delay later, then twice as late each time.
+_CANCEL_FIRST_LOOK = 0.1
+
+
+class PredictionWaits:
+    """The engine's waits on one prediction; mixed into `Engine`, which provides what is declared here."""
+
+    client: ApiClient
+    config: EngineConfig
+    latency: LatencyModel
+    stats: EngineStats
+    halted: ApiError | None
+    _clock: Callable[[], float]
+
+    async def _call(
+        self,
+        kind: str,
+        outcome: JobOutcome,
+        method: Callable[..., Awaitable[T]],
+        *args: Any,
+        before_send: Callable[[], Awaitable[None]] | None = None,
+    ) -> T:
+        raise NotImplementedError
+
+    def _halt_if_unreachable(self, exc: ApiError | None) -> None:
+        raise NotImplementedError
+
+    async def _wait_until_finished(
+        self, job: Job, prediction_id: str, outcome: JobOutcome, start: float
+    ) -> Prediction:
+        """Poll on the learned schedule until the prediction is terminal; past the deadline, cancel it.
+
+        `start` is when the create was answered (or the wait began, for a resumed prediction).
+        """
+        key = latency_key(job)
+        plan = self.latency.plan(key)
+        while True:
+            limit_s = self._deadline_s(key)
+            deadline = start + limit_s
+            await self._sleep_until_poll(plan, start, deadline)
+            sent = self._clock()
+            prediction = await self._poll(prediction_id, outcome, deadline)
+            now = self._clock()
+            if prediction is not None:
+                plan.record_poll(now - start, prediction.finished, sent - start)
+                if prediction.finished:
+                    return prediction
+            if prediction is None or now >= deadline:
+                seen = "never answered a poll" if prediction is None else f"still {prediction.raw_status!r}"
+                seen = f"{seen} after {limit_s:.3g} s"
+                return await self._cancel_and_watch(prediction_id, outcome, seen, key)
+
+    def _deadline_s(self, key: tuple[str, int]) -> float:
+        """The configured deadline, shortened once this kind of prediction's latency has been learned."""
+        delay = self.latency.estimate(key)
+        if delay is None:
+            return self.config.deadline_s
+        stuck_after = max(self.config.min_deadline_s, self.config.stuck_factor * delay)
+        return min(self.config.deadline_s, stuck_after)
+
+    async def _sleep_until_poll(self, plan: PollPlan, start: float, deadline: float) -> None:
+        """Sleep until the next poll; a cold schedule is cut short once another prediction sets the delay."""
+        while True:
+            wake = min(start + plan.next_poll_at(), deadline)
+            delay = wake - self._clock()
+            if delay <= 0:
+                return
+            learned = plan.learned
+            if learned.is_set():
+                await asyncio.sleep(delay)
+                return
+            if not await wait_event(learned, delay):
+                return
+
+    async def _poll(self, prediction_id: str, outcome: JobOutcome, deadline: float) -> Prediction | None:
+        """One successful get, retrying transient failures; None when the deadline comes first."""
+        failures = 0
+        while True:
+            try:
+                return await self._call("poll", outcome, self.client.get, prediction_id)
+            except Throttled:  # about the rate: the budget has paused every caller
+                if self._clock() >= deadline:
+                    return None
+                continue
+            except PredictionNotFound as exc:
+                raise failed(ErrorCode.PREDICTION_NOT_FOUND, exc.message) from None
+            except AuthenticationFailed as exc:
+                self.halted = self.halted or exc
+                raise failed(ErrorCode.AUTHENTICATION_FAILED, exc.message) from None
+            except ApiError as exc:
+                self._halt_if_unreachable(exc)  # the prediction stays in the journal for a rerun to poll
+                self.stats.transient_errors += 1
+            pause = self._backoff(failures)
+            failures += 1
+            if self._clock() + pause >= deadline:
+                return None
+            await asyncio.sleep(pause)
+
+    async def _cancel_and_watch(
+        self, prediction_id: str, outcome: JobOutcome, seen: str, key: tuple[str, int]
+    ) -> Prediction:
+        """Cancel a stuck prediction, then hold its slot until the API says it ended (or `cancel_wait_s`)."""
+        await self._cancel(prediction_id, outcome)
+        start = self._clock()
+        until = start + self.config.cancel_wait_s
+        learned = self.latency.estimate(key) or self.config.retry_backoff_s
+        wait = max(self.config.poll.min_interval_s, _CANCEL_FIRST_LOOK * learned)
+        last: Prediction | None = None
+        while self._clock() + wait < until:
+            await asyncio.sleep(wait)
+            wait *= 2
+            last = await self._poll(prediction_id, outcome, until) or last
+            if last is None or not last.finished:
+                continue
+            if last.status is PredictionStatus.SUCCESS:
+                self.stats.late_successes += 1
+                return last  # paid for: fetched and stored like any other
+            ended = "it then ended in error" if last.status is PredictionStatus.ERROR else "cancelled"
+            raise JobEnded(
+                JobStatus.TIMED_OUT, ErrorCode.DEADLINE_EXCEEDED, f"{seen} (the deadline); {ended}"
+            )
+        message = f"{seen} (the deadline); cancelled, still not ended {self.config.cancel_wait_s:.3g} s later"
+        raise JobEnded(JobStatus.TIMED_OUT, ErrorCode.DEADLINE_EXCEEDED, message)
+
+    async def _cancel(self, prediction_id: str, outcome: JobOutcome) -> None:
+        """Best effort: a cancel that fails leaves the prediction to the API's own timeout."""
+        for _ in range(2):
+            try:
+                await self._call("cancel", outcome, self.client.cancel, prediction_id)
+                return
+            except Throttled:
+                continue
+            except ApiError:
+                return
+
+    def _backoff(self, failures: int) -> float:
+        return backoff_s(failures, self.config.retry_backoff_s, self.config.max_backoff_s)
+
+
+def latency_key(job: Job) -> tuple[str, int]:
+    try:
+        steps = int(job.inputs.get("steps") or 0)
+    except (TypeError, ValueError):
+        steps = 0
+    return job.model, steps

@@ -1,0 +1,182 @@
+"""The rows an export takes: each job's latest manifest row, picked by status and SQL, streamed in batches.
+
+Opening a source reads only three columns of every part (job id, status, completion time) to decide which
+row of which part is each job's latest; the rows themselves are then read part by part in record batches,
+so memory holds one batch of the manifest at a time, never the whole of it. The parts listed at opening
+are the source's fingerprint: parts are immutable, so the same list means the same rows in the same order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from promptgrid.errors import ExportFailed, InvalidInput
+from promptgrid.output.manifest.locate import resolve_image_locations
+from promptgrid.output.manifest.read import latest_rows, part_keys
+from promptgrid.output.sinks import LocalSink, Sink
+from promptgrid.types import JobStatus
+
+_SELECT_COLUMNS = ["job_id", "status", "completed_at"]
+_READ_THREADS = 8
+_ROW = "__promptgrid_row"
+
+
+@dataclass(frozen=True)
+class ManifestSource:
+    """An output's manifest as an export sees it: fixed parts, one schema, the rows picked in each part."""
+
+    sink: Sink
+    parts: tuple[str, ...]
+    schema: pa.Schema
+    picked: dict[int, np.ndarray]  # part index -> sorted row numbers of the latest rows with a wanted status
+    total: int
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256("\n".join(self.parts).encode()).hexdigest()[:24]
+
+
+def check_statuses(statuses: list[str]) -> list[str]:
+    allowed = {status.value for status in JobStatus}
+    unknown = sorted(set(statuses) - allowed)
+    if unknown or not statuses:
+        listed = ", ".join(unknown) or "(none)"
+        raise InvalidInput([f"--status: unknown status {listed}; allowed: {', '.join(sorted(allowed))}"])
+    return statuses
+
+
+def open_source(sink: Sink, statuses: list[str]) -> ManifestSource:
+    """Decide which rows an export takes; InvalidInput when the output has no manifest."""
+    parts = tuple(part_keys(sink))
+    if not parts:
+        raise InvalidInput([f"{sink.root}: no manifest found (manifest/*.parquet); is this an output?"])
+    with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(parts))) as pool:
+        heads = list(pool.map(lambda key: _read_head(sink, key), parts))
+    keys = pa.concat_tables(
+        [
+            table.append_column("part", pa.array(np.full(table.num_rows, index, np.int32))).append_column(
+                "row", pa.array(np.arange(table.num_rows, dtype=np.int64))
+            )
+            for index, (_, table) in enumerate(heads)
+        ]
+    )
+    latest = latest_rows(keys).to_pydict()
+    wanted = set(check_statuses(statuses))
+    picked: dict[int, list[int]] = {}
+    for part, row, status in zip(latest["part"], latest["row"], latest["status"], strict=True):
+        if status in wanted:
+            picked.setdefault(part, []).append(row)
+    schema = unified_schema([schema for schema, _ in heads])
+    arrays = {part: np.array(sorted(rows), dtype=np.int64) for part, rows in picked.items()}
+    return ManifestSource(sink, parts, schema, arrays, sum(len(rows) for rows in arrays.values()))
+
+
+def _open_part(sink: Sink, key: str) -> pq.ParquetFile:
+    try:
+        if isinstance(sink, LocalSink):
+            return pq.ParquetFile(sink.local_path(key))
+        return pq.ParquetFile(pa.BufferReader(sink.get_bytes(key)))
+    except FileNotFoundError:
+        raise ExportFailed(
+            f"{sink.root}: manifest part {key} vanished during the export (compacted meanwhile?); "
+            "run the export again"
+        ) from None
+
+
+def _read_head(sink: Sink, key: str) -> tuple[pa.Schema, pa.Table]:
+    part = _open_part(sink, key)
+    return part.schema_arrow, part.read(columns=_SELECT_COLUMNS)
+
+
+def unified_schema(schemas: list[pa.Schema]) -> pa.Schema:
+    """One schema for every part: columns in order of first appearance; a type the parts disagree on is
+    promoted (int32 and int64 -> int64), or else read as text. Image locations are always present."""
+    by_name: dict[str, list[pa.DataType]] = {}
+    for schema in schemas:
+        for field in schema:
+            by_name.setdefault(field.name, []).append(field.type)
+    fields = [pa.field(name, _common_type(name, types)) for name, types in by_name.items()]
+    names = [field.name for field in fields]
+    if "image_key" not in names:
+        at = names.index("image_uri") + 1 if "image_uri" in names else len(fields)
+        fields.insert(at, pa.field("image_key", pa.string()))
+    return pa.schema(fields)
+
+
+def _common_type(name: str, types: list[pa.DataType]) -> pa.DataType:
+    if all(kind == types[0] for kind in types):
+        return types[0]
+    try:
+        schemas = [pa.schema([pa.field(name, kind)]) for kind in types]
+        return pa.unify_schemas(schemas, promote_options="permissive").field(name).type
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return pa.string()
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The table with exactly `schema`'s columns, in its order and types (missing ones null)."""
+    columns = []
+    for field in schema:
+        if field.name in table.column_names:
+            column = table[field.name]
+            columns.append(column if column.type == field.type else column.cast(field.type, safe=False))
+        else:
+            columns.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def check_where(schema: pa.Schema, where: str | None) -> None:
+    """Bind `where` against the manifest's columns before anything is written; InvalidInput when it fails."""
+    if where:
+        filter_where(schema.empty_table(), where)
+
+
+def filter_where(table: pa.Table, where: str | None) -> pa.Table:
+    """The rows matching an SQL condition on their columns (DuckDB, as backfill's --where); types kept."""
+    if not where:
+        return table
+    import duckdb
+
+    numbered = table.append_column(_ROW, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    with duckdb.connect() as db:
+        db.register("manifest", numbered)
+        try:
+            rows = db.sql(f'SELECT "{_ROW}" FROM manifest WHERE ({where}) ORDER BY 1').fetchnumpy()[_ROW]
+        except duckdb.Error as exc:
+            raise InvalidInput([f"--where {where!r}: {exc}"]) from None
+    return table.take(pa.array(np.asarray(rows, dtype=np.int64)))
+
+
+@dataclass(frozen=True)
+class RowBatch:
+    """Rows that passed the filter, and how many picked rows were examined to find them."""
+
+    rows: pa.Table
+    examined: int
+
+
+def iter_batches(source: ManifestSource, where: str | None, batch_rows: int = 1024) -> Iterator[RowBatch]:
+    """The picked rows, part by part in manifest order, image locations resolved, conformed to the source's
+    schema, `where` applied batch by batch (so it sees one row at a time: a condition, not an aggregate)."""
+    for index, key in enumerate(source.parts):
+        picked = source.picked.get(index)
+        if picked is None or not len(picked):
+            continue
+        part = _open_part(source.sink, key)
+        offset = 0
+        for batch in part.iter_batches(batch_size=batch_rows):
+            end = offset + batch.num_rows
+            local = picked[(picked >= offset) & (picked < end)] - offset
+            offset = end
+            if not len(local):
+                continue
+            table = pa.Table.from_batches([batch]).take(pa.array(local))
+            table = conform(resolve_image_locations(table, source.sink.root), source.schema)
+            yield RowBatch(filter_where(table, where), len(local))

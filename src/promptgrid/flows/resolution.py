@@ -1,0 +1,65 @@
+"""Model resolution wired for the flows and the command line: read the spec, ask the API about its models
+(`promptgrid.api.resolve`), then check the spec against the schemas it answered.
+
+Where the model endpoint cannot say, a model's schema comes from, in order: the output (what an earlier run
+of it resolved; backfills), the user cache (what this API answered before), the built-in table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from promptgrid.api.resolve import Fallback, Resolution, resolve_for_run
+from promptgrid.models.records import UserCache, builtin_record
+from promptgrid.output.saved_spec import read_saved_model
+from promptgrid.output.sinks import open_sink
+from promptgrid.spec.load import check_spec, parse_spec_text, read_spec
+from promptgrid.spec.schema import SweepSpec
+
+
+def fallbacks(base_url: str, output: str | None = None) -> list[Fallback]:
+    chain: list[Fallback] = []
+    if output is not None:
+        sink = open_sink(output)
+        chain.append(lambda slug: read_saved_model(sink, slug))
+    chain += [UserCache(base_url).load, builtin_record]
+    return chain
+
+
+async def resolve_spec(
+    spec_path: Path,
+    overrides: Mapping[str, Any],
+    resolved: Mapping[str, Any] | None = None,
+    *,
+    environment: Mapping[str, Any] | None = None,
+    time_scale: float = 1.0,
+    spec_text: str | None = None,
+) -> tuple[SweepSpec, Resolution]:
+    """The spec checked against its models as the API describes them, and the resolution (which slug to send).
+
+    `overrides` are the flags and `environment` the environment's settings (`read_spec`); `resolved` is an
+    earlier resolution of the same spec (`Resolution.to_json()`), used as it is. `spec_text` is the spec
+    when it was never a file: `spec_path` then only names it (relative paths start from its folder).
+    """
+    if spec_text is None:
+        spec = read_spec(spec_path, overrides, environment)
+    else:
+        spec = parse_spec_text(spec_text, spec_path.parent, str(spec_path), overrides, environment)
+    if resolved is not None:
+        resolution = Resolution.from_json(resolved)
+    else:
+        resolution = await resolve_for_run(
+            spec.api.base_url, spec.requested_models, fallbacks(spec.api.base_url), retry_s=1.0 / time_scale
+        )
+    return check_spec(spec, resolution.catalog()), resolution
+
+
+async def resolve_jobs_models(
+    base_url: str, models: Iterable[str], output: str, *, time_scale: float = 1.0
+) -> Resolution:
+    """Resolve the models of jobs taken from an output's manifest (a backfill), the output's records first."""
+    return await resolve_for_run(
+        base_url, sorted(set(models)), fallbacks(base_url, output), retry_s=1.0 / time_scale
+    )

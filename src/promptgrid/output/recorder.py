@@ -1,0 +1,116 @@
+"""The store stage: prediction ids to the journal as they are created, outcomes to the sink and manifest."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+
+from promptgrid.engine.progress import RunProgress
+from promptgrid.models.catalog import content_type
+from promptgrid.output.journal import ImageRecord, Journal
+from promptgrid.output.keys import image_key
+from promptgrid.output.lease import OutputLease
+from promptgrid.output.manifest.rows import outcome_row
+from promptgrid.output.manifest.writer import ManifestWriter
+from promptgrid.output.sinks.base import Sink
+from promptgrid.types import Job, JobOutcome, JobStatus
+
+UNKNOWN_CREATE = "CREATE_OUTCOME_UNKNOWN"
+
+
+class OutcomeStore:
+    """Persists what the engine hands out, in the order that keeps a crash from losing or re-buying an image.
+
+    A prediction id reaches the journal before the prediction is polled. An image's key, size, hash and
+    row reach the journal before the image reaches the sink, and the image reaches the sink before its
+    manifest row: a row marked success always points at a written object, and an image written without
+    its row (the process died) is adopted by the next run instead of being fetched or paid for again.
+
+    A save in progress always finishes, even when its caller is cancelled (Ctrl-C): `drain` waits for
+    them, after which nothing more is saved.
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        journal: Journal,
+        writer: ManifestWriter,
+        progress: RunProgress,
+        lease: OutputLease | None = None,
+    ):
+        self.sink, self.journal, self.writer, self.progress = sink, journal, writer, progress
+        self.lease = lease
+        # Predictions created during this run, so a retried shard polls them instead of creating again,
+        # and jobs already saved, so it does not run them twice.
+        self.created: dict[str, str] = {}
+        self.saved: set[str] = set()
+        # When each job's latest create was about to leave: where to look for it if its answer is lost.
+        self.sent_at: dict[str, datetime] = {}
+        self.stopped = False
+        self._saving: set[asyncio.Task[None]] = set()
+
+    async def on_sending(self, job: Job, attempt: int) -> None:
+        if self.lease is not None:
+            self.lease.check()  # a run that may have lost its output to another must not pay for more
+        self.sent_at[job.job_id] = datetime.now(UTC)
+        await self.journal.intend(job.job_id, attempt)
+
+    async def on_unsent(self, job: Job, attempt: int) -> None:
+        await self.journal.intend(job.job_id, attempt, withdrawn=True)
+
+    async def on_created(self, job: Job, prediction_id: str, attempt: int) -> None:
+        await self.journal.record(job.job_id, prediction_id, attempt)
+        self.created[job.job_id] = prediction_id
+
+    async def save_unknown(self, job: Job) -> None:
+        """Record, without sending anything, a job whose last create went out but whose answer was lost."""
+        outcome = JobOutcome(
+            job_id=job.job_id,
+            status=JobStatus.FAILED,
+            error_code=UNKNOWN_CREATE,
+            error_message=(
+                "an earlier run stopped while this job's create was in flight: the prediction may exist and "
+                "be billed, so it was not sent again; `promptgrid backfill OUTPUT --where "
+                f"\"error_code = '{UNKNOWN_CREATE}'\"` creates it anew"
+            ),
+            completed_at=datetime.now(UTC),
+        )
+        await self.save(job, outcome)
+
+    async def save(self, job: Job, outcome: JobOutcome) -> None:
+        """Store the outcome (image, then row); shielded, so a cancelled caller never leaves half a save."""
+        if self.stopped:
+            return  # stopping: the journal lets the next run poll this prediction again, paying nothing
+        task = asyncio.ensure_future(self._save(job, outcome))
+        self._saving.add(task)
+        task.add_done_callback(self._saving.discard)
+        await asyncio.shield(task)
+
+    async def drain(self) -> None:
+        """Let the saves in progress finish; save nothing after."""
+        self.stopped = True
+        if self._saving:
+            await asyncio.gather(*self._saving, return_exceptions=True)
+
+    async def _save(self, job: Job, outcome: JobOutcome) -> None:
+        image_uri = key = None
+        if outcome.status == JobStatus.SUCCESS and outcome.image is not None:
+            # The format the engine read from the bytes, maybe not the one asked for: a paid image is kept.
+            fmt = outcome.image_format or str(job.inputs.get("output_format") or "webp")
+            key = image_key(job, fmt)
+            row = outcome_row(job, outcome, self.sink.uri(key), self.writer.run_id, key)
+            record = ImageRecord(
+                job.job_id, key, outcome.sha256 or "", len(outcome.image), outcome.attempts, row=row
+            )
+            image_uri = await asyncio.to_thread(self._store_image, record, outcome.image, fmt)
+            outcome.image = None  # the bytes are stored; keep memory flat on long runs
+        await asyncio.to_thread(self.writer.add, job, outcome, image_uri, key)
+        self.created.pop(job.job_id, None)
+        self.saved.add(job.job_id)
+        self.progress.record(outcome)
+
+    def _store_image(self, record: ImageRecord, data: bytes, fmt: str) -> str:
+        """In a worker thread: the journal record, then the image it announces."""
+        self.journal.record_image_sync(record)
+        metadata = {"job-id": record.job_id, "sha256": record.sha256}
+        return self.sink.put_bytes(record.key, data, content_type(fmt), metadata)

@@ -1,0 +1,193 @@
+"""Limits learned from the API's answers: a request-rate cap read off a 429, and in-flight room that adapts.
+
+Nobody can say whether the API limits requests per window (the model page) or only executions in flight
+across the organisation (the current documentation), so a run starts with no request-rate cap and learns:
+
+- `infer_rate_limit` reads a cap off the first 429 that is about the request rate. Nothing held our requests
+  back until then, so that 429 came in the first window that filled: every request the API answered since
+  the first counts, and `Retry-After` says when that first one leaves the API's window, which gives the
+  window's length. Without `Retry-After` the window is taken as the span of those requests, a little
+  widened; too short a window shows as more 429s, and each one read after a cap was adopted lowers it.
+  A 429 on a create says creates count; polls are read as counting once one of them meets such a 429
+  (never, if the spec says `polls_count: false`), and the cap becomes the most requests the API admitted
+  in one window.
+- `SlotGate` holds how many predictions this process has in flight. A create refused for want of room (a
+  429 about concurrency, or a 402: the executions in flight cost more than the balance) lowers the gate to
+  what the API runs for us (several refusals at once lower it once, not once each); only executions
+  finishing clear such a refusal, so the gate opens again as ours finish, and probes one slot higher after
+  a while. A probe refused makes the next one wait twice as long,
+  so slots held by other keys cost a few 429s per run, not one per image. When nothing of ours is in
+  flight, no finish can be waited for: the gate closes for `Retry-After`, or for a doubling backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+
+from promptgrid.quota.base import Limits
+
+# Without Retry-After the window is at least the span of the requests it held; widened by this much.
+WINDOW_MARGIN = 1.25
+# Each 429 about the rate met under an adopted cap lowers the cap by this share.
+CAP_DECREASE = 0.1
+
+
+def most_in_window(times: Sequence[float], window_s: float) -> int:
+    """The most of the sorted `times` that fall in one interval of length `window_s`."""
+    best = 0
+    for end, t in enumerate(times):
+        start = bisect.bisect_left(times, t - window_s, 0, end + 1)
+        best = max(best, end - start + 1)
+    return best
+
+
+def infer_rate_limit(
+    answered: Sequence[tuple[float, str]],
+    refused_at: float,
+    retry_after_s: float | None,
+    *,
+    polls_count: bool,
+    max_in_flight: int,
+    adopted: Limits | None = None,
+) -> Limits:
+    """The request cap a 429 about the rate shows, given the (answer time, kind) of the requests before it.
+
+    `polls_count` says whether polls are read as counted (a poll has met such a 429). With a cap `adopted`
+    already, its window is kept: the cap becomes what the API admitted in one window when polls have just
+    been found to count, else it is lowered by CAP_DECREASE (it was too high).
+    """
+    counted = sorted(t for t, kind in answered if kind != "poll" or polls_count)
+    if adopted is not None:
+        if polls_count and not adopted.polls_count:
+            requests = max(1, most_in_window(counted, adopted.window_s))
+        else:
+            requests = max(1, int((adopted.requests or 1) * (1 - CAP_DECREASE)))
+        return Limits(requests, adopted.window_s, max_in_flight, polls_count)
+    if not counted:
+        # Refused before anything was answered: one request per the pause the API asked for, to start with.
+        return Limits(1, max(retry_after_s or 1.0, 1e-3), max_in_flight, polls_count)
+    span = refused_at - counted[0]
+    window = span + retry_after_s if retry_after_s is not None else span * WINDOW_MARGIN
+    return Limits(len(counted), max(window, 1e-3), max_in_flight, polls_count)
+
+
+class SlotGate:
+    """How many predictions this process may have in flight now: at most `limit`, fewer while refused.
+
+    A job holds an entry from before its create until its prediction is seen terminal; `accepted` marks
+    it running at the API (its create was taken, or it was resumed). `refused` is called by a job whose
+    create met no room, while it still holds its entry; it then leaves and enters again with `first=True`.
+    `finished` reports a prediction of ours ended.
+    """
+
+    def __init__(
+        self,
+        limit: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_patience: int = 8,
+    ):
+        if limit < 1:
+            raise ValueError("SlotGate needs a limit of at least 1")
+        self.limit = limit
+        self.cap = limit
+        self.active = 0  # entries held: jobs about to create, or running at the API
+        self.running = 0  # entries whose prediction the API runs
+        self.max_patience = max_patience
+        self.idle_refusals = 0  # refusals in a row met with nothing else of ours in flight
+        self._clock = clock
+        self._patience = 1
+        self._finished_since = 0  # predictions finished since the cap last moved
+        self._probe: int | None = None  # a cap raised and not yet confirmed by an accepted create
+        self._closed_until = float("-inf")
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def lowered(self) -> bool:
+        return self.cap < self.limit
+
+    async def enter(self, first: bool = False) -> None:
+        """Wait for room; `first` goes ahead of other waiters (a job refused once already)."""
+        if not self._waiters and self._has_room():
+            self.active += 1
+            return
+        future = asyncio.get_running_loop().create_future()
+        if first:
+            self._waiters.appendleft(future)
+        else:
+            self._waiters.append(future)
+        self._serve()
+        try:
+            await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.leave()  # let in just as the waiter was cancelled: pass the room on
+            raise
+
+    def leave(self, running: bool = False) -> None:
+        """Give the entry back; `running` when its prediction had been accepted by the API."""
+        self.active -= 1
+        self.running -= 1 if running else 0
+        self._serve()
+
+    def accepted(self) -> None:
+        """A create got through (or a prediction is resumed): it runs, and a raised cap held."""
+        self.running += 1
+        self.idle_refusals = 0
+        if self._probe is not None and self.running >= self._probe:
+            self._probe = None
+            self._patience = max(1, self._patience // 2)
+
+    def refused(self, retry_after_s: float | None, backoff_s: float, max_backoff_s: float) -> None:
+        """A create holding an entry met no room: lower the cap to what the API took without it.
+
+        With nothing else of ours in flight no finish will open the gate, so it closes for `retry_after_s`,
+        else for `backoff_s` doubled per refusal in a row (at most `max_backoff_s`). Refusals met while it
+        is closed answer creates sent together with the one that closed it: they count as one try.
+        """
+        if self._probe is not None and self.running + 1 >= self._probe:
+            self._patience = min(self._patience * 2, self.max_patience)
+        self._probe = None
+        self.cap = max(1, min(self.cap, self.running))
+        self._finished_since = 0
+        now = self._clock()
+        if self.running > 0 or now < self._closed_until:
+            return
+        self.idle_refusals += 1
+        pause = retry_after_s if retry_after_s is not None else backoff_s * 2 ** (self.idle_refusals - 1)
+        self._closed_until = now + min(pause, max_backoff_s)
+
+    def finished(self) -> None:
+        """One of ours ended at the API; after enough of them at a lowered cap, try one slot more.
+
+        Only finishes while the cap holds someone back count: with room to spare, nothing would probe.
+        """
+        if not self.lowered or not self._waiters:
+            return
+        self._finished_since += 1
+        if self._finished_since >= self.cap * self._patience:
+            self.cap += 1
+            self._probe = self.cap
+            self._finished_since = 0
+            self._serve()
+
+    def _has_room(self) -> bool:
+        return self.active < self.cap and self._clock() >= self._closed_until
+
+    def _serve(self) -> None:
+        while self._waiters and self._has_room():
+            future = self._waiters.popleft()
+            if not future.done():
+                self.active += 1
+                future.set_result(None)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._waiters and self.active < self.cap:  # closed for a while: wake up when it opens
+            delay = max(0.0, self._closed_until - self._clock())
+            self._timer = asyncio.get_running_loop().call_later(delay + 1e-4, self._serve)

@@ -1,0 +1,39 @@
+"""Choosing a run's request budget: this process alone, or shared with every worker through Redis."""
+
+from __future__ import annotations
+
+import hashlib
+
+from promptgrid.errors import InvalidInput
+from promptgrid.locations import check_quota_url as check_url
+from promptgrid.quota.base import Budget, Limits
+from promptgrid.quota.local import LocalBudget
+from promptgrid.quota.shared import RedisBudget
+from promptgrid.settings import ApiKey
+
+
+def open_budget(limits: Limits, quota_url: str | None = None, namespace: str = "default") -> Budget:
+    """A LocalBudget when `quota_url` is None, else a RedisBudget shared by all users of `namespace`.
+
+    Processes share limits exactly when they share the Redis and the namespace, so give one API key one
+    namespace (`quota_namespace(key)`); two keys have two quotas at the API and should here too.
+    """
+    if quota_url is None:
+        return LocalBudget(limits)
+    check_quota_url(quota_url)
+    return RedisBudget(limits, quota_url, namespace)
+
+
+def check_quota_url(quota_url: str) -> None:
+    """Raise InvalidInput unless `quota_url` is a Redis URL (redis://, rediss:// or unix://)."""
+    try:
+        check_url(quota_url)
+    except ValueError as exc:
+        raise InvalidInput([f"api.quota_url: {exc}"]) from None
+
+
+def quota_namespace(api_key: ApiKey | None) -> str:
+    """A name for the key's quota that does not reveal the key: 16 hex digits of its SHA-256."""
+    if api_key is None:
+        return "default"
+    return hashlib.sha256(api_key.reveal().encode()).hexdigest()[:16]

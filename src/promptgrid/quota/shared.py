@@ -1,0 +1,350 @@
+"""A request budget shared by every worker process through one Redis: sliding window, leased slots, pause.
+
+Three keys under `promptgrid:quota:{namespace}:` hold the shared state, each changed only by an atomic Lua
+script reading Redis TIME, so every process judges time by one clock:
+
+- `window`  a sorted set of admitted requests: a request is admitted while fewer than `limits.requests`
+  entries are younger than `limits.window_s` (plus a small `guard_s`); otherwise the script answers how long
+  to wait. As in LocalBudget (quota.local), an entry is dated when its answer arrives (the receipt's
+  `settle()`), never earlier than the API stamped it, so unequal network delays cannot squeeze N+1 into the
+  API's window; until then it counts as dated `unsettled_s` after admission.
+- `slots`   a sorted set of in-flight tokens scored by lease expiry. A holder renews its leases while it
+  holds them; a killed worker stops renewing, so its slots return after at most `lease_s`.
+- `paused_until`  a timestamp set when any process meets a 429: every process waits it out.
+
+Releases are announced on a pub/sub channel so slot waiters wake at once instead of polling; a waiter still
+re-checks after `recheck_s` in case an announcement is lost. Redis being unreachable raises
+`QuotaUnavailable`: running on without the shared limits would break them for every other worker.
+
+Without a request-rate cap (`Limits.auto`) no request is entered in the window: the slots and the shared
+pause still hold. A cap the engine adopts (`adopt`) applies to this process's requests from then on; the
+shared window starts empty at that moment, and every process that meets the API's limit adopts its own
+reading of it. A 429 still pauses every process, so until all have adopted, the pause is what they share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError
+from redis.typing import EncodableT
+
+from promptgrid.aio import wait_event
+from promptgrid.errors import QuotaUnavailable
+from promptgrid.locations import redact_url
+from promptgrid.quota.base import REQUEST_KINDS
+
+if TYPE_CHECKING:
+    from promptgrid.quota.base import Limits
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+# A 429 without Retry-After while no cap is known: how long every process pauses.
+_UNCAPPED_PAUSE_S = 1.0
+
+# Times are microseconds of Redis TIME (exact in a Lua double until the year 2255).
+# KEYS: window, paused_until. ARGV: limit, window_us, guard_us, member, counts (1/0), unsettled_us.
+# Returns 0 when admitted, else the microseconds to wait before asking again (an upper bound while the
+# oldest entry is still unsettled). An admitted entry is scored as if it settled `unsettled_us` from now.
+_TAKE_REQUEST = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
+if paused > now then return paused - now end
+if ARGV[5] == '0' then return 0 end
+local span = tonumber(ARGV[2]) + tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - span))
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[6]), ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], math.ceil((span * 2 + tonumber(ARGV[6])) / 1000))
+  return 0
+end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(oldest[2]) + span + 1 - now)
+"""
+
+# KEYS: window. ARGV: member. Dates an entry at its answer, which the API stamped no later than now.
+_SETTLE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZADD', KEYS[1], 'XX', 'LT', now, ARGV[1])
+return 0
+"""
+
+# KEYS: paused_until. ARGV: pause_us. Only ever pushes the pause later.
+_PAUSE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local until_us = now + tonumber(ARGV[1])
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+if until_us > current then
+  redis.call('SET', KEYS[1], until_us, 'PX', math.ceil(tonumber(ARGV[1]) / 1000) + 1000)
+end
+return 0
+"""
+
+# KEYS: slots. ARGV: max_in_flight, lease_us, token. Returns 0 when the slot is taken, else us until the
+# earliest lease could expire (an upper bound on the wait; a release usually wakes the waiter sooner).
+_TAKE_SLOT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+  return 0
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return math.max(1, tonumber(first[2]) - now)
+"""
+
+# KEYS: slots. ARGV: lease_us, token... Extends only leases still present; returns how many were lost.
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local lost = 0
+for i = 2, #ARGV do
+  if redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[i]) == 0 then
+    if not redis.call('ZSCORE', KEYS[1], ARGV[i]) then lost = lost + 1 end
+  end
+end
+return lost
+"""
+
+
+class SharedReceipt:
+    """One admitted request; `settle()` it when its answer or failure is in. Settling twice is harmless."""
+
+    __slots__ = ("_budget", "member", "settled")
+
+    def __init__(self, budget: RedisBudget, member: str):
+        self._budget = budget
+        self.member = member
+        self.settled = False
+
+    def settle(self) -> None:
+        if not self.settled:
+            self.settled = True
+            self._budget._settle_soon(self.member)
+
+
+class RedisBudget:
+    """The engine's Budget, kept in Redis so every process sharing `namespace` shares the limits."""
+
+    def __init__(
+        self,
+        limits: Limits,
+        url: str,
+        namespace: str = "default",
+        *,
+        lease_s: float = 30.0,
+        recheck_s: float = 0.5,
+        guard_s: float | None = None,
+        unsettled_s: float | None = None,
+        default_pause_s: float | None = None,
+        max_connections: int = 16,
+    ):
+        self.lease_s = lease_s
+        self.recheck_s = recheck_s
+        self._given = (guard_s, unsettled_s, default_pause_s)
+        self._apply(limits)
+        self._where = redact_url(url)
+        # A bounded pool: thousands of waiting callers must not become thousands of connections.
+        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30)
+        self._redis = aioredis.Redis.from_pool(pool)
+        prefix = f"promptgrid:quota:{namespace}:"
+        self._window_key = prefix + "window"
+        self._paused_key = prefix + "paused_until"
+        self._slots_key = prefix + "slots"
+        self._released_channel = prefix + "released"
+        self._take_request = self._redis.register_script(_TAKE_REQUEST)
+        self._pause = self._redis.register_script(_PAUSE)
+        self._take_slot = self._redis.register_script(_TAKE_SLOT)
+        self._renew = self._redis.register_script(_RENEW)
+        self._settle = self._redis.register_script(_SETTLE)
+        self._settling: set[asyncio.Task[None]] = set()
+        self._settled = asyncio.Event()
+        self._held: set[str] = set()
+        self._renewer: asyncio.Task[None] | None = None
+        self._released = asyncio.Event()
+        self._listener: asyncio.Task[None] | None = None
+        self._closing = False
+        self._cleanup: asyncio.Task[None] | None = None
+        # One caller per kind asks Redis at a time and the rest queue here, first come first served: the
+        # ones behind would only be told to wait as long. Kinds queue apart so polls never wait on creates.
+        self._askers = {kind: asyncio.Lock() for kind in (*REQUEST_KINDS, "slot")}
+
+    def _apply(self, limits: Limits) -> None:
+        guard_s, unsettled_s, default_pause_s = self._given
+        self.limits = limits
+        # LocalBudget's margins: the guard covers rounding only, since entries are dated at their answer.
+        self.guard_s = guard_s if guard_s is not None else min(0.1, max(0.005, limits.window_s * 0.005))
+        self.unsettled_s = unsettled_s if unsettled_s is not None else limits.window_s
+        # A 429 without Retry-After: one request's share of the window, LocalBudget's first backoff step.
+        self.default_pause_s = default_pause_s or limits.floor_interval_s or _UNCAPPED_PAUSE_S
+
+    def adopt(self, limits: Limits, answered: Sequence[float] = ()) -> None:
+        """Keep this process's requests to `limits` from now on (the shared window counts from here)."""
+        self._apply(limits)
+
+    async def take_request(self, kind: str) -> SharedReceipt | None:
+        """Wait until one more request fits the shared window and no shared pause is on, then count it.
+
+        Returns a receipt to settle when the answer is in, or None for a request that does not count.
+        """
+        if kind not in REQUEST_KINDS:
+            raise ValueError(f"unknown request kind {kind!r}; expected one of {REQUEST_KINDS}")
+        counts = self.limits.counts(kind)
+        window = [self.limits.requests or 0, _us(self.limits.window_s), _us(self.guard_s)]
+        args: list[EncodableT] = [*window, "", "1" if counts else "0", _us(self.unsettled_s)]
+        async with self._askers[kind]:
+            while True:
+                member = args[3] = uuid.uuid4().hex
+                settled = self._settled
+                try:
+                    wait_us = await self._call(self._take_request, [self._window_key, self._paused_key], args)
+                except asyncio.CancelledError:
+                    self._settle_soon(member)  # in case Redis admitted it: date it now, not a window on
+                    raise
+                if wait_us == 0:
+                    return SharedReceipt(self, member) if counts else None
+                # The wait is exact unless the oldest entry is unsettled; a settle here, or the recheck,
+                # asks again sooner.
+                await wait_event(settled, min(wait_us / 1e6, self._request_recheck_s()))
+
+    def _request_recheck_s(self) -> float:
+        return max(0.005, min(self.recheck_s, self.limits.floor_interval_s or self.recheck_s))
+
+    def _settle_soon(self, member: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._settle_now(member))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _settle_now(self, member: str) -> None:
+        try:
+            await self._call(self._settle, [self._window_key], [member])
+        except QuotaUnavailable as exc:
+            # Unsettled, the entry still leaves the window `unsettled_s` after admission: safe, slower.
+            log.warning("could not date a request at its answer: %s", exc)
+        self._settled, settled = asyncio.Event(), self._settled
+        settled.set()
+
+    async def on_throttled(self, retry_after_s: float | None) -> None:
+        """Pause every process sharing this quota for `retry_after_s` (or the default pause)."""
+        pause_s = retry_after_s if retry_after_s and retry_after_s > 0 else self.default_pause_s
+        await self._call(self._pause, [self._paused_key], [_us(pause_s)])
+
+    async def take_slot(self) -> str:
+        """Wait for one of the shared in-flight slots; the token returned releases it."""
+        token = uuid.uuid4().hex
+        self._ensure_listener()
+        async with self._askers["slot"]:
+            try:
+                return await self._wait_for_slot(token)
+            except asyncio.CancelledError:
+                # Cancelled while Redis may have granted the slot: hand it back rather than leave it to
+                # block everyone until its lease runs out.
+                self._cleanup = asyncio.create_task(self.release_slot(token))
+                raise
+
+    async def _wait_for_slot(self, token: str) -> str:
+        while True:
+            # Taken before asking, so a release announced while the script runs still wakes this waiter.
+            released = self._released
+            args: list[EncodableT] = [self.limits.max_in_flight, _us(self.lease_s), token]
+            wait_us = await self._call(self._take_slot, [self._slots_key], args)
+            if wait_us == 0:
+                self._held.add(token)
+                self._ensure_renewer()
+                return token
+            await wait_event(released, min(wait_us / 1e6, self.recheck_s))
+
+    async def release_slot(self, token: str) -> None:
+        """Give the slot back and wake the processes waiting for one."""
+        self._held.discard(token)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self._slots_key, token)
+            pipe.publish(self._released_channel, "1")
+            await self._run(pipe.execute())
+
+    async def aclose(self) -> None:
+        """Stop renewing, give back any slot still held, and close the connections."""
+        self._closing = True
+        if self._settling:
+            await asyncio.wait(list(self._settling), timeout=5)
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        with contextlib.suppress(QuotaUnavailable):
+            for token in list(self._held):
+                await self.release_slot(token)
+            await self._stop_listener()
+        await self._redis.aclose()
+
+    async def _stop_listener(self) -> None:
+        # Cancelling a task blocked in redis-py's get_message can deadlock its pubsub.aclose() (redis-py
+        # #3941), so the listener is woken with one more announcement and left to end by itself.
+        if self._listener is None or self._listener.done():
+            return
+        await self._run(self._redis.publish(self._released_channel, "closing"))
+        done, _ = await asyncio.wait([self._listener], timeout=self.recheck_s + 1)
+        if not done:
+            self._listener.cancel()
+
+    async def _call(self, script: AsyncScript, keys: list[str], args: Sequence[EncodableT]) -> int:
+        return int(await self._run(script(keys=keys, args=args)))
+
+    async def _run(self, awaitable: Awaitable[_T]) -> _T:
+        try:
+            return await awaitable
+        except (RedisError, OSError) as exc:
+            raise QuotaUnavailable(f"the shared quota at {self._where} is unreachable: {exc}") from None
+
+    def _ensure_renewer(self) -> None:
+        if self._renewer is None or self._renewer.done():
+            self._renewer = asyncio.create_task(self._renew_leases())
+
+    def _ensure_listener(self) -> None:
+        if self._listener is None or self._listener.done():
+            self._listener = asyncio.create_task(self._listen_for_releases())
+
+    async def _renew_leases(self) -> None:
+        # Renewing at a third of the lease survives two missed renewals before a live holder loses a slot.
+        while self._held:
+            await asyncio.sleep(self.lease_s / 3)
+            try:
+                lost = await self._call(self._renew, [self._slots_key], [_us(self.lease_s), *self._held])
+            except QuotaUnavailable as exc:
+                log.warning("could not renew in-flight leases: %s", exc)
+                continue
+            if lost:
+                log.warning("%d in-flight lease(s) expired before renewal; the limit may be exceeded", lost)
+
+    async def _listen_for_releases(self) -> None:
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            await pubsub.subscribe(self._released_channel)
+            while not self._closing:
+                message = await pubsub.get_message(timeout=self.recheck_s)
+                if message is not None:
+                    self._released, announced = asyncio.Event(), self._released
+                    announced.set()
+        except (RedisError, OSError) as exc:
+            # Waiters fall back to re-checking every `recheck_s`; the quota itself stays correct.
+            log.warning("release announcements stopped: %s", redact_url(str(exc)))
+        finally:
+            with contextlib.suppress(RedisError, OSError):
+                await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]  # unannotated in some redis-py releases
+
+
+def _us(seconds: float) -> int:
+    return max(1, round(seconds * 1_000_000))

@@ -1,1 +1,0 @@
-"""The pipeline's stages, grouped by what they do, each importable and testable without Prefect running."""
