@@ -317,7 +317,7 @@ def test_the_near_duplicate_index_finds_what_comparing_every_pair_finds(distance
     assert len(index) == len(kept)
 
 
-def test_a_part_compacted_away_mid_export_stops_it_and_a_rerun_starts_over(tmp_path):
+def test_a_part_compacted_away_mid_export_stops_it_and_a_rerun_goes_on(tmp_path):
     from promptgrid.errors import ExportFailed
     from promptgrid.output.manifest.read import part_keys
     from promptgrid.output.manifest.writer import compact
