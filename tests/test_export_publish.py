@@ -6,6 +6,7 @@ huggingface_hub take whole, nothing of the output's location (S3 too), increment
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -184,3 +185,33 @@ def test_the_spec_takes_a_split_key_that_leaves_its_hash_alone(tmp_path):
     assert split.spec_hash == plain.spec_hash  # it decides how a dataset is cut, not what a run makes
     with pytest.raises(InvalidInput, match="split"):
         load_spec_text(text + "split: {train: 0.9}\n", tmp_path, "s.yaml")
+
+
+def test_a_card_without_num_bytes_is_what_datasets_warns_about(recorded, tmp_path):
+    """The check the card tests make can fail: the card of an older export, without `num_bytes`, is heard."""
+    import datasets
+
+    export(recorded, tmp_path / "hf")
+    card = tmp_path / "hf" / "README.md"
+    text = card.read_text(encoding="utf-8")
+    card.write_text(re.sub(r"\n +num_bytes: \d+", "", text), encoding="utf-8")
+
+    with datasets_warnings() as warned:
+        datasets.load_dataset(str(tmp_path / "hf"), split="train")
+
+    assert any("Ignoring part of dataset_info" in message for message in warned), warned
+
+
+def test_a_row_with_a_split_value_keeps_it_and_the_shares_split_the_rest():
+    import pyarrow as pa
+
+    rule = SplitRule((("train", 0.5), ("test", 0.5)))
+    jobs = [f"job-{n:03d}" for n in range(40)]
+    rows = pa.table({"job_id": jobs, "split": ["validation", "", None, *([None] * 37)]})
+
+    assigned = rule.assign(rows)
+
+    assert assigned[0] == "validation" and assigned[1:] == [rule.by_job(job) for job in jobs[1:]]
+    assert set(assigned[1:]) == {"train", "test"}
+    assert rule.names(["validation"]) == ["train", "test", "validation"]
+    assert SplitRule().assign(pa.table({"job_id": jobs})) == ["train"] * 40
