@@ -19,8 +19,8 @@ import pyarrow.parquet as pq
 
 from promptgrid.errors import ExportFailed, InvalidInput
 from promptgrid.output.manifest.locate import resolve_image_locations
-from promptgrid.output.manifest.read import latest_rows, part_keys
-from promptgrid.output.sinks import LocalSink, Sink
+from promptgrid.output.manifest.read import latest_rows, part_keys, part_source
+from promptgrid.output.sinks import Sink
 from promptgrid.types import JobStatus
 
 _SELECT_COLUMNS = ["job_id", "status", "completed_at"]
@@ -80,9 +80,7 @@ def open_source(sink: Sink, statuses: list[str]) -> ManifestSource:
 
 def _open_part(sink: Sink, key: str) -> pq.ParquetFile:
     try:
-        if isinstance(sink, LocalSink):
-            return pq.ParquetFile(sink.local_path(key))
-        return pq.ParquetFile(pa.BufferReader(sink.get_bytes(key)))
+        return pq.ParquetFile(part_source(sink, key))
     except FileNotFoundError:
         raise ExportFailed(
             f"{sink.root}: manifest part {key} vanished during the export (compacted meanwhile?); "

@@ -21,6 +21,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import NamedTuple
 
 import pyarrow as pa
@@ -30,7 +31,7 @@ import pyarrow.parquet as pq
 from promptgrid.output.keys import MANIFEST_PREFIX
 from promptgrid.output.manifest.locate import IMAGE_COLUMNS, resolve_image_locations
 from promptgrid.output.manifest.rows import MANIFEST_SCHEMA, STATUS_COLUMNS
-from promptgrid.output.sinks import LocalSink, Sink
+from promptgrid.output.sinks import Sink
 from promptgrid.types import JobStatus
 
 _READ_THREADS = 8
@@ -72,15 +73,18 @@ def part_keys(sink: Sink) -> list[str]:
     return sorted(key for key in sink.list_keys(MANIFEST_PREFIX) if key.endswith(".parquet"))
 
 
+def part_source(sink: Sink, key: str) -> Path | pa.BufferReader:
+    """What pyarrow reads a part from: its local file (read in place), or its bytes fetched once."""
+    path = sink.local_path(key)
+    return path if path is not None else pa.BufferReader(sink.get_bytes(key))
+
+
 def _read_part(sink: Sink, key: str, columns: Iterable[str] | None) -> pa.Table:
     """One part, its image locations resolved against where the output is now (see `locate`)."""
     columns = list(columns) if columns is not None else None
     # Parts written before `image_key` existed lack it: read them whole, then resolve and pick.
     wanted = None if columns is None or IMAGE_COLUMNS & set(columns) else columns
-    if isinstance(sink, LocalSink):
-        table = pq.read_table(sink.local_path(key), columns=wanted)
-    else:
-        table = pq.read_table(pa.BufferReader(sink.get_bytes(key)), columns=wanted)
+    table = pq.read_table(part_source(sink, key), columns=wanted)
     table = resolve_image_locations(table, sink.root)
     return table if columns is None or wanted is not None else table.select(columns)
 
