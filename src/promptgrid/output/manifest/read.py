@@ -22,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -38,6 +38,7 @@ _READ_THREADS = 8
 _RELIST_ATTEMPTS = 20
 _logger = logging.getLogger("promptgrid.manifest")
 _warned: set[tuple[str, str]] = set()
+T = TypeVar("T")
 
 
 class DamagedPart(NamedTuple):
@@ -131,9 +132,19 @@ def read_keys(sink: Sink, keys: list[str], on_damaged: OnDamaged) -> dict[str, p
 def _read_existing(
     sink: Sink, keys: list[str], columns: list[str] | None, on_damaged: OnDamaged
 ) -> dict[str, pa.Table]:
-    def read(key: str) -> pa.Table | DamagedPart | None:
+    return read_each(sink, keys, lambda key: _read_part(sink, key, columns), on_damaged)
+
+
+def read_each(
+    sink: Sink, keys: list[str], read: Callable[[str], T], on_damaged: OnDamaged | None = None
+) -> dict[str, T]:
+    """`read(key)` of each part among `keys` (several at a time), for every reader of parts: a part that
+    vanished meanwhile is left out; one that does not read as Parquet (truncated, zero bytes, garbage) is
+    left out and reported to `on_damaged` (by default a warning naming it), never raised."""
+
+    def attempt(key: str) -> T | DamagedPart | None:
         try:
-            return _read_part(sink, key, columns)
+            return read(key)
         except FileNotFoundError:
             return None
         except (pa.ArrowException, OSError) as exc:  # truncated, empty, or not Parquet at all
@@ -141,15 +152,16 @@ def _read_existing(
 
     if not keys:
         return {}
+    report = on_damaged or warn_damaged(sink.root)
     with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(keys))) as pool:
-        found = dict(zip(keys, pool.map(read, keys), strict=True))
-    tables = {}
+        found = dict(zip(keys, pool.map(attempt, keys), strict=True))
+    results: dict[str, T] = {}
     for key, result in found.items():
         if isinstance(result, DamagedPart):
-            on_damaged(result)
+            report(result)
         elif result is not None:
-            tables[key] = result
-    return tables
+            results[key] = result
+    return results
 
 
 def _concat(tables: list[pa.Table], columns: list[str] | None) -> pa.Table:
