@@ -38,9 +38,6 @@ _WITHDRAWN = "-"  # the prediction id of an intent taken back: that create never
 _IMAGE_FILE = "images.jsonl"
 _IMAGE_SUFFIX = ".image"
 _TORN = (ValueError, TypeError, KeyError)  # what a record torn by a crash mid-write raises when parsed
-# Statuses after which a prediction needs no more polling. A timed-out prediction may still finish on
-# the server, so it stays resumable.
-FINISHED = frozenset({JobStatus.SUCCESS.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value})
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,7 +265,8 @@ class Journal:
         """job_id -> latest prediction id, for jobs whose prediction may still need polling.
 
         Skipped: jobs whose latest manifest row is a success, and jobs whose latest row already records
-        this very prediction as finished (failed, cancelled). A timed-out or unrecorded one is kept.
+        this very prediction as ended (failed, cancelled, timed out: a rerun creates a new one). A
+        prediction no row records yet (the run was killed while polling it) is kept.
         """
         latest = self.latest()
         if not skip_finished or not latest:
@@ -277,9 +275,9 @@ class Journal:
         pending = {}
         for job_id, entry in latest.items():
             status, prediction_id = outcomes.get(job_id, (None, None))
-            done = status == JobStatus.SUCCESS.value or (
-                status in FINISHED and prediction_id == entry.prediction_id
-            )
+            # A row for this very prediction means the run that wrote it saw it end (a timed-out one
+            # was cancelled at its deadline): polling it again would only find it ended.
+            done = status == JobStatus.SUCCESS.value or prediction_id == entry.prediction_id
             if not done:
                 pending[job_id] = entry.prediction_id
         return pending
