@@ -132,8 +132,9 @@ class LocalLineLog:
 
     def sync(self) -> None:
         with self._lock:
-            if self._fd is not None:
-                os.fsync(self._fd)
+            fd = self._fd
+        if fd is not None:  # outside the lock: a write on the event loop never waits for a disk commit
+            os.fsync(fd)
 
     def close(self) -> None:
         with self._lock:
