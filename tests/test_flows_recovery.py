@@ -7,8 +7,10 @@ then the flow runs against the sandbox, under Prefect's test server.
 from __future__ import annotations
 
 import asyncio
+import base64
 import csv
 import logging
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -137,8 +139,13 @@ def test_an_echoed_key_appears_nowhere_not_even_in_prefect_s_database(
 ):
     sandbox = sandbox_factory(api_key=api_key, echo_key=True, error_rate=1.0, create_5xx_rate=0.2)
     spec = write_spec(tmp_path, str(tmp_path / "out"))
+    # The key written into the spec by mistake, and into the grid in base64 and percent-encoded.
+    spec.write_text(spec.read_text(encoding="utf-8") + f"# key: {api_key}\n", encoding="utf-8")
+    basic = base64.b64encode(f"user:{api_key}".encode()).decode()
+    with open(tmp_path / "prompts.csv", "a", encoding="utf-8") as grid:
+        grid.write(f"a bottle labelled {basic} and {urllib.parse.quote(api_key, safe='')}\n")
     summary = run_generate(spec, sandbox)
-    assert summary["failed"] == 8
+    assert summary["failed"] == 10
 
     captured = capfd.readouterr()
     files = assert_key_nowhere(api_key, captured.out + captured.err, tmp_path / "out")

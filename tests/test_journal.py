@@ -92,21 +92,23 @@ def test_local_journal_is_one_appended_file_per_writer_and_skips_a_torn_line(tmp
 
 def test_load_skips_jobs_the_manifest_shows_finished(sink):
     journal = Journal(sink, "w0", clock=SteppingClock())
-    for job_id, prediction_id in [("ok", "p-ok"), ("bad", "p-bad"), ("slow", "p-slow"), ("retry", "p-new")]:
+    recorded = [("ok", "p-ok"), ("bad", "p-bad"), ("slow", "p-slow"), ("gone", "p-gone"), ("retry", "p-new")]
+    for job_id, prediction_id in recorded:
         journal.record_sync(job_id, prediction_id, 1)
     journal.record_sync("fresh", "p-fresh", 1)
     outcomes = [
         ("ok", JobStatus.SUCCESS, "p-ok"),
         ("bad", JobStatus.FAILED, "p-bad"),
-        ("slow", JobStatus.TIMED_OUT, "p-slow"),  # may still finish on the server: keep polling it
+        ("slow", JobStatus.TIMED_OUT, "p-slow"),  # cancelled at its deadline: a rerun creates anew
+        ("gone", JobStatus.CANCELLED, "p-gone"),
         ("retry", JobStatus.FAILED, "p-old"),  # an earlier attempt failed; the new prediction is unresolved
     ]
     with ManifestWriter(sink, run_id="r", spec_hash="h") as writer:
         for job_id, status, prediction_id in outcomes:
             job = Job(job_id=job_id, model="m", inputs={"prompt": "p"})
             writer.add(job, JobOutcome(job_id=job_id, status=status, prediction_id=prediction_id), None)
-    assert journal.load() == {"slow": "p-slow", "retry": "p-new", "fresh": "p-fresh"}
-    assert len(journal.load(skip_finished=False)) == 5
+    assert journal.load() == {"retry": "p-new", "fresh": "p-fresh"}
+    assert len(journal.load(skip_finished=False)) == 6
 
 
 async def test_async_load_and_empty_journal(sink):

@@ -6,7 +6,9 @@ error codes and messages; the run's manifest, journal, report, exceptions and lo
 
 from __future__ import annotations
 
+import base64
 import logging
+import urllib.parse
 from pathlib import Path
 
 import httpx
@@ -23,6 +25,7 @@ from promptgrid.output.manifest.read import read_manifest
 from promptgrid.output.manifest.writer import ManifestWriter
 from promptgrid.output.reconcile import run_and_store
 from promptgrid.output.recorder import OutcomeStore
+from promptgrid.output.saved_spec import save_spec
 from promptgrid.output.sinks import open_sink
 from promptgrid.quota.base import Limits
 from promptgrid.quota.local import LocalBudget
@@ -31,6 +34,7 @@ from promptgrid.report.build import write_report
 from promptgrid.settings import ApiKey
 from promptgrid.types import Job
 from tests.support.sandbox import TEST_TIME_SCALE
+from tests.support.secrets import find_key
 
 SECRET = "sk-echoed-secret-9c1f2e"
 MODEL = "stable-diffusion-3-5-large"
@@ -74,9 +78,11 @@ async def test_an_api_echoing_the_key_in_errors_leaves_it_nowhere(sandbox_factor
     assert all(row["error_code"].endswith("_***") for row in rows), [row["error_code"] for row in rows]
     assert all("***" in row["error_message"] for row in rows)
     assert sandbox.stats()["faults"].get("create_server_error", 0) >= 1  # the echoing refusals happened
+    spellings = find_key(SECRET, str(echoed.json()))  # as sent, and in base64 at its 3 alignments
+    assert len(spellings) == 4, spellings
     for path in files_under(tmp_path / "out"):  # manifest, journal, images, report
-        assert SECRET.encode() not in path.read_bytes(), path
-    assert caplog.records and all(SECRET not in record.getMessage() for record in caplog.records)
+        assert find_key(SECRET, path.read_bytes()) == [], path
+    assert caplog.records and all(find_key(SECRET, record.getMessage()) == [] for record in caplog.records)
     assert any("bad key ***" in record.getMessage() for record in caplog.records)
 
 
@@ -100,3 +106,46 @@ def test_a_short_value_is_not_taken_for_a_secret():
 @pytest.mark.parametrize("text", ["", "nothing secret here"])
 def test_text_without_a_secret_is_unchanged(text):
     assert scrub(text) == text
+
+
+ENCODED_KEY = "sk-encoded+key/7e1d90=x"  # characters that base64 and percent-encoding both change
+
+
+@pytest.mark.parametrize("lead", ["", "u", "us", "user:", "promptgrid:"])
+@pytest.mark.parametrize("encode", [base64.b64encode, base64.urlsafe_b64encode])
+def test_the_key_inside_base64_is_scrubbed_at_every_alignment(lead, encode):
+    ApiKey(ENCODED_KEY)
+    blob = encode(f"{lead}{ENCODED_KEY}:and after".encode()).decode()
+    assert find_key(ENCODED_KEY, blob)  # the search sees it before scrubbing
+    clean = scrub(f"Authorization: Basic {blob}")
+    assert clean.startswith("Authorization: Basic ") and "***" in clean
+    assert find_key(ENCODED_KEY, clean) == []
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        urllib.parse.quote(ENCODED_KEY, safe=""),
+        urllib.parse.quote(ENCODED_KEY, safe="").lower(),
+        urllib.parse.quote_plus(ENCODED_KEY),
+        "".join(f"%{byte:02x}" for byte in ENCODED_KEY.encode()),  # every character encoded
+        urllib.parse.quote(base64.b64encode(ENCODED_KEY.encode()).decode(), safe=""),
+        base64.b64encode(ENCODED_KEY.encode()).decode().replace("/", "\\/"),  # JSON's escaped slash
+    ],
+)
+def test_the_key_percent_encoded_is_scrubbed(spelling):
+    ApiKey(ENCODED_KEY)
+    assert scrub(f"?token={spelling}&x=1").startswith("?token=***")
+    assert scrub(f"?token={spelling}&x=1").endswith("&x=1")
+
+
+def test_a_key_written_into_a_spec_is_not_saved_with_it(tmp_path):
+    ApiKey(ENCODED_KEY)
+    text = f"name: study\n# api key for later: {ENCODED_KEY}\nprompts: [a fox]\n"
+    sink = open_sink(str(tmp_path / "out"))
+    save_spec(sink, text)
+    saved = files_under(tmp_path / "out")
+    assert len(saved) == 2  # spec.yaml and specs/<hash>.yaml
+    for path in saved:
+        assert find_key(ENCODED_KEY, path.read_bytes()) == []
+        assert "# api key for later: ***" in path.read_text(encoding="utf-8")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
+import re
 import threading
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,7 +17,6 @@ from promptgrid.output.keys import image_key, manifest_part_key, safe_token, slu
 from promptgrid.output.sinks import open_sink
 from promptgrid.output.sinks.base import Sink, check_key
 from promptgrid.output.sinks.local import LocalSink
-from promptgrid.output.sinks.s3 import S3Sink
 from promptgrid.types import Job
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
@@ -88,7 +90,7 @@ def test_s3_presigned_url_serves_the_object_over_http(s3_env):
 
 def test_s3_endpoint_comes_from_the_standard_environment(s3_env, s3_server):
     sink = open_sink(f"s3://{s3_env}")
-    assert isinstance(sink, S3Sink)
+    assert sink.folder is None and sink.local_path("top.txt") is None
     assert sink.client.meta.endpoint_url == s3_server
     assert sink.root == f"s3://{s3_env}"
     sink.put_bytes("top.txt", b"hi", "text/plain")
@@ -122,12 +124,81 @@ def test_local_write_is_atomic_and_leaves_no_temp_files(tmp_path):
 
 def test_local_sink_urls_and_append(tmp_path):
     sink = open_sink(f"file://{tmp_path}/o")
-    assert isinstance(sink, LocalSink) and sink.root == str(tmp_path / "o")
+    assert sink.folder == tmp_path / "o" and sink.root == str(tmp_path / "o")
     sink.put_bytes("a/b.png", PNG, "image/png")
     assert sink.url_for_reading("a/b.png") == (tmp_path / "o" / "a" / "b.png").as_uri()
-    sink.append_line("j/w0.jsonl", b"one\n")
-    sink.append_line("j/w0.jsonl", b"two\n")
+    assert sink.presigned_url("a/b.png") is None  # no other machine can fetch a file:// URL
+    log = sink.line_log("j/w0.jsonl")
+    assert log is not None and not (tmp_path / "o" / "j").exists()  # opened on the first write only
+    log.write(b"one\n")
+    log.write(b"two\n")
+    log.sync()
     assert sink.get_bytes("j/w0.jsonl") == b"one\ntwo\n"
+    log.close()
+
+
+def test_each_sink_says_what_it_can_do(sink, tmp_path):
+    local = sink.folder is not None
+    assert (sink.local_path("a/b.png") is not None) == local
+    assert (sink.line_log("j/w0.jsonl") is not None) == local
+    sink.put_bytes("a/b.png", PNG, "image/png")
+    url = sink.presigned_url("a/b.png", expires_s=600)
+    assert (url is None) == local
+    if url is not None:
+        assert httpx.get(url, timeout=5).content == PNG
+    assert sink.size("a/b.png") == len(PNG) and sink.size("a/none.png") is None
+    finished = tmp_path / "finished.tar"
+    finished.write_bytes(b"shard")
+    sink.put_file(finished, "export/s-0.tar", "application/x-tar")
+    assert sink.get_bytes("export/s-0.tar") == b"shard"
+
+
+def test_conditional_writes_let_exactly_one_writer_win(sink):
+    writes = sink.conditional_writes()
+    assert writes.read("lease/x.json") is None
+    first = writes.create("lease/x.json", b"one")
+    assert first is not None and writes.create("lease/x.json", b"two") is None
+    assert writes.read("lease/x.json") == (b"one", first)
+    second = writes.replace("lease/x.json", b"three", first)
+    assert second is not None and writes.replace("lease/x.json", b"four", first) is None
+    writes.delete("lease/x.json", first)  # a stale version deletes nothing
+    assert writes.read("lease/x.json") == (b"three", second)
+    writes.delete("lease/x.json", second)
+    assert writes.read("lease/x.json") is None
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o027, 0o640)])
+def test_local_files_honour_the_umask(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        sink = LocalSink(tmp_path / "out")
+        sink.put_bytes("images/m/s/a.png", PNG, "image/png")
+        log = sink.line_log("journal/w/records.jsonl")
+        assert log is not None
+        log.write(b"{}\n")
+        log.close()
+        sink.conditional_writes().create("lease/x.json", b"{}")
+    finally:
+        os.umask(previous)
+    files = [path for path in (tmp_path / "out").rglob("*") if path.is_file()]
+    assert len(files) == 4  # the image, the journal, the lease and its lock file
+    assert {path.name: path.stat().st_mode & 0o777 for path in files} == {path.name: mode for path in files}
+
+
+def test_no_caller_asks_for_a_sinks_class():
+    # Each backend says what it can do (`Sink`); code that branches on a sink's class breaks that.
+    root = Path(__file__).resolve().parents[1]
+    sinks = root / "src" / "promptgrid" / "output" / "sinks"
+    found = []
+    for path in [*(root / "src").rglob("*.py"), *(root / "tests").rglob("*.py")]:
+        if sinks in path.parents:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("isinstance", "issubclass"):
+                classes = ast.unparse(node.args[1]) if len(node.args) > 1 else ""
+                if re.search(r"\w*Sink\b", classes):
+                    found.append(f"{path.relative_to(root)}:{node.lineno}: {ast.unparse(node)}")
+    assert found == []
 
 
 @pytest.mark.parametrize(

@@ -41,6 +41,7 @@ from promptgrid.errors import (
     TransportFailure,
     UnexpectedAnswer,
 )
+from promptgrid.redact import scrub
 from promptgrid.settings import ApiKey, read_api_settings
 
 DEFAULT_TIMEOUTS = httpx.Timeout(connect=10.0, read=60.0, write=30.0, pool=60.0)
@@ -286,7 +287,7 @@ class ApiClient:
         raise _BY_STATUS.get(response.status_code, UnexpectedAnswer)(message, **context)
 
     def _scrub(self, text: str) -> str:
-        return clip(text.replace(self._key.reveal(), "***"))
+        return clip(scrub(text.replace(self._key.reveal(), "***")))  # every spelling, before a cut
 
 
 def _error_text(response: httpx.Response) -> tuple[str, bool]:

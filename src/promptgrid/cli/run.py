@@ -288,7 +288,7 @@ def register(app: typer.Typer) -> None:
         ],
         status: Annotated[
             str, typer.Option(help="Comma-separated latest statuses to re-run.")
-        ] = "failed,timed_out",
+        ] = "failed,timed_out,cancelled",
         where: Annotated[
             str | None, typer.Option(help='An SQL condition on manifest columns, e.g. "cfg > 4".')
         ] = None,
@@ -304,7 +304,7 @@ def register(app: typer.Typer) -> None:
         ] = False,
         wait: Annotated[bool, typer.Option("--wait", help=WAIT_HELP)] = False,
     ) -> None:
-        """Re-run only the jobs of OUTPUT whose latest outcome matches (failed and timed out by default)."""
+        """Re-run only the jobs of OUTPUT whose latest outcome matches (by default: not a success)."""
         from promptgrid.output.selection import (
             describe_backfill,
             jobs_to_backfill,

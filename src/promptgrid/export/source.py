@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,14 +21,13 @@ import pyarrow.parquet as pq
 from promptgrid.errors import ExportFailed, InvalidInput
 from promptgrid.locations import is_loopback_url
 from promptgrid.output.manifest.locate import resolve_image_locations
-from promptgrid.output.manifest.read import latest_rows, part_keys
-from promptgrid.output.sinks import LocalSink, Sink
+from promptgrid.output.manifest.read import latest_rows, part_keys, part_source, read_each
+from promptgrid.output.sinks import Sink
 from promptgrid.types import JobStatus
 
 _SELECT_COLUMNS = ["job_id", "status", "completed_at"]
 _SPLIT_COLUMN = "split"  # a grid's split column, read up front to check its values before writing
 _API_BASE = b"promptgrid.api_base"
-_READ_THREADS = 8
 _ROW = "__promptgrid_row"
 
 
@@ -65,8 +63,11 @@ def open_source(sink: Sink, statuses: list[str]) -> ManifestSource:
     parts = tuple(part_keys(sink))
     if not parts:
         raise InvalidInput([f"{sink.root}: no manifest found (manifest/*.parquet); is this an output?"])
-    with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(parts))) as pool:
-        heads = list(pool.map(lambda key: _read_head(sink, key), parts))
+    found = read_each(sink, list(parts), lambda key: _read_head(sink, key))  # damaged: skipped, named
+    parts = tuple(key for key in parts if key in found)
+    heads = [found[key] for key in parts]
+    if not heads:
+        raise InvalidInput([f"{sink.root}: no readable manifest part; `promptgrid manifest check` says why"])
     keys = pa.concat_tables(
         [
             table.append_column("part", pa.array(np.full(table.num_rows, index, np.int32))).append_column(
@@ -105,9 +106,7 @@ def _api_base(schema: pa.Schema) -> str | None:
 
 def _open_part(sink: Sink, key: str) -> pq.ParquetFile:
     try:
-        if isinstance(sink, LocalSink):
-            return pq.ParquetFile(sink.local_path(key))
-        return pq.ParquetFile(pa.BufferReader(sink.get_bytes(key)))
+        return pq.ParquetFile(part_source(sink, key))
     except FileNotFoundError:
         raise ExportFailed(
             f"{sink.root}: manifest part {key} vanished during the export (compacted meanwhile?); "

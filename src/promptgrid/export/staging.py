@@ -12,9 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from promptgrid.output.sinks import LocalSink, S3Sink, Sink
+from promptgrid.output.sinks import Sink
 from promptgrid.output.sinks.base import TEMP_PREFIX
-from promptgrid.output.sinks.local import fsync_dir
 
 PARTIAL_SUFFIX = ".partial"
 SHARD_MODE = 0o644
@@ -25,12 +24,13 @@ class Staging:
 
     def __init__(self, dest: Sink):
         self.dest = dest
-        self._folder = None if isinstance(dest, LocalSink) else tempfile.mkdtemp(prefix="promptgrid-export-")
+        self._folder = None if dest.folder is not None else tempfile.mkdtemp(prefix="promptgrid-export-")
 
     def new_file(self, key: str) -> Path:
         """A fresh temporary file for `key`'s content; `publish` or `discard` it."""
-        if isinstance(self.dest, LocalSink):
-            folder = self.dest.local_path(key).parent
+        target = self.dest.local_path(key)
+        if target is not None:
+            folder = target.parent
             folder.mkdir(parents=True, exist_ok=True)
         else:
             folder = Path(str(self._folder))
@@ -41,19 +41,8 @@ class Staging:
 
     def publish(self, path: Path, key: str, content_type: str) -> None:
         """Put the finished file at `key` in one step, then forget the temporary name."""
-        if isinstance(self.dest, LocalSink):
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-            target = self.dest.local_path(key)
-            os.replace(path, target)
-            fsync_dir(target.parent)
-            return
-        if not isinstance(self.dest, S3Sink):
-            raise TypeError(f"cannot publish a file to {self.dest!r}")
         try:
-            self.dest.client.upload_file(
-                str(path), self.dest.bucket, self.dest.full_key(key), ExtraArgs={"ContentType": content_type}
-            )
+            self.dest.put_file(path, key, content_type)
         finally:
             path.unlink(missing_ok=True)
 
@@ -62,21 +51,15 @@ class Staging:
 
     def size_of(self, key: str) -> int | None:
         """The published object's size, or None when there is none."""
-        if isinstance(self.dest, LocalSink):
-            target = self.dest.local_path(key)
-            return target.stat().st_size if target.is_file() else None
-        if isinstance(self.dest, S3Sink):
-            head = self.dest.head(key)
-            return int(head["ContentLength"]) if head is not None else None
-        return len(self.dest.get_bytes(key)) if self.dest.exists(key) else None
+        return self.dest.size(key)
 
     def remove_leftovers(self, folders: list[str]) -> int:
         """Delete temporary files an interrupted export left in a local destination; returns how many."""
-        if not isinstance(self.dest, LocalSink):
+        if self.dest.folder is None:
             return 0
         removed = 0
         for folder in folders:
-            base = self.dest.path.joinpath(*[part for part in folder.split("/") if part])
+            base = self.dest.folder.joinpath(*[part for part in folder.split("/") if part])
             for leftover in base.glob(f"{TEMP_PREFIX}*{PARTIAL_SUFFIX}"):
                 leftover.unlink(missing_ok=True)
                 removed += 1

@@ -45,7 +45,6 @@ from promptgrid.output.recovery import repair
 from promptgrid.output.saved_spec import save_models, save_spec
 from promptgrid.output.sinks import open_sink
 from promptgrid.output.sinks.base import Sink
-from promptgrid.output.sinks.local import LocalSink
 from promptgrid.quota.base import Limits
 from promptgrid.quota.factory import open_budget, quota_namespace
 from promptgrid.settings import read_api_settings
@@ -115,7 +114,7 @@ def input_images(sink: Sink, plan: RunPlan) -> Iterator[PrepareInputs]:
     """
     with contextlib.ExitStack() as stack:
         server: InputServer | None = None
-        if isinstance(sink, LocalSink) and urlsplit(plan.api.base_url).hostname in LOOPBACK_HOSTS:
+        if sink.folder is not None and urlsplit(plan.api.base_url).hostname in LOOPBACK_HOSTS:
             server = stack.enter_context(InputServer(sink))
         images = InputImages(sink, base_dir=plan.base_dir, server=server)
 
@@ -123,7 +122,7 @@ def input_images(sink: Sink, plan: RunPlan) -> Iterator[PrepareInputs]:
             ref = job.inputs.get("image")
             if not ref:
                 return job.inputs
-            if server is None and isinstance(sink, LocalSink) and classify_image_ref(ref) == "path":
+            if server is None and sink.folder is not None and classify_image_ref(ref) == "path":
                 raise InvalidInput(
                     [f"image {ref!r}: a local file needs an s3:// output to be sent to a remote API"]
                 )

@@ -28,7 +28,6 @@ from promptgrid.errors import InvalidInput
 from promptgrid.models.catalog import CONTENT_TYPES
 from promptgrid.output.keys import INPUTS_PREFIX, input_key
 from promptgrid.output.sinks.base import Sink
-from promptgrid.output.sinks.local import LocalSink
 from promptgrid.output.sinks.s3 import S3Client, make_s3_client, parse_s3_uri, presign_get
 
 MAX_INPUT_BYTES = 50 * 1024 * 1024  # far above any photo a 1 MP model needs; stops a stray video file
@@ -67,10 +66,12 @@ def classify_image_ref(ref: str) -> str:
 class InputServer:
     """Serves a local output's staged inputs (`inputs/<sha256>.<ext>` only) over HTTP on loopback."""
 
-    def __init__(self, sink: LocalSink, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, sink: Sink, host: str = "127.0.0.1", port: int = 0):
         if not host.startswith("127.") and host not in ("localhost", "::1"):
             raise ValueError(f"the input server listens on loopback only, not {host!r}")
-        self.folder = sink.path / INPUTS_PREFIX.rstrip("/")
+        if sink.folder is None:
+            raise ValueError(f"the input server serves a local output's inputs, not {sink.root}")
+        self.folder = sink.folder / INPUTS_PREFIX.rstrip("/")
         self._address = (host, port)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -166,11 +167,9 @@ class InputImages:
         if kind == "s3":
             return self._cached(text, lambda: self._presign_s3_uri(text))
         key = self.stage(text)
-        if isinstance(self.sink, LocalSink):
-            if self.server is None:
-                raise InvalidInput([f"image {text!r}: a local output serves local images only while running"])
+        if self.server is not None:
             return self.server.url_for(key)
-        return self._cached(key, lambda: self.sink.url_for_reading(key, self.expires_s))
+        return self._cached(key, lambda: self._presign(key, text))
 
     def stage(self, ref: str) -> str:
         """Copy a local image into `inputs/<sha256>.<ext>` (once per content) and return that key."""
@@ -204,6 +203,12 @@ class InputImages:
         url = make()
         with self._lock:
             self._urls[name] = (url, now)
+        return url
+
+    def _presign(self, key: str, ref: str) -> str:
+        url = self.sink.presigned_url(key, self.expires_s)
+        if url is None:  # a local output with no loopback server: no URL reaches the API
+            raise InvalidInput([f"image {ref!r}: a local output serves local images only while running"])
         return url
 
     def _presign_s3_uri(self, uri: str) -> str:

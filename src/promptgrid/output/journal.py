@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import hashlib
 import json
-import os
 import threading
 from collections.abc import Callable, Container, Iterator
 from dataclasses import asdict, dataclass, field
@@ -28,8 +27,7 @@ from typing import Any
 
 from promptgrid.output.keys import JOURNAL_PREFIX, safe_token
 from promptgrid.output.manifest.read import latest_outcomes
-from promptgrid.output.sinks.base import Sink
-from promptgrid.output.sinks.local import LocalSink
+from promptgrid.output.sinks.base import LineLog, Sink
 from promptgrid.types import JobStatus
 
 _STAMP = "%Y%m%dT%H%M%S%fZ"
@@ -40,9 +38,6 @@ _WITHDRAWN = "-"  # the prediction id of an intent taken back: that create never
 _IMAGE_FILE = "images.jsonl"
 _IMAGE_SUFFIX = ".image"
 _TORN = (ValueError, TypeError, KeyError)  # what a record torn by a crash mid-write raises when parsed
-# Statuses after which a prediction needs no more polling. A timed-out prediction may still finish on
-# the server, so it stays resumable.
-FINISHED = frozenset({JobStatus.SUCCESS.value, JobStatus.FAILED.value, JobStatus.CANCELLED.value})
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,14 +88,25 @@ class ImageRecord:
 
 
 class Journal:
-    """Append-only record of created predictions for one output; `record` is durable when it returns."""
+    """Append-only record of created predictions for one output; `record` is durable when it returns.
+
+    Where the sink appends lines (a local folder) each kind of record goes to one file per writer; where it
+    writes whole objects only (S3), each record is one object whose key carries it.
+    """
 
     def __init__(self, sink: Sink, writer_id: str, *, clock: Callable[[], datetime] | None = None):
         self.sink = sink
         self.writer_id = safe_token(writer_id)
         self.clock = clock or (lambda: datetime.now(UTC))
-        self._lock = threading.Lock()  # one appender at a time keeps local lines whole
-        self._fds: dict[str, int] = {}  # local journal file name -> its open append descriptor
+        self._lock = threading.Lock()
+        self._logs: dict[str, LineLog | None] = {}  # journal file name -> the sink's appender, if any
+
+    def _log(self, name: str) -> LineLog | None:
+        """This writer's appendable journal file `name`, opened once; None where the sink cannot append."""
+        with self._lock:
+            if name not in self._logs:
+                self._logs[name] = self.sink.line_log(f"{JOURNAL_PREFIX}{self.writer_id}/{name}")
+            return self._logs[name]
 
     async def record(self, job_id: str, prediction_id: str, attempt: int) -> None:
         """Persist one record (fsync locally, a completed PUT on S3) without blocking the event loop.
@@ -109,10 +115,11 @@ class Journal:
         a killed process can lose the id only for microseconds, not for a hop to a worker thread. The
         fsync that also survives a lost machine follows off the loop.
         """
-        if isinstance(self.sink, LocalSink):
+        log = self._log(_LOCAL_FILE)
+        if log is not None:
             entry = self._entry(job_id, prediction_id, attempt)
-            fd = self._append_local(self.sink, _LOCAL_FILE, (entry.to_json() + "\n").encode("utf-8"))
-            await asyncio.to_thread(os.fsync, fd)
+            log.write((entry.to_json() + "\n").encode("utf-8"))
+            await asyncio.to_thread(log.sync)
             return
         await asyncio.to_thread(self.record_sync, job_id, prediction_id, attempt)
 
@@ -121,36 +128,23 @@ class Journal:
             raise ValueError("a journal record needs a job id and a prediction id")
         return JournalRecord(job_id, prediction_id, int(attempt), self.clock(), self.writer_id)
 
-    def _append_local(self, sink: LocalSink, name: str, line: bytes) -> int:
-        """Append one whole line to this writer's local journal file `name`, opened once; its descriptor."""
-        with self._lock:
-            fd = self._fds.get(name)
-            if fd is None:
-                target = sink.local_path(f"{JOURNAL_PREFIX}{self.writer_id}/{name}")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                fd = self._fds[name] = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            os.write(fd, line)
-            return fd
-
     def close(self) -> None:
-        """Release the local journal file; records already written stay."""
+        """Release the local journal files; records already written stay."""
         with self._lock:
-            for fd in self._fds.values():
-                os.fsync(fd)
-                os.close(fd)
-            self._fds.clear()
+            for log in self._logs.values():
+                if log is not None:
+                    log.close()
+            self._logs.clear()
 
     def record_sync(self, job_id: str, prediction_id: str, attempt: int) -> JournalRecord:
         entry = self._entry(job_id, prediction_id, attempt)
-        if isinstance(self.sink, LocalSink):
-            with self._lock:
-                self.sink.append_line(self._local_key(), (entry.to_json() + "\n").encode("utf-8"))
+        log = self._log(_LOCAL_FILE)
+        if log is not None:
+            log.write((entry.to_json() + "\n").encode("utf-8"))
+            log.sync()
         else:
             self.sink.put_bytes(_object_key(entry), entry.to_json().encode("utf-8"), "application/json")
         return entry
-
-    def _local_key(self) -> str:
-        return f"{JOURNAL_PREFIX}{self.writer_id}/{_LOCAL_FILE}"
 
     async def intend(self, job_id: str, attempt: int, *, withdrawn: bool = False) -> None:
         """Note, just before a create is sent, that it is about to be; it survives a killed process (and
@@ -163,8 +157,9 @@ class Journal:
         marker = _WITHDRAWN if withdrawn else ""
         entry = JournalRecord(job_id, marker, int(attempt), self.clock(), self.writer_id)
         line = (entry.to_json() + "\n").encode("utf-8")
-        if isinstance(self.sink, LocalSink):
-            self._append_local(self.sink, _INTENT_FILE, line)
+        log = self._log(_INTENT_FILE)
+        if log is not None:
+            log.write(line)
             return
         stamp = entry.created_at.astimezone(UTC).strftime(_STAMP)
         name = f"{stamp}-a{entry.attempt}{_INTENT_SUFFIX}"
@@ -178,12 +173,13 @@ class Journal:
     def record_image_sync(self, entry: ImageRecord) -> None:
         """`record_image` for a worker thread that writes the image next (one hop for both)."""
         line = (entry.to_json() + "\n").encode("utf-8")
-        if isinstance(self.sink, LocalSink):
+        log = self._log(_IMAGE_FILE)
+        if log is not None:
             # Written, not fsynced: a killed process loses nothing written, and an fsync here would
             # cost a second disk commit per image beside the image's own (measured: twice the time
             # per save). A machine that loses power may lose the latest few records; their images
             # are then fetched again while the links still work, as before this record existed.
-            self._append_local(self.sink, _IMAGE_FILE, line)
+            log.write(line)
             return
         stamp = entry.created_at.astimezone(UTC).strftime(_STAMP)
         name = f"{stamp}-a{entry.attempt}{_IMAGE_SUFFIX}"
@@ -269,7 +265,8 @@ class Journal:
         """job_id -> latest prediction id, for jobs whose prediction may still need polling.
 
         Skipped: jobs whose latest manifest row is a success, and jobs whose latest row already records
-        this very prediction as finished (failed, cancelled). A timed-out or unrecorded one is kept.
+        this very prediction as ended (failed, cancelled, timed out: a rerun creates a new one). A
+        prediction no row records yet (the run was killed while polling it) is kept.
         """
         latest = self.latest()
         if not skip_finished or not latest:
@@ -278,9 +275,9 @@ class Journal:
         pending = {}
         for job_id, entry in latest.items():
             status, prediction_id = outcomes.get(job_id, (None, None))
-            done = status == JobStatus.SUCCESS.value or (
-                status in FINISHED and prediction_id == entry.prediction_id
-            )
+            # A row for this very prediction means the run that wrote it saw it end (a timed-out one
+            # was cancelled at its deadline): polling it again would only find it ended.
+            done = status == JobStatus.SUCCESS.value or prediction_id == entry.prediction_id
             if not done:
                 pending[job_id] = entry.prediction_id
         return pending

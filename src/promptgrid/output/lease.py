@@ -29,7 +29,6 @@ from promptgrid.defaults import OUTPUT_LEASE_TTL_S
 from promptgrid.errors import InvalidInput, OutputInUse, OutputLeaseLost
 from promptgrid.output.lease_stores import lease_store
 from promptgrid.output.sinks.base import Sink
-from promptgrid.output.sinks.local import LocalSink
 
 _NAME = re.compile(r"^shard-(\d+)-of-(\d+)$")
 Clock = Callable[[], datetime]
@@ -261,8 +260,8 @@ def _alive(holder: Holder) -> bool:
 
 def check_writable(sink: Sink) -> None:
     """Before anything is sent: InvalidInput, with a sentence, when the output cannot be written."""
-    if isinstance(sink, LocalSink):
-        path = sink.path
+    if sink.folder is not None:
+        path = sink.folder
         if path.exists() and not path.is_dir():
             raise InvalidInput(
                 [f"output {path} is a file, not a folder: give a folder or s3://bucket/prefix"]

@@ -10,11 +10,13 @@ from collections.abc import Iterable
 from promptgrid.models.records import ModelRecord
 from promptgrid.output.keys import SPEC_KEY, model_key
 from promptgrid.output.sinks import Sink
+from promptgrid.redact import scrub
 
 
 def save_spec(sink: Sink, text: str) -> None:
-    """Keep the spec a run used beside its manifest: `spec.yaml`, plus `specs/<hash>.yaml` for history."""
-    data = text.encode("utf-8")
+    """Keep the spec a run used beside its manifest: `spec.yaml`, plus `specs/<hash>.yaml` for history;
+    the API key, if the spec holds it in any spelling (even in a comment), is scrubbed first."""
+    data = scrub(text).encode("utf-8")
     digest = hashlib.sha256(data).hexdigest()[:16]
     sink.put_bytes(f"specs/{digest}.yaml", data, "application/yaml")
     sink.put_bytes(SPEC_KEY, data, "application/yaml")

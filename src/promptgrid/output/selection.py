@@ -25,7 +25,8 @@ from promptgrid.types import ErrorCode, Job, JobStatus
 
 _QUOTED_CODE = re.compile(r"'([A-Z][A-Z0-9_]{3,})'")
 
-DEFAULT_STATUSES = ("failed", "timed_out")
+# Every job whose latest row is not a success: failed, timed out or cancelled alike.
+DEFAULT_STATUSES = tuple(status.value for status in JobStatus if status is not JobStatus.SUCCESS)
 LISTED_JOBS = 20  # a dry run lists this many jobs, then counts the rest
 
 

@@ -21,7 +21,8 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from pathlib import Path
+from typing import NamedTuple, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -30,13 +31,14 @@ import pyarrow.parquet as pq
 from promptgrid.output.keys import MANIFEST_PREFIX
 from promptgrid.output.manifest.locate import IMAGE_COLUMNS, resolve_image_locations
 from promptgrid.output.manifest.rows import MANIFEST_SCHEMA, STATUS_COLUMNS
-from promptgrid.output.sinks import LocalSink, Sink
+from promptgrid.output.sinks import Sink
 from promptgrid.types import JobStatus
 
 _READ_THREADS = 8
 _RELIST_ATTEMPTS = 20
 _logger = logging.getLogger("promptgrid.manifest")
 _warned: set[tuple[str, str]] = set()
+T = TypeVar("T")
 
 
 class DamagedPart(NamedTuple):
@@ -72,15 +74,18 @@ def part_keys(sink: Sink) -> list[str]:
     return sorted(key for key in sink.list_keys(MANIFEST_PREFIX) if key.endswith(".parquet"))
 
 
+def part_source(sink: Sink, key: str) -> Path | pa.BufferReader:
+    """What pyarrow reads a part from: its local file (read in place), or its bytes fetched once."""
+    path = sink.local_path(key)
+    return path if path is not None else pa.BufferReader(sink.get_bytes(key))
+
+
 def _read_part(sink: Sink, key: str, columns: Iterable[str] | None) -> pa.Table:
     """One part, its image locations resolved against where the output is now (see `locate`)."""
     columns = list(columns) if columns is not None else None
     # Parts written before `image_key` existed lack it: read them whole, then resolve and pick.
     wanted = None if columns is None or IMAGE_COLUMNS & set(columns) else columns
-    if isinstance(sink, LocalSink):
-        table = pq.read_table(sink.local_path(key), columns=wanted)
-    else:
-        table = pq.read_table(pa.BufferReader(sink.get_bytes(key)), columns=wanted)
+    table = pq.read_table(part_source(sink, key), columns=wanted)
     table = resolve_image_locations(table, sink.root)
     return table if columns is None or wanted is not None else table.select(columns)
 
@@ -127,9 +132,19 @@ def read_keys(sink: Sink, keys: list[str], on_damaged: OnDamaged) -> dict[str, p
 def _read_existing(
     sink: Sink, keys: list[str], columns: list[str] | None, on_damaged: OnDamaged
 ) -> dict[str, pa.Table]:
-    def read(key: str) -> pa.Table | DamagedPart | None:
+    return read_each(sink, keys, lambda key: _read_part(sink, key, columns), on_damaged)
+
+
+def read_each(
+    sink: Sink, keys: list[str], read: Callable[[str], T], on_damaged: OnDamaged | None = None
+) -> dict[str, T]:
+    """`read(key)` of each part among `keys` (several at a time), for every reader of parts: a part that
+    vanished meanwhile is left out; one that does not read as Parquet (truncated, zero bytes, garbage) is
+    left out and reported to `on_damaged` (by default a warning naming it), never raised."""
+
+    def attempt(key: str) -> T | DamagedPart | None:
         try:
-            return _read_part(sink, key, columns)
+            return read(key)
         except FileNotFoundError:
             return None
         except (pa.ArrowException, OSError) as exc:  # truncated, empty, or not Parquet at all
@@ -137,15 +152,16 @@ def _read_existing(
 
     if not keys:
         return {}
+    report = on_damaged or warn_damaged(sink.root)
     with ThreadPoolExecutor(max_workers=min(_READ_THREADS, len(keys))) as pool:
-        found = dict(zip(keys, pool.map(read, keys), strict=True))
-    tables = {}
+        found = dict(zip(keys, pool.map(attempt, keys), strict=True))
+    results: dict[str, T] = {}
     for key, result in found.items():
         if isinstance(result, DamagedPart):
-            on_damaged(result)
+            report(result)
         elif result is not None:
-            tables[key] = result
-    return tables
+            results[key] = result
+    return results
 
 
 def _concat(tables: list[pa.Table], columns: list[str] | None) -> pa.Table:

@@ -22,6 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from promptgrid.redact import scrub_any
 from promptgrid.types import Job, JobOutcome, JobStatus
 
 _TS = pa.timestamp("us", tz="UTC")
@@ -132,7 +133,8 @@ def outcome_row(
     row["variables"] = json.dumps(dict(job.variables), ensure_ascii=False) if job.variables else None
     for name, value in job.variables.items():  # a grid column that filled a variable holds the same text
         row[carried_column_name(name)] = value
-    return row
+    # The key may be anywhere a grid, a wildcard file or the API put text: never into the manifest.
+    return {name: scrub_any(value) for name, value in row.items()}
 
 
 def _as_utc(moment: datetime | None) -> datetime | None:

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import urllib.parse
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any, TypeAlias
 
 from promptgrid.errors import InvalidInput, StorageError
@@ -18,6 +19,8 @@ from promptgrid.locations import split_s3_uri
 from promptgrid.output.sinks.base import check_key
 
 PRESIGN_MAX_S = 7 * 24 * 3600  # the longest lifetime S3 allows for a presigned URL
+# Codes S3 answers when a conditional write loses: the condition failed, or another write raced it.
+_LOST_RACE = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "412", "409"})
 
 # boto3 builds its clients at run time and ships no type information, so a client is Any at this boundary.
 S3Client: TypeAlias = Any
@@ -31,6 +34,7 @@ class S3Sink:
         self.prefix = prefix.strip("/")
         self.root = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
         self.client = client if client is not None else make_s3_client()
+        self.folder: Path | None = None
 
     def __repr__(self) -> str:
         return f"S3Sink({self.root!r})"
@@ -55,6 +59,12 @@ class S3Sink:
             raise StorageError(f"{self.uri(key)}: store answered ETag {etag}, expected {md5.hex()}")
         return self.uri(key)
 
+    def put_file(self, path: Path, key: str, content_type: str) -> None:
+        """One upload (multipart for a large file): S3 shows the object only once it has completed."""
+        self.client.upload_file(
+            str(path), self.bucket, self.full_key(key), ExtraArgs={"ContentType": content_type}
+        )
+
     def get_bytes(self, key: str) -> bytes:
         try:
             answer = self.client.get_object(Bucket=self.bucket, Key=self.full_key(key))
@@ -78,6 +88,10 @@ class S3Sink:
     def exists(self, key: str) -> bool:
         return self.head(key) is not None
 
+    def size(self, key: str) -> int | None:
+        head = self.head(key)
+        return int(head["ContentLength"]) if head is not None else None
+
     def list_keys(self, prefix: str) -> Iterator[str]:
         start = len(self.prefix) + 1 if self.prefix else 0
         paginator = self.client.get_paginator("list_objects_v2")
@@ -92,8 +106,76 @@ class S3Sink:
     def url_for_reading(self, key: str, expires_s: int = 3600) -> str:
         return presign_get(self.client, self.bucket, self.full_key(key), expires_s)
 
+    def presigned_url(self, key: str, expires_s: int = 3600) -> str | None:
+        return presign_get(self.client, self.bucket, self.full_key(key), expires_s)
+
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self.full_key(key))
+
+    def local_path(self, key: str) -> None:
+        return None
+
+    def line_log(self, key: str) -> None:
+        return None  # an object is written whole: one object per record instead
+
+    def conditional_writes(self) -> S3ConditionalWrites:
+        return S3ConditionalWrites(self)
+
+
+class S3ConditionalWrites:
+    """Conditional writes by S3's own (also MinIO's and R2's): create with `If-None-Match: *`, replace and
+    delete with `If-Match: <ETag>`, so of two racing writers exactly one wins."""
+
+    def __init__(self, sink: S3Sink):
+        self.sink = sink
+        self.client = sink.client
+
+    def read(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            answer = self.client.get_object(Bucket=self.sink.bucket, Key=self.sink.full_key(key))
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return answer["Body"].read(), str(answer["ETag"])
+
+    def create(self, key: str, data: bytes) -> str | None:
+        return self._put(key, data, IfNoneMatch="*")
+
+    def replace(self, key: str, data: bytes, version: str) -> str | None:
+        return self._put(key, data, IfMatch=version)
+
+    def delete(self, key: str, version: str) -> None:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.sink.bucket, Key=self.sink.full_key(key), IfMatch=version)
+        except ClientError as exc:
+            if _code(exc) not in _LOST_RACE | {"NoSuchKey", "404"}:
+                raise  # someone else's object now, or already gone: either way not ours to delete
+
+    def _put(self, key: str, data: bytes, **condition: str) -> str | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            answer = self.client.put_object(
+                Bucket=self.sink.bucket,
+                Key=self.sink.full_key(key),
+                Body=data,
+                ContentType="application/json",
+                **condition,
+            )
+        except ClientError as exc:
+            code = _code(exc)
+            if code in _LOST_RACE or (code in ("NoSuchKey", "404") and "IfMatch" in condition):
+                return None
+            if code in ("NoSuchBucket", "AccessDenied", "403", "AllAccessDisabled"):
+                raise InvalidInput([f"output {self.sink.root}: cannot write there ({code})"]) from None
+            raise
+        return str(answer["ETag"])
+
+
+def _code(exc: Exception) -> str:
+    response = getattr(exc, "response", {}) or {}
+    return str(response.get("Error", {}).get("Code", ""))
 
 
 def make_s3_client() -> S3Client:
