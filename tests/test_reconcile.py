@@ -117,6 +117,34 @@ def test_the_listing_is_the_whole_organisation_s_and_can_be_absent_or_failing(sa
     assert httpx.get(f"{failing.url}/v1/executions", headers={"X-API-Key": KEY}).status_code == 500
 
 
+def test_a_busy_listing_puts_other_members_rows_first_and_caps_its_count(sandbox_factory):
+    sandbox = sandbox_factory(foreign_executions=250, executions_count_cap=100)
+    with httpx.Client(base_url=sandbox.url, headers={"X-API-Key": KEY}, timeout=5) as client:
+        body = {"model": MODEL, "version": "0.0.1", "input": {"prompt": "ours"}}
+        ours = client.post("/v1/prediction/", json=body).json()["predictionID"]
+        pages = [
+            client.get("/v1/executions", params={"limit": 100, "offset": offset, "model": MODEL}).json()
+            for offset in (0, 100, 200)
+        ]
+        foreign = pages[0]["executions"][0]["id"]
+        assert client.get(f"/v1/prediction/{foreign}").status_code == 404  # another member's
+    assert all(page["total_count"] == 100 and page["total_capped"] for page in pages)
+    assert [len(page["executions"]) for page in pages] == [100, 100, 51]
+    assert pages[2]["executions"][-1]["id"] == ours  # behind every foreign row
+
+
+def test_the_listing_knows_a_model_only_in_the_spelling_the_api_knows(sandbox_factory):
+    sandbox = sandbox_factory(slug_spelling="dotted")
+    dotted = "stable-diffusion-3.5-large"
+    with httpx.Client(base_url=sandbox.url, headers={"X-API-Key": KEY}, timeout=5) as client:
+        body = {"model": dotted, "version": "0.0.1", "input": {"prompt": "p"}}
+        assert client.post("/v1/prediction/", json=body).status_code == 200
+        by_dotted = client.get("/v1/executions", params={"model": dotted}).json()
+        by_dashed = client.get("/v1/executions", params={"model": MODEL}).json()
+    assert by_dotted["total_count"] == 1 and by_dotted["executions"][0]["model"] == dotted
+    assert by_dashed["total_count"] == 0 and by_dashed["executions"] == []
+
+
 async def test_a_lost_create_is_found_among_the_organisation_s_predictions(sandbox_factory):
     sandbox = sandbox_factory()
     lost, twin, neighbour = make_job(1), make_job(1), make_job(2)
@@ -186,7 +214,8 @@ async def test_creates_whose_answer_drops_in_this_run_are_adopted_not_given_up(s
     assert engine.stats.adopted_creates == stats["faults"]["create_drop_after"]
     assert stats["duplicate_creates"] == 0 and stats["creates"] == len(jobs)
     rows = read_manifest(sink).to_pylist()
-    assert len(rows) == len(jobs) and {row["status"] for row in rows} == {JobStatus.SUCCESS.value}
+    failed = [row["error_message"] for row in rows if row["status"] != JobStatus.SUCCESS.value]
+    assert len(rows) == len(jobs) and not failed, failed
     # Each row holds the prediction made from its own inputs, and the journal ties it to its job.
     latest = Journal(sink, "x").latest()
     assert all(latest[row["job_id"]].prediction_id == row["prediction_id"] for row in rows)

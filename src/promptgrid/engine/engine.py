@@ -96,7 +96,7 @@ class Engine:
         self.limits = ApiLimits(config, budget, self.latency, self.stats, clock, self.halt.reachability)
         self.gateway = Gateway(client, budget, self.limits, requests=self.stats.requests, clock=clock)
         self.waits = PredictionWaits(self.gateway, config, self.latency, self.stats, self.halt, clock)
-        retry = ReadRetry(tries=4, base_s=config.retry_backoff_s, cap_s=config.max_backoff_s)
+        retry = ReadRetry(tries=8, base_s=config.retry_backoff_s, cap_s=config.max_backoff_s)
         self.lost_creates = LostCreates(self.gateway, self.routes.slug_for, prepare_inputs, retry=retry)
 
     @property

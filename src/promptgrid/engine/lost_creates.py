@@ -31,7 +31,7 @@ from promptgrid.types import Job
 
 WINDOW_S = 300.0  # either side of the create: clocks differ, and the API stamps a create when it starts it
 MAX_PAGES = 20  # per window: the listing is the whole organisation's, so it is bounded
-READ_RETRY = ReadRetry(tries=4, base_s=0.2, cap_s=5.0)
+READ_RETRY = ReadRetry(tries=8, base_s=0.2, cap_s=5.0)
 _NOT_OURS: Mapping[str, Any] = {}  # a candidate another key made: the API does not let us read it
 _logger = logging.getLogger("promptgrid.lost_creates")
 
