@@ -282,8 +282,9 @@ async def test_a_402_that_persists_with_nothing_in_flight_halts_the_run_after_sp
     with pytest.raises(PaymentRequired):
         async for outcome in engine.run(make_job(n) for n in range(5)):
             outcomes.append(outcome)
-    # Jobs already taken end PAYMENT_REQUIRED; no further job is taken once the run halts.
-    assert {o.error_code for o in outcomes} == {"PAYMENT_REQUIRED"} and len(outcomes) == 4
+    # Every job ends PAYMENT_REQUIRED, those never taken too ("not submitted"): each has its row and reason.
+    assert {o.error_code for o in outcomes} == {"PAYMENT_REQUIRED"} and len(outcomes) == 5
+    assert sum("not submitted" in o.error_message for o in outcomes) == 4
     assert api.calls["create"] == config.payment_tries  # one job tried; the others were never sent
     assert time.monotonic() - started >= 0.01 + 0.02 + 0.04  # the tries were spaced, doubling
     await engine.client.aclose()

@@ -50,11 +50,13 @@ from promptgrid.engine.retry import (
     halts_the_run,
     is_retryable,
     no_room,
+    not_submitted,
     unknown_create,
 )
 from promptgrid.engine.waiting import PredictionWaits
 from promptgrid.errors import (
     ApiError,
+    ApiUnreachable,
     ModelNotFound,
     PaymentRequired,
     ServerFailure,
@@ -114,7 +116,9 @@ class Engine:
         """Run jobs concurrently, yielding outcomes as they complete; memory stays bounded however many jobs.
 
         `resume` maps job ids to prediction ids created by an earlier run: those are polled, not created.
-        After a 402 or 401, no further jobs are taken; the error is raised once in-flight work is collected.
+        After a 402 or 401, no further job is sent: in-flight work is collected, every job left is handed
+        back with an outcome saying why it was not sent, then the error is raised. (Jobs stopped because the
+        API is unreachable get no outcome at all: nothing of them is recorded, so a rerun takes them up.)
         """
         resume = resume or {}
         source = as_async_iterator(jobs)
@@ -138,6 +142,9 @@ class Engine:
                 for task in done:
                     if (outcome := task.result()).job_id not in self.deferred:
                         yield outcome
+            if not exhausted and self.halted is not None and not isinstance(self.halted, ApiUnreachable):
+                async for job in source:
+                    yield self._not_sent(job, self.halted)
         finally:
             for task in pending:
                 task.cancel()
@@ -145,6 +152,19 @@ class Engine:
             await asyncio.gather(*pending, *done, return_exceptions=True)
         if self.halted is not None:
             raise self.halted
+
+    def _not_sent(self, job: Job, halted: ApiError) -> JobOutcome:
+        """The outcome of a job handed to a run that had halted: never sent, and why."""
+        ended = not_submitted(halted)
+        self.stats.outcomes[ended.status.value] += 1
+        return JobOutcome(
+            job_id=job.job_id,
+            status=ended.status,
+            error_code=ended.code,
+            error_message=ended.message,
+            queued_at=_now(),
+            completed_at=_now(),
+        )
 
     async def run_job(self, job: Job, resume_prediction_id: str | None = None) -> JobOutcome:
         """Run one job to a terminal outcome; failures are outcomes, not exceptions."""
