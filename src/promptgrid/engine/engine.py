@@ -51,19 +51,11 @@ from promptgrid.engine.retry import (
     is_retryable,
     no_room,
     not_submitted,
+    outcome_unknown,
     unknown_create,
 )
 from promptgrid.engine.waiting import PredictionWaits
-from promptgrid.errors import (
-    ApiError,
-    ApiUnreachable,
-    ModelNotFound,
-    PaymentRequired,
-    ServerFailure,
-    Throttled,
-    TransportFailure,
-    UnexpectedAnswer,
-)
+from promptgrid.errors import ApiError, ApiUnreachable, ModelNotFound, PaymentRequired, Throttled
 from promptgrid.quota.base import Budget
 from promptgrid.types import ErrorCode, Job, JobOutcome, JobStatus
 
@@ -116,8 +108,9 @@ class Engine:
         """Run jobs concurrently, yielding outcomes as they complete; memory stays bounded however many jobs.
 
         `resume` maps job ids to prediction ids created by an earlier run: those are polled, not created.
-        After a 402 or 401, no further job is sent: in-flight work is collected, every job left is handed
-        back with an outcome saying why it was not sent, then the error is raised. (Jobs stopped because the
+        After a 402 or 401, no further job is sent: in-flight work is collected, every job left (but one
+        whose prediction exists) is handed back with an outcome saying why it was not sent, then the error
+        is raised. (Jobs stopped because the
         API is unreachable get no outcome at all: nothing of them is recorded, so a rerun takes them up.)
         """
         resume = resume or {}
@@ -144,7 +137,8 @@ class Engine:
                         yield outcome
             if not exhausted and self.halted is not None and not isinstance(self.halted, ApiUnreachable):
                 async for job in source:
-                    yield self._not_sent(job, self.halted)
+                    if job.job_id not in resume:  # one already created is left for a rerun to poll
+                        yield self._not_sent(job, self.halted)
         finally:
             for task in pending:
                 task.cancel()
@@ -307,7 +301,7 @@ class Engine:
                 await self.events.on_unsent(job, outcome.attempts)
                 raise NoRoom(exc) from None
             except ApiError as exc:
-                if not _outcome_unknown(exc) and not created_nothing(exc):
+                if not outcome_unknown(exc) and not created_nothing(exc):
                     if halts_the_run(exc):
                         self.halt.stop(exc)
                     raise create_refused(exc) from None
@@ -378,14 +372,6 @@ class Engine:
         if slug is None:
             raise failed(ErrorCode.MODEL_NOT_FOUND, self.routes.missing(job.model) or exc.message)
         return slug
-
-
-def _outcome_unknown(exc: ApiError) -> bool:
-    """Whether a failed create may have made a prediction: it may have reached the API and no answer
-    says it did not (a 5xx, a transport failure after it left, a 2xx without a predictionID)."""
-    if isinstance(exc, ServerFailure | TransportFailure):
-        return not created_nothing(exc)
-    return isinstance(exc, UnexpectedAnswer) and (exc.status_code or 0) < 300
 
 
 def _now() -> datetime:

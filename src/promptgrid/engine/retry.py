@@ -45,6 +45,7 @@ from promptgrid.errors import (
     AuthenticationFailed,
     InputRejected,
     PaymentRequired,
+    ServerFailure,
     TransportFailure,
     UnexpectedAnswer,
 )
@@ -143,6 +144,16 @@ def unknown_create(exc: ApiError, why: str = "") -> JobEnded:
         ErrorCode.CREATE_OUTCOME_UNKNOWN,
         f"the create may or may not have started a prediction ({exc.message}){settled}; it was not re-sent, "
         "since the API has no idempotency key and a second create could bill twice",
+    )
+
+
+def outcome_unknown(exc: ApiError) -> bool:
+    """Whether a failed create may have made a prediction: it may have reached the API and no answer
+    says it did not (a 5xx, a transport failure after it left, a 2xx without a predictionID)."""
+    if isinstance(exc, TransportFailure):
+        return exc.sent
+    return isinstance(exc, ServerFailure) or (
+        isinstance(exc, UnexpectedAnswer) and (exc.status_code or 0) < 300
     )
 
 

@@ -94,17 +94,17 @@ async def settle_unknown_creates(
     resend: bool = False,
 ) -> None:
     """For each job whose last create went unanswered: adopt its prediction when the listing finds it (the
-    run then polls it), send it as any other where the listing shows nothing was made, else record it
-    CREATE_OUTCOME_UNKNOWN without sending anything; with `resend` (a backfill that chose these jobs) leave
-    it to be created anew instead."""
+    run then polls it), else record it CREATE_OUTCOME_UNKNOWN without sending anything; with `resend` (a
+    backfill that chose these jobs) leave it to be created anew instead."""
     for job in jobs:
         if job.job_id not in unanswered or job.job_id in store.created or job.job_id in store.saved:
             continue
         found = await search.find(job)
         if found.found is not None:
             await store.on_created(job, found.found, unanswered[job.job_id])
-        elif not found.nothing_made and not resend:
-            await store.save(job, unknown_outcome(job, found.why))  # never re-sent blindly
+        elif not resend:  # never re-sent blindly: a create queued long may be stamped outside the window
+            why = "the listing shows no prediction made from its inputs" if found.nothing_made else found.why
+            await store.save(job, unknown_outcome(job, why))
 
 
 def unknown_outcome(job: Job, why: str) -> JobOutcome:
