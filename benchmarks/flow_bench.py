@@ -74,7 +74,7 @@ async def bare_loop(spec_path: Path) -> int:
     store = OutcomeStore(sink, Journal(sink, "bare"), writer, RunProgress())
     jobs = {job.job_id: job for batch in plan.batches() for job in batch}
     async with ApiClient(settings.base_url, settings.api_key) as client:
-        engine = Engine(client, LocalBudget(config.limits), config, on_created=store.on_created)
+        engine = Engine(client, LocalBudget(config.limits), config, events=store)
         async for outcome in engine.run(list(jobs.values())):
             await store.save(jobs[outcome.job_id], outcome)
     writer.close()

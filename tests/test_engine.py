@@ -15,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import httpx
 import pytest
@@ -30,6 +31,7 @@ from promptgrid.quota.base import Limits
 from promptgrid.quota.local import LocalBudget
 from promptgrid.settings import ApiKey
 from promptgrid.types import Job, JobStatus
+from tests.support.events import Events
 
 SECRET = "sk-engine-test-secret-42"
 MODEL = "stable-diffusion-3-5-large-turbo"
@@ -37,6 +39,7 @@ POLICY = PollPolicy(cold_start_s=0.005, min_interval_s=0.002, max_interval_s=0.0
 FAST = EngineConfig(
     limits=Limits(requests=10_000, window_s=1.0, max_in_flight=4),
     deadline_s=0.3,
+    listing_lag_s=0.0,
     retry_backoff_s=0.002,
     max_backoff_s=0.01,
     poll=POLICY,
@@ -61,8 +64,9 @@ def png(size: tuple[int, int], fmt: str = "PNG") -> bytes:
 class ScriptedApi:
     """An in-memory API: predictions finish after `polls_to_finish` gets; hooks script the edge cases."""
 
-    def __init__(self, polls_to_finish: int = 1):
+    def __init__(self, polls_to_finish: int = 1, listing: bool = False):
         self.polls_to_finish = polls_to_finish
+        self.listing = listing  # whether GET /v1/executions lists the predictions (else 404, as of old)
         self.predictions: dict[str, dict] = {}
         self.calls: Counter[str] = Counter()
         self.log: list[tuple[str, str]] = []
@@ -86,7 +90,21 @@ class ScriptedApi:
             return httpx.Response(200, json={"status": "cancelled", "predictionID": pid})
         if request.method == "POST":
             return self._create(request)
+        if path == "/v1/executions":
+            return self._executions(request)
         return self._get(path.rsplit("/", 1)[1])
+
+    def _executions(self, request: httpx.Request) -> httpx.Response:
+        self.calls["executions"] += 1
+        if not self.listing:
+            return httpx.Response(404, text="404 page not found")
+        offset, limit = int(request.url.params["offset"]), int(request.url.params["limit"])
+        now = datetime.now(UTC).isoformat()
+        rows = [
+            {"id": pid, "model": MODEL, "status": "processing", "created_at": now} for pid in self.predictions
+        ]
+        page = rows[::-1][offset : offset + limit]
+        return httpx.Response(200, json={"executions": page, "total_count": len(rows), "total_capped": False})
 
     def _create(self, request: httpx.Request) -> httpx.Response:
         self.calls["create"] += 1
@@ -103,6 +121,7 @@ class ScriptedApi:
             size = (16, 16)  # image-to-image follows the input's shape; small keeps many-job tests fast
         self.predictions[pid] = {
             "id": pid,
+            "input": inputs,
             "gets": 0,
             "size": size,
             "url": f"http://127.0.0.1:9/outputs/{pid}",
@@ -115,7 +134,13 @@ class ScriptedApi:
         self.log.append(("get", pid))
         prediction = self.predictions[pid]
         prediction["gets"] += 1
-        body = {"id": pid, "status": "processing", "output": None, "metrics": {}}
+        body = {
+            "id": pid,
+            "input": prediction["input"],
+            "status": "processing",
+            "output": None,
+            "metrics": {},
+        }
         if prediction.get("cancelled"):
             body["status"] = "cancelled"
         elif prediction["gets"] >= self.polls_to_finish:
@@ -123,9 +148,10 @@ class ScriptedApi:
         return httpx.Response(200, json=body)
 
 
-def engine_for(api: ScriptedApi, config: EngineConfig = FAST, **hooks) -> Engine:
+def engine_for(api: ScriptedApi, config: EngineConfig = FAST, prepare_inputs=None, **hooks) -> Engine:
     client = ApiClient("http://127.0.0.1:9", ApiKey(SECRET), transport=httpx.MockTransport(api))
-    return Engine(client, LocalBudget(config.limits), config, **hooks)
+    events = Events(**hooks)
+    return Engine(client, LocalBudget(config.limits), config, events=events, prepare_inputs=prepare_inputs)
 
 
 async def test_a_job_becomes_a_verified_image_and_the_id_is_journaled_before_polling():
@@ -203,11 +229,10 @@ async def test_a_create_that_may_have_arrived_is_never_resent(failure):
     "refusal",
     [
         lambda: httpx.Response(500, json={"error": "Failed to create prediction"}),
-        lambda: httpx.Response(502, json={"error": "Failed to create prediction"}),
         lambda: httpx.Response(429, json={"error": "too many requests"}, headers={"Retry-After": "0.01"}),
         lambda: (_ for _ in ()).throw(httpx.ConnectError("refused")),
     ],
-    ids=["500", "502-from-the-api", "429", "connect-error"],
+    ids=["500-and-no-listing", "429", "connect-error"],
 )
 async def test_a_create_refused_without_creating_is_resent(refusal):
     api = ScriptedApi()
@@ -257,8 +282,9 @@ async def test_a_402_that_persists_with_nothing_in_flight_halts_the_run_after_sp
     with pytest.raises(PaymentRequired):
         async for outcome in engine.run(make_job(n) for n in range(5)):
             outcomes.append(outcome)
-    # Jobs already taken end PAYMENT_REQUIRED; no further job is taken once the run halts.
-    assert {o.error_code for o in outcomes} == {"PAYMENT_REQUIRED"} and len(outcomes) == 4
+    # Every job ends PAYMENT_REQUIRED, those never taken too ("not submitted"): each has its row and reason.
+    assert {o.error_code for o in outcomes} == {"PAYMENT_REQUIRED"} and len(outcomes) == 5
+    assert sum("not submitted" in o.error_message for o in outcomes) == 4
     assert api.calls["create"] == config.payment_tries  # one job tried; the others were never sent
     assert time.monotonic() - started >= 0.01 + 0.02 + 0.04  # the tries were spaced, doubling
     await engine.client.aclose()

@@ -138,9 +138,13 @@ async def test_402_with_nothing_of_ours_in_flight_halts_after_spaced_tries(sandb
     config = replace(AUTO, idle_retry_s=0.01, max_backoff_s=0.05)
     async with ApiClient(sb.url, ApiKey("sk-limits-test")) as client:
         engine = Engine(client, LocalBudget(config.limits), config)
+        outcomes = []
         with pytest.raises(PaymentRequired):
-            _ = [outcome async for outcome in engine.run(jobs(30))]
+            async for outcome in engine.run(jobs(30)):
+                outcomes.append(outcome)
     stats = sb.stats()
+    # Every job handed to the halted run has its outcome and reason, those it never took included.
+    assert len(outcomes) == 30 and {o.error_code for o in outcomes} == {"PAYMENT_REQUIRED"}
     # The first creates went together (one try) and lowered the gate to one; then one job tried, spaced.
     assert engine.limits.gate.cap == 1 and engine.limits.gate.idle_refusals == config.payment_tries
     assert stats["creates"] == 0 and stats["payment_required"] <= 10 + config.payment_tries - 1

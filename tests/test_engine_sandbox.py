@@ -13,6 +13,7 @@ from promptgrid.quota.local import LocalBudget
 from promptgrid.sandbox.predictions import input_hash
 from promptgrid.settings import ApiKey
 from promptgrid.types import Job, JobStatus
+from tests.support.events import Events
 from tests.support.sandbox import TEST_TIME_SCALE
 
 MODEL = "stable-diffusion-3-5-large"
@@ -36,7 +37,7 @@ async def run_all(url: str, config: EngineConfig, batch: list[Job]):
         journal.setdefault(job.job_id, []).append(prediction_id)
 
     async with ApiClient(url, ApiKey("sk-sandbox-engine-test")) as client:
-        engine = Engine(client, LocalBudget(config.limits), config, on_created=on_created)
+        engine = Engine(client, LocalBudget(config.limits), config, events=Events(on_created=on_created))
         outcomes = [outcome async for outcome in engine.run(batch)]
     return outcomes, journal, engine
 

@@ -20,6 +20,7 @@ from promptgrid.quota.base import Limits
 from promptgrid.quota.local import LocalBudget
 from promptgrid.settings import ApiKey
 from promptgrid.types import Job, JobStatus
+from tests.support.events import Events
 from tests.test_engine import FAST, SECRET, ScriptedApi, make_job
 
 URL = "http://api.promptgrid-test.invalid"
@@ -31,7 +32,7 @@ def refusing(request: httpx.Request) -> httpx.Response:
 
 def engine_with(handler, **hooks) -> Engine:
     client = ApiClient(URL, ApiKey(SECRET), transport=httpx.MockTransport(handler))
-    return Engine(client, LocalBudget(FAST.limits), FAST, **hooks)
+    return Engine(client, LocalBudget(FAST.limits), FAST, events=Events(**hooks))
 
 
 async def test_first_creates_failing_to_connect_stop_the_run_with_the_url_and_no_outcomes():

@@ -1,4 +1,5 @@
-"""Unknown creates found again: the sandbox's executions listing, and the reconciler that adopts through it.
+"""Unknown creates found again: the sandbox's executions listing, and the lost-create search that adopts
+through it.
 
 A "lost answer" is made for real: the create reaches the sandbox (which makes and bills a prediction) and
 only its id is forgotten, as when a run dies with the create on the wire or the connection drops after the
@@ -14,14 +15,17 @@ import httpx
 import pytest
 
 from promptgrid.api.client import ApiClient
+from promptgrid.api.gateway import Gateway
 from promptgrid.engine.config import EngineConfig
 from promptgrid.engine.engine import Engine
+from promptgrid.engine.lost_creates import LostCreates
+from promptgrid.engine.matching import same_inputs
 from promptgrid.engine.progress import RunProgress
+from promptgrid.engine.unanswered import UnknownCreates, run_and_store
 from promptgrid.models.check import check_input
 from promptgrid.output.journal import Journal
 from promptgrid.output.manifest.read import read_manifest
 from promptgrid.output.manifest.writer import ManifestWriter
-from promptgrid.output.reconcile import Reconciler, UnknownCreates, run_and_store, same_inputs
 from promptgrid.output.recorder import OutcomeStore
 from promptgrid.output.sinks import open_sink
 from promptgrid.quota.base import Limits
@@ -43,6 +47,12 @@ def make_job(n: int, prompt: str = "a harbour at night") -> Job:
 
 def limits() -> Limits:
     return Limits(requests=600, window_s=60.0 / TEST_TIME_SCALE, max_in_flight=10)
+
+
+def search(client: ApiClient, sent_at: dict[str, datetime], known: set[str]) -> LostCreates:
+    lost = LostCreates(Gateway(client, LocalBudget(limits())), lambda model: model)
+    lost.expect(sent_at, known)
+    return lost
 
 
 async def create_and_forget(url: str, job: Job, key: str = KEY) -> str:
@@ -107,6 +117,34 @@ def test_the_listing_is_the_whole_organisation_s_and_can_be_absent_or_failing(sa
     assert httpx.get(f"{failing.url}/v1/executions", headers={"X-API-Key": KEY}).status_code == 500
 
 
+def test_a_busy_listing_puts_other_members_rows_first_and_caps_its_count(sandbox_factory):
+    sandbox = sandbox_factory(foreign_executions=250, executions_count_cap=100)
+    with httpx.Client(base_url=sandbox.url, headers={"X-API-Key": KEY}, timeout=5) as client:
+        body = {"model": MODEL, "version": "0.0.1", "input": {"prompt": "ours"}}
+        ours = client.post("/v1/prediction/", json=body).json()["predictionID"]
+        pages = [
+            client.get("/v1/executions", params={"limit": 100, "offset": offset, "model": MODEL}).json()
+            for offset in (0, 100, 200)
+        ]
+        foreign = pages[0]["executions"][0]["id"]
+        assert client.get(f"/v1/prediction/{foreign}").status_code == 404  # another member's
+    assert all(page["total_count"] == 100 and page["total_capped"] for page in pages)
+    assert [len(page["executions"]) for page in pages] == [100, 100, 51]
+    assert pages[2]["executions"][-1]["id"] == ours  # behind every foreign row
+
+
+def test_the_listing_knows_a_model_only_in_the_spelling_the_api_knows(sandbox_factory):
+    sandbox = sandbox_factory(slug_spelling="dotted")
+    dotted = "stable-diffusion-3.5-large"
+    with httpx.Client(base_url=sandbox.url, headers={"X-API-Key": KEY}, timeout=5) as client:
+        body = {"model": dotted, "version": "0.0.1", "input": {"prompt": "p"}}
+        assert client.post("/v1/prediction/", json=body).status_code == 200
+        by_dotted = client.get("/v1/executions", params={"model": dotted}).json()
+        by_dashed = client.get("/v1/executions", params={"model": MODEL}).json()
+    assert by_dotted["total_count"] == 1 and by_dotted["executions"][0]["model"] == dotted
+    assert by_dashed["total_count"] == 0 and by_dashed["executions"] == []
+
+
 async def test_a_lost_create_is_found_among_the_organisation_s_predictions(sandbox_factory):
     sandbox = sandbox_factory()
     lost, twin, neighbour = make_job(1), make_job(1), make_job(2)
@@ -116,10 +154,12 @@ async def test_a_lost_create_is_found_among_the_organisation_s_predictions(sandb
     neighbour_id = await create_and_forget(sandbox.url, neighbour)  # ours, other inputs
     known_id = await create_and_forget(sandbox.url, lost)  # an earlier attempt the journal already has
     async with ApiClient(sandbox.url, ApiKey(KEY)) as client:
-        reconciler = Reconciler(client, LocalBudget(limits()), {lost.job_id: sent_at}, {known_id})
-        assert await reconciler.find(lost) == lost_id
-        assert await reconciler.find(neighbour) is None  # no unanswered create known for it
-        assert await reconciler.find(neighbour, sent_at=datetime.now(UTC)) == neighbour_id
+        lost_creates = search(client, {lost.job_id: sent_at}, {known_id})
+        assert (await lost_creates.find(lost)).found == lost_id
+        assert (await lost_creates.find(neighbour)).found is None  # no unanswered create known for it
+        now = datetime.now(UTC)
+        found = await lost_creates.search(neighbour, MODEL, neighbour.inputs, now, fresh_after=now)
+        assert found.found == neighbour_id
     stats = sandbox.stats()
     assert stats["requests"]["executions"] == 2 and stats["creates"] == 4  # found, nothing created
 
@@ -131,19 +171,28 @@ async def test_without_a_working_listing_nothing_is_adopted_or_sent(sandbox_fact
     sent_at = datetime.now(UTC)
     await create_and_forget(sandbox.url, job)
     async with ApiClient(sandbox.url, ApiKey(KEY)) as client:
-        reconciler = Reconciler(client, LocalBudget(limits()), {job.job_id: sent_at}, set())
-        assert await reconciler.find(job) is None and not reconciler.available
-        assert await reconciler.find(job) is None  # and it is not asked again
+        lost_creates = search(client, {job.job_id: sent_at}, set())
+        first = await lost_creates.find(job)
+        assert first.found is None and not first.nothing_made and not lost_creates.available
+        assert "listing is not available" in first.why
+        assert (await lost_creates.find(job)).found is None  # and it is not asked again
     assert sandbox.stats()["creates"] == 1
 
 
-def test_inputs_compare_by_value_and_an_image_only_by_presence():
-    job = {"prompt": "p", "cfg": 3.5, "steps": 28, "seed": 7, "image": "https://a/x.png?sig=1"}
-    assert same_inputs(
-        job, {"prompt": "p", "cfg": "3.5", "steps": 28.0, "seed": "7", "image": "https://b?sig=2"}
-    )
-    assert not same_inputs(job, {"prompt": "p", "cfg": 3.5, "steps": 28, "seed": 8, "image": "https://b"})
-    assert not same_inputs(job, {"prompt": "p", "cfg": 3.5, "steps": 28, "seed": 7})
+def test_inputs_compare_as_sent_and_an_image_by_its_url_or_staged_file():
+    staged = "inputs/" + "ab" * 32 + ".png"
+    sent = {"prompt": "10", "cfg": 3.5, "steps": 28, "seed": 7, "image": f"http://127.0.0.1:4000/{staged}"}
+    # Numbers by value however echoed; the staged file served from another address is the same image.
+    echoed = {**sent, "cfg": "3.5", "steps": 28.0, "seed": "7", "image": f"https://b.example/{staged}?sig=2"}
+    assert same_inputs(sent, echoed)
+    for prompt in ("1e1", "10.0", "+10", "10.00", 10):  # a string is compared as the string sent
+        assert not same_inputs(sent, {**sent, "prompt": prompt}), prompt
+    other_image = "http://127.0.0.1:4000/inputs/" + "cd" * 32 + ".png"
+    assert not same_inputs(sent, {**sent, "image": other_image})
+    assert not same_inputs({**sent, "image": "https://x.example/a.png"}, {**sent, "image": "https://x/b.png"})
+    assert not same_inputs(sent, {k: v for k, v in sent.items() if k != "image"})  # nothing ignored
+    assert not same_inputs(sent, {**sent, "seed": 8})
+    assert same_inputs({**sent, "negative": None}, sent)  # a null sent is an input left out
 
 
 async def test_creates_whose_answer_drops_in_this_run_are_adopted_not_given_up(sandbox_factory, tmp_path):
@@ -157,20 +206,19 @@ async def test_creates_whose_answer_drops_in_this_run_are_adopted_not_given_up(s
         async with ApiClient(sandbox.url, ApiKey(KEY)) as client:
             budget = LocalBudget(config.limits)
             store = OutcomeStore(sink, journal, writer, RunProgress(total=len(jobs)))
-            engine = Engine(client, budget, config, on_created=store.on_created, on_sending=store.on_sending)
-            reconciler = Reconciler(client, budget, {}, set())
-            adopted = await run_and_store(engine, jobs, {}, store, reconciler)
-            await run_and_store(engine, [job for job in jobs if job.job_id in adopted], adopted, store)
+            engine = Engine(client, budget, config, events=store)
+            await run_and_store(engine, jobs, {}, store)
     journal.close()
     stats = sandbox.stats()
     assert stats["faults"].get("create_drop_after", 0) >= 1, "the seed must drop some creates"
-    assert len(adopted) == stats["faults"]["create_drop_after"]
+    assert engine.stats.adopted_creates == stats["faults"]["create_drop_after"]
     assert stats["duplicate_creates"] == 0 and stats["creates"] == len(jobs)
     rows = read_manifest(sink).to_pylist()
-    assert len(rows) == len(jobs) and {row["status"] for row in rows} == {JobStatus.SUCCESS.value}
-    assert {row["prediction_id"] for row in rows if row["job_id"] in adopted} == set(adopted.values())
-    # The journal now ties each adopted prediction to its job, for any later run.
-    assert {job_id: Journal(sink, "x").latest()[job_id].prediction_id for job_id in adopted} == adopted
+    failed = [row["error_message"] for row in rows if row["status"] != JobStatus.SUCCESS.value]
+    assert len(rows) == len(jobs) and not failed, failed
+    # Each row holds the prediction made from its own inputs, and the journal ties it to its job.
+    latest = Journal(sink, "x").latest()
+    assert all(latest[row["job_id"]].prediction_id == row["prediction_id"] for row in rows)
 
 
 async def test_a_rerun_reads_the_unanswered_creates_an_earlier_run_left(sandbox_factory, tmp_path):
@@ -189,4 +237,5 @@ async def test_a_rerun_reads_the_unanswered_creates_an_earlier_run_left(sandbox_
     assert set(unknown.intents) == {lost.job_id} and unknown.attempts == {lost.job_id: 1}
     assert unknown.known_ids == {"pred-answered", "pred-done"}
     async with ApiClient(sandbox.url, ApiKey(KEY)) as client:
-        assert await unknown.reconciler(client, LocalBudget(limits())).find(lost) == lost_id
+        engine = Engine(client, LocalBudget(limits()), EngineConfig(limits=limits()))
+        assert (await unknown.search(engine).find(lost)).found == lost_id

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from promptgrid.api.client import ApiClient
+from promptgrid.api.gateway import Gateway, Unmetered
 from promptgrid.api.resolve import Resolution, resolve_models
 from promptgrid.api.routes import ModelRoutes
 from promptgrid.engine.config import EngineConfig
@@ -29,7 +30,7 @@ DASHED, DOTTED = "stable-diffusion-3-5-large", "stable-diffusion-3.5-large"
 
 async def resolve(url: str, written: list[str], **options) -> Resolution:
     async with ApiClient(url, KEY) as client:
-        return await resolve_models(client, written, retry_s=0.01, **options)
+        return await resolve_models(Gateway(client, Unmetered()), written, retry_s=0.01, **options)
 
 
 @pytest.mark.parametrize(
@@ -113,7 +114,7 @@ async def run_with_routes(url: str, batch: list[Job], slugs: dict[str, str]):
     limits = Limits(requests=60, window_s=60.0 / TEST_TIME_SCALE, max_in_flight=4)
     config = EngineConfig(limits=limits).scaled(TEST_TIME_SCALE)
     async with ApiClient(url, KEY) as client:
-        routes = ModelRoutes(client, slugs, retry_s=0.01)
+        routes = ModelRoutes(slugs, retry_s=0.01)
         engine = Engine(client, LocalBudget(config.limits), config, routes=routes)
         return [outcome async for outcome in engine.run(batch)]
 

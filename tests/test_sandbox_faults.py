@@ -143,3 +143,27 @@ def test_stats_count_dropped_and_answered_requests_side_by_side(sandbox_factory,
     responses = sb.stats()["responses"]
     assert responses["dropped"] > 0 and responses["200"] > 0
     assert responses["dropped"] + responses["200"] == 20
+
+
+def test_a_create_made_then_answered_500_made_and_billed_its_prediction(sandbox_factory, manual_clock):
+    sb = sandbox_factory(clock=manual_clock, create_made_5xx_rate=1.0)
+    with httpx.Client(base_url=sb.url, headers=KEY, timeout=5) as client:
+        answer = client.post("/v1/prediction/", json=create_body(1))
+        assert answer.status_code == 500 and answer.json() == {"error": "Failed to create prediction"}
+        listed = client.get("/v1/executions").json()["executions"]
+    stats = sb.stats()
+    assert stats["creates"] == 1 and stats["faults"] == {"create_made_then_5xx": 1} and len(listed) == 1
+
+
+def test_a_held_answer_is_silence_then_a_dropped_connection_after_the_create_was_made(sandbox_factory):
+    sb = sandbox_factory(create_held_rate=1.0, held_answer_s=20.0)  # 0.2 s at the tests' time scale
+    with (
+        httpx.Client(base_url=sb.url, headers=KEY, timeout=5) as client,
+        pytest.raises(httpx.TransportError),
+    ):
+        client.post("/v1/prediction/", json=create_body(1))
+    stats = sb.stats()
+    assert stats["creates"] == 1 and stats["faults"] == {"create_held": 1}
+    assert stats["responses"] == {"dropped": 1}
+    with pytest.raises(httpx.ReadTimeout):  # a client that gives up first sees only silence
+        httpx.post(f"{sb.url}/v1/prediction/", json=create_body(2), headers=KEY, timeout=0.05)

@@ -18,12 +18,12 @@ from promptgrid.api.client import ApiClient
 from promptgrid.engine.config import EngineConfig
 from promptgrid.engine.engine import Engine
 from promptgrid.engine.progress import RunProgress
+from promptgrid.engine.unanswered import run_and_store
 from promptgrid.errors import ApiError, InvalidInput, RunFailed
 from promptgrid.models.check import check_input
 from promptgrid.output.journal import Journal
 from promptgrid.output.manifest.read import read_manifest
 from promptgrid.output.manifest.writer import ManifestWriter
-from promptgrid.output.reconcile import run_and_store
 from promptgrid.output.recorder import OutcomeStore
 from promptgrid.output.saved_spec import save_spec
 from promptgrid.output.sinks import open_sink
@@ -63,7 +63,7 @@ async def test_an_api_echoing_the_key_in_errors_leaves_it_nowhere(sandbox_factor
     with caplog.at_level(logging.DEBUG), ManifestWriter(sink, run_id="run", spec_hash="h") as writer:
         async with ApiClient(sandbox.url, ApiKey(SECRET)) as client:
             store = OutcomeStore(sink, journal, writer, RunProgress(total=8))
-            engine = Engine(client, LocalBudget(limits), config, on_created=store.on_created)
+            engine = Engine(client, LocalBudget(limits), config, events=store)
             await run_and_store(engine, jobs(8), {}, store)
         logging.getLogger("promptgrid.test").warning("the API said: %s", f"bad key {SECRET}")
     journal.close()

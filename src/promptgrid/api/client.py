@@ -58,18 +58,24 @@ _BY_STATUS: dict[int, type[ApiError]] = {
 }
 
 
-# The documented refusal is 500 {"error": "Failed to create prediction"}; 503 means nothing was started.
-# A 502/504 without the API's JSON error came from a gateway that may have lost the API's answer.
+# The documented refusal is 500 {"error": "Failed to create prediction"} (503: the service is unavailable).
+# Nothing in the docs says it created nothing, and other clients treat a 5xx on a write as an unknown
+# outcome; a 502/504 without the API's JSON error came from a gateway that may have lost the API's answer.
 REFUSED_STATUSES = frozenset({500, 503})
 
 
 def created_nothing(exc: ApiError) -> bool:
-    """Whether a failed create provably created nothing, so that sending it again cannot bill twice."""
+    """Whether a failed create provably created nothing, so that sending it again cannot bill twice: it
+    never left, or a 429 refused it. A 5xx is not proof (see `says_refused`)."""
     if isinstance(exc, TransportFailure):
         return not exc.sent
-    if isinstance(exc, ServerFailure):
-        return exc.status_code in REFUSED_STATUSES or exc.api_answered
     return isinstance(exc, Throttled)
+
+
+def says_refused(exc: ApiError) -> bool:
+    """Whether a failed create's answer is the API's own documented refusal (500/503 with its JSON error):
+    the best there is where no listing can settle it."""
+    return isinstance(exc, ServerFailure) and exc.status_code in REFUSED_STATUSES and exc.api_answered
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

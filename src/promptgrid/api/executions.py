@@ -28,6 +28,9 @@ class Execution:
 class ExecutionsPage:
     executions: list[Execution]
     total_count: int | None
+    # The API caps `total_count`: when it says so, the count is only a lower bound. Either way a client pages
+    # until a page comes back shorter than its limit, never stopping at `total_count`.
+    total_capped: bool = False
 
 
 def parse_executions(body: Mapping[str, Any]) -> ExecutionsPage:
@@ -38,7 +41,8 @@ def parse_executions(body: Mapping[str, Any]) -> ExecutionsPage:
         if parsed is not None:
             executions.append(parsed)
     total = body.get("total_count")
-    return ExecutionsPage(executions, total if isinstance(total, int) else None)
+    capped = body.get("total_capped") is True
+    return ExecutionsPage(executions, total if isinstance(total, int) else None, capped)
 
 
 def _execution(row: Mapping[str, Any]) -> Execution | None:

@@ -13,7 +13,6 @@ What the API answered is written to the user cache, for offline dry runs.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -22,14 +21,13 @@ from typing import Any
 import jsonschema
 
 from promptgrid.api.client import ApiClient
+from promptgrid.api.gateway import Gateway, ReadRetry, RequestBudget, Unmetered
 from promptgrid.errors import (
     ApiError,
     ApiUnreachable,
     AuthenticationFailed,
     InvalidInput,
     ModelNotFound,
-    ServerFailure,
-    Throttled,
     TransportFailure,
 )
 from promptgrid.models.catalog import ModelCatalog
@@ -40,8 +38,9 @@ from promptgrid.settings import read_api_settings
 
 # Where a model's schema comes from when the API's endpoints cannot say: each is asked the slug as written.
 Fallback = Callable[[str], ModelRecord | None]
-MAX_THROTTLED_WAITS = 3
-MAX_RETRY_AFTER_S = 30.0
+# Each endpoint is asked once more after a 5xx, and while 429s answer it up to this many times in all.
+TRIES = 2
+THROTTLED_TRIES = 4
 
 
 @dataclass
@@ -83,20 +82,20 @@ class Answer:
 
 
 class ModelEndpoints:
-    """Asks the API's two model endpoints about one slug at a time, with bounded retries."""
+    """Asks the API's two model endpoints about one slug at a time, through the gateway (reads: retried)."""
 
-    def __init__(self, client: ApiClient, *, retry_s: float = 1.0):
-        self.client = client
-        self.retry_s = retry_s
+    def __init__(self, gateway: Gateway, *, retry_s: float = 1.0):
+        self.gateway = gateway
+        self.retry = ReadRetry(TRIES, THROTTLED_TRIES, base_s=retry_s, cap_s=max(retry_s, 30.0))
         self.down: dict[str, str] = {}  # endpoint -> why it is no use, once seen (not asked again)
 
     async def ask(self, slug: str) -> Answer:
         """The model endpoint's answer; the OpenAPI document's when that one is of no use or says 404 (an
         API that dropped the deprecated endpoint may answer 404 for the path itself)."""
-        first = await self._ask_endpoint("model", slug, self.client.model)
+        first = await self._ask_endpoint("model", slug, self.gateway.model)
         if first.schema is not None:
             return first
-        second = await self._ask_endpoint("openapi", slug, self.client.model_openapi)
+        second = await self._ask_endpoint("openapi", slug, self.gateway.model_openapi)
         if second.schema is not None:
             return second
         if first.not_found or second.not_found:
@@ -104,7 +103,7 @@ class ModelEndpoints:
         return Answer(reason="; ".join(self.down.values()))
 
     async def _ask_endpoint(
-        self, name: str, slug: str, call: Callable[[str], Awaitable[dict[str, Any]]]
+        self, name: str, slug: str, call: Callable[[str, ReadRetry], Awaitable[dict[str, Any]]]
     ) -> Answer:
         if name in self.down:
             return Answer()
@@ -126,24 +125,16 @@ class ModelEndpoints:
         assert isinstance(schema, dict)
         return Answer(schema=schema, source=f"GET {path}")
 
-    async def _get(self, call: Callable[[str], Awaitable[dict[str, Any]]], slug: str) -> dict[str, Any]:
-        """One endpoint's answer: 429s waited out (bounded), one retry after a 5xx; no API at all is fatal."""
-        server_retried = False
-        for _ in range(MAX_THROTTLED_WAITS + 1):
-            try:
-                return await call(slug)
-            except Throttled as exc:
-                await asyncio.sleep(min(exc.retry_after_s or self.retry_s, MAX_RETRY_AFTER_S))
-            except ServerFailure:
-                if server_retried:
-                    raise
-                server_retried = True
-                await asyncio.sleep(self.retry_s)
-            except TransportFailure as exc:
-                if not exc.sent:  # nothing reached the API at all: falling back would hide it
-                    raise ApiUnreachable(self.client.base_url, exc.message) from None
-                raise
-        raise Throttled("the model endpoint kept answering 429", retry_after_s=None)
+    async def _get(
+        self, call: Callable[[str, ReadRetry], Awaitable[dict[str, Any]]], slug: str
+    ) -> dict[str, Any]:
+        """One endpoint's answer (429s and 5xx tried again by the gateway); no API at all is fatal."""
+        try:
+            return await call(slug, self.retry)
+        except TransportFailure as exc:
+            if not exc.sent:  # nothing reached the API at all: falling back would hide it
+                raise ApiUnreachable(self.gateway.base_url, exc.message) from None
+            raise
 
 
 def _briefly(exc: ApiError) -> str:
@@ -167,7 +158,7 @@ def _quoted(slugs: Iterable[str]) -> str:
 
 
 async def resolve_models(
-    client: ApiClient,
+    gateway: Gateway,
     written: Sequence[str],
     *,
     fallbacks: Sequence[Fallback] = (),
@@ -175,7 +166,7 @@ async def resolve_models(
     retry_s: float = 1.0,
 ) -> Resolution:
     """Resolve every model named in `written` (slugs as the spec spells them), each once."""
-    endpoints = ModelEndpoints(client, retry_s=retry_s)
+    endpoints = ModelEndpoints(gateway, retry_s=retry_s)
     resolution = Resolution()
     for slug in dict.fromkeys(canonical_slug(s) for s in written):
         as_written = next(s for s in written if canonical_slug(s) == slug)
@@ -193,7 +184,7 @@ async def resolve_models(
 async def _resolve_one(
     endpoints: ModelEndpoints, written: str, fallbacks: Sequence[Fallback]
 ) -> tuple[ModelRecord | None, str]:
-    model, base = canonical_slug(written), endpoints.client.base_url
+    model, base = canonical_slug(written), endpoints.gateway.base_url
     refused: list[str] = []
     for spelling in spellings(written):
         answer = await endpoints.ask(spelling)
@@ -229,13 +220,15 @@ async def resolve_for_run(
     fallbacks: Sequence[Fallback],
     *,
     retry_s: float = 1.0,
+    budget: RequestBudget | None = None,
 ) -> Resolution:
-    """Resolve with a short-lived client for `base_url` and the key in the environment (exit 2 without one);
-    what the API answered is written to the user cache."""
+    """Resolve with a short-lived client for `base_url` and the key in the environment (exit 2 without one),
+    its requests through `budget` (the run's, when it has one); what the API answered is written to the
+    user cache."""
     settings = read_api_settings(base_url)
     if settings.api_key is None:
         raise InvalidInput(["EACHLABS_API_KEY is not set: export your Eachlabs API key (or use --sandbox)"])
     async with ApiClient(settings.base_url, settings.api_key) as client:
-        return await resolve_models(
-            client, written, fallbacks=fallbacks, cache=UserCache(settings.base_url), retry_s=retry_s
-        )
+        gateway = Gateway(client, budget or Unmetered())
+        cache = UserCache(settings.base_url)
+        return await resolve_models(gateway, written, fallbacks=fallbacks, cache=cache, retry_s=retry_s)

@@ -13,7 +13,7 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Mapping
 
-from promptgrid.api.client import ApiClient
+from promptgrid.api.gateway import Gateway
 from promptgrid.api.resolve import ModelEndpoints
 from promptgrid.errors import ApiError
 from promptgrid.models.slugs import spellings
@@ -22,8 +22,7 @@ from promptgrid.models.slugs import spellings
 class ModelRoutes:
     """promptgrid's name of each model -> the slug sent; one more resolution per model after a 404."""
 
-    def __init__(self, client: ApiClient, slugs: Mapping[str, str] | None = None, *, retry_s: float = 1.0):
-        self.client = client
+    def __init__(self, slugs: Mapping[str, str] | None = None, *, retry_s: float = 1.0):
         self.retry_s = retry_s
         self._slugs = dict(slugs or {})
         self._refused: defaultdict[str, list[str]] = defaultdict(list)
@@ -38,8 +37,9 @@ class ModelRoutes:
         """Why no create is sent for this model any more, or None while it may be."""
         return self._missing.get(model)
 
-    async def after_not_found(self, model: str, refused: str) -> str | None:
-        """The slug to send instead of `refused`, or None when the model's jobs must fail (see `missing`)."""
+    async def after_not_found(self, gateway: Gateway, model: str, refused: str) -> str | None:
+        """The slug to send instead of `refused`, or None when the model's jobs must fail (see `missing`);
+        the model is looked up again through `gateway`."""
         async with self._locks[model]:
             if model in self._missing:
                 return None
@@ -49,7 +49,7 @@ class ModelRoutes:
             self._refused[model].append(refused)
             if model not in self._resolved_again:
                 self._resolved_again.add(model)
-                found = await self._resolve_again(model, refused)
+                found = await self._resolve_again(gateway, model, refused)
                 if found is not None:
                     self._slugs[model] = found
                     return found
@@ -61,12 +61,12 @@ class ModelRoutes:
             )
             return None
 
-    async def _resolve_again(self, model: str, refused: str) -> str | None:
+    async def _resolve_again(self, gateway: Gateway, model: str, refused: str) -> str | None:
         """A spelling not refused yet that the API knows; when its endpoint cannot say, one not denied."""
         refused_before = self._refused[model]
         candidates = list(dict.fromkeys([*spellings(refused), *spellings(model)]))
         denied: set[str] = set()
-        endpoints = ModelEndpoints(self.client, retry_s=self.retry_s)
+        endpoints = ModelEndpoints(gateway, retry_s=self.retry_s)
         try:
             for slug in candidates:
                 answer = await endpoints.ask(slug)

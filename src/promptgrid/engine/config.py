@@ -14,10 +14,6 @@ from promptgrid.engine.retry import RETRYABLE_CODES
 from promptgrid.quota.base import Limits
 from promptgrid.types import Job
 
-# Told of each prediction id as soon as the create's answer is read: (job, prediction id, attempt).
-OnCreated = Callable[[Job, str, int], Awaitable[None]]
-# Told of each create just before it leaves: (job, attempt).
-OnSending = Callable[[Job, int], Awaitable[None]]
 # Turns a job's inputs into what is sent (e.g. a local image into a URL the API can fetch).
 PrepareInputs = Callable[[Job], Awaitable[Mapping[str, Any]]]
 
@@ -51,6 +47,9 @@ class EngineConfig:
     queue_size: int | None = None  # jobs started beyond the in-flight slots; default: as many as the slots
     retryable_codes: frozenset[str] = RETRYABLE_CODES
     unreachable_after: int = 3  # requests failing before they leave, with no answer yet: the API is down
+    # A create whose answer was lost is looked for in the listing this long after: a create just made may
+    # take a moment to be listed, and "not listed" is what lets it be sent again.
+    listing_lag_s: float = 1.0
     poll: PollPolicy = field(default_factory=PollPolicy)
 
     def scaled(self, time_scale: float) -> EngineConfig:
@@ -64,6 +63,7 @@ class EngineConfig:
             room_wait_s=self.room_wait_s / time_scale,
             idle_retry_s=self.idle_retry_s / time_scale,
             cancel_wait_s=self.cancel_wait_s / time_scale,
+            listing_lag_s=self.listing_lag_s / time_scale,
             poll=self.poll.scaled(time_scale),
         )
 
@@ -82,6 +82,8 @@ class EngineStats:
     transient_errors: int = 0
     creates: int = 0
     create_resends: int = 0
+    adopted_creates: int = 0  # creates whose answer was lost, whose prediction the listing found
+    unverified_resends: int = 0  # 5xx creates sent again with no listing to check (the API's word alone)
     retried_attempts: int = 0
     in_flight: int = 0
     outcomes: Counter[str] = field(default_factory=Counter)  # by JobStatus value

@@ -1,41 +1,49 @@
 """The prediction engine: jobs in, outcomes out — create, poll, fetch, within the budget, with safe retries.
 
-What is retried and how each failure ends a job is the policy in `promptgrid.engine.retry`; how the
-API's limits are read and met (a request cap adopted under `rate_limit: auto`, in-flight room, 402 waits) is
-in `promptgrid.engine.limits`; polling, the deadline and best-effort cancel are in
-`promptgrid.engine.waiting`.
+The engine is composed of parts that each own one thing: every request goes through one `Gateway` (the
+budget, and the rule that reads may go again while a create never goes again blindly:
+promptgrid.api.gateway); what is retried and how each failure ends a job is the policy in
+`promptgrid.engine.retry`; how the API's limits are read and met (a request cap adopted under
+`rate_limit: auto`, in-flight room, 402 waits) is `promptgrid.engine.limits`; polling, the deadline and
+best-effort cancel are `promptgrid.engine.waiting`; a create whose outcome is unknown is settled by the
+lost-create search (`promptgrid.engine.lost_creates`); what it tells the store is the `JobEvents` protocol
+(`promptgrid.engine.events`).
+
+Two places matter to whoever watches spending or progress: `Engine._create` is where every create is about
+to be sent (and `JobEvents.on_sending` told as its first byte leaves), and `Engine._in_a_slot` is where each
+prediction is known to have finished at the API (`ApiLimits.finished`).
 
 A run that is cancelled (Ctrl-C) leaves its predictions running: the ids already went to `on_created`, so a
-resumed run polls them instead of paying for them twice. For the same reason an exception raised by
-`on_created` (the id could not be recorded) stops the run rather than create predictions a resume cannot find.
-`on_sending` is told of each create as its first byte leaves (not before: one cancelled while it waited
-for a connection was never sent), so a run that dies before reading the answer leaves a trace: its rerun
-knows that create's outcome is unknown and does not send it blindly again.
-`on_unsent` withdraws that trace when the create provably created nothing (never left, or was refused).
+resumed run polls them instead of paying for them twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from promptgrid.aio import as_async_iterator
-from promptgrid.api.client import ApiClient, created_nothing
+from promptgrid.api.client import ApiClient, created_nothing, says_refused
+from promptgrid.api.gateway import Gateway, ReadRetry
 from promptgrid.api.polling import LatencyModel
 from promptgrid.api.prediction import Prediction, PredictionStatus
 from promptgrid.api.routes import ModelRoutes
 from promptgrid.engine.collect import collect
-from promptgrid.engine.config import EngineConfig, EngineStats, OnCreated, OnSending, PrepareInputs
+from promptgrid.engine.config import EngineConfig, EngineStats, PrepareInputs
+from promptgrid.engine.events import JobEvents, NoEvents
 from promptgrid.engine.limits import ApiLimits
+from promptgrid.engine.lost_creates import LostCreates
 from promptgrid.engine.retry import (
+    Halt,
     JobDeferred,
     JobEnded,
     NoRoom,
-    Reachability,
     RetryAttempt,
+    backoff_s,
     create_refused,
     ended_by_error,
     failed,
@@ -43,26 +51,19 @@ from promptgrid.engine.retry import (
     is_retryable,
     no_room,
     not_submitted,
+    outcome_unknown,
     unknown_create,
 )
 from promptgrid.engine.waiting import PredictionWaits
-from promptgrid.errors import (
-    ApiError,
-    ApiUnreachable,
-    ModelNotFound,
-    PaymentRequired,
-    ServerFailure,
-    Throttled,
-    TransportFailure,
-)
+from promptgrid.errors import ApiError, ApiUnreachable, ModelNotFound, PaymentRequired, Throttled
 from promptgrid.quota.base import Budget
 from promptgrid.types import ErrorCode, Job, JobOutcome, JobStatus
 
-T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
-class Engine(PredictionWaits):
-    """Turns jobs into outcomes through one ApiClient and one Budget, shared by all the jobs it runs."""
+class Engine:
+    """Turns jobs into outcomes through one gateway (an ApiClient and a Budget), shared by all its jobs."""
 
     def __init__(
         self,
@@ -70,29 +71,36 @@ class Engine(PredictionWaits):
         budget: Budget,
         config: EngineConfig | None = None,
         *,
-        on_created: OnCreated | None = None,
-        on_sending: OnSending | None = None,
-        on_unsent: OnSending | None = None,
+        events: JobEvents | None = None,
         prepare_inputs: PrepareInputs | None = None,
         routes: ModelRoutes | None = None,
         clock: Callable[[], float] = time.monotonic,
     ):
-        self.client = client
         self.budget = budget
-        self.config = config or EngineConfig()
-        self.on_created = on_created
-        self.on_sending = on_sending
-        self.on_unsent = on_unsent
+        self.config = config = config or EngineConfig()
+        self.events: JobEvents = events or NoEvents()
         self.prepare_inputs = prepare_inputs
         # Which slug each model is sent as (resolved before the run); without, the job's model as it is.
-        self.routes = routes or ModelRoutes(client)
-        self.latency = LatencyModel(self.config.poll)
+        self.routes = routes or ModelRoutes()
+        self.latency = LatencyModel(config.poll)
         self.stats = EngineStats()
-        self.halted: ApiError | None = None
-        self.reachability = Reachability(self.config.unreachable_after)
+        self.halt = Halt(client.base_url, config.unreachable_after)
         self.deferred: set[str] = set()  # jobs stopped with no outcome: nothing of them was sent
         self._clock = clock
-        self.limits = ApiLimits(self.config, budget, self.latency, self.stats, clock)
+        self.limits = ApiLimits(config, budget, self.latency, self.stats, clock, self.halt.reachability)
+        self.gateway = Gateway(client, budget, self.limits, requests=self.stats.requests, clock=clock)
+        self.waits = PredictionWaits(self.gateway, config, self.latency, self.stats, self.halt, clock)
+        retry = ReadRetry(tries=8, base_s=config.retry_backoff_s, cap_s=config.max_backoff_s)
+        self.lost_creates = LostCreates(self.gateway, self.routes.slug_for, prepare_inputs, retry=retry)
+
+    @property
+    def client(self) -> ApiClient:
+        return self.gateway.client
+
+    @property
+    def halted(self) -> ApiError | None:
+        """Why no further job is taken (a refused key, 402s, an unreachable API), or None."""
+        return self.halt.halted
 
     async def run(
         self, jobs: Iterable[Job] | AsyncIterable[Job], resume: Mapping[str, str] | None = None
@@ -100,7 +108,10 @@ class Engine(PredictionWaits):
         """Run jobs concurrently, yielding outcomes as they complete; memory stays bounded however many jobs.
 
         `resume` maps job ids to prediction ids created by an earlier run: those are polled, not created.
-        After a 402 or 401, no further jobs are taken; the error is raised once in-flight work is collected.
+        After a 402 or 401, no further job is sent: in-flight work is collected, every job left (but one
+        whose prediction exists) is handed back with an outcome saying why it was not sent, then the error
+        is raised. (Jobs stopped because the
+        API is unreachable get no outcome at all: nothing of them is recorded, so a rerun takes them up.)
         """
         resume = resume or {}
         source = as_async_iterator(jobs)
@@ -124,6 +135,10 @@ class Engine(PredictionWaits):
                 for task in done:
                     if (outcome := task.result()).job_id not in self.deferred:
                         yield outcome
+            if not exhausted and self.halted is not None and not isinstance(self.halted, ApiUnreachable):
+                async for job in source:
+                    if job.job_id not in resume:  # one already created is left for a rerun to poll
+                        yield self._not_sent(job, self.halted)
         finally:
             for task in pending:
                 task.cancel()
@@ -131,6 +146,19 @@ class Engine(PredictionWaits):
             await asyncio.gather(*pending, *done, return_exceptions=True)
         if self.halted is not None:
             raise self.halted
+
+    def _not_sent(self, job: Job, halted: ApiError) -> JobOutcome:
+        """The outcome of a job handed to a run that had halted: never sent, and why."""
+        ended = not_submitted(halted)
+        self.stats.outcomes[ended.status.value] += 1
+        return JobOutcome(
+            job_id=job.job_id,
+            status=ended.status,
+            error_code=ended.code,
+            error_message=ended.message,
+            queued_at=_now(),
+            completed_at=_now(),
+        )
 
     async def run_job(self, job: Job, resume_prediction_id: str | None = None) -> JobOutcome:
         """Run one job to a terminal outcome; failures are outcomes, not exceptions."""
@@ -187,7 +215,7 @@ class Engine(PredictionWaits):
             running = False
             try:
                 if known_id is None:
-                    self._refuse_if_halted()
+                    self.halt.refuse_if_halted()
                     if (missing := self.routes.missing(job.model)) is not None:  # refused in every spelling
                         raise failed(ErrorCode.MODEL_NOT_FOUND, missing)
                     inputs = inputs if inputs is not None else await self._prepare(job)
@@ -203,7 +231,7 @@ class Engine(PredictionWaits):
                 gate.accepted()
                 running = True
                 await self._started(job, outcome, attempt, prediction_id, resumed=known_id is not None)
-                prediction = await self._wait_until_finished(job, prediction_id, outcome, created_at)
+                prediction = await self.waits.until_finished(job, prediction_id, outcome, created_at)
                 self.limits.finished()
                 return prediction
             finally:
@@ -216,16 +244,17 @@ class Engine(PredictionWaits):
     ) -> None:
         """Note a prediction the API runs for this job: resumed, or new and reported to `on_created`."""
         outcome.prediction_id = prediction_id
+        self.lost_creates.known(prediction_id)
         if resumed:
             outcome.attempts = max(outcome.attempts, attempt)
             outcome.submitted_at = outcome.submitted_at or _now()
-        elif self.on_created is not None:
-            await self.on_created(job, prediction_id, attempt)
+        else:
+            await self.events.on_created(job, prediction_id, attempt)
 
     def _no_room(self, refusal: ApiError, since: float | None) -> float:
         """Note a create refused for want of room; end the job past `room_wait_s` or when the run halts."""
         if self.limits.refused(refusal):
-            self.halted = self.halted or refusal
+            self.halt.stop(refusal)
             raise create_refused(refusal)
         now = self._clock()
         since = now if since is None else since
@@ -242,124 +271,107 @@ class Engine(PredictionWaits):
             raise failed(ErrorCode.INPUT_PREPARATION_FAILED, f"{type(exc).__name__}: {exc}") from None
 
     async def _create(self, job: Job, inputs: Mapping[str, Any], outcome: JobOutcome) -> str:
-        """Send the create, re-sending only when the API provably created nothing.
+        """Send the create — the one place a create is about to be sent — and again only when it provably
+        created nothing (or the listing shows so); a lost answer's prediction is adopted.
 
         Raises NoRoom when the API has no room for it now (concurrency, balance): the caller waits for room.
         """
-        announce = None
-        if self.on_sending is not None:
-            on_sending, attempt = self.on_sending, outcome.attempts
-
-            async def announce() -> None:
-                await on_sending(job, attempt)
-
         throttled_since = None
         resends = 0
         slug = self.routes.slug_for(job.model)
         while True:
             outcome.model_slug = slug
+            sent_at = datetime.now(UTC)
             try:
-                prediction_id = await self._call(
-                    "create", outcome, self.client.create, slug, job.version, inputs, before_send=announce
+                prediction_id = await self.gateway.create(
+                    slug, job.version, inputs, before_send=self._announcer(job, outcome), tally=outcome
                 )
             except ModelNotFound as exc:  # refused: nothing was created, so sending again is safe
                 slug = await self._after_model_not_found(job, slug, exc)
-                if resends >= self.config.create_retries:
-                    message = f"the API kept refusing the create: {exc.message}"
-                    raise failed(ErrorCode.CREATE_FAILED, message) from None
-                resends += 1
+                resends = self._count_resend(resends, exc)
             except Throttled as exc:  # about the rate: the budget paused; sending again creates nothing twice
-                await self._unsent(job, outcome)
+                await self.events.on_unsent(job, outcome.attempts)
                 throttled_since = throttled_since or self._clock()
                 if self._clock() - throttled_since > self.config.room_wait_s:
                     raise no_room(self._clock() - throttled_since, exc) from None
             except NoRoom:
-                await self._unsent(job, outcome)
+                await self.events.on_unsent(job, outcome.attempts)
                 raise
-            except (ServerFailure, TransportFailure) as exc:
-                if not created_nothing(exc):
-                    raise unknown_create(exc) from None
-                await self._unsent(job, outcome)
-                self._halt_if_unreachable(exc)
-                self.stats.transient_errors += 1
-                if resends >= self.config.create_retries:
-                    message = f"the API kept refusing the create: {exc.message}"
-                    raise failed(ErrorCode.CREATE_FAILED, message) from None
-                await asyncio.sleep(self._backoff(resends))
-                self._halt_if_unreachable(None)
-                resends += 1
             except PaymentRequired as exc:
-                await self._unsent(job, outcome)
+                await self.events.on_unsent(job, outcome.attempts)
                 raise NoRoom(exc) from None
             except ApiError as exc:
-                if halts_the_run(exc):
-                    self.halted = self.halted or exc
-                raise create_refused(exc) from None
+                if not outcome_unknown(exc) and not created_nothing(exc):
+                    if halts_the_run(exc):
+                        self.halt.stop(exc)
+                    raise create_refused(exc) from None
+                found = None if created_nothing(exc) else await self._settle(job, slug, inputs, sent_at, exc)
+                if found is not None:
+                    return self._sent(outcome, found)
+                await self.events.on_unsent(job, outcome.attempts)  # nothing was made: withdraw the trace
+                self.halt.if_unreachable(exc)
+                self.stats.transient_errors += 1
+                resends = self._count_resend(resends, exc)
+                config = self.config
+                await asyncio.sleep(backoff_s(resends - 1, config.retry_backoff_s, config.max_backoff_s))
+                self.halt.if_unreachable(None)
             else:
-                self.stats.creates += 1
-                outcome.submitted_at = _now()
-                return prediction_id
+                return self._sent(outcome, prediction_id)
             self.stats.create_resends += 1
+
+    def _announcer(self, job: Job, outcome: JobOutcome) -> Callable[[], Awaitable[None]]:
+        """What the client runs as the create's first byte leaves: the store is told (`on_sending`)."""
+        attempt = outcome.attempts
+
+        async def announce() -> None:
+            await self.events.on_sending(job, attempt)
+
+        return announce
+
+    def _sent(self, outcome: JobOutcome, prediction_id: str) -> str:
+        self.stats.creates += 1
+        outcome.submitted_at = _now()
+        return prediction_id
+
+    def _count_resend(self, resends: int, exc: ApiError) -> int:
+        """One more re-send of a create, or the job ends past `create_retries`."""
+        if resends >= self.config.create_retries:
+            raise failed(ErrorCode.CREATE_FAILED, f"the API kept refusing the create: {exc.message}")
+        return resends + 1
+
+    async def _settle(
+        self, job: Job, slug: str, inputs: Mapping[str, Any], sent_at: datetime, exc: ApiError
+    ) -> str | None:
+        """A create whose outcome is unknown, settled through the listing before anything is re-sent: the
+        prediction it made, or None where nothing was made; the job ends CREATE_OUTCOME_UNKNOWN otherwise.
+
+        Where the API has no listing, only its own documented refusal is taken at its word, and said so.
+        """
+        await asyncio.sleep(self.config.listing_lag_s)  # a create just made may take a moment to be listed
+        fresh_after = datetime.now(UTC)
+        search = await self.lost_creates.search(job, slug, inputs, sent_at, fresh_after=fresh_after)
+        if search.found is not None:
+            self.stats.adopted_creates += 1
+            return search.found
+        if search.nothing_made:
+            return None
+        if not self.lost_creates.available and says_refused(exc):
+            self.stats.unverified_resends += 1
+            log.warning(
+                "job %s: the create was answered %s and the API has no executions listing to check it "
+                "against: sent again on the API's word that it created nothing",
+                job.job_id,
+                exc.message,
+            )
+            return None
+        raise unknown_create(exc, search.why)
 
     async def _after_model_not_found(self, job: Job, refused: str, exc: ModelNotFound) -> str:
         """The slug to send next, after resolving the model again; ends the job when there is none."""
-        slug = await self.routes.after_not_found(job.model, refused)
+        slug = await self.routes.after_not_found(self.gateway, job.model, refused)
         if slug is None:
             raise failed(ErrorCode.MODEL_NOT_FOUND, self.routes.missing(job.model) or exc.message)
         return slug
-
-    async def _unsent(self, job: Job, outcome: JobOutcome) -> None:
-        """The create provably created nothing: withdraw the trace `on_sending` left."""
-        if self.on_unsent is not None:
-            await self.on_unsent(job, outcome.attempts)
-
-    def _refuse_if_halted(self) -> None:
-        self._halt_if_unreachable(None)
-        if self.halted is not None:
-            raise not_submitted(self.halted)
-
-    def _halt_if_unreachable(self, exc: ApiError | None) -> None:
-        """Stop this job, with no outcome, once the API proves unreachable (this failure may prove it)."""
-        if exc is not None and self.halted is None:
-            self.halted = self.reachability.unreachable(exc, self.client.base_url)
-        if isinstance(self.halted, ApiUnreachable):
-            raise JobDeferred
-
-    async def _call(
-        self,
-        kind: str,
-        outcome: JobOutcome,
-        method: Callable[..., Awaitable[T]],
-        *args: Any,
-        **kwargs: Any,
-    ) -> T:
-        """One API request through the budget; its receipt is settled once the answer (or failure) is in.
-
-        A create's `before_send` (in `kwargs`) is run by the client after the budget admitted the request,
-        right before its first byte leaves: the moment from which its outcome is unknown until the answer.
-        """
-        receipt = await self.budget.take_request(kind)
-        self.stats.requests[kind] += 1
-        outcome.api_requests += 1
-        sent_at = self._clock()
-        try:
-            answer = await method(*args, **kwargs)
-        except Throttled as exc:
-            self.reachability.heard(exc)
-            if self.limits.about_room(kind, exc):
-                raise NoRoom(exc) from None
-            await self.limits.rate_limited(kind, exc, sent_at)
-            raise
-        except ApiError as exc:
-            self.reachability.heard(exc)
-            self.limits.answered(kind)  # anything the API answered, or may have, counts
-            raise
-        finally:
-            if receipt is not None:
-                receipt.settle()
-        self.reachability.heard(None)
-        self.limits.answered(kind)
-        return answer
 
 
 def _now() -> datetime:

@@ -29,6 +29,7 @@ from collections.abc import Callable
 
 from promptgrid.api.polling import LatencyModel
 from promptgrid.engine.config import EngineConfig, EngineStats
+from promptgrid.engine.retry import NoRoom, Reachability
 from promptgrid.errors import ApiError, PaymentRequired, Throttled
 from promptgrid.quota.adaptive import SlotGate, infer_rate_limit
 from promptgrid.quota.base import Budget
@@ -43,7 +44,10 @@ _ANSWERS_KEPT = 4096
 
 
 class ApiLimits:
-    """The engine's reading of the API's limits: the budget's cap, the in-flight gate, and their counters."""
+    """The engine's reading of the API's limits: the budget's cap, the in-flight gate, and their counters.
+
+    It watches every request the engine's gateway sends (promptgrid.api.gateway.RequestWatcher).
+    """
 
     def __init__(
         self,
@@ -52,6 +56,7 @@ class ApiLimits:
         latency: LatencyModel,
         stats: EngineStats,
         clock: Callable[[], float],
+        reachability: Reachability | None = None,
     ):
         self.config = config
         self.limits = config.limits
@@ -60,14 +65,25 @@ class ApiLimits:
         self.latency = latency
         self.stats = stats
         self.gate = SlotGate(config.limits.max_in_flight, clock=clock)
+        self.reachability = reachability or Reachability(config.unreachable_after)
         self._clock = clock
         self._answered: deque[tuple[float, str]] = deque(maxlen=_ANSWERS_KEPT)
         self._adopted_at = float("-inf")
         latency.set_polls_free(self.limits.polls_free)
 
-    def answered(self, kind: str) -> None:
-        """A request of `kind` was answered (anything but a 429): the API counted it, if it counts any."""
+    def answered(self, kind: str, failure: ApiError | None = None) -> None:
+        """A request of `kind` ended (anything but a 429): the API counted it, if it counts any, and may
+        have answered (anything but a transport failure is an answer)."""
+        self.reachability.heard(failure)
         self._answered.append((self._clock(), kind))
+
+    async def throttled(self, kind: str, exc: Throttled, sent_at: float) -> None:
+        """A 429: NoRoom when it is about room for one more prediction (nothing pauses: ours finishing makes
+        room), else about the request rate (see `rate_limited`)."""
+        self.reachability.heard(exc)
+        if self.about_room(kind, exc):
+            raise NoRoom(exc)
+        await self.rate_limited(kind, exc, sent_at)
 
     def about_room(self, kind: str, exc: ApiError) -> bool:
         """Whether a refusal says there is no room for one more prediction (rather than too many requests)."""

@@ -155,6 +155,12 @@ def limit_rows(stats: EngineStats | None) -> list[dict[str, Any]]:
     ]
     if stats.late_successes:
         rows.append({"metric": "cancelled as stuck, then succeeded", "value": stats.late_successes})
+    if stats.adopted_creates:
+        rows.append({"metric": "lost create answers found in the listing", "value": stats.adopted_creates})
+    if stats.unverified_resends:
+        rows.append(
+            {"metric": "5xx creates re-sent with no listing to check", "value": stats.unverified_resends}
+        )
     return rows
 
 

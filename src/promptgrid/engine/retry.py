@@ -2,13 +2,16 @@
 
 The API has no idempotency key, so a create is only re-sent when it provably created nothing:
 
-- create: re-sent after a 429 about the request rate (the whole budget pauses first), after a 5xx carrying
-  the API's own JSON error or 500/503 ("Failed to create prediction": refused before creating) and after a
-  transport failure that happened before the request left (connect error or timeout). Any other failure
-  after the request may have reached the server — read timeout, dropped connection, a gateway's 502/504
-  page, a 2xx without a predictionID — makes the outcome unknown: the job fails with CREATE_OUTCOME_UNKNOWN
-  and is never re-sent. 5xx re-sends are bounded by `create_retries` (see
-  promptgrid.api.client.created_nothing); waits on 429s by `room_wait_s`.
+- create: re-sent after a 429 about the request rate (the whole budget pauses first) and after a transport
+  failure that happened before the request left (connect error or timeout). Any failure after the request
+  may have reached the server — a 5xx (nothing in the API's docs says a 5xx created nothing), a read
+  timeout, a dropped connection, a 2xx without a predictionID — makes the outcome unknown, and it is
+  settled through the executions listing before anything is re-sent (promptgrid.engine.lost_creates): the
+  prediction it made is adopted and polled; where the listing shows nothing was made, the create is sent
+  again; otherwise the job fails CREATE_OUTCOME_UNKNOWN with the candidates named. Where the API has no
+  listing, only the API's own refusal (500/503 "Failed to create prediction") is sent again, and the run
+  says so in its log and summary (`unverified_resends`). Re-sends are bounded by `create_retries`; waits on
+  429s by `room_wait_s`.
 - unreachable: when the run's first requests all fail before leaving (DNS, refused or timed-out connections)
   `unreachable_after` times with no HTTP answer yet, the API is unreachable (ApiUnreachable): the run stops
   within seconds, and the jobs it stops end with no outcome at all (nothing was sent; a rerun takes them up).
@@ -42,6 +45,7 @@ from promptgrid.errors import (
     AuthenticationFailed,
     InputRejected,
     PaymentRequired,
+    ServerFailure,
     TransportFailure,
     UnexpectedAnswer,
 )
@@ -102,16 +106,54 @@ class Reachability:
         return ApiUnreachable(url, exc.message.split(": ", 1)[-1])
 
 
+class Halt:
+    """Whether the run takes no further job, and why: a refused key, 402s with nothing in flight, or an API
+    that cannot be reached (whose jobs then end with no outcome: nothing of them was sent)."""
+
+    def __init__(self, base_url: str, unreachable_after: int):
+        self.base_url = base_url
+        self.reachability = Reachability(unreachable_after)
+        self.halted: ApiError | None = None
+
+    def stop(self, exc: ApiError) -> None:
+        """No job is submitted after this one (the first reason is kept)."""
+        self.halted = self.halted or exc
+
+    def if_unreachable(self, exc: ApiError | None) -> None:
+        """Stop this job, with no outcome, once the API proves unreachable (this failure may prove it)."""
+        if exc is not None and self.halted is None:
+            self.halted = self.reachability.unreachable(exc, self.base_url)
+        if isinstance(self.halted, ApiUnreachable):
+            raise JobDeferred
+
+    def refuse_if_halted(self) -> None:
+        """Before a create: end the job unsent when the run was halted."""
+        self.if_unreachable(None)
+        if self.halted is not None:
+            raise not_submitted(self.halted)
+
+
 def failed(code: str, message: str) -> JobEnded:
     return JobEnded(JobStatus.FAILED, code, message)
 
 
-def unknown_create(exc: ApiError) -> JobEnded:
+def unknown_create(exc: ApiError, why: str = "") -> JobEnded:
     """A create whose answer was lost after it may have reached the API: never sent again blindly."""
+    settled = f"; {why}" if why else ""
     return failed(
         ErrorCode.CREATE_OUTCOME_UNKNOWN,
-        f"the create may or may not have started a prediction ({exc.message}); it was not re-sent, since the "
-        "API has no idempotency key and a second create could bill twice",
+        f"the create may or may not have started a prediction ({exc.message}){settled}; it was not re-sent, "
+        "since the API has no idempotency key and a second create could bill twice",
+    )
+
+
+def outcome_unknown(exc: ApiError) -> bool:
+    """Whether a failed create may have made a prediction: it may have reached the API and no answer
+    says it did not (a 5xx, a transport failure after it left, a 2xx without a predictionID)."""
+    if isinstance(exc, TransportFailure):
+        return exc.sent
+    return isinstance(exc, ServerFailure) or (
+        isinstance(exc, UnexpectedAnswer) and (exc.status_code or 0) < 300
     )
 
 

@@ -9,48 +9,38 @@ is fetched and stored: it was paid for.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Callable
 
 from promptgrid.aio import wait_event
-from promptgrid.api.client import ApiClient
+from promptgrid.api.gateway import Gateway, ReadRetry
 from promptgrid.api.polling import LatencyModel, PollPlan
 from promptgrid.api.prediction import Prediction, PredictionStatus
 from promptgrid.engine.config import EngineConfig, EngineStats
-from promptgrid.engine.retry import JobEnded, backoff_s, failed
+from promptgrid.engine.retry import Halt, JobEnded, failed
 from promptgrid.errors import ApiError, AuthenticationFailed, PredictionNotFound, Throttled
 from promptgrid.types import ErrorCode, Job, JobOutcome, JobStatus
-
-T = TypeVar("T")
 
 # After a cancel, the first look comes this share of the learned delay later, then twice as late each time.
 _CANCEL_FIRST_LOOK = 0.1
 
 
 class PredictionWaits:
-    """The engine's waits on one prediction; mixed into `Engine`, which provides what is declared here."""
+    """The waits on one prediction: polls on the learned schedule, the deadline, a best-effort cancel."""
 
-    client: ApiClient
-    config: EngineConfig
-    latency: LatencyModel
-    stats: EngineStats
-    halted: ApiError | None
-    _clock: Callable[[], float]
-
-    async def _call(
+    def __init__(
         self,
-        kind: str,
-        outcome: JobOutcome,
-        method: Callable[..., Awaitable[T]],
-        *args: Any,
-        before_send: Callable[[], Awaitable[None]] | None = None,
-    ) -> T:
-        raise NotImplementedError
+        gateway: Gateway,
+        config: EngineConfig,
+        latency: LatencyModel,
+        stats: EngineStats,
+        halt: Halt,
+        clock: Callable[[], float],
+    ):
+        self.gateway, self.config, self.latency, self.stats = gateway, config, latency, stats
+        self.halt = halt
+        self._clock = clock
 
-    def _halt_if_unreachable(self, exc: ApiError | None) -> None:
-        raise NotImplementedError
-
-    async def _wait_until_finished(
+    async def until_finished(
         self, job: Job, prediction_id: str, outcome: JobOutcome, start: float
     ) -> Prediction:
         """Poll on the learned schedule until the prediction is terminal; past the deadline, cancel it.
@@ -98,28 +88,30 @@ class PredictionWaits:
                 return
 
     async def _poll(self, prediction_id: str, outcome: JobOutcome, deadline: float) -> Prediction | None:
-        """One successful get, retrying transient failures; None when the deadline comes first."""
-        failures = 0
-        while True:
-            try:
-                return await self._call("poll", outcome, self.client.get, prediction_id)
-            except Throttled:  # about the rate: the budget has paused every caller
-                if self._clock() >= deadline:
-                    return None
-                continue
-            except PredictionNotFound as exc:
-                raise failed(ErrorCode.PREDICTION_NOT_FOUND, exc.message) from None
-            except AuthenticationFailed as exc:
-                self.halted = self.halted or exc
-                raise failed(ErrorCode.AUTHENTICATION_FAILED, exc.message) from None
-            except ApiError as exc:
-                self._halt_if_unreachable(exc)  # the prediction stays in the journal for a rerun to poll
-                self.stats.transient_errors += 1
-            pause = self._backoff(failures)
-            failures += 1
-            if self._clock() + pause >= deadline:
-                return None
-            await asyncio.sleep(pause)
+        """One get, sent again after transient failures (the gateway's rule for reads); None when the
+        deadline comes first."""
+        retry = ReadRetry(
+            tries=None,
+            throttled_tries=None,
+            until=deadline,
+            base_s=self.config.retry_backoff_s,
+            cap_s=self.config.max_backoff_s,
+            on_failure=self._transient,
+        )
+        try:
+            return await self.gateway.get(prediction_id, retry, tally=outcome)
+        except PredictionNotFound as exc:
+            raise failed(ErrorCode.PREDICTION_NOT_FOUND, exc.message) from None
+        except AuthenticationFailed as exc:
+            self.halt.stop(exc)
+            raise failed(ErrorCode.AUTHENTICATION_FAILED, exc.message) from None
+        except ApiError:  # the deadline came first
+            return None
+
+    def _transient(self, exc: ApiError) -> None:
+        """A poll failed and will go again: the prediction stays in the journal for a rerun to poll."""
+        self.halt.if_unreachable(exc)
+        self.stats.transient_errors += 1
 
     async def _cancel_and_watch(
         self, prediction_id: str, outcome: JobOutcome, seen: str, key: tuple[str, int]
@@ -151,15 +143,12 @@ class PredictionWaits:
         """Best effort: a cancel that fails leaves the prediction to the API's own timeout."""
         for _ in range(2):
             try:
-                await self._call("cancel", outcome, self.client.cancel, prediction_id)
+                await self.gateway.cancel(prediction_id, tally=outcome)
                 return
             except Throttled:
                 continue
             except ApiError:
                 return
-
-    def _backoff(self, failures: int) -> float:
-        return backoff_s(failures, self.config.retry_backoff_s, self.config.max_backoff_s)
 
 
 def latency_key(job: Job) -> tuple[str, int]:

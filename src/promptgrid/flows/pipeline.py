@@ -27,19 +27,15 @@ from promptgrid.api.routes import ModelRoutes
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.engine.config import EngineConfig, PrepareInputs
 from promptgrid.engine.engine import Engine
+from promptgrid.engine.lost_creates import LostCreates
 from promptgrid.engine.progress import RunProgress, TerminalProgress
+from promptgrid.engine.unanswered import UnknownCreates, run_and_store, settle_unknown_creates
 from promptgrid.errors import ApiError, InvalidInput, RunInterrupted
 from promptgrid.flows.planning import RunPlan, Selection, Tally, plan_selection, select_jobs
 from promptgrid.output.input_images import InputImages, InputServer, classify_image_ref
 from promptgrid.output.journal import Journal
 from promptgrid.output.lease import OutputLease, holding, lease_name, take_lease
 from promptgrid.output.manifest.writer import ManifestWriter
-from promptgrid.output.reconcile import (
-    Reconciler,
-    UnknownCreates,
-    run_and_store,
-    settle_unknown_creates,
-)
 from promptgrid.output.recorder import OutcomeStore
 from promptgrid.output.recovery import repair
 from promptgrid.output.saved_spec import save_models, save_spec
@@ -77,12 +73,12 @@ class RunContext:
     """The run's shared machinery, handed to every shard."""
 
     engine: Engine
-    store: OutcomeStore
+    store: OutcomeStore[RunProgress]
     terminal: TerminalProgress
     resume: dict[str, str] = field(default_factory=dict)
     # job_id -> attempt of a create sent by a run that died before its answer, and how to look for it
     uncertain: dict[str, int] = field(default_factory=dict)
-    reconciler: Reconciler | None = None
+    reconciler: LostCreates | None = None
     resend_unknown: bool = False  # a backfill chose these jobs: what the listing cannot find is sent anew
 
 
@@ -90,14 +86,11 @@ class RunContext:
 async def predict_shard(jobs: list[Job], run: RunContext) -> int:
     """Run one shard's jobs to outcomes and store them; a retry skips what an earlier try stored."""
     store = run.store
-    await settle_unknown_creates(jobs, run.uncertain, store, run.reconciler, resend=run.resend_unknown)
+    lost = run.reconciler or run.engine.lost_creates
+    await settle_unknown_creates(jobs, run.uncertain, store, lost, resend=run.resend_unknown)
     todo = [job for job in jobs if job.job_id not in store.saved]
     try:
-        adopted = await run_and_store(
-            run.engine, todo, {**run.resume, **store.created}, store, run.reconciler
-        )
-        if adopted:  # creates whose answer was lost, found through the listing: poll what was bought
-            await run_and_store(run.engine, [job for job in todo if job.job_id in adopted], adopted, store)
+        await run_and_store(run.engine, todo, {**run.resume, **store.created}, store)
     except ApiError as exc:
         if exc is not run.engine.halted:
             raise
@@ -215,16 +208,12 @@ async def _run_held(
                 client,
                 budget,
                 config,
-                on_created=store.on_created,
-                on_sending=store.on_sending,
-                on_unsent=store.on_unsent,
+                events=store,
                 prepare_inputs=prepare,
-                routes=ModelRoutes(
-                    client, plan.models.slugs() if plan.models else {}, retry_s=1 / time_scale
-                ),
+                routes=ModelRoutes(plan.models.slugs() if plan.models else {}, retry_s=1 / time_scale),
             )
             progress.engine = engine.stats  # the summary says how the API's limits were met
-            reconciler = unknown.reconciler(client, budget)
+            reconciler = unknown.search(engine)
             rerun = selection.rerun is not None
             run = RunContext(engine, store, terminal, resume, unknown.attempts, reconciler, rerun)
             artifact = await ProgressArtifact.start(progress)
@@ -252,7 +241,7 @@ async def _run_held(
             f"stopped by Ctrl-C: {progress.succeeded} images saved, {progress.failed} failed; what was "
             "created is in the journal, so the same command continues without paying twice"
         )
-    progress.api_requests += reconciler.requests
+    progress.api_requests += reconciler.api_requests
     return await finish_run(
         sink,
         progress,

@@ -1,11 +1,14 @@
-"""The store stage: prediction ids to the journal as they are created, outcomes to the sink and manifest."""
+"""The store stage: prediction ids to the journal as they are created, outcomes to the sink and manifest.
+
+`OutcomeStore` implements the engine's job events (promptgrid.engine.events.JobEvents) by their shape, so
+storage imports nothing of the engine.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from typing import Generic, Protocol, TypeVar
 
-from promptgrid.engine.progress import RunProgress
 from promptgrid.models.catalog import content_type
 from promptgrid.output.journal import ImageRecord, Journal
 from promptgrid.output.keys import image_key
@@ -15,10 +18,17 @@ from promptgrid.output.manifest.writer import ManifestWriter
 from promptgrid.output.sinks.base import Sink
 from promptgrid.types import Job, JobOutcome, JobStatus
 
-UNKNOWN_CREATE = "CREATE_OUTCOME_UNKNOWN"
+
+class Progress(Protocol):
+    """Whatever counts the outcomes stored (the run's progress)."""
+
+    def record(self, outcome: JobOutcome) -> None: ...
 
 
-class OutcomeStore:
+P = TypeVar("P", bound=Progress)
+
+
+class OutcomeStore(Generic[P]):
     """Persists what the engine hands out, in the order that keeps a crash from losing or re-buying an image.
 
     A prediction id reaches the journal before the prediction is polled. An image's key, size, hash and
@@ -35,7 +45,7 @@ class OutcomeStore:
         sink: Sink,
         journal: Journal,
         writer: ManifestWriter,
-        progress: RunProgress,
+        progress: P,
         lease: OutputLease | None = None,
     ):
         self.sink, self.journal, self.writer, self.progress = sink, journal, writer, progress
@@ -44,15 +54,12 @@ class OutcomeStore:
         # and jobs already saved, so it does not run them twice.
         self.created: dict[str, str] = {}
         self.saved: set[str] = set()
-        # When each job's latest create was about to leave: where to look for it if its answer is lost.
-        self.sent_at: dict[str, datetime] = {}
         self.stopped = False
         self._saving: set[asyncio.Task[None]] = set()
 
     async def on_sending(self, job: Job, attempt: int) -> None:
         if self.lease is not None:
             self.lease.check()  # a run that may have lost its output to another must not pay for more
-        self.sent_at[job.job_id] = datetime.now(UTC)
         await self.journal.intend(job.job_id, attempt)
 
     async def on_unsent(self, job: Job, attempt: int) -> None:
@@ -61,21 +68,6 @@ class OutcomeStore:
     async def on_created(self, job: Job, prediction_id: str, attempt: int) -> None:
         await self.journal.record(job.job_id, prediction_id, attempt)
         self.created[job.job_id] = prediction_id
-
-    async def save_unknown(self, job: Job) -> None:
-        """Record, without sending anything, a job whose last create went out but whose answer was lost."""
-        outcome = JobOutcome(
-            job_id=job.job_id,
-            status=JobStatus.FAILED,
-            error_code=UNKNOWN_CREATE,
-            error_message=(
-                "an earlier run stopped while this job's create was in flight: the prediction may exist and "
-                "be billed, so it was not sent again; `promptgrid backfill OUTPUT --where "
-                f"\"error_code = '{UNKNOWN_CREATE}'\"` creates it anew"
-            ),
-            completed_at=datetime.now(UTC),
-        )
-        await self.save(job, outcome)
 
     async def save(self, job: Job, outcome: JobOutcome) -> None:
         """Store the outcome (image, then row); shielded, so a cancelled caller never leaves half a save."""

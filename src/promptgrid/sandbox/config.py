@@ -63,6 +63,11 @@ class SandboxConfig:
     drop_rate: float = 0.0
     # Of the creates whose connection is dropped, the share that did create a prediction first.
     drop_after_create_share: float = 0.5
+    # Creates whose prediction is made (and billed) and then answered 500 "Failed to create prediction"; and
+    # creates whose answer is held back `held_answer_s`, then the connection dropped (a lost answer).
+    create_made_5xx_rate: float = 0.0
+    create_held_rate: float = 0.0
+    held_answer_s: float = 30.0
     error_rate: float = 0.0
     error_codes: tuple[tuple[str, bool], ...] = DEFAULT_ERROR_CODES
     never_finish_rate: float = 0.0
@@ -73,6 +78,10 @@ class SandboxConfig:
     # (500), since Eachlabs has called the listing unreliable.
     executions_endpoint: bool = True
     executions_fail_rate: float = 0.0
+    # A busy organisation: other members' executions of the model asked for, newer than ours (listed ahead),
+    # and `total_count` capped at `executions_count_cap` (then `total_capped: true`: a lower bound).
+    foreign_executions: int = 0
+    executions_count_cap: int | None = None
     # A misbehaving API: error answers and failed predictions echo the caller's key in codes and messages.
     echo_key: bool = False
     cost_per_image_usd: float = PRICE_PER_IMAGE_USD
@@ -107,11 +116,14 @@ class SandboxConfig:
             problems.append("cancel_late_s must be >= 0 and latency_tail_factor >= 1")
         if self.latency_median_s < 0 or self.latency_sigma < 0 or self.url_lifetime_s <= 0:
             problems.append("latency_median_s and latency_sigma must be >= 0, url_lifetime_s positive")
-        if self.output_drip_s < 0:
-            problems.append("output_drip_s must be >= 0")
+        if self.output_drip_s < 0 or self.held_answer_s < 0:
+            problems.append("output_drip_s and held_answer_s must be >= 0")
+        if self.foreign_executions < 0 or (self.executions_count_cap or 1) < 1:
+            problems.append("foreign_executions must be >= 0 and executions_count_cap at least 1")
         rates = (
             *("create_5xx_rate", "get_5xx_rate", "drop_rate", "error_rate", "never_finish_rate"),
             *("cancel_ignored_rate", "latency_tail_rate", "executions_fail_rate"),
+            *("create_made_5xx_rate", "create_held_rate"),
         )
         for name in (*rates, "drop_after_create_share", "queue_share"):
             if not 0.0 <= getattr(self, name) <= 1.0:

@@ -2,8 +2,10 @@
 
 As the API describes it: `limit` 1-100, `offset`, `model`, `status`, `from`/`to` (ISO 8601 or epoch
 seconds, inclusive, on `created_at`); rows carry id, model, status, created/started/completed times, output
-and cost, never the inputs; every key of the organisation (here: of the sandbox) is listed. It can be
-switched off (404) or made to fail part of the time (500).
+and cost, never the inputs; every key of the organisation (here: of the sandbox) is listed. `model` is
+known only in the spelling the API knows (another spelling lists nothing). It can be switched off (404) or
+made to fail part of the time (500), and made busy: other members' executions listed ahead of ours, and
+`total_count` capped (`total_capped: true`, a lower bound), as the docs describe.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from promptgrid.errors import UnknownModel
-from promptgrid.models.catalog import get_model
+from promptgrid.models.slugs import dotted_slug
+from promptgrid.sandbox.models import find_model
 from promptgrid.sandbox.predictions import Prediction
 
 MAX_LIMIT = 100
@@ -24,14 +26,14 @@ MAX_LIMIT = 100
 class ListingQuery:
     limit: int
     offset: int
-    model: str | None
+    model: str | None  # the model's own slug; "" for a spelling the API does not know (nothing listed)
     status: str | None
     since: float | None  # wall-clock epoch seconds
     until: float | None
 
 
-def parse_query(params: Mapping[str, str]) -> ListingQuery | str:
-    """The query, or a sentence saying what is wrong with it."""
+def parse_query(params: Mapping[str, str], spelling: str = "any") -> ListingQuery | str:
+    """The query, or a sentence saying what is wrong with it; `spelling` is the slugs the API knows."""
     try:
         limit = int(params.get("limit", "20"))
         offset = int(params.get("offset", "0"))
@@ -41,10 +43,8 @@ def parse_query(params: Mapping[str, str]) -> ListingQuery | str:
         return f"limit must be 1 to {MAX_LIMIT} and offset at least 0"
     model = params.get("model") or None
     if model is not None:
-        try:
-            model = get_model(model).slug
-        except UnknownModel:
-            return f"unknown model {model!r}"
+        known = find_model(model, spelling)
+        model = known.slug if known is not None else ""
     try:
         since, until = _moment(params.get("from")), _moment(params.get("to"))
     except ValueError:
@@ -74,9 +74,13 @@ def list_page(
     epoch: float,
     base_url: str,
     cost_usd: float,
+    foreign: int = 0,
+    count_cap: int | None = None,
+    spelling: str = "any",
 ) -> dict[str, Any]:
-    """One page of the listing; `epoch` turns the sandbox clock into wall-clock seconds."""
-    rows = []
+    """One page of the listing; `epoch` turns the sandbox clock into wall-clock seconds; `foreign` other
+    members' executions are listed ahead of ours."""
+    ours: list[tuple[float, dict[str, Any]]] = []
     for prediction in predictions:
         created = epoch + prediction.created_at
         status = prediction.status(now)
@@ -88,24 +92,59 @@ def list_page(
             query.until is not None and created > query.until
         ):
             continue
-        rows.append((created, prediction, status))
-    rows.sort(key=lambda row: row[0], reverse=True)
-    page = rows[query.offset : query.offset + query.limit]
+        ours.append((created, _row(prediction, status, now, epoch, base_url, cost_usd, spelling)))
+    ours.sort(key=lambda pair: pair[0], reverse=True)
+    rows = [row for _, row in ours]
+    if query.model != "" and query.status in (None, "processing"):
+        rows = _foreign(foreign, query, epoch + now, spelling) + rows
+    total = len(rows) if count_cap is None else min(len(rows), count_cap)
     return {
-        "executions": [_row(p, status, now, epoch, base_url, cost_usd) for _, p, status in page],
-        "total_count": len(rows),
+        "executions": rows[query.offset : query.offset + query.limit],
+        "total_count": total,
+        "total_capped": total < len(rows),
         "offset": query.offset,
         "limit": query.limit,
     }
 
 
+def _foreign(count: int, query: ListingQuery, wall_now: float, spelling: str) -> list[dict[str, Any]]:
+    """Other members' executions, just started (so newest, listed first); not ours to read (404)."""
+    model = _spelled(query.model or "stable-diffusion-3-5-large", spelling)
+    moments = [wall_now - n * 0.001 for n in range(count)]
+    return [
+        {
+            "id": f"00000000-0000-4000-8000-{n:012d}",
+            "model": model,
+            "status": "processing",
+            "created_at": _iso(moment),
+            "started_at": _iso(moment),
+            "completed_at": None,
+            "output": None,
+            "cost": 0.0,
+        }
+        for n, moment in enumerate(moments)
+        if (query.since is None or moment >= query.since) and (query.until is None or moment <= query.until)
+    ]
+
+
+def _spelled(slug: str, spelling: str) -> str:
+    """A model's slug as the API spells it (dotted where it knows only that spelling)."""
+    return dotted_slug(slug) if spelling == "dotted" else slug
+
+
 def _row(
-    prediction: Prediction, status: str, now: float, epoch: float, base_url: str, cost_usd: float
+    prediction: Prediction,
+    status: str,
+    now: float,
+    epoch: float,
+    base_url: str,
+    cost_usd: float,
+    spelling: str,
 ) -> dict[str, Any]:
     finished = status in ("success", "error")
     return {
         "id": prediction.id,
-        "model": prediction.model,
+        "model": _spelled(prediction.model, spelling),
         "status": status,
         "created_at": _iso(epoch + prediction.created_at),
         "started_at": _iso(epoch + prediction.started_at) if now >= prediction.started_at else None,

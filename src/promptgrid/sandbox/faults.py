@@ -19,6 +19,8 @@ class CreateFault(Enum):
     SERVER_ERROR = "server_error"  # 5xx before anything is created
     DROP_BEFORE = "drop_before"  # connection dropped, nothing created
     DROP_AFTER = "drop_after"  # connection dropped after the prediction was created: the dangerous one
+    MADE_THEN_5XX = "made_then_5xx"  # the prediction was created (and billed), then the answer was a 500
+    HELD = "held"  # the prediction was created; its answer is held back, then the connection dropped
 
 
 class GetFault(Enum):
@@ -50,6 +52,7 @@ class Dice:
         self._tails = random.Random(f"tails-{config.seed}")
         self._cancels = random.Random(f"cancels-{config.seed}")
         self._listing = random.Random(f"listing-{config.seed}")
+        self._lost = random.Random(f"lost-{config.seed}")
 
     def _hit(self, rng: random.Random, rate: float) -> bool:
         return rate > 0 and rng.random() < rate
@@ -61,6 +64,10 @@ class Dice:
         if self._hit(self._faults, cfg.drop_rate):
             after = self._faults.random() < cfg.drop_after_create_share
             return CreateFault.DROP_AFTER if after else CreateFault.DROP_BEFORE
+        if self._hit(self._lost, cfg.create_made_5xx_rate):
+            return CreateFault.MADE_THEN_5XX
+        if self._hit(self._lost, cfg.create_held_rate):
+            return CreateFault.HELD
         return CreateFault.NONE
 
     def get_fault(self) -> GetFault:

@@ -9,12 +9,14 @@ from typing import Any
 
 @dataclass
 class Reply:
-    """One answer: HTTP status, JSON body and headers, or `drop` to close the connection unanswered."""
+    """One answer: HTTP status, JSON body and headers, or `drop` to close the connection unanswered (after
+    `hold_s` seconds of silence)."""
 
     status: int = 200
     body: Any = None
     headers: dict[str, str] = field(default_factory=dict)
     drop: bool = False
+    hold_s: float = 0.0
 
 
 def error(status: int, text: str, /, **extra: Any) -> Reply:

@@ -41,7 +41,9 @@ _STARTUP_TIMEOUT_S = 10.0
 _T = TypeVar("_T")
 
 
-def _respond(request: Request, reply: Reply) -> Response:
+async def _respond(request: Request, reply: Reply) -> Response:
+    if reply.hold_s:
+        await asyncio.sleep(reply.hold_s)  # a lost answer: the client gives up first, or the drop comes
     if reply.drop:
         # The wrapper below sees the flag when the response starts and closes the socket instead.
         request.scope[_DROP] = True
@@ -91,10 +93,10 @@ def _routes(service: SandboxService) -> list[Route]:
     async def model_openapi(request: Request) -> Response:
         return _describe_model(service, request, "openapi", request.path_params["slug"])
 
-    def answer(request: Request, reply: Reply) -> Response:
+    async def answer(request: Request, reply: Reply) -> Response:
         if service.config.echo_key:
             reply = echo_key(reply, presented_key(request.headers, service.config.bearer_only))
-        return _respond(request, reply)
+        return await _respond(request, reply)
 
     async def create(request: Request) -> Response:
         service.counters.requests["create"] += 1
@@ -102,7 +104,7 @@ def _routes(service: SandboxService) -> list[Route]:
         owner = owner_of(request)
         if owner is None:
             return _unauthorised()
-        return answer(request, service.create(owner, body))
+        return await answer(request, service.create(owner, body))
 
     async def get(request: Request) -> Response:
         service.counters.requests["get"] += 1
@@ -110,21 +112,21 @@ def _routes(service: SandboxService) -> list[Route]:
         if owner is None:
             return _unauthorised()
         reply = service.get(owner, request.path_params["prediction_id"], _base_url(request))
-        return answer(request, reply)
+        return await answer(request, reply)
 
     async def cancel(request: Request) -> Response:
         service.counters.requests["cancel"] += 1
         owner = owner_of(request)
         if owner is None:
             return _unauthorised()
-        return answer(request, service.cancel(owner, request.path_params["prediction_id"]))
+        return await answer(request, service.cancel(owner, request.path_params["prediction_id"]))
 
     async def executions(request: Request) -> Response:
         service.counters.requests["executions"] += 1
         owner = owner_of(request)
         if owner is None:
             return _unauthorised()
-        return answer(request, service.executions(owner, request.query_params, _base_url(request)))
+        return await answer(request, service.executions(owner, request.query_params, _base_url(request)))
 
     async def output(request: Request) -> Response:
         service.counters.requests["output"] += 1

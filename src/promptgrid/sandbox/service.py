@@ -89,6 +89,10 @@ class SandboxService:
         prediction = self._start(owner, *parsed, now)
         if fault is CreateFault.DROP_AFTER:
             return Reply(drop=True)
+        if fault is CreateFault.MADE_THEN_5XX:
+            return error(500, "Failed to create prediction")
+        if fault is CreateFault.HELD:
+            return Reply(drop=True, hold_s=self.config.scaled(self.config.held_answer_s))
         return Reply(
             200,
             {
@@ -233,7 +237,7 @@ class SandboxService:
         if self.dice.listing_fails():
             self.counters.faults["executions_error"] += 1
             return error(500, "Failed to list executions")
-        query = parse_query(params)
+        query = parse_query(params, self.config.slug_spelling)
         if isinstance(query, str):
             return error(400, "Invalid query", message=query)
         page = list_page(
@@ -243,6 +247,9 @@ class SandboxService:
             epoch=self.epoch,
             base_url=base_url,
             cost_usd=self.config.cost_per_image_usd,
+            foreign=self.config.foreign_executions,
+            count_cap=self.config.executions_count_cap,
+            spelling=self.config.slug_spelling,
         )
         return Reply(200, page)
 
