@@ -272,11 +272,12 @@ class LoadedSpec(SpecKeys):
     source_path: Path = Path("spec.yaml")
     source_name: str = "spec.yaml"  # the name messages give it: the path as typed, or `spec` for a dict
     base_dir: Path = Path(".")  # where relative paths in it start: its own folder, for a file
-    source_text: str = ""  # the YAML as written, to save beside the manifest
+    source_text: str = Field(default="", repr=False)  # the YAML as written, to save beside the manifest
     spec_hash: str = ""  # sha256 of the canonical spec after overrides
     setting_origins: Mapping[str, str] = {}  # per overridable setting: its flag, environment, spec, default
-    lines: Mapping[str, int] | None = None  # "sweep.cfg[2]" -> its line; None for a spec given as data
-    sources: ResolvedSources = ResolvedSources({})  # its wildcard files and samples, read
+    # "sweep.cfg[2]" -> its line; None for a spec given as data
+    lines: Mapping[str, int] | None = Field(default=None, repr=False)
+    sources: ResolvedSources = Field(default=ResolvedSources({}), repr=False)  # wildcard files, samples
     named_models: tuple[tuple[str, str], ...] = ()  # (where, slug as spelt) per model the spec names
 
     @property
@@ -294,7 +295,7 @@ class SweepSpec(LoadedSpec):
     """A checked spec: a loaded spec with the models' schemas it was checked against (`check_spec`), every
     input value, grid row and template of it allowed by them."""
 
-    catalog: ModelCatalog = builtin_catalog()
+    catalog: ModelCatalog = Field(default_factory=builtin_catalog, repr=False)
     grid_templates: bool = False  # some grid prompt is itself a template (has braces)
 
     def schema_catalog(self) -> ModelCatalog:
