@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+import promptgrid
 from promptgrid.cli import app
 from promptgrid.errors import InvalidInput
 from promptgrid.spec.load import load_spec
 from promptgrid.spec.plan import EXACT_COUNT_LIMIT, check_run_size, count_jobs, plan_jobs
 from promptgrid.spec.sources import MAX_WILDCARD_BYTES
-from tests.support.processes import promptgrid
+from tests.support.processes import promptgrid as promptgrid_command
 
 MODEL = "model: stable-diffusion-3-5-large\n"
 GROUP = "{a|b|c|d|e|f|g|h|i|j}"
@@ -59,7 +60,7 @@ def refusal(spec: Path) -> str:
 @pytest.mark.timeout(30)  # reading /dev/zero would never end
 def test_a_wildcard_read_from_a_device_is_refused_naming_the_file(tmp_path: Path) -> None:
     spec = write_spec(tmp_path, f"{MODEL}template: 'a {{color}}'\nsweep:\n  color: {{file: /dev/zero}}\n")
-    done = promptgrid("run", str(spec), "--dry-run", timeout=30)
+    done = promptgrid_command("run", str(spec), "--dry-run", timeout=30)
     assert done.returncode == 2, done.stderr
     assert "spec.yaml line 4: sweep.color: file /dev/zero is not a regular file" in done.stderr
     assert "Traceback" not in done.stderr
@@ -96,8 +97,21 @@ def test_max_jobs_is_a_spec_key_a_flag_and_an_environment_setting(tmp_path: Path
 def test_a_run_above_max_jobs_is_refused_with_no_create(tmp_path: Path, sandbox) -> None:
     spec = write_spec(tmp_path, f"{MODEL}template: '{GROUP}'\nseeds: {{count: 3}}\noutput: out\n")
     env = {**os.environ, "EACHLABS_API_KEY": "pg-bounded-plans-key"}
-    done = promptgrid("run", str(spec), "--api-base", sandbox.url, "--max-jobs", "29", env=env, timeout=120)
+    args = ("run", str(spec), "--api-base", sandbox.url, "--max-jobs", "29")
+    done = promptgrid_command(*args, env=env, timeout=120)
     assert done.returncode == 2, done.stderr
     assert "the spec makes 30 jobs, more than max_jobs 29" in done.stderr
     assert sandbox.stats()["creates"] == 0 and sandbox.stats()["requests"]["create"] == 0
     assert not (tmp_path / "out" / "manifest").exists()
+
+
+def test_a_python_run_above_max_jobs_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    spec = {"model": "stable-diffusion-3-5-large", "template": f"{GROUP} {GROUP}", "max_jobs": 99}
+    with pytest.raises(InvalidInput) as caught:
+        promptgrid.run(spec, output=str(tmp_path / "out"), sandbox=True)
+    assert caught.value.problems == [
+        "spec: max_jobs: the spec makes 100 jobs, more than max_jobs 99; nothing was sent. Raise it "
+        "(max_jobs: N in the spec, --max-jobs N, or PROMPTGRID_MAX_JOBS) if you mean to run them all, or "
+        "make the grid smaller (`promptgrid run SPEC --dry-run` counts the jobs)"
+    ]
+    assert not (tmp_path / "out").exists()
