@@ -104,7 +104,7 @@ def _without(data: Mapping[str, Any], exc: ValidationError) -> dict[str, Any] | 
             return None
         head = str(loc[0])
         section = kept.get(head)
-        if len(loc) > 1 and head != "seeds" and isinstance(section, Mapping) and loc[1] in section:
+        if len(loc) > 1 and isinstance(section, Mapping) and loc[1] in section:
             kept[head] = {key: value for key, value in section.items() if key != loc[1]}
         else:
             kept.pop(head, None)

@@ -1,9 +1,11 @@
 """Loading a spec: YAML parsed strictly, overrides applied, then the spec and every grid row checked.
 
-Loading has two steps, so that the models can be resolved between them: `read_spec` checks the spec's own
-shape; `check_spec` checks it against its models' schemas (a catalog: what the API answered, or offline the
-built-in table and the user cache) and checks every grid row. Every problem found (spec keys, input values
-for every model swept, grid rows) is reported together in one InvalidInput, before anything is sent.
+Loading makes the spec's stages (`promptgrid.spec.schema`) one from the other, so that the models can be
+resolved between them: `read_spec` (or `parse_spec_text`) checks the spec's own shape and gives the loaded
+spec; `check_spec` checks it against its models' schemas (a catalog: what the API answered, or offline the
+built-in table and the user cache) and every grid row, and gives the checked spec. Every problem found (spec
+keys, input values for every model swept, grid rows, templates) is reported together in one InvalidInput,
+before anything is sent: a key problem does not stop the later checks, which run on the keys left.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Where an axis's values come from besides a list: a wildcard file, or a sample of a list or file.
 
 `{file: colors.txt}` reads one value a line (relative to the spec's folder; blank lines and lines whose
-first non-blank character is `#` are skipped; each value is stripped of surrounding blanks).
+first non-blank character is `#` are skipped; each value is stripped of surrounding blanks). Only a regular
+file of at most MAX_WILDCARD_BYTES is read: a device (`/dev/zero`), a FIFO or a larger file is refused.
 `{sample: K, from: <list or file>, seed: N}` keeps K of those values: the K whose sha256 with the seed
 (default 0) is smallest, in their original order. That choice depends only on the spec and the file, so
 every run and every worker gets the same subset, and editing one value changes at most one pick.
