@@ -23,8 +23,8 @@ from typing import NamedTuple
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from promptgrid.spec.expand import plan_jobs
 from promptgrid.spec.load import load_spec
+from promptgrid.spec.plan import plan_jobs
 
 SPEC = """\
 name: grid-bench

@@ -17,8 +17,8 @@ from promptgrid.api.polling import PollPolicy
 from promptgrid.cli import app
 from promptgrid.engine.estimate import estimate_run, expected_polls, format_duration
 from promptgrid.errors import InvalidInput
-from promptgrid.spec.expand import plan_jobs
 from promptgrid.spec.load import load_spec
+from promptgrid.spec.plan import plan_jobs
 from promptgrid.spec.schema import ApiConfig
 from tests.support.processes import promptgrid
 

@@ -10,8 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from promptgrid.models.check import check_input
-from promptgrid.spec.expand import build_variants, iter_job_batches, job_id, plan_jobs
+from promptgrid.spec.expand import build_variants, iter_job_batches, job_id
 from promptgrid.spec.load import load_spec
+from promptgrid.spec.plan import plan_jobs
 
 SPEC = """\
 model: stable-diffusion-3-5-large

@@ -44,6 +44,7 @@ def test_each_setting_takes_the_first_of_flag_environment_spec_default(folder):
         "api.max_concurrent": "default",
         "api.polls_count": "default",
         "api.quota_url": "default",
+        "max_jobs": "default",
     }
 
 

@@ -6,7 +6,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
+import promptgrid
 from promptgrid.errors import InvalidInput
 from promptgrid.spec.load import load_spec, load_spec_text
 from promptgrid.spec.schema import RateLimit, SweepSpec
@@ -249,3 +251,33 @@ def test_the_example_configs_load() -> None:
     demo = load_spec(CONFIGS / "demo.yaml")
     assert demo.output == "out/demo" and demo.sweep == {"cfg": (2.5, 4.5), "steps": (20, 30)}
     assert load_spec(CONFIGS / "cfg-steps-study.yaml").zip["output_format"] == ("webp", "png")
+
+
+SPEC_WITH_TWO_PROBLEMS = """model: stable-diffusion-3-5-large
+prompts: grid.csv
+inputs:
+  cfg: 99
+sweeep:
+  steps: [10, 20]
+"""
+
+
+def test_a_misspelt_key_and_a_bad_value_are_reported_together_with_their_lines(tmp_path: Path) -> None:
+    (tmp_path / "grid.csv").write_text("prompt\na\n", encoding="utf-8")
+    (tmp_path / "spec.yaml").write_text(SPEC_WITH_TWO_PROBLEMS, encoding="utf-8")
+    with pytest.raises(InvalidInput) as caught:
+        load_spec(tmp_path / "spec.yaml")
+    problems = caught.value.problems
+    assert any("spec.yaml line 5: sweeep: unknown key 'sweeep'; did you mean 'sweep'?" in p for p in problems)
+    assert any("spec.yaml line 4: inputs.cfg: 99 is not allowed" in p for p in problems), problems
+
+
+def test_a_spec_given_as_a_dict_is_told_its_problems_without_lines(tmp_path: Path) -> None:
+    (tmp_path / "grid.csv").write_text("prompt\na\n", encoding="utf-8")
+    data = yaml.safe_load(SPEC_WITH_TWO_PROBLEMS)
+    with pytest.raises(InvalidInput) as caught:
+        promptgrid.load_spec(data, base_dir=tmp_path)
+    problems = caught.value.problems
+    assert any(p.startswith("spec: sweeep: unknown key 'sweeep'") for p in problems), problems
+    assert any(p.startswith("spec: inputs.cfg: 99 is not allowed") for p in problems), problems
+    assert not any(" line " in p for p in problems)

@@ -26,8 +26,9 @@ ENVIRONMENT_SETTINGS: dict[str, str] = {
     "api.max_concurrent": "PROMPTGRID_MAX_CONCURRENT",
     "api.polls_count": "PROMPTGRID_POLLS_COUNT",
     "api.quota_url": "PROMPTGRID_QUOTA_URL",
+    "max_jobs": "PROMPTGRID_MAX_JOBS",
 }
-_INTEGER_SETTINGS = frozenset({"api.max_concurrent"})
+_INTEGER_SETTINGS = frozenset({"api.max_concurrent", "max_jobs"})
 _BOOLEAN_SETTINGS = frozenset({"api.polls_count"})
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 

@@ -221,17 +221,20 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--report/--no-report", help="Write the HTML report when the run ends.")
         ] = True,
         wait: Annotated[bool, typer.Option("--wait", help=WAIT_HELP)] = False,
+        max_jobs: Annotated[int | None, typer.Option(help="Refuse a run of more jobs than this.")] = None,
     ) -> None:
         """Generate every image a spec describes (or, with --dry-run, say what that would take)."""
         from promptgrid.engine.estimate import describe_dry_run
         from promptgrid.spec.load import check_spec, load_spec, read_spec
 
-        overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count)
+        overrides = spec_overrides(
+            output, api_base, rate_limit, max_concurrent, polls_count, max_jobs=max_jobs
+        )
         environment = environment_overrides()
         if dry_run:  # offline: the built-in table and the user cache, nothing asked of the API
-            sweep = load_spec(spec, overrides=overrides, environment=environment)
-            print(describe_settings(sweep, key_set=read_api_settings().api_key is not None), file=sys.stderr)
-            typer.echo(describe_dry_run(sweep, price_per_image=price_per_image))
+            loaded = load_spec(spec, overrides=overrides, environment=environment)
+            print(describe_settings(loaded, key_set=read_api_settings().api_key is not None), file=sys.stderr)
+            typer.echo(describe_dry_run(loaded, price_per_image=price_per_image))
             return
         sweep = read_spec(spec, overrides=overrides, environment=environment)
         if not use_sandbox and read_api_settings().api_key is None:
@@ -251,7 +254,9 @@ def register(app: typer.Typer) -> None:
                     rate_limit = scaled_rate_limit(limit.requests, limit.window_s, time_scale)
                     replaced["api.rate_limit"] = (rate_limit, f"--sandbox, x{time_scale:g} time")
             print(describe_settings(sweep, replaced), file=sys.stderr)
-            overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count)
+            overrides = spec_overrides(
+                output, api_base, rate_limit, max_concurrent, polls_count, max_jobs=max_jobs
+            )
             checked, resolved = resolve_models_first(spec, overrides, environment, time_scale)
             done = nothing_left(checked)
             if done is not None:
@@ -277,6 +282,7 @@ def register(app: typer.Typer) -> None:
                         wait=wait,
                         return_state=True,
                         resolved_models=resolved,
+                        max_jobs=max_jobs,
                     )
                 )
         raise typer.Exit(code)

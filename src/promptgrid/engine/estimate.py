@@ -19,7 +19,7 @@ from promptgrid.defaults import (
     RATE_LIMIT_WINDOW_S,
     TYPICAL_LATENCY_S,
 )
-from promptgrid.spec.expand import JobPlan, plan_jobs
+from promptgrid.spec.plan import EXACT_COUNT_LIMIT, JobPlan, plan_jobs
 from promptgrid.spec.problems import display_path
 from promptgrid.spec.schema import ApiConfig, RateLimit, SweepSpec
 from promptgrid.types import Job
@@ -128,11 +128,28 @@ def _shorten(text: str, limit: int) -> str:
 
 
 def _prompts_line(spec: SweepSpec, plan: JobPlan) -> str:
+    kind = "distinct prompts" if plan.exact else "prompts"
     if spec.prompts is None:
-        return f"template: {plan.distinct_prompts} distinct prompts rendered"
+        return f"template: {plan.distinct_prompts:,} {kind} rendered"
     rendered = " (rendered from templates)" if plan.rendered else ""
     shown = display_path(spec.prompts)
-    return f"grid: {shown}: {plan.rows} rows, {plan.distinct_prompts} distinct prompts{rendered}"
+    return f"grid: {shown}: {plan.rows:,} rows, {plan.distinct_prompts:,} {kind}{rendered}"
+
+
+def _jobs_lines(spec: SweepSpec, plan: JobPlan) -> list[str]:
+    """The job count, how it was counted, and whether a run of it is within max_jobs."""
+    per = "prompt" if plan.rendered else "row"
+    if plan.exact:
+        counted = f"{plan.duplicates_collapsed:,} identical jobs collapsed"
+    else:
+        counted = f"counted by multiplication: above {EXACT_COUNT_LIMIT:,}, identical jobs are not collapsed"
+    lines = [f"jobs: {plan.total_jobs:,} ({plan.variants_per_row:,} per {per}; {counted})"]
+    if plan.total_jobs > spec.max_jobs:
+        lines.append(
+            f"max_jobs: {spec.max_jobs:,}: a run of this spec is refused before sending "
+            "(raise it with max_jobs: N in the spec or --max-jobs N)"
+        )
+    return lines
 
 
 def _sample_line(number: int, job: Job) -> str:
@@ -168,8 +185,7 @@ def describe_plan(
         f"models: {', '.join(plan.models)} (version {spec.version})",
         "schemas: " + "; ".join(f"{model.slug} from {model.source}" for model in spec.model_schemas()),
         _prompts_line(spec, plan),
-        f"jobs: {plan.total_jobs} ({plan.variants_per_row} per {'prompt' if plan.rendered else 'row'}; "
-        f"{plan.duplicates_collapsed} identical jobs collapsed)",
+        *_jobs_lines(spec, plan),
         f"API requests: {estimate.creates} creates + ~{estimate.polls} polls = ~{estimate.requests}; "
         f"~{estimate.counted_requests} count toward the limit ({polls_note})",
         f"{limits}, at {api.base_url}",

@@ -44,6 +44,7 @@ async def generate(
     spec_text: str | None = None,
     resolved_models: dict[str, Any] | None = None,
     wait: bool = False,
+    max_jobs: int | None = None,
 ) -> State[dict[str, Any]]:
     """Generate every image of a spec that its output does not have yet.
 
@@ -59,7 +60,7 @@ async def generate(
     knows, their schemas), unless `resolved_models` brings a resolution made just before (the command
     line's). Another run holding the output (or an overlapping shard) stops this one at once, unless `wait`.
     """
-    overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count)
+    overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count, max_jobs=max_jobs)
     environment = environment_overrides()
     spec, models = await resolve_spec(
         Path(spec_path),

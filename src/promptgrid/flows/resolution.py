@@ -16,6 +16,7 @@ from promptgrid.models.records import UserCache, builtin_record
 from promptgrid.output.saved_spec import read_saved_model
 from promptgrid.output.sinks import open_sink
 from promptgrid.spec.load import check_spec, parse_spec_text, read_spec
+from promptgrid.spec.plan import check_run_size
 from promptgrid.spec.schema import SweepSpec
 
 
@@ -53,7 +54,9 @@ async def resolve_spec(
         resolution = await resolve_for_run(
             spec.api.base_url, spec.requested_models, fallbacks(spec.api.base_url), retry_s=1.0 / time_scale
         )
-    return check_spec(spec, resolution.catalog()), resolution
+    checked = check_spec(spec, resolution.catalog())
+    check_run_size(checked)  # a run larger than max_jobs is refused before anything is sent
+    return checked, resolution
 
 
 async def resolve_jobs_models(

@@ -26,6 +26,7 @@ from promptgrid.errors import InvalidInput
 from promptgrid.notebook.specs import SpecSource, effective_spec, load_spec, spec_file_name
 from promptgrid.settings import API_KEY_ENV, read_api_settings
 from promptgrid.spec.overrides import spec_overrides
+from promptgrid.spec.plan import check_run_size
 
 T = TypeVar("T")
 
@@ -114,6 +115,7 @@ def run(
     loaded = load_spec(spec)
     overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count)
     checked = effective_spec(loaded, overrides)  # a bad setting stops here, before anything starts
+    check_run_size(checked)  # so does a run larger than max_jobs
     if not sandbox and read_api_settings().api_key is None:
         raise InvalidInput([f"{API_KEY_ENV} is not set: export your Eachlabs API key, or pass sandbox=True"])
     from promptgrid.cli.run import api_for_run, nothing_left

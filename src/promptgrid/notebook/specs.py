@@ -8,16 +8,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
-import yaml
-
 from promptgrid.defaults import PRICE_PER_IMAGE_USD, TYPICAL_LATENCY_S
 from promptgrid.engine.estimate import describe_plan, estimate_run
 from promptgrid.errors import InvalidInput
 from promptgrid.settings import environment_overrides
-from promptgrid.spec.expand import plan_jobs
 from promptgrid.spec.load import load_spec as load_spec_file
-from promptgrid.spec.load import load_spec_text
-from promptgrid.spec.problems import display_path
+from promptgrid.spec.load import load_spec_data, reload_spec
+from promptgrid.spec.plan import plan_jobs
 from promptgrid.spec.schema import SweepSpec
 
 # What every function taking a spec accepts: a YAML file, the spec's keys as a dict, or a loaded spec.
@@ -40,12 +37,8 @@ def load_spec(spec: SpecSource, *, base_dir: str | os.PathLike[str] | None = Non
     if isinstance(spec, SweepSpec):
         return spec
     if isinstance(spec, Mapping):
-        try:
-            text = yaml.safe_dump(_plain(spec), sort_keys=False, allow_unicode=True)
-        except yaml.YAMLError as exc:
-            raise InvalidInput([f"{DICT_SPEC_NAME}: cannot be written as YAML ({exc})"]) from None
         folder = Path(base_dir if base_dir is not None else Path.cwd()).absolute()
-        return load_spec_text(text, folder, DICT_SPEC_NAME)
+        return load_spec_data(_plain(spec), folder, DICT_SPEC_NAME)
     if isinstance(spec, str | os.PathLike):
         return load_spec_file(Path(spec))
     raise InvalidInput([f"a spec is a YAML file's path or a dict of its keys, not {type(spec).__name__}"])
@@ -66,8 +59,7 @@ def effective_spec(spec: SweepSpec, overrides: Mapping[str, Any] | None = None) 
     environment = environment_overrides()
     if not overrides and not environment:
         return spec
-    name = display_path(spec_file_name(spec))
-    return load_spec_text(spec.source_text, spec.base_dir, name, overrides, environment)
+    return reload_spec(spec, overrides, environment)
 
 
 def spec_file_name(spec: SweepSpec) -> Path:

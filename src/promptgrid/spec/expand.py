@@ -16,7 +16,7 @@ import hashlib
 import itertools
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from json.encoder import encode_basestring
 from typing import Any
 
@@ -133,8 +133,11 @@ def prompt_axes(spec: SweepSpec) -> PromptAxes:
     )
 
 
-class _Expander:
-    """Expands rows into job digests, keeping the digests seen; per job only a %-format and a hash."""
+class Expander:
+    """Expands rows into job digests, keeping the digests seen; per job only a %-format and a hash.
+
+    `multiplied` counts a batch's jobs without expanding them: per row, its prompts times the variants.
+    """
 
     def __init__(self, spec: SweepSpec):
         self.variants = build_variants(spec)
@@ -188,8 +191,23 @@ class _Expander:
                     seen.add(digest)
                     yield digest, variant, row, choice
 
+    def multiplied(self, batch: GridBatch) -> tuple[int, int]:
+        """The batch's jobs and prompts before identical ones collapse, by multiplication alone."""
+        if not self.axes.active:
+            return len(batch) * len(self.variants), len(batch)
+        prompts = sum(
+            1 if found is None else found.plan.count for *_, found in self._rows_with_prompts(batch)
+        )
+        return prompts * len(self.variants), prompts
+
+    def prompt_texts(self, batch: GridBatch) -> Iterator[str]:
+        """The batch's prompts as rendered, in order (lazily: a row may render a trillion)."""
+        plain = batch.inputs.get("prompt")
+        for row, _, _, choice in self.rows(batch):
+            yield choice[2] if choice is not None else str(plain[row]) if plain is not None else ""
+
     def count(self, batch: GridBatch) -> None:
-        """Add the batch's job digests to `seen` and its prompts to `prompts`: plan_jobs' fast path."""
+        """Add the batch's job digests to `seen` and its prompts to `prompts`: the exact count's fast path."""
         if self.axes.active:
             self._count_rendered(batch)
             return
@@ -288,7 +306,7 @@ def _encode_column(values: list[Any]) -> list[str | None]:
     return out
 
 
-def _grid_batches(spec: SweepSpec, carried: bool) -> Iterator[GridBatch]:
+def grid_batches(spec: SweepSpec, carried: bool) -> Iterator[GridBatch]:
     if spec.prompts is None:  # a template alone: one row that sets nothing, its prompt the template's
         return iter([GridBatch([1], "template", {"prompt": [None]})])
     ctx = GridContext(spec.prompts, spec.model_schemas(), spec.base_dir, template=spec.template is not None)
@@ -296,7 +314,7 @@ def _grid_batches(spec: SweepSpec, carried: bool) -> Iterator[GridBatch]:
     return iter_grid(ctx, GRID_BATCH_ROWS, carried=carried or prompt_axes(spec).active)
 
 
-def _to_job(
+def to_job(
     version: str, batch: GridBatch, digest: bytes, variant: Variant, row: int, choice: Choice | None
 ) -> Job:
     names = variant.input_names  # in a study of several models, the row's inputs this model has
@@ -319,48 +337,11 @@ def iter_job_batches(spec: SweepSpec, batch_size: int = 5000) -> Iterator[list[J
     """All distinct jobs of a spec in lists of at most `batch_size`; the grid is read as they are needed."""
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
-    expander = _Expander(spec)
+    expander = Expander(spec)
     jobs = (
-        _to_job(spec.version, batch, *expanded)
-        for batch in _grid_batches(spec, carried=True)
+        to_job(spec.version, batch, *expanded)
+        for batch in grid_batches(spec, carried=True)
         for expanded in expander.expand(batch)
     )
     while chunk := list(itertools.islice(jobs, batch_size)):
         yield chunk
-
-
-@dataclass
-class JobPlan:
-    """What a spec expands to, counted without keeping the jobs: the dry run's figures."""
-
-    total_jobs: int = 0
-    distinct_prompts: int = 0
-    duplicates_collapsed: int = 0
-    rows: int = 0
-    variants_per_row: int = 0
-    models: tuple[str, ...] = ()
-    samples: list[Job] = field(default_factory=list)
-    rendered: bool = False  # prompts came from templates
-    prompt_samples: list[str] = field(default_factory=list)  # the first distinct rendered prompts
-
-
-def plan_jobs(spec: SweepSpec, samples: int = 3) -> JobPlan:
-    """Count the distinct jobs, prompts and collapsed duplicates of a spec; keep the first few as samples.
-
-    Samples carry no grid columns: reading those for every row would only slow the count down.
-    """
-    expander = _Expander(spec)
-    plan = JobPlan(variants_per_row=len(expander.variants), models=spec.models)
-    for batch in _grid_batches(spec, carried=False):
-        if len(plan.samples) < samples:  # the first jobs in grid order, found apart from the count
-            first = _Expander(spec).expand(batch)
-            plan.samples += [_to_job(spec.version, batch, *job) for job in itertools.islice(first, samples)]
-            plan.samples = plan.samples[:samples]
-        plan.rows += len(batch)
-        expander.count(batch)
-    plan.total_jobs = len(expander.seen)
-    plan.distinct_prompts = len(expander.prompts)
-    plan.duplicates_collapsed = expander.candidates - plan.total_jobs
-    plan.rendered = expander.axes.active
-    plan.prompt_samples = expander.prompt_samples
-    return plan

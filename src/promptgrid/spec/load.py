@@ -1,15 +1,16 @@
 """Loading a spec: YAML parsed strictly, overrides applied, then the spec and every grid row checked.
 
-Loading has two steps, so that the models can be resolved between them: `read_spec` checks the spec's own
-shape; `check_spec` checks it against its models' schemas (a catalog: what the API answered, or offline the
-built-in table and the user cache) and checks every grid row. Every problem found (spec keys, input values
-for every model swept, grid rows) is reported together in one InvalidInput, before anything is sent.
+Loading makes the spec's stages (`promptgrid.spec.schema`) one from the other, so that the models can be
+resolved between them: `read_spec` (or `parse_spec_text`) checks the spec's own shape and gives the loaded
+spec; `check_spec` checks it against its models' schemas (a catalog: what the API answered, or offline the
+built-in table and the user cache) and every grid row, and gives the checked spec. Every problem found (spec
+keys, input values for every model swept, grid rows, templates) is reported together in one InvalidInput,
+before anything is sent: a key problem does not stop the later checks, which run on the keys left.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import json
 from collections.abc import Mapping
@@ -17,25 +18,22 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
 from promptgrid.errors import InvalidInput
 from promptgrid.models.catalog import ModelCatalog
 from promptgrid.models.records import offline_catalog
 from promptgrid.spec.checks import validate_grid
 from promptgrid.spec.grid import GridContext, read_layout
+from promptgrid.spec.key_problems import describe_key_problems, validate_keys
 from promptgrid.spec.model_checks import check_required, check_study, find_models, model_entries
 from promptgrid.spec.overrides import setting_origins
 from promptgrid.spec.problems import ProblemLog, display_path
-from promptgrid.spec.schema import OVERRIDE_KEYS, ApiConfig, SweepSpec
-from promptgrid.spec.sources import resolve_sources
+from promptgrid.spec.schema import OVERRIDE_KEYS, LoadedSpec, SpecKeys, SweepSpec, next_stage
+from promptgrid.spec.sources import TooLarge, key_lines, read_bounded_text, resolve_sources
 from promptgrid.spec.template_checks import TemplateChecker
 
-# The keys each section of a spec knows, for "did you mean" on a misspelt one.
-_SECTION_KEYS: dict[tuple[str, ...], tuple[str, ...]] = {
-    (): tuple(SweepSpec.model_fields),
-    ("api",): tuple(ApiConfig.model_fields),
-}
+# A spec is read whole before anything else: one larger than this is refused, not read.
+MAX_SPEC_BYTES = 4 * 1024 * 1024
 
 
 def _yaml_loader() -> type[yaml.SafeLoader]:
@@ -84,49 +82,14 @@ def _apply_overrides(data: dict[str, Any], overrides: Mapping[str, Any], source_
             raise InvalidInput(
                 [f"{source_name}: cannot override {key!r}; expected one of {', '.join(OVERRIDE_KEYS)}"]
             )
-        if key == "output":
-            data["output"] = value
+        if "." not in key:  # a top-level key: output, max_jobs
+            data[key] = value
             continue
         api = data.get("api")
         api = dict(api) if isinstance(api, Mapping) else {}
         api[key.split(".", 1)[1]] = value
         data["api"] = api
     return data
-
-
-def unknown_key_message(section: tuple[str, ...], key: object) -> str:
-    """An unknown key's problem, with the nearest known key of its section when one is close."""
-    known = _SECTION_KEYS.get(section, ())
-    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
-    if close:
-        return f"unknown key {key!r}; did you mean {close[0]!r}?"
-    listed = f"; expected one of {', '.join(known)}" if known else ""
-    return f"unknown key {key!r}{listed}"
-
-
-def _describe_validation_error(
-    exc: ValidationError, source_name: str, origins: Mapping[str, str] | None = None
-) -> list[str]:
-    problems = []
-    for error in exc.errors():
-        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
-        message = error["msg"].removeprefix("Value error, ")
-        origin = (origins or {}).get(where, "spec")
-        if origin not in ("spec", "default"):
-            where = f"{where} (from {origin})"
-        if error["type"] == "extra_forbidden":
-            loc = tuple(str(part) for part in error["loc"])
-            message = unknown_key_message(loc[:-1], loc[-1])
-        elif error["type"] == "missing":
-            message = "is required"
-        elif (
-            "input" in error
-            and not isinstance(error["input"], dict | list)
-            and error["type"] != "value_error"
-        ):
-            message = f"{error['input']!r}: {message}"
-        problems.append(f"{source_name}: {where}: {message}")
-    return problems
 
 
 def _fill_defaults(data: dict[str, Any], base_dir: Path, source_name: str) -> dict[str, Any]:
@@ -146,8 +109,10 @@ def _fill_defaults(data: dict[str, Any], base_dir: Path, source_name: str) -> di
     return data
 
 
-def _spec_hash(spec: SweepSpec, prompts_as_written: Any) -> str:
-    canonical = spec.model_dump(mode="json", exclude={"fail_when", "split"})  # not what a run makes
+def _spec_hash(keys: SpecKeys, prompts_as_written: Any) -> str:
+    canonical = keys.model_dump(
+        mode="json", exclude={"fail_when", "max_jobs", "split"}
+    )  # not what a run makes
     # The grid as written, not its absolute path: the same spec hashes alike on every machine.
     canonical["prompts"] = str(prompts_as_written)
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
@@ -160,66 +125,98 @@ def parse_spec_text(
     source_name: str,
     overrides: Mapping[str, Any] | None = None,
     environment: Mapping[str, Any] | None = None,
-) -> SweepSpec:
+    *,
+    lines: bool = True,
+) -> LoadedSpec:
     """Parse a spec given as text and check its shape (not yet its models' inputs, nor the grid).
 
     `overrides` are the flags, `environment` the settings the environment sets
     (`promptgrid.settings.environment_overrides`): a flag wins over the environment, which wins over the spec.
+    `lines=False` for a spec that was never written by a person (a dict): its problems then name no line.
+    When the shape has problems, the rest of the spec is still checked offline, so that InvalidInput lists
+    every problem at once.
     """
     raw = _parse_yaml(text, source_name)
     flags, environment = dict(overrides or {}), dict(environment or {})
-    layered = {**environment, **flags}
-    data = _fill_defaults(_apply_overrides(raw, layered, source_name), base_dir, source_name)
+    data = _fill_defaults(_apply_overrides(raw, {**environment, **flags}, source_name), base_dir, source_name)
     origins = setting_origins(raw, flags, environment)
-    sources = resolve_sources(data, base_dir, source_name, text)  # wildcard files and samples, as lists
-    problems = []
+    line_map = key_lines(text) if lines else None
+    sources = resolve_sources(data, base_dir, source_name, line_map or {})  # wildcard files, samples
+    keys, error = validate_keys(sources.data)
+    log = ProblemLog()
+    if error is not None:
+        for problem in describe_key_problems(error, source_name, line_map or {}, origins):
+            log.add(problem)
     if "prompts" not in data and "template" not in data:
-        problems.append(f"{source_name}: prompts: is required (a CSV or Parquet grid), unless a template: is")
-    try:
-        spec = SweepSpec.model_validate(sources.data)
-    except ValidationError as exc:
-        raise InvalidInput(
-            sources.problems + problems + _describe_validation_error(exc, source_name, origins)
-        ) from None
-    if problems:
-        raise InvalidInput(sources.problems + problems)
-    spec._sources = sources
-    spec._source_path = Path(source_name)
-    spec._source_name = source_name
-    spec._base_dir = base_dir
-    spec._source_text = text
-    spec._model_entries = tuple(model_entries(sources.data))
-    spec._requested_models = tuple(dict.fromkeys(slug for _, slug in spec._model_entries))
-    spec._spec_hash = _spec_hash(spec, raw.get("prompts"))
-    spec._setting_origins = origins
-    return spec
+        log.add(f"{source_name}: prompts: is required (a CSV or Parquet grid), unless a template: is")
+    loaded = None
+    if keys is not None:
+        loaded = next_stage(
+            LoadedSpec,
+            keys,
+            source_path=Path(source_name),
+            source_name=source_name,
+            base_dir=base_dir,
+            source_text=text,
+            spec_hash=_spec_hash(keys, raw.get("prompts")),
+            setting_origins=origins,
+            lines=line_map,
+            sources=sources,
+            named_models=tuple(model_entries(sources.data)),
+        )
+    if log.total:
+        if loaded is not None:  # the rest of the spec's problems, as far as they can be found offline
+            _check(loaded, offline_catalog(loaded.api.base_url), log, models_known=False)
+        else:
+            for problem in sources.problems:
+                log.add(problem)
+        log.raise_if_any()
+    assert loaded is not None  # keys validate whenever nothing was logged
+    return loaded
 
 
-def check_spec(spec: SweepSpec, catalog: ModelCatalog | None = None) -> SweepSpec:
-    """Check a parsed spec against its models' schemas, its templates, and every grid row; the spec, now
+def check_spec(spec: LoadedSpec, catalog: ModelCatalog | None = None) -> SweepSpec:
+    """Check a loaded spec against its models' schemas, its templates, and every grid row: the checked spec,
     tied to `catalog` (offline, by default: the built-in table and the user cache of `api.base_url`)."""
-    catalog = catalog or offline_catalog(spec.api.base_url)
-    source, log = spec._source_name, ProblemLog()
-    sources = spec._sources or resolve_sources({}, spec.base_dir, source, spec.source_text)
-    entries = spec._model_entries or tuple(("model", slug) for slug in spec.models)
-    models = find_models(entries, catalog, source, log)
-    log.raise_if_any()  # values cannot be checked against a model without its schema
-    spec._catalog = catalog
-    for problem in sources.problems:
-        log.add(problem)
-    check_study(spec, models, source, log)
-    if spec.prompts is not None and spec.prompts.is_file():
-        ctx = GridContext(spec.prompts, tuple(models), spec.base_dir, template=spec.template is not None)
-        with contextlib.suppress(InvalidInput):  # the grid's own problems are reported next
-            check_required(spec, models, read_layout(ctx).input_columns, source, log)
-        validate_grid(ctx, log)
-    elif spec.prompts is not None:
-        reason = "is a directory" if spec.prompts.is_dir() else "does not exist"
-        shown = display_path(spec.prompts)
-        log.add(f"{source}: prompts: {shown} {reason} (a relative path starts at the spec's folder)")
-    spec._grid_templates = TemplateChecker(spec, sources, source, log).check()
+    log = ProblemLog()
+    checked = _check(spec, catalog or offline_catalog(spec.api.base_url), log)
     log.raise_if_any()
-    return spec
+    assert checked is not None  # the models are found whenever nothing was logged
+    return checked
+
+
+def _check(
+    spec: LoadedSpec, catalog: ModelCatalog, log: ProblemLog, *, models_known: bool = True
+) -> SweepSpec | None:
+    """Log every problem of `spec` against `catalog`; the checked spec, or None when a model is not found
+    (its values cannot be checked without its schema). `models_known=False` says nothing of a model the
+    catalog lacks: an offline catalog may not know what the API does."""
+    source = spec.source_name
+    found = ProblemLog()
+    models = find_models(spec.named_models or (("model", spec.model),), catalog, spec.where, found)
+    if found.total and models_known:
+        for problem in found.problems:
+            log.add(problem)
+        return None
+    for problem in spec.sources.problems:
+        log.add(problem)
+    if found.total:
+        return None
+    checked = next_stage(SweepSpec, spec, catalog=catalog)
+    check_study(checked, models, log)
+    if checked.prompts is not None and checked.prompts.is_file():
+        ctx = GridContext(
+            checked.prompts, tuple(models), checked.base_dir, template=checked.template is not None
+        )
+        with contextlib.suppress(InvalidInput):  # the grid's own problems are reported next
+            check_required(checked, models, read_layout(ctx).input_columns, source, log)
+        validate_grid(ctx, log)
+    elif checked.prompts is not None:
+        reason = "is a directory" if checked.prompts.is_dir() else "does not exist"
+        shown = display_path(checked.prompts)
+        log.add(f"{checked.where('prompts')}: {shown} {reason} (a relative path starts at the spec's folder)")
+    grid_templates = TemplateChecker(checked, log).check()
+    return next_stage(SweepSpec, checked, grid_templates=grid_templates)
 
 
 def load_spec_text(
@@ -229,19 +226,59 @@ def load_spec_text(
     overrides: Mapping[str, Any] | None = None,
     environment: Mapping[str, Any] | None = None,
     models: ModelCatalog | None = None,
+    *,
+    lines: bool = True,
 ) -> SweepSpec:
     """Parse and check a spec given as text, and every grid row; relative paths resolve against base_dir."""
-    return check_spec(parse_spec_text(text, base_dir, source_name, overrides, environment), models)
+    loaded = parse_spec_text(text, base_dir, source_name, overrides, environment, lines=lines)
+    return check_spec(loaded, models)
+
+
+def load_spec_data(
+    data: Mapping[str, Any],
+    base_dir: Path,
+    source_name: str,
+    overrides: Mapping[str, Any] | None = None,
+    environment: Mapping[str, Any] | None = None,
+    models: ModelCatalog | None = None,
+) -> SweepSpec:
+    """Check a spec given as data (a dict of its keys, as Python builds it): its problems name keys, never
+    lines; its text (saved beside the manifest) is the data written as YAML."""
+    try:
+        text = yaml.safe_dump(dict(data), sort_keys=False, allow_unicode=True)
+    except yaml.YAMLError as exc:
+        raise InvalidInput([f"{source_name}: cannot be written as YAML ({exc})"]) from None
+    return load_spec_text(text, base_dir, source_name, overrides, environment, models, lines=False)
+
+
+def reload_spec(
+    spec: LoadedSpec,
+    overrides: Mapping[str, Any] | None = None,
+    environment: Mapping[str, Any] | None = None,
+    models: ModelCatalog | None = None,
+) -> SweepSpec:
+    """The same spec loaded again with other overrides: same text, folder, name, path and line-ness."""
+    loaded = parse_spec_text(
+        spec.source_text,
+        spec.base_dir,
+        spec.source_name,
+        overrides,
+        environment,
+        lines=spec.lines is not None,
+    )
+    return check_spec(next_stage(LoadedSpec, loaded, source_path=spec.source_path), models)
 
 
 def read_spec(
     path: Path, overrides: Mapping[str, Any] | None = None, environment: Mapping[str, Any] | None = None
-) -> SweepSpec:
+) -> LoadedSpec:
     """Read and parse a spec file, checking its shape only (`check_spec` does the rest)."""
     path = Path(path)
     shown = display_path(path.absolute())
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_bounded_text(path, MAX_SPEC_BYTES)
+    except TooLarge as exc:
+        raise InvalidInput([f"{shown}: {exc}"]) from None
     except FileNotFoundError:
         raise InvalidInput([f"{shown}: the spec file does not exist"]) from None
     except IsADirectoryError:
@@ -251,8 +288,7 @@ def read_spec(
     except OSError as exc:
         raise InvalidInput([f"{shown}: cannot read the spec file ({exc.strerror})"]) from None
     spec = parse_spec_text(text, path.absolute().parent, shown, overrides, environment)
-    spec._source_path = path.absolute()
-    return spec
+    return next_stage(LoadedSpec, spec, source_path=path.absolute())
 
 
 def load_spec(

@@ -10,8 +10,7 @@ default); under `sweep:` and `zip:` it is a template variable, which the templat
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from promptgrid.errors import UnknownModel
@@ -39,19 +38,20 @@ def model_entries(data: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def find_models(
-    entries: Sequence[tuple[str, str]], catalog: ModelCatalog, source: str, log: ProblemLog
+    entries: Sequence[tuple[str, str]], catalog: ModelCatalog, where: Callable[[str], str], log: ProblemLog
 ) -> list[ModelSchema]:
+    """The schema of each model the spec names; `where` names a key (and its line) in messages."""
     models: dict[str, ModelSchema] = {}
-    for where, slug in entries:
+    for key, slug in entries:
         try:
             model = catalog.get(slug)
         except UnknownModel as exc:
-            log.add(f"{source}: {where}: {exc.message}")
+            log.add(f"{where(key)}: {exc.message}")
             continue
         models[model.slug] = model
         if "prompt" not in model.properties:
             log.add(
-                f"{source}: {where}: model {model.slug} has no prompt input; promptgrid sends each grid "
+                f"{where(key)}: model {model.slug} has no prompt input; promptgrid sends each grid "
                 "row's prompt, so it runs text-to-image models"
             )
     return list(models.values())
@@ -72,7 +72,7 @@ def unknown_input_hint(key: str, models: Sequence[ModelSchema]) -> str:
     return "; ".join(model.unknown_input(key) for model in models)
 
 
-def check_keys(spec: SweepSpec, models: Sequence[ModelSchema], source: str, log: ProblemLog) -> set[str]:
+def check_keys(spec: SweepSpec, models: Sequence[ModelSchema], log: ProblemLog) -> set[str]:
     """Every key under `inputs:` no model has, each reported with a suggestion; returns those keys."""
     unknown: set[str] = set()
     for key in spec.inputs:
@@ -80,41 +80,40 @@ def check_keys(spec: SweepSpec, models: Sequence[ModelSchema], source: str, log:
             unknown.add(key)
             hint = unknown_input_hint(key, models)
             problem = f"{key!r} cannot be a default input: no model of this spec has it; {hint}"
-            log.add(f"{source}: inputs.{key}: {problem}")
+            log.add(f"{spec.where(f'inputs.{key}')}: {problem}")
     return unknown
 
 
-def check_study(spec: SweepSpec, models: Sequence[ModelSchema], source: str, log: ProblemLog) -> None:
+def check_study(spec: SweepSpec, models: Sequence[ModelSchema], log: ProblemLog) -> None:
     """The spec's keys and values against its models, its variables' values, and the jobs per row."""
-    check_values(spec, models, spec.base_dir, source, log)
+    check_values(spec, models, log)
     for section in ("sweep", "zip"):
         for key, values in getattr(spec, section).items():
             if key in spec.variables:
                 try:
                     variable_values(key, values)
                 except ValueError as exc:
-                    log.add(f"{source}: {section}.{exc}")
+                    path, _, problem = f"{section}.{exc}".partition(": ")  # "sweep.color[2]: ..."
+                    log.add(f"{spec.where(path)}: {problem}")
     try:  # sweeps of inputs only the resolved models have were counted as template variables at first
         spec.count_variants()
     except ValueError as exc:
-        log.add(f"{source}: {exc}")
+        log.add(f"{spec.source_name}: {exc}")
 
 
-def check_values(
-    spec: SweepSpec, models: Sequence[ModelSchema], base_dir: Path, source: str, log: ProblemLog
-) -> None:
+def check_values(spec: SweepSpec, models: Sequence[ModelSchema], log: ProblemLog) -> None:
     """Check every default, sweep and zip value against every model of the study that has the input."""
-    unknown = check_keys(spec, models, source, log)
+    unknown = check_keys(spec, models, log)
     for where, key, value in _entries(spec):
         if key in unknown:
             continue
-        _, allowed = check_value(models, key, value, base_dir)
+        _, allowed = check_value(models, key, value, spec.base_dir)
         if allowed is None and value in (None, ""):
             allowed = "a value (leave the key out to use the default)"
         if allowed is not None and key == "aspect_ratio" and isinstance(value, int):
             allowed += ' (quote it, as "1:1": YAML reads an unquoted 1:1 as the number 61)'
         if allowed is not None:
-            log.add(f"{source}: {where}: {value!r} is not allowed; expected {allowed}")
+            log.add(f"{spec.where(where)}: {value!r} is not allowed; expected {allowed}")
 
 
 def check_required(

@@ -13,7 +13,7 @@ from promptgrid.locations import redact_url
 from promptgrid.settings import API_KEY_ENV, ENVIRONMENT_SETTINGS
 
 if TYPE_CHECKING:
-    from promptgrid.spec.schema import SweepSpec
+    from promptgrid.spec.schema import LoadedSpec
 
 PRECEDENCE = "flag > environment > spec > default"
 # Spec key -> the flag that sets it.
@@ -23,6 +23,7 @@ FLAGS: dict[str, str] = {
     "api.rate_limit": "--rate-limit",
     "api.max_concurrent": "--max-concurrent",
     "api.polls_count": "--polls-count",
+    "max_jobs": "--max-jobs",
 }
 
 
@@ -32,6 +33,8 @@ def spec_overrides(
     rate_limit: str | None = None,
     max_concurrent: int | None = None,
     polls_count: bool | None = None,
+    *,
+    max_jobs: int | None = None,
 ) -> dict[str, Any]:
     """The overrides keyed as the spec names them (`output`, `api.base_url`, ...); unset ones left out."""
     flags = {
@@ -40,6 +43,7 @@ def spec_overrides(
         "api.rate_limit": rate_limit,
         "api.max_concurrent": max_concurrent,
         "api.polls_count": polls_count,
+        "max_jobs": max_jobs,
     }
     return {key: value for key, value in flags.items() if value is not None}
 
@@ -70,7 +74,7 @@ def _is_written(data: Mapping[str, Any], key: str) -> bool:
 
 
 def describe_settings(
-    spec: SweepSpec, replaced: Mapping[str, tuple[Any, str]] | None = None, *, key_set: bool = True
+    spec: LoadedSpec, replaced: Mapping[str, tuple[Any, str]] | None = None, *, key_set: bool = True
 ) -> str:
     """The run's settings, each with where it came from; `replaced` holds values set after loading
     (e.g. --sandbox's base URL), as (value, origin)."""
@@ -81,6 +85,7 @@ def describe_settings(
         "api.max_concurrent": spec.api.max_concurrent,
         "api.polls_count": spec.api.polls_count,
         "api.quota_url": redact_url(spec.api.quota_url) if spec.api.quota_url else "-",
+        "max_jobs": f"{spec.max_jobs:,}",
     }
     origins = dict(spec.setting_origins)
     for key, (value, origin) in (replaced or {}).items():

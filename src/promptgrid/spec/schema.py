@@ -1,8 +1,11 @@
-"""The sweep spec's keys as frozen pydantic models: what each key accepts, checked as it is read.
+"""The spec's three stages as frozen pydantic models: its keys, the loaded spec, the checked spec.
 
-Key names are a public contract (tools outside promptgrid write them); an unknown key is an error. Which
-input names and values a model accepts is its schema's to say, once the models are resolved
-(`promptgrid.spec.load`): here only the spec's own shape is checked.
+`SpecKeys` is the YAML's keys, what each accepts checked as it is read. Key names are a public contract
+(tools outside promptgrid write them); an unknown key is an error. `LoadedSpec` adds where the keys came
+from (text, hash, value sources, lines, each setting's origin); `SweepSpec`, the checked spec, adds the
+models' schemas it was checked against. Each stage is made whole by `promptgrid.spec.load` from the one
+before (`next_stage`) and never changed after. Which input names and values a model accepts is its
+schema's to say, once the models are resolved: `SpecKeys` checks only the spec's own shape.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -19,7 +22,6 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
-    PrivateAttr,
     field_validator,
     model_validator,
 )
@@ -27,11 +29,13 @@ from pydantic import (
 from promptgrid import defaults
 from promptgrid.errors import UnknownModel
 from promptgrid.locations import check_output, check_quota_url
-from promptgrid.models.catalog import INPUT_NAMES, SEED_MAX, ModelCatalog, builtin_catalog
+from promptgrid.models.catalog import INPUT_NAMES, ModelCatalog, builtin_catalog
 from promptgrid.models.schema import ModelSchema, names_of
 from promptgrid.models.slugs import canonical_slug
+from promptgrid.spec.axes import MAX_VARIANTS, NOT_SPEC_INPUTS, parse_axes, parse_seeds
+from promptgrid.spec.sources import ResolvedSources, where
 from promptgrid.spec.split import SplitShares
-from promptgrid.spec.template import variable_keys, variable_name_problem, variable_values
+from promptgrid.spec.template import variable_keys
 from promptgrid.spec.verdict import ANY_FAILURE, FailWhen
 
 # `fail_when: any | never | ratio > 0.05`, read into a FailWhen and written back as text.
@@ -44,21 +48,17 @@ OVERRIDE_KEYS = (
     "api.max_concurrent",
     "api.polls_count",
     "api.quota_url",
+    "max_jobs",
 )
-# The built-in table's axes: what a key is known to be before the models are resolved.
-AXIS_NAMES = tuple(name for name in INPUT_NAMES if name not in ("prompt", "seed")) + ("model",)
-# Not inputs a spec sets for every job: prompts come from the grid, seeds from `seeds:`.
-NOT_SPEC_INPUTS = {
-    "seed": "use seeds: [..] or seeds: {count, start}",
-    "prompt": "prompts come from the grid's prompt column or the template",
-}
-MAX_RANGE_VALUES = 10_000
-# Combinations every row is expanded into (axes × zip × seeds): they are held in memory, rows are not.
-MAX_VARIANTS = 100_000
+# A run of more jobs than this is refused before anything is sent, unless the spec or --max-jobs raises it.
+DEFAULT_MAX_JOBS = 1_000_000
 # Combinations of template variables per row: streamed, never held, so only the run's length bounds them.
 MAX_PROMPT_COMBINATIONS = 10_000_000
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d+(?:\.\d+)?)?\s*(ms|s|sec|m|min|h)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+StageT = TypeVar("StageT", bound="SpecKeys")
 
 
 class _Frozen(BaseModel):
@@ -137,103 +137,9 @@ class ApiConfig(_Frozen):
         return None if value is None else check_quota_url(value)
 
 
-def _strict_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
-def _expand_range(value: Mapping[str, Any]) -> list[Any]:
-    """{start, stop, step}, inclusive of stop, as a list; float steps rounded so 0.1 steps land on 0.3."""
-    extra = set(value) - {"start", "stop", "step"}
-    if extra or not {"start", "stop"} <= set(value):
-        raise ValueError("a range needs start and stop, and may have step (nothing else)")
-    start, stop, step = value["start"], value["stop"], value.get("step", 1)
-    for key, number in (("start", start), ("stop", stop), ("step", step)):
-        if not _strict_number(number) or not math.isfinite(number):
-            raise ValueError(f"range {key} {number!r} is not a finite number")
-    if step <= 0:
-        raise ValueError(f"range step {step!r} must be above 0")
-    if stop < start:
-        raise ValueError(f"range stop {stop!r} is below start {start!r}")
-    count = int((stop - start) / step + 1e-9) + 1
-    if count > MAX_RANGE_VALUES:
-        raise ValueError(f"the range has {count} values; at most {MAX_RANGE_VALUES} allowed")
-    integral = all(isinstance(n, int) for n in (start, stop, step))
-    return [start + i * step if integral else round(start + i * step, 10) for i in range(count)]
-
-
-def _axis_values(key: str, value: Any) -> tuple[Any, ...]:
-    if isinstance(value, Mapping):
-        try:
-            return tuple(_expand_range(value))
-        except ValueError as exc:
-            raise ValueError(f"{key}: {exc}") from None
-    if not isinstance(value, list):
-        raise ValueError(
-            f"{key}: {value!r} is not a list or a {{start, stop, step}} range (fixed values go in inputs)"
-        )
-    if not value:
-        raise ValueError(f"{key}: the list is empty")
-    return tuple(value)
-
-
-def _axes(value: Any) -> Any:
-    """Input axes as given; any other key is a template variable, its values the text they render as."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ValueError(f"{value!r} is not a mapping of input or variable name to values")
-    for key in value:
-        if not isinstance(key, str) or not key:
-            raise ValueError(f"{key!r} is not an input name")
-        if key in NOT_SPEC_INPUTS:
-            raise ValueError(f"{key!r} is not an axis; {NOT_SPEC_INPUTS[key]}")
-        problem = None if key in AXIS_NAMES else variable_name_problem(key)
-        if problem:
-            raise ValueError(
-                f"{key!r} is not an input that can be swept ({', '.join(AXIS_NAMES)}), {problem}"
-            )
-    axes = {key: _axis_or_variable(key, _axis_values(key, axis)) for key, axis in value.items()}
-    if "model" in axes:
-        if not all(isinstance(slug, str) and slug.strip() for slug in axes["model"]):
-            raise ValueError("model: every model must be a slug")
-        axes["model"] = tuple(canonical_slug(slug) for slug in axes["model"])
-    return axes
-
-
-def _axis_or_variable(key: str, values: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A key the built-in table does not know is a template variable (its values the text they render as)
-    or an input of a model resolved later: values that are not text or numbers stay as they are, for
-    the model's schema or the variables' check (`check_spec`) to judge."""
-    if key in AXIS_NAMES:
-        return values
-    try:
-        return variable_values(key, values)
-    except ValueError:
-        return values
-
-
-def parse_seeds(value: Any) -> tuple[int, ...]:
-    """A list of seeds, or {count, start}; every one an integer from 0 to SEED_MAX."""
-    if isinstance(value, Mapping):
-        if set(value) - {"count", "start"} or "count" not in value:
-            raise ValueError("seeds as a mapping needs count and may have start (nothing else)")
-        count, start = value["count"], value.get("start", 0)
-        if not isinstance(count, int) or isinstance(count, bool) or not 1 <= count <= MAX_VARIANTS:
-            raise ValueError(f"seeds count {count!r} must be an integer from 1 to {MAX_VARIANTS}")
-        if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start <= SEED_MAX - count + 1:
-            raise ValueError(f"seeds start {start!r} must be an integer from 0 to {SEED_MAX - count + 1}")
-        return tuple(range(start, start + count))
-    if not isinstance(value, list) or not value:
-        raise ValueError(f"{value!r} is not a non-empty list of integers or {{count, start}}")
-    for index, seed in enumerate(value):
-        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= SEED_MAX:
-            raise ValueError(f"seeds[{index}] {seed!r} is not an integer from 0 to {SEED_MAX}")
-    return tuple(value)
-
-
-class SweepSpec(_Frozen):
-    """A checked spec: the model(s), the grid and/or template, defaults, sweep and zip axes (inputs and
-    template variables), seeds, output and API limits."""
+class SpecKeys(_Frozen):
+    """The spec's keys as written (after overrides): the model(s), the grid and/or template, defaults, sweep
+    and zip axes (inputs and template variables), seeds, output, API limits and the run's bounds."""
 
     name: str
     model: str  # promptgrid's name for it (the dashed slug); with a `model` sweep or zip axis, the first
@@ -247,48 +153,9 @@ class SweepSpec(_Frozen):
     output: str
     api: ApiConfig = ApiConfig()
     fail_when: FailWhenSetting = ANY_FAILURE  # when the run's Prefect state is Failed (and the exit code 1)
+    # strict: YAML's `true` is not 1
+    max_jobs: int = Field(default=DEFAULT_MAX_JOBS, strict=True)  # a run of more jobs is refused
     split: SplitShares = None  # {train: 0.9, test: 0.1}: dataset splits by job id, for `promptgrid export`
-
-    _source_path: Path = PrivateAttr(default=Path("spec.yaml"))
-    _source_name: str = PrivateAttr(default="spec.yaml")
-    _model_entries: tuple[tuple[str, str], ...] = PrivateAttr(default=())
-    _requested_models: tuple[str, ...] = PrivateAttr(default=())
-    _catalog: ModelCatalog | None = PrivateAttr(default=None)
-    _sources: Any = PrivateAttr(default=None)  # the spec's wildcard files and samples (spec.sources)
-    _source_text: str = PrivateAttr(default="")
-    _spec_hash: str = PrivateAttr(default="")
-    _base_dir: Path = PrivateAttr(default=Path("."))
-    _grid_templates: bool = PrivateAttr(default=False)
-    _setting_origins: dict[str, str] = PrivateAttr(default_factory=dict)
-
-    @property
-    def source_path(self) -> Path:
-        return self._source_path
-
-    @property
-    def source_text(self) -> str:
-        """The YAML as written, to save beside the manifest."""
-        return self._source_text
-
-    @property
-    def spec_hash(self) -> str:
-        """sha256 of the canonical spec after command-line overrides."""
-        return self._spec_hash
-
-    @property
-    def setting_origins(self) -> dict[str, str]:
-        """Where each overridable setting came from: a flag, an environment variable, `spec`, `default`."""
-        return self._setting_origins
-
-    @property
-    def base_dir(self) -> Path:
-        """The folder relative paths in the spec start from: its own, for the grid and local images."""
-        return self._base_dir
-
-    @property
-    def grid_templates(self) -> bool:
-        """Whether some grid prompt is itself a template (has braces): found when the spec was loaded."""
-        return self._grid_templates
 
     @property
     def variables(self) -> tuple[str, ...]:
@@ -310,15 +177,13 @@ class SweepSpec(_Frozen):
         axis = self.sweep.get("model") or self.zip.get("model")
         return tuple(dict.fromkeys(axis)) if axis else (self.model,)
 
-    @property
-    def requested_models(self) -> tuple[str, ...]:
-        """The models as the spec spells them, for resolution to ask the API about first."""
-        return self._requested_models or self.models
+    def schema_catalog(self) -> ModelCatalog:
+        """The models' schemas known at this stage: the built-in table until the spec is checked."""
+        return builtin_catalog()
 
-    @property
-    def catalog(self) -> ModelCatalog:
-        """The models' schemas the spec was checked against (the built-in table until it is checked)."""
-        return self._catalog or builtin_catalog()
+    def model_schemas(self) -> tuple[ModelSchema, ...]:
+        catalog = self.schema_catalog()
+        return tuple(catalog.get(slug) for slug in self.models)
 
     @field_validator("name")
     @classmethod
@@ -341,7 +206,7 @@ class SweepSpec(_Frozen):
             raise ValueError("the template is empty")
         return value
 
-    _axes = field_validator("sweep", "zip", mode="before")(_axes)
+    _axes = field_validator("sweep", "zip", mode="before")(parse_axes)
     _seeds = field_validator("seeds", mode="before")(parse_seeds)
     _output = field_validator("output")(check_output)
 
@@ -358,8 +223,15 @@ class SweepSpec(_Frozen):
                     raise ValueError("'model' cannot be a default input; use the model key or a model axis")
         return value
 
+    @field_validator("max_jobs")
+    @classmethod
+    def _max_jobs(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"{value} is below 1; a run needs room for at least one job")
+        return value
+
     @model_validator(mode="after")
-    def _axes_agree(self) -> SweepSpec:
+    def _axes_agree(self) -> SpecKeys:
         both = set(self.sweep) & set(self.zip)
         if both:
             raise ValueError(f"{', '.join(sorted(both))} is both a sweep and a zip axis; choose one")
@@ -392,5 +264,47 @@ class SweepSpec(_Frozen):
                 f"at most {MAX_PROMPT_COMBINATIONS:,} allowed"
             )
 
-    def model_schemas(self) -> tuple[ModelSchema, ...]:
-        return tuple(self.catalog.get(slug) for slug in self.models)
+
+class LoadedSpec(SpecKeys):
+    """A spec read and its shape checked: its keys, and where it came from (its text, hash, value sources,
+    lines and the origin of each setting). Made once by `promptgrid.spec.load`; never changed after."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    source_path: Path = Path("spec.yaml")
+    source_name: str = "spec.yaml"  # the name messages give it: the path as typed, or `spec` for a dict
+    base_dir: Path = Path(".")  # where relative paths in it start: its own folder, for a file
+    source_text: str = Field(default="", repr=False)  # the YAML as written, to save beside the manifest
+    spec_hash: str = ""  # sha256 of the canonical spec after overrides
+    setting_origins: Mapping[str, str] = {}  # per overridable setting: its flag, environment, spec, default
+    # "sweep.cfg[2]" -> its line; None for a spec given as data
+    lines: Mapping[str, int] | None = Field(default=None, repr=False)
+    sources: ResolvedSources = Field(default=ResolvedSources({}), repr=False)  # wildcard files, samples
+    named_models: tuple[tuple[str, str], ...] = ()  # (where, slug as spelt) per model the spec names
+
+    @property
+    def requested_models(self) -> tuple[str, ...]:
+        """The models as the spec spells them, for resolution to ask the API about first."""
+        return tuple(dict.fromkeys(slug for _, slug in self.named_models)) or self.models
+
+    def where(self, key: str) -> str:
+        """Where a key is, for a message: `spec.yaml line 7: sweep.cfg[2]`, or `spec: sweep.cfg[2]` when the
+        spec has no lines (given as a dict)."""
+        return where(self.source_name, self.lines or {}, key)
+
+
+class SweepSpec(LoadedSpec):
+    """A checked spec: a loaded spec with the models' schemas it was checked against (`check_spec`), every
+    input value, grid row and template of it allowed by them."""
+
+    catalog: ModelCatalog = Field(default_factory=builtin_catalog, repr=False)
+    grid_templates: bool = False  # some grid prompt is itself a template (has braces)
+
+    def schema_catalog(self) -> ModelCatalog:
+        return self.catalog
+
+
+def next_stage(stage: type[StageT], previous: SpecKeys, **added: Any) -> StageT:
+    """The next stage of a spec: `previous`'s values (already checked) and what this stage adds."""
+    values = {name: getattr(previous, name) for name in type(previous).model_fields}
+    return stage.model_construct(**{**values, **added})

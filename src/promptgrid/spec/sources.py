@@ -1,7 +1,8 @@
 """Where an axis's values come from besides a list: a wildcard file, or a sample of a list or file.
 
 `{file: colors.txt}` reads one value a line (relative to the spec's folder; blank lines and lines whose
-first non-blank character is `#` are skipped; each value is stripped of surrounding blanks).
+first non-blank character is `#` are skipped; each value is stripped of surrounding blanks). Only a regular
+file of at most MAX_WILDCARD_BYTES is read: a device (`/dev/zero`), a FIFO or a larger file is refused.
 `{sample: K, from: <list or file>, seed: N}` keeps K of those values: the K whose sha256 with the seed
 (default 0) is smallest, in their original order. That choice depends only on the spec and the file, so
 every run and every worker gets the same subset, and editing one value changes at most one pick.
@@ -12,7 +13,10 @@ ever sees lists.
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,53 +28,90 @@ from promptgrid.spec.problems import display_path
 
 AXIS_SECTIONS = ("sweep", "zip")
 SAMPLE_KEYS = frozenset({"sample", "from", "seed"})
+# A wildcard file is read whole before anything runs: one larger than this is refused, not read.
+MAX_WILDCARD_BYTES = 16 * 1024 * 1024
+_LINE_DEPTH = 4  # key paths deeper than this are named by their parent's line
+_LINE_ITEMS = 1000  # list items given their own line, per list
 
 
 class SourceProblem(ValueError):
     """A value source that cannot give values; the message says why."""
 
 
-@dataclass
+class TooLarge(ValueError):
+    """A file that is not a regular file, or larger than promptgrid reads whole; the message says which."""
+
+
+def read_bounded_text(path: Path, limit: int) -> str:
+    """A regular file's text (UTF-8, a BOM dropped), refused when it is not a regular file (a device, a
+    FIFO: reading those may never end) or larger than `limit` bytes; OSError as `open` raises them."""
+    info = os.stat(path)  # a FIFO's stat does not block; opening it would
+    if stat.S_ISDIR(info.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    if not stat.S_ISREG(info.st_mode):
+        raise TooLarge("is not a regular file (a device, FIFO or socket); give a file of values")
+    if info.st_size > limit:
+        raise TooLarge(f"has {info.st_size:,} bytes; at most {limit:,} are read (split it, or sample it)")
+    with open(path, "rb") as handle:
+        data = handle.read(limit + 1)  # it may have grown since the stat
+    if len(data) > limit:
+        raise TooLarge(f"has more than {limit:,} bytes; at most {limit:,} are read (split it, or sample it)")
+    return data.decode("utf-8-sig")
+
+
+@dataclass(frozen=True)
 class ResolvedSources:
     """The spec's data with every source replaced by its values, and what went wrong on the way."""
 
-    data: dict[str, Any]
-    problems: list[str] = field(default_factory=list)
-    unresolved: set[str] = field(default_factory=set)  # axes whose source failed: their checks are moot
-    lines: dict[str, int] = field(default_factory=dict)  # "sweep.subject" -> its line in the spec
+    data: Mapping[str, Any]
+    problems: tuple[str, ...] = ()
+    unresolved: frozenset[str] = frozenset()  # axes whose source failed: their checks are moot
+    lines: Mapping[str, int] = field(default_factory=dict)  # "sweep.subject" -> its line in the spec
 
 
 def key_lines(text: str) -> dict[str, int]:
-    """The 1-based line of each top-level key and of each key one level down ("sweep.subject")."""
+    """The 1-based line of every key and list item, by path: "sweep", "sweep.cfg", "sweep.cfg[2]"."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError:
         return {}
     lines: dict[str, int] = {}
-    if not isinstance(root, yaml.MappingNode):
-        return lines
-    for key_node, value_node in root.value:
-        key = str(key_node.value)
-        lines[key] = key_node.start_mark.line + 1
-        if isinstance(value_node, yaml.MappingNode):
-            for sub_key, _ in value_node.value:
-                lines[f"{key}.{sub_key.value}"] = sub_key.start_mark.line + 1
+    _note_lines(root, "", lines, depth=0)
     return lines
 
 
+def _note_lines(node: yaml.Node | None, path: str, lines: dict[str, int], depth: int) -> None:
+    if depth > _LINE_DEPTH:  # deeper values are named by their nearest key's line
+        return
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = f"{path}.{key_node.value}" if path else str(key_node.value)
+            lines.setdefault(key, key_node.start_mark.line + 1)
+            _note_lines(value_node, key, lines, depth + 1)
+    elif isinstance(node, yaml.SequenceNode) and path:
+        for index, item in enumerate(node.value[:_LINE_ITEMS]):
+            lines.setdefault(f"{path}[{index}]", item.start_mark.line + 1)
+            _note_lines(item, f"{path}[{index}]", lines, depth + 1)
+
+
 def where(source_name: str, lines: Mapping[str, int], key: str) -> str:
-    """`spec.yaml line 7: sweep.subject` (the line left out when it is not known)."""
-    line = lines.get(key) or lines.get(key.split(".", 1)[0])
-    return f"{source_name} line {line}: {key}" if line else f"{source_name}: {key}"
+    """`spec.yaml line 7: sweep.subject`: the line of the key, or of the nearest key above it that has one
+    (none for a spec without lines, such as one given as a dict)."""
+    path = key
+    while path and path not in lines:
+        path = path[: max(path.rfind("."), path.rfind("["), 0)]
+    return f"{source_name} line {lines[path]}: {key}" if path else f"{source_name}: {key}"
 
 
 def is_source(value: Any) -> bool:
     return isinstance(value, Mapping) and ("file" in value or "sample" in value)
 
 
-def resolve_sources(data: dict[str, Any], base_dir: Path, source_name: str, text: str) -> ResolvedSources:
+def resolve_sources(
+    data: Mapping[str, Any], base_dir: Path, source_name: str, lines: Mapping[str, int]
+) -> ResolvedSources:
     """Replace each `{file: ..}` and `{sample: ..}` under sweep and zip by its list of values."""
-    result = ResolvedSources(dict(data), lines=key_lines(text))
+    resolved_data, problems, unresolved = dict(data), [], set()
     for section in AXIS_SECTIONS:
         axes = data.get(section)
         if not isinstance(axes, Mapping) or not any(is_source(value) for value in axes.values()):
@@ -82,11 +123,11 @@ def resolve_sources(data: dict[str, Any], base_dir: Path, source_name: str, text
             try:
                 resolved[key] = read_source(value, base_dir)
             except SourceProblem as exc:
-                result.problems.append(f"{where(source_name, result.lines, f'{section}.{key}')}: {exc}")
-                result.unresolved.add(str(key))
+                problems.append(f"{where(source_name, lines, f'{section}.{key}')}: {exc}")
+                unresolved.add(str(key))
                 resolved[key] = _stand_in(key, axes)
-        result.data[section] = resolved
-    return result
+        resolved_data[section] = resolved
+    return ResolvedSources(resolved_data, tuple(problems), frozenset(unresolved), lines)
 
 
 def _stand_in(key: Any, axes: Mapping[str, Any]) -> list[Any]:
@@ -143,7 +184,9 @@ def read_wildcard_file(name: Any, base_dir: Path) -> list[str]:
     path = Path(name) if Path(name).is_absolute() else base_dir / name
     shown = display_path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_bounded_text(path, MAX_WILDCARD_BYTES)
+    except TooLarge as exc:
+        raise SourceProblem(f"file {shown} {exc}") from None
     except FileNotFoundError:
         raise SourceProblem(
             f"file {shown} does not exist (a relative path starts at the spec's folder)"

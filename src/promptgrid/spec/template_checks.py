@@ -23,7 +23,6 @@ from promptgrid.errors import InvalidInput
 from promptgrid.spec.grid import CSV_SUFFIXES, GridContext, csv_batches, parquet_batches, read_layout
 from promptgrid.spec.problems import ProblemLog
 from promptgrid.spec.schema import SweepSpec
-from promptgrid.spec.sources import ResolvedSources, where
 from promptgrid.spec.template import NAME, RESERVED_NAMES, Template, has_braces, parse_template
 from promptgrid.spec.variables import AxisGroup, PromptAxes
 
@@ -44,8 +43,8 @@ class Bounds:
 class TemplateChecker:
     """Collects template problems for one spec; `check` runs them all and says whether grid rows template."""
 
-    def __init__(self, spec: SweepSpec, sources: ResolvedSources, source_name: str, log: ProblemLog):
-        self.spec, self.sources, self.source_name, self.log = spec, sources, source_name, log
+    def __init__(self, spec: SweepSpec, log: ProblemLog):
+        self.spec, self.sources, self.log = spec, spec.sources, log
         self.axes = PromptAxes(spec.template, spec.sweep, spec.zip, spec.variables, lambda _, value: value)
         self.collisions = frozenset(spec.input_names) | RESERVED_NAMES
         self.used: set[str] = set()
@@ -68,7 +67,7 @@ class TemplateChecker:
         return grid_templates
 
     def _spec_where(self, key: str) -> str:
-        return where(self.source_name, self.sources.lines, key)
+        return self.spec.where(key)
 
     def _grid_context(self) -> GridContext:
         assert self.spec.prompts is not None
