@@ -246,6 +246,8 @@ class SweepSpec(_Frozen):
     output: str
     api: ApiConfig = ApiConfig()
     fail_when: FailWhenSetting = ANY_FAILURE  # when the run's Prefect state is Failed (and the exit code 1)
+    # scorers run on each shard's images once they are stored (promptgrid.score; docs/scores.md)
+    score: tuple[Annotated[str, Field(pattern="^(pixels|clip|aesthetic)$")], ...] = ()
 
     _source_path: Path = PrivateAttr(default=Path("spec.yaml"))
     _source_name: str = PrivateAttr(default="spec.yaml")
