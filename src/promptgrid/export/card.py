@@ -8,7 +8,7 @@ and what was left out (near-duplicates, images that could not be read).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -33,6 +33,7 @@ class CardFacts:
     license: str | None
     spec_text: str | None
     features: list[dict[str, str]] | None  # the Hub's `dataset_info.features`, when every type has one
+    scores: list[str] = field(default_factory=list)  # Markdown lines summarising the images' scores
 
 
 def render_card(facts: CardFacts, tally: Tally) -> str:
@@ -88,6 +89,7 @@ def _body(facts: CardFacts, tally: Tally) -> list[str]:
         shown = ", ".join(f"{_cell(value)}: {count}" for value, count in sorted(counts.items()))
         lines.append(f"- `{name}`: {shown}")
     lines += [f"- `{name}`: more than 50 distinct values" for name in sorted(tally.many)]
+    lines += ["", "## Scores", "", *facts.scores] if facts.scores else []
     lines += ["", "## The spec", ""]
     if facts.spec_text:
         fence = "````" if "```" in facts.spec_text else "```"

@@ -29,6 +29,7 @@ from promptgrid.export.staging import Staging
 from promptgrid.export.state import STATS_KEY, ExportState, Resume, ShardRecord
 from promptgrid.export.tally import Tally, parameter_columns
 from promptgrid.output.saved_spec import read_saved_spec
+from promptgrid.output.scores import describe_scores, score_names
 from promptgrid.output.sinks import Sink, open_sink
 
 CARD_KEY = "README.md"
@@ -174,6 +175,7 @@ class ShardedExport:
 
     def run(self) -> ExportResult:
         parameters = parameter_columns(self.source.schema.names)
+        parameters = [name for name in parameters if name not in score_names(self.source.scores)]
         try:
             with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
                 maker = SampleMaker(self.source.sink, pool, parameters, self.index)
@@ -293,6 +295,7 @@ class ShardedExport:
             license=self.options.license,
             spec_text=spec_text,
             features=features,
+            scores=describe_scores(self.source.scores),
         )
 
     def _stats(self, tally: Tally) -> dict[str, Any]:

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 from promptgrid.errors import ExportFailed, InvalidInput
 from promptgrid.output.manifest.locate import resolve_image_locations
 from promptgrid.output.manifest.read import latest_rows, part_keys
+from promptgrid.output.scores import join_scores, read_scores
 from promptgrid.output.sinks import LocalSink, Sink
 from promptgrid.types import JobStatus
 
@@ -37,6 +38,7 @@ class ManifestSource:
     schema: pa.Schema
     picked: dict[int, np.ndarray]  # part index -> sorted row numbers of the latest rows with a wanted status
     total: int
+    scores: pa.Table | None = None  # the images' scores (promptgrid score), joined onto every batch
 
     @property
     def fingerprint(self) -> str:
@@ -74,8 +76,10 @@ def open_source(sink: Sink, statuses: list[str]) -> ManifestSource:
         if status in wanted:
             picked.setdefault(part, []).append(row)
     schema = unified_schema([schema for schema, _ in heads])
+    scores = read_scores(sink)
+    schema = schema if scores is None else join_scores(schema.empty_table(), scores).schema
     arrays = {part: np.array(sorted(rows), dtype=np.int64) for part, rows in picked.items()}
-    return ManifestSource(sink, parts, schema, arrays, sum(len(rows) for rows in arrays.values()))
+    return ManifestSource(sink, parts, schema, arrays, sum(len(rows) for rows in arrays.values()), scores)
 
 
 def _open_part(sink: Sink, key: str) -> pq.ParquetFile:
@@ -178,5 +182,8 @@ def iter_batches(source: ManifestSource, where: str | None, batch_rows: int = 10
             if not len(local):
                 continue
             table = pa.Table.from_batches([batch]).take(pa.array(local))
-            table = conform(resolve_image_locations(table, source.sink.root), source.schema)
+            table = resolve_image_locations(table, source.sink.root)
+            if source.scores is not None:
+                table = join_scores(table, source.scores)
+            table = conform(table, source.schema)
             yield RowBatch(filter_where(table, where), len(local))
