@@ -130,7 +130,7 @@ def test_a_new_image_is_scored_alone_and_an_interrupted_pass_keeps_its_batches(t
     assert read_scores(sink).num_rows == 8  # two batches of four, stored before the stop
     assert score_output(sink).scored == {"pixels": 7}
 
-    job = make_job("job-005", PROMPTS[0], CFGS[0], STEPS[1], SEEDS[1])  # the failed job, now a success
+    job = make_job("job-005", PROMPTS[0], CFGS[1], STEPS[0], SEEDS[1])  # the failed job, now a success
     uri = sink.put_bytes(image_key(job, "png"), png(noise(99, 30)), "image/png")
     with ManifestWriter(sink, run_id="run-2", spec_hash="spec-1") as writer:
         done = T0 + timedelta(hours=1)

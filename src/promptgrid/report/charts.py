@@ -181,7 +181,9 @@ def _heatmap(ax: Any, name: str, values: list[list[float | None]], xs: list[str]
     for j, row in enumerate(values):
         for i, value in enumerate(row):
             if value is not None and len(xs) * len(ys) <= 64:
-                ax.text(i, j, f"{value:.3g}", ha="center", va="center", fontsize=7, color="white")
+                light = image.norm(value) > 0.6  # viridis turns yellow: dark text reads there
+                colour = "black" if light else "white"
+                ax.text(i, j, f"{value:.3g}", ha="center", va="center", fontsize=7, color=colour)
 
 
 def _figure(panels: int) -> tuple[Any, list[Any]]:
