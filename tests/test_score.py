@@ -214,3 +214,13 @@ def test_the_report_draws_a_chart_per_numeric_axis_and_a_heatmap_for_two(output)
     drawn = {chart: (root / "report" / chart).stat().st_mtime_ns for chart in charts}
     write_report(output, sheets=False)
     assert {chart: (root / "report" / chart).stat().st_mtime_ns for chart in charts} == drawn
+
+
+def test_a_spec_lists_its_scorers_and_a_misspelt_one_stops_it_before_anything_is_sent(tmp_path):
+    from promptgrid.notebook.specs import load_spec
+
+    base = {"name": "s", "model": "stable-diffusion-3-5-large", "template": "a fox", "output": str(tmp_path)}
+    assert load_spec({**base, "score": ["pixels", "clip"]}).score == ("pixels", "clip")
+    assert load_spec(base).score == ()
+    with pytest.raises(InvalidInput, match="score"):
+        load_spec({**base, "score": ["sharpnes"]})
