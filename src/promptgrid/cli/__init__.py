@@ -15,7 +15,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 import typer  # noqa: E402
 
 from promptgrid import interrupts  # noqa: E402
-from promptgrid.cli import export, manifest, models, report, run, sandbox  # noqa: E402
+from promptgrid.cli import export, manifest, models, report, run, sandbox, score  # noqa: E402
 from promptgrid.errors import InvalidInput, PromptgridError  # noqa: E402
 
 app = typer.Typer(
@@ -34,6 +34,7 @@ def _root() -> None:
 
 for module in (run, models, sandbox, manifest, report, export):
     module.register(app)
+score.register(app)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -68,6 +68,7 @@ class CardFacts:
     features: list[dict[str, Any]] | None  # the Hub's `dataset_info.features`, when every type has one
     from_sandbox: bool = False
     split_shares: tuple[tuple[str, float], ...] = ()
+    scores: list[str] = field(default_factory=list)  # Markdown lines summarising the images' scores
 
 
 def size_category(rows: int) -> str:
@@ -148,6 +149,7 @@ def _body(facts: CardFacts, tally: Tally) -> list[str]:
         shown = ", ".join(f"{_cell(value)}: {count}" for value, count in sorted(counts.items()))
         lines.append(f"- `{name}`: {shown}")
     lines += [f"- `{name}`: more than 50 distinct values" for name in sorted(tally.many)]
+    lines += ["", "## Scores", "", *facts.scores] if facts.scores else []
     lines += ["", "## The spec", ""]
     if facts.spec_text:
         fence = "````" if "```" in facts.spec_text else "```"

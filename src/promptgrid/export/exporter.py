@@ -35,6 +35,7 @@ from promptgrid.export.source import iter_batches
 from promptgrid.export.staging import Staging
 from promptgrid.export.state import STATS_KEY, ExportState, Resume, ShardRecord
 from promptgrid.export.tally import Tally, parameter_columns
+from promptgrid.output.scores import describe_scores, score_names
 from promptgrid.output.sinks import open_sink
 
 CARD_KEY = "README.md"
@@ -148,6 +149,7 @@ class ShardedExport:
 
     def run(self) -> ExportResult:
         parameters = parameter_columns(self.source.schema.names)
+        parameters = [name for name in parameters if name not in score_names(self.source.scores)]
         try:
             with ThreadPoolExecutor(max_workers=FETCH_THREADS) as pool:
                 self.maker = SampleMaker(self.source.sink, pool, parameters, self.index)
@@ -310,6 +312,7 @@ class ShardedExport:
             features=features,
             from_sandbox=self.source.from_sandbox,
             split_shares=self.rule.shares,
+            scores=describe_scores(self.source.scores),
         )
 
     def _stats(self, tally: Tally, splits: list[SplitFacts]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from promptgrid.errors import ExportFailed, InvalidInput
 from promptgrid.locations import is_loopback_url
 from promptgrid.output.manifest.locate import resolve_image_locations
 from promptgrid.output.manifest.read import latest_rows, part_keys, part_source, read_each
+from promptgrid.output.scores import join_scores, read_scores
 from promptgrid.output.sinks import Sink
 from promptgrid.types import JobStatus
 
@@ -43,6 +44,7 @@ class ManifestSource:
     stamps: dict[str, str]  # job id -> stamp (status and completion time) of its picked row
     split_values: frozenset[str]  # the grid's `split` values among the picked rows
     from_sandbox: bool  # some part was written by a run against promptgrid's sandbox (on loopback)
+    scores: pa.Table | None = None  # the images' scores (promptgrid score), joined onto every batch
 
     @property
     def fingerprint(self) -> str:
@@ -93,10 +95,12 @@ def open_source(sink: Sink, statuses: list[str]) -> ManifestSource:
             if split is not None:
                 splits.add(str(split))
     schema = unified_schema([schema for schema, _ in heads])
+    scores = read_scores(sink)
+    schema = schema if scores is None else join_scores(schema.empty_table(), scores).schema
     arrays = {part: np.array(sorted(rows), dtype=np.int64) for part, rows in picked.items()}
     sandbox = any(is_loopback_url(_api_base(schema)) for schema, _ in heads)
     total = sum(len(rows) for rows in arrays.values())
-    return ManifestSource(sink, parts, schema, arrays, total, stamps, frozenset(splits), sandbox)
+    return ManifestSource(sink, parts, schema, arrays, total, stamps, frozenset(splits), sandbox, scores)
 
 
 def _api_base(schema: pa.Schema) -> str | None:
@@ -204,5 +208,8 @@ def iter_batches(source: ManifestSource, where: str | None, batch_rows: int = 10
             if not len(local):
                 continue
             table = pa.Table.from_batches([batch]).take(pa.array(local))
-            table = conform(resolve_image_locations(table, source.sink.root), source.schema)
+            table = resolve_image_locations(table, source.sink.root)
+            if source.scores is not None:
+                table = join_scores(table, source.scores)
+            table = conform(table, source.schema)
             yield RowBatch(filter_where(table, where), len(local))

@@ -23,6 +23,7 @@ from promptgrid.errors import InvalidInput
 from promptgrid.notebook.runs import RunSummary
 from promptgrid.output.manifest.read import latest_rows, part_keys, read_parts
 from promptgrid.output.manifest.rows import BASE_COLUMNS, carried_column_name
+from promptgrid.output.scores import with_scores
 from promptgrid.output.sinks import open_sink
 from promptgrid.spec.schema import SweepSpec
 from promptgrid.types import JobStatus
@@ -43,7 +44,11 @@ _PANDAS_TYPES: dict[pa.DataType, Any] = {
 
 
 def read_manifest(
-    output: OutputSource, *, latest: bool = True, status: str | Iterable[str] | None = None
+    output: OutputSource,
+    *,
+    latest: bool = True,
+    status: str | Iterable[str] | None = None,
+    scores: bool = False,
 ) -> pd.DataFrame:
     """The manifest of an output as a DataFrame: with `latest` (the default) one row per job, its latest.
 
@@ -55,7 +60,8 @@ def read_manifest(
     Columns: the job (`job_id`, `model`, `prompt`, `cfg`, `steps`, `seed`, ... as pandas nullable types),
     the outcome (`status`, `error_code`, `error_message`, `attempts`, `api_requests`), timings (`queued_at`,
     `submitted_at`, `completed_at` in UTC, `predict_time_s`), the image (`image_uri` where it is now,
-    `image_key` inside the output, `sha256`, `bytes`, `width`, `height`), then the grid's own columns.
+    `image_key` inside the output, `sha256`, `bytes`, `width`, `height`), then the grid's own columns;
+    with `scores`, each image's score columns (`promptgrid score`; docs/scores.md), null where unscored.
     """
     root = _output_of(output)
     wanted = _statuses(status)
@@ -67,6 +73,8 @@ def read_manifest(
         table = latest_rows(table)
     if wanted is not None:
         table = table.filter(pc.is_in(table["status"], value_set=pa.array(wanted, pa.string())))
+    if scores:
+        table = with_scores(table, sink)
     frame = table.to_pandas(types_mapper=_PANDAS_TYPES.get)
     return _typed_grid_columns(frame)
 

@@ -19,6 +19,7 @@ from promptgrid.errors import InvalidInput
 from promptgrid.output.manifest.read import read_manifest
 from promptgrid.output.manifest.rows import INPUT_COLUMNS
 from promptgrid.output.saved_spec import read_saved_spec
+from promptgrid.output.scores import with_scores
 from promptgrid.output.sinks import open_sink
 from promptgrid.spec.schema import ApiConfig
 from promptgrid.types import ErrorCode, Job, JobStatus
@@ -62,7 +63,7 @@ def jobs_to_backfill(output: str, statuses: list[str], where: str | None) -> tup
         text = read_saved_spec(sink)
     except FileNotFoundError:
         raise InvalidInput([f"{output}: no spec.yaml here; is this a promptgrid run's output?"]) from None
-    rows = select_rows(read_manifest(sink), statuses, where).to_pylist()
+    rows = select_rows(with_scores(read_manifest(sink), sink), statuses, where).to_pylist()
     return text, [job_from_row(row) for row in rows]
 
 

@@ -25,6 +25,7 @@ from promptgrid.locations import is_loopback_url
 from promptgrid.output.manifest.read import provenance, read_manifest
 from promptgrid.output.sinks.base import Sink
 from promptgrid.output.sinks.s3 import PRESIGN_MAX_S
+from promptgrid.report.charts import charts_section
 from promptgrid.report.html import PageContent, PageLinks, Thumbnail, display_size, render_page
 from promptgrid.report.layout import PromptGrid, build_grids, check_axes, sweep_params
 from promptgrid.report.sheets import draw_contact_sheet
@@ -126,6 +127,7 @@ def render_report(
     pages = [grids[start : start + page_size] for start in range(0, len(grids), max(1, page_size))] or [[]]
     page_keys = [INDEX_KEY, *(f"{REPORT_PREFIX}page-{n}.html" for n in range(2, len(pages) + 1))]
     page_links = [links.href(key) for key in page_keys]
+    charts = charts_section(sink, table, links.href, price_per_image)
     with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
         builder = ReportBuilder(sink, links, ThumbnailCache(sink, pool), sheets)
         for index, page_grids in enumerate(pages):
@@ -134,7 +136,11 @@ def render_report(
                 thumbnails.update(builder.place_grid(grid))
             html = render_page(
                 PageContent(
-                    page_grids, summary if index == 0 else None, PageLinks(page_links, index), sink.root
+                    page_grids,
+                    summary if index == 0 else None,
+                    PageLinks(page_links, index),
+                    sink.root,
+                    charts=charts if index == 0 else "",
                 ),
                 thumbnails,
                 builder.sheet_href,

@@ -61,6 +61,7 @@ class PageContent:
     pages: PageLinks
     output: str = ""
     title: str = "promptgrid report"
+    charts: str = ""  # the charts section (report.charts), first page only
 
 
 def render_page(
@@ -80,6 +81,7 @@ def render_page(
     ]
     if content.summary is not None:
         parts.append(render_summary(content.summary))
+    parts.append(content.charts)
     parts.append(render_page_links(content.pages))
     if content.summary is not None and not content.summary.jobs:
         parts.append("<p>The manifest has no jobs yet.</p>")

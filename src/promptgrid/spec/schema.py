@@ -156,6 +156,8 @@ class SpecKeys(_Frozen):
     # strict: YAML's `true` is not 1
     max_jobs: int = Field(default=DEFAULT_MAX_JOBS, strict=True)  # a run of more jobs is refused
     split: SplitShares = None  # {train: 0.9, test: 0.1}: dataset splits by job id, for `promptgrid export`
+    # scorers run on each shard's images once they are stored (promptgrid.score; docs/scores.md)
+    score: tuple[Annotated[str, Field(pattern="^(pixels|clip|aesthetic)$")], ...] = ()
 
     @property
     def variables(self) -> tuple[str, ...]:

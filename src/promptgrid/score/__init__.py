@@ -1,0 +1,1 @@
+"""The scoring stage: a score for every stored image (weightless pixel metrics, CLIP through ONNX Runtime)."""
