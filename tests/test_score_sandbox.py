@@ -84,7 +84,11 @@ def test_score_report_and_export_of_a_sandbox_sweep(sweep, tmp_path):
     assert wanted and len(wanted) < len(images)
     dest = tmp_path / "hf"
     exported = CliRunner().invoke(
-        app, ["export", str(sweep), "--format", "hf", "--to", str(dest), "--where", f"entropy > {threshold}"]
+        app,
+        [
+            *("export", str(sweep), "--format", "hf", "--to", str(dest), "--include-sandbox"),
+            *("--where", f"entropy > {threshold}"),
+        ],
     )
     assert exported.exit_code == 0, exported.output
     assert {row["job_id"] for row in load_hf(dest, decode=False)} == wanted
