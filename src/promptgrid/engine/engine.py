@@ -20,6 +20,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, TypeVar
 
 from promptgrid.aio import as_async_iterator
@@ -45,13 +46,19 @@ from promptgrid.engine.retry import (
     not_submitted,
     unknown_create,
 )
+from promptgrid.engine.spend import SpendGuard
+from promptgrid.engine.stall import StallWatch
 from promptgrid.engine.waiting import PredictionWaits
 from promptgrid.errors import (
     ApiError,
     ApiUnreachable,
+    BudgetExhausted,
     ModelNotFound,
     PaymentRequired,
+    PromptgridError,
+    QuotaUnavailable,
     ServerFailure,
+    Stalled,
     Throttled,
     TransportFailure,
 )
@@ -88,11 +95,13 @@ class Engine(PredictionWaits):
         self.routes = routes or ModelRoutes(client)
         self.latency = LatencyModel(self.config.poll)
         self.stats = EngineStats()
-        self.halted: ApiError | None = None
+        self.halted: PromptgridError | None = None
         self.reachability = Reachability(self.config.unreachable_after)
         self.deferred: set[str] = set()  # jobs stopped with no outcome: nothing of them was sent
         self._clock = clock
         self.limits = ApiLimits(self.config, budget, self.latency, self.stats, clock)
+        self.spend = SpendGuard(self.config.spend)
+        self.stall = StallWatch(self.config.stall_timeout_s, clock)
 
     async def run(
         self, jobs: Iterable[Job] | AsyncIterable[Job], resume: Mapping[str, str] | None = None
@@ -129,6 +138,7 @@ class Engine(PredictionWaits):
                 task.cancel()
             # Collected, so a failure beside the one being raised is not reported again as never retrieved.
             await asyncio.gather(*pending, *done, return_exceptions=True)
+            self.stats.spend = self.spend.describe()
         if self.halted is not None:
             raise self.halted
 
@@ -152,6 +162,10 @@ class Engine(PredictionWaits):
             outcome.status = ended.status
             outcome.error_code, outcome.error_message = ended.code, ended.message
         except JobDeferred:
+            self.deferred.add(job.job_id)
+            return outcome
+        except QuotaUnavailable as exc:  # the shared limits are gone: nothing more may be sent
+            self.halted = self.halted or exc
             self.deferred.add(job.job_id)
             return outcome
         outcome.completed_at = _now()
@@ -191,20 +205,28 @@ class Engine(PredictionWaits):
                     if (missing := self.routes.missing(job.model)) is not None:  # refused in every spelling
                         raise failed(ErrorCode.MODEL_NOT_FOUND, missing)
                     inputs = inputs if inputs is not None else await self._prepare(job)
+                    self._halt_on(lambda: self.spend.reserve(job))
                     outcome.attempts = attempt  # counted once sent: an unknown create may have made one
                     try:
                         prediction_id = await self._create(job, inputs, outcome)
                     except NoRoom as no:
+                        self.spend.unsent(job)
                         refused_since = self._no_room(no.refusal, refused_since)
                         continue
+                    except BaseException as exc:
+                        self.spend.create_raised(job, exc)
+                        raise
                 else:
                     prediction_id = known_id
                 created_at = self._clock()  # polls are timed from here, not from after the journal
                 gate.accepted()
+                self.stall.progressed()
                 running = True
                 await self._started(job, outcome, attempt, prediction_id, resumed=known_id is not None)
                 prediction = await self._wait_until_finished(job, prediction_id, outcome, created_at)
                 self.limits.finished()
+                self.stall.progressed()
+                self.spend.settle(job, prediction.cost_usd, prediction.status is PredictionStatus.SUCCESS)
                 return prediction
             finally:
                 self.stats.in_flight -= 1
@@ -224,6 +246,7 @@ class Engine(PredictionWaits):
 
     def _no_room(self, refusal: ApiError, since: float | None) -> float:
         """Note a create refused for want of room; end the job past `room_wait_s` or when the run halts."""
+        self._halt_on(lambda: self.stall.refused(refusal))
         if self.limits.refused(refusal):
             self.halted = self.halted or refusal
             raise create_refused(refusal)
@@ -232,6 +255,14 @@ class Engine(PredictionWaits):
         if now - since > self.config.room_wait_s:
             raise no_room(now - since, refusal)
         return since
+
+    def _halt_on(self, check: Callable[[], None]) -> None:
+        """Run a guard's check (spend caps, stalls); the halt it raises stops the run, and this job."""
+        try:
+            check()
+        except (BudgetExhausted, Stalled) as exc:
+            self.halted = self.halted or exc
+            raise not_submitted(exc) from None
 
     async def _prepare(self, job: Job) -> Mapping[str, Any]:
         if self.prepare_inputs is None:
@@ -270,6 +301,7 @@ class Engine(PredictionWaits):
                 resends += 1
             except Throttled as exc:  # about the rate: the budget paused; sending again creates nothing twice
                 await self._unsent(job, outcome)
+                self._halt_on(partial(self.stall.refused, exc))
                 throttled_since = throttled_since or self._clock()
                 if self._clock() - throttled_since > self.config.room_wait_s:
                     raise no_room(self._clock() - throttled_since, exc) from None
@@ -322,7 +354,7 @@ class Engine(PredictionWaits):
         """Stop this job, with no outcome, once the API proves unreachable (this failure may prove it)."""
         if exc is not None and self.halted is None:
             self.halted = self.reachability.unreachable(exc, self.client.base_url)
-        if isinstance(self.halted, ApiUnreachable):
+        if isinstance(self.halted, ApiUnreachable | QuotaUnavailable):
             raise JobDeferred
 
     async def _call(

@@ -40,8 +40,11 @@ from promptgrid.errors import (
     ApiError,
     ApiUnreachable,
     AuthenticationFailed,
+    BudgetExhausted,
     InputRejected,
     PaymentRequired,
+    PromptgridError,
+    Stalled,
     TransportFailure,
     UnexpectedAnswer,
 )
@@ -135,8 +138,12 @@ def halts_the_run(exc: ApiError) -> bool:
     return isinstance(exc, AuthenticationFailed)
 
 
-def not_submitted(halted: ApiError) -> JobEnded:
+def not_submitted(halted: PromptgridError) -> JobEnded:
     """How a job ends that was never sent because the run was halted earlier."""
+    if isinstance(halted, BudgetExhausted):
+        return failed(ErrorCode.BUDGET_EXHAUSTED, f"not submitted: {halted}")
+    if isinstance(halted, Stalled):
+        return failed(ErrorCode.STALLED, f"not submitted: {halted}")
     if isinstance(halted, PaymentRequired):
         return failed(ErrorCode.PAYMENT_REQUIRED, "not submitted: the API answered 402 earlier")
     return failed(ErrorCode.AUTHENTICATION_FAILED, "not submitted: the API refused the key")

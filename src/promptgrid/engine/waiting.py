@@ -18,7 +18,13 @@ from promptgrid.api.polling import LatencyModel, PollPlan
 from promptgrid.api.prediction import Prediction, PredictionStatus
 from promptgrid.engine.config import EngineConfig, EngineStats
 from promptgrid.engine.retry import JobEnded, backoff_s, failed
-from promptgrid.errors import ApiError, AuthenticationFailed, PredictionNotFound, Throttled
+from promptgrid.errors import (
+    ApiError,
+    AuthenticationFailed,
+    PredictionNotFound,
+    PromptgridError,
+    Throttled,
+)
 from promptgrid.types import ErrorCode, Job, JobOutcome, JobStatus
 
 T = TypeVar("T")
@@ -34,7 +40,7 @@ class PredictionWaits:
     config: EngineConfig
     latency: LatencyModel
     stats: EngineStats
-    halted: ApiError | None
+    halted: PromptgridError | None
     _clock: Callable[[], float]
 
     async def _call(

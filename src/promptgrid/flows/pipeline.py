@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -28,11 +28,12 @@ from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.engine.config import EngineConfig, PrepareInputs
 from promptgrid.engine.engine import Engine
 from promptgrid.engine.progress import RunProgress, TerminalProgress
-from promptgrid.errors import ApiError, InvalidInput, RunInterrupted
+from promptgrid.errors import InvalidInput, PromptgridError, RunInterrupted
 from promptgrid.flows.planning import RunPlan, Selection, Tally, plan_selection, select_jobs
 from promptgrid.output.input_images import InputImages, InputServer, classify_image_ref
 from promptgrid.output.journal import Journal
 from promptgrid.output.lease import OutputLease, holding, lease_name, take_lease
+from promptgrid.output.manifest.costs import spend_caps
 from promptgrid.output.manifest.writer import ManifestWriter
 from promptgrid.output.reconcile import (
     Reconciler,
@@ -47,7 +48,7 @@ from promptgrid.output.sinks import open_sink
 from promptgrid.output.sinks.base import Sink
 from promptgrid.output.sinks.local import LocalSink
 from promptgrid.quota.base import Limits
-from promptgrid.quota.factory import open_budget, quota_namespace
+from promptgrid.quota.factory import check_quota_reachable, open_budget, quota_namespace
 from promptgrid.settings import read_api_settings
 from promptgrid.spec.schema import ApiConfig
 from promptgrid.types import Job
@@ -99,10 +100,11 @@ async def predict_shard(jobs: list[Job], run: RunContext) -> int:
         )
         if adopted:  # creates whose answer was lost, found through the listing: poll what was bought
             await run_and_store(run.engine, [job for job in todo if job.job_id in adopted], adopted, store)
-    except ApiError as exc:
+    except PromptgridError as exc:
         if exc is not run.engine.halted:
             raise
-        # 402/401: retrying the shard cannot help; the flow reports it once every shard has stopped.
+        # 402/401, a spend cap, a stall, the shared quota gone: retrying the shard cannot help; the flow
+        # reports it once every shard has stopped.
     return len(todo)
 
 
@@ -141,7 +143,7 @@ def engine_config(api: ApiConfig, time_scale: float) -> EngineConfig:
     )
     # Limits come from the spec as given (a sandbox run's are already scaled); only the engine's own
     # clocks (deadlines, backoff, poll intervals) follow the API's time scale.
-    return EngineConfig(limits=limits).scaled(time_scale)
+    return EngineConfig(limits=limits, stall_timeout_s=api.stall_timeout).scaled(time_scale)
 
 
 async def run_plan(
@@ -168,7 +170,7 @@ async def run_plan(
     name = lease_name(selection.shard_index, selection.shard_count)
     lease = await take_lease(sink, name, run_id, wait=wait, on_wait=get_run_logger().warning)
     try:
-        with holding(lease):
+        with holding(lease), interrupts.stop_signals_handled():
             return await _run_held(plan, selection, sink, lease, run_id, price_per_image, time_scale, report)
     finally:
         if interrupts.stop_requested():
@@ -206,6 +208,9 @@ async def _run_held(
     resume = await journal.load_async()
     unknown = await asyncio.to_thread(UnknownCreates.read, journal, latest, selection.rerun)
     config = engine_config(plan.api, time_scale)
+    models = plan.models.models if plan.models else ()
+    config = replace(config, spend=await asyncio.to_thread(spend_caps, plan.api, sink, models))
+    await asyncio.to_thread(check_quota_reachable, plan.api.quota_url)  # before anything is sent
     budget = open_budget(config.limits, plan.api.quota_url, quota_namespace(settings.api_key))
     failures: list[BaseException] = []
     interrupted = False
@@ -250,8 +255,8 @@ async def _run_held(
                 await budget.aclose()
     if interrupted:
         raise RunInterrupted(
-            f"stopped by Ctrl-C: {progress.succeeded} images saved, {progress.failed} failed; what was "
-            "created is in the journal, so the same command continues without paying twice"
+            f"stopped by {interrupts.stop_cause()}: {progress.succeeded} images saved, {progress.failed} "
+            "failed; what was created is in the journal, so the same command continues without paying twice"
         )
     progress.api_requests += reconciler.requests
     return await finish_run(

@@ -23,6 +23,8 @@ FLAGS: dict[str, str] = {
     "api.rate_limit": "--rate-limit",
     "api.max_concurrent": "--max-concurrent",
     "api.polls_count": "--polls-count",
+    "api.max_cost": "--max-cost",
+    "api.stall_timeout": "--stall-timeout",
 }
 
 
@@ -32,6 +34,9 @@ def spec_overrides(
     rate_limit: str | None = None,
     max_concurrent: int | None = None,
     polls_count: bool | None = None,
+    *,
+    max_cost: float | None = None,
+    stall_timeout: float | None = None,
 ) -> dict[str, Any]:
     """The overrides keyed as the spec names them (`output`, `api.base_url`, ...); unset ones left out."""
     flags = {
@@ -40,6 +45,8 @@ def spec_overrides(
         "api.rate_limit": rate_limit,
         "api.max_concurrent": max_concurrent,
         "api.polls_count": polls_count,
+        "api.max_cost": max_cost,
+        "api.stall_timeout": stall_timeout,
     }
     return {key: value for key, value in flags.items() if value is not None}
 

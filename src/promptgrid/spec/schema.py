@@ -43,6 +43,8 @@ OVERRIDE_KEYS = (
     "api.max_concurrent",
     "api.polls_count",
     "api.quota_url",
+    "api.max_cost",
+    "api.stall_timeout",
 )
 # The built-in table's axes: what a key is known to be before the models are resolved.
 AXIS_NAMES = tuple(name for name in INPUT_NAMES if name not in ("prompt", "seed")) + ("model",)
@@ -115,6 +117,10 @@ class ApiConfig(_Frozen):
     max_concurrent: int = Field(default=defaults.MAX_CONCURRENT, strict=True)
     polls_count: bool = True
     quota_url: str | None = None  # redis://... when several runs share one key's quota
+    max_cost: float | None = Field(default=None, gt=0)  # USD caps and price: promptgrid.engine.spend
+    max_cost_per_day: float | None = Field(default=None, gt=0)
+    price_per_image: float | None = Field(default=None, ge=0)
+    stall_timeout: float = Field(default=600.0, gt=0)
 
     @field_validator("base_url")
     @classmethod
