@@ -1,8 +1,8 @@
 """Ctrl-C or SIGTERM during a run: the first saves what is in progress and stops, a second stops at once.
 
 SIGTERM is what a Prefect worker (cancelling a flow run), systemd and `timeout` send: it stops a run exactly
-as Ctrl-C does. The command line installs the handler (`ctrl_c_stops_runs`) around a run; a flow run
-started elsewhere (a worker's process) installs it for itself (`stop_signals_handled`). A run registers
+as Ctrl-C does. The command line installs the handler (`ctrl_c_stops_runs`) around a run, and the run
+installs it again inside its flow (`stop_signals_handled`), where Prefect put its own. A run registers
 what stops its work (`on_stop`) and says when everything it had is saved (`mark_saved`). Whatever else is
 still busy afterwards (Prefect recording the run's end, a server that went away with the same signal), the
 process exits with 130 a moment after the save, and at the latest `GRACE_S` after the first signal: a stop
@@ -106,14 +106,21 @@ def ctrl_c_stops_runs() -> Iterator[None]:
 
 @contextlib.contextmanager
 def stop_signals_handled() -> Iterator[None]:
-    """`ctrl_c_stops_runs` for a run whose process has no such handler yet (a worker's flow run process);
-    nothing when one is installed already (the command line's) or off the main thread (signals cannot be)."""
-    installed = signal.getsignal(signal.SIGTERM) is _handle_stop
-    if installed or threading.current_thread() is not threading.main_thread():
+    """Within a flow run, make SIGINT and SIGTERM stop it gracefully again (from the main thread only).
+
+    Prefect's flow engine installs its own SIGTERM handler around every flow run, which would crash the run
+    mid-write; this puts the graceful stop back for the block, and Prefect's after it. A run in a worker's
+    process (no command line around it) gets the graceful stop from here too.
+    """
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    with ctrl_c_stops_runs():
+    previous = {signum: signal.signal(signum, _handle_stop) for signum in STOP_SIGNALS}
+    try:
         yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _handle_stop(signum: int, frame: FrameType | None) -> None:
