@@ -19,10 +19,15 @@ from promptgrid.engine.limits import names_a_rate
 from promptgrid.engine.spend import SpendCaps, SpendGuard, check_prices
 from promptgrid.engine.stall import StallWatch
 from promptgrid.errors import BudgetExhausted, InvalidInput, Stalled, Throttled
+from promptgrid.output.manifest.costs import spend_caps, spent_on_day
+from promptgrid.output.manifest.writer import ManifestWriter
+from promptgrid.output.sinks import open_sink
 from promptgrid.quota.local import LocalBudget
 from promptgrid.settings import ApiKey
+from promptgrid.spec.schema import ApiConfig
 from promptgrid.types import ErrorCode, Job, JobOutcome, JobStatus
 from tests.test_engine_limits import AUTO, MODEL, jobs
+from tests.test_manifest import T0, make_job, make_outcome
 
 TURBO = "stable-diffusion-3-5-large-turbo"
 
@@ -141,3 +146,19 @@ def test_a_stall_is_logged_after_a_minute_of_refusals_and_halts_at_the_timeout(c
         watch.refused(refusal)
     watch.progressed()  # one create accepted: the clock starts again
     watch.refused(refusal)
+
+
+def test_the_day_s_spend_is_read_from_the_manifest_across_runs(tmp_path):
+    sink = open_sink(str(tmp_path / "out"))
+    for run_id, minutes in (("r1", 0), ("r2", 60), ("r3", 60 * 24)):  # the third run is the next day
+        with ManifestWriter(sink, run_id=run_id, spec_hash="h") as writer:
+            writer.add(make_job(minutes), make_outcome(minutes, minutes=minutes), None)  # billed $0.065
+            unpriced = make_outcome(minutes + 1, minutes=minutes, cost_usd=None)  # no cost reported
+            writer.add(make_job(minutes + 1), unpriced, None)
+            failed = make_outcome(minutes + 2, status=JobStatus.FAILED, minutes=minutes)
+            writer.add(make_job(minutes + 2), failed, None)
+    assert spent_on_day(sink, T0.date(), price_per_image=0.05) == pytest.approx(2 * (0.065 + 0.05))
+    caps = spend_caps(ApiConfig(max_cost_per_day=1.0), sink, [MODEL], now=T0)
+    assert caps.spent_today == pytest.approx(2 * (0.065 + 0.065))
+    with pytest.raises(InvalidInput, match="api.price_per_image"):
+        spend_caps(ApiConfig(max_cost=1.0), sink, [TURBO], now=T0)
