@@ -36,6 +36,9 @@ _stops: dict[int, tuple[asyncio.AbstractEventLoop, Callable[[], None]]] = {}
 _tokens = itertools.count()
 _lock = threading.Lock()
 _asked_by: list[str] = []  # how the stop was asked for: "Ctrl-C" or the signal's name
+_command = threading.Event()  # a command line's handler is around the run (ctrl_c_stops_runs)
+# Set by Prefect's runner in the process it starts for a flow run (a worker's, or `flow.serve`'s).
+RUNNER_FLOW_RUN_ENV = "PREFECT__FLOW_RUN_ID"
 
 
 def stop_requested() -> bool:
@@ -96,9 +99,11 @@ def ctrl_c_stops_runs() -> Iterator[None]:
     _saved.clear()
     _asked_by.clear()
     previous = {signum: signal.signal(signum, _handle_stop) for signum in STOP_SIGNALS}
+    _command.set()
     try:
         yield
     finally:
+        _command.clear()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         logging.disable(logging.NOTSET)
@@ -110,9 +115,11 @@ def stop_signals_handled() -> Iterator[None]:
 
     Prefect's flow engine installs its own SIGTERM handler around every flow run, which would crash the run
     mid-write; this puts the graceful stop back for the block, and Prefect's after it. A run in a worker's
-    process (no command line around it) gets the graceful stop from here too.
+    process (no command line around it) gets the graceful stop from here too. A script's run is left to
+    Python's own Ctrl-C: the process is the script's.
     """
-    if threading.current_thread() is not threading.main_thread():
+    ours = _command.is_set() or bool(os.environ.get(RUNNER_FLOW_RUN_ENV))
+    if not ours or threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {signum: signal.signal(signum, _handle_stop) for signum in STOP_SIGNALS}
