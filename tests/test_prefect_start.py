@@ -50,10 +50,10 @@ def stand_in(script: str, *args: str) -> Iterator[SimpleNamespace]:
 
 
 def test_a_server_that_keeps_working_is_waited_for_past_the_no_progress_limit():
-    with stand_in(_SLOW_SERVER, "1.5") as server:
+    with stand_in(_SLOW_SERVER, "3") as server:
         started = time.monotonic()
-        assert _wait_until_serving(server, time.monotonic() + 120, stalled_s=0.75) == ""
-        assert time.monotonic() - started >= 0.75  # longer than a server may go without progress
+        assert _wait_until_serving(server, time.monotonic() + 120, stalled_s=1.5) == ""
+        assert time.monotonic() - started >= 1.5  # longer than a server may go without progress
 
 
 def test_a_server_that_makes_no_progress_is_given_up_on_early():
