@@ -54,8 +54,12 @@ def test_one_deployment_is_scheduled_and_its_spec_is_valid(deployments):
         CronSchedule(cron=schedule["cron"], timezone=schedule["timezone"])
     # Overlapping runs would both see the same jobs as missing and create them twice.
     assert nightly["concurrency_limit"] == 1
+    # It runs on a machine with nothing else installed: no Redis named. The shared sample says it needs one.
     spec = load_spec(ROOT / nightly["parameters"]["spec_path"])
-    assert spec.api.quota_url is not None
+    assert spec.api.quota_url is None
+    shared_path = ROOT / "deployments" / "specs" / "nightly-shared.yaml"
+    assert load_spec(shared_path).api.quota_url is not None
+    assert "redis-server --port 6379 --save ''" in shared_path.read_text()
 
 
 def test_one_deployment_is_the_backfill(deployments):

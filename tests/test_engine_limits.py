@@ -189,6 +189,10 @@ async def test_a_prediction_cancelled_as_stuck_that_succeeds_after_all_is_fetche
     assert sum(stats["creates_per_input"][input_hash(MODEL, job.inputs)] for job in batch) == 60
 
 
+# Only a 429 that names a rate shows a cap (a bare one is a pause: tests/test_spend_and_stalls.py).
+RATE_429 = "too many requests: rate limit exceeded"
+
+
 async def test_a_429_on_a_create_caps_creates_and_one_on_a_poll_then_counts_polls():
     now = [100.0]
     config = replace(AUTO, limits=Limits.auto(max_in_flight=10))
@@ -198,12 +202,12 @@ async def test_a_429_on_a_create_caps_creates_and_one_on_a_poll_then_counts_poll
     for n in range(60):  # 20 creates and 40 polls answered over 3 s
         now[0] = 100.0 + n * 0.05
         limits.answered("create" if n % 3 == 0 else "poll")
-    await limits.rate_limited("create", Throttled("too many requests", retry_after_s=3.0), now[0])
+    await limits.rate_limited("create", Throttled(RATE_429, retry_after_s=3.0), now[0])
     first = limits.limits
     assert (first.requests, first.polls_count) == (20, False) and first.window_s == pytest.approx(5.95)
     assert limits.latency.polls_free  # polls are not known to count: still timed finely
     now[0] += 3.0
-    await limits.rate_limited("poll", Throttled("too many requests", retry_after_s=0.5), now[0])
+    await limits.rate_limited("poll", Throttled(RATE_429, retry_after_s=0.5), now[0])
     second = limits.limits
     assert second.polls_count and second.requests == 60 and second.window_s == first.window_s
     assert not limits.latency.polls_free and stats.rate_limited == 2

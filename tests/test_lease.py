@@ -112,6 +112,45 @@ def test_renewal_keeps_a_live_run_s_lease_past_its_lifetime(output):
         holder.release()
 
 
+def test_the_holder_s_own_renewals_never_lose_it_however_they_interleave(output):
+    # The run renews (rename) while its renewing thread does: neither may take the other's write for a
+    # takeover. Eight renewers at once, each many times, stand for the worst interleaving.
+    holder = OutputLease(open_sink(output), lease_name(), "cli-run")
+    holder.take()
+    barrier = threading.Barrier(8)
+    results: list[bool] = []
+
+    def renewer() -> None:
+        barrier.wait()
+        results.extend(holder.renew() for _ in range(5))
+
+    threads = [threading.Thread(target=renewer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    try:
+        assert results == [True] * 40
+        holder.rename("flow-run")
+        with pytest.raises(OutputInUse, match="run flow-run"):
+            OutputLease(open_sink(output), lease_name(), "other").take()
+    finally:
+        holder.release()
+
+
+def test_a_write_the_store_took_but_answered_as_lost_keeps_the_lease(output):
+    # An S3 PUT retried after its first try landed answers 412 although the record is ours: still held.
+    holder = OutputLease(open_sink(output), lease_name(), "live")
+    holder.take()
+    holder._version = "stale"  # what such a PUT leaves behind: our record under a version we never saw
+    try:
+        assert holder.renew() is True
+        assert holder.renew() is True
+    finally:
+        holder.release()
+    assert holder.store.read(lease_name()) is None  # released with the version it learned
+
+
 def test_shards_of_one_split_coexist_but_overlapping_leases_do_not(output):
     assert not overlaps("shard-0-of-2", "shard-1-of-2")
     assert overlaps("shard-0-of-1", "shard-1-of-2") and overlaps("shard-0-of-2", "shard-1-of-3")

@@ -16,6 +16,7 @@ import redis.asyncio
 
 from promptgrid.errors import QuotaUnavailable
 from promptgrid.quota.base import Limits
+from promptgrid.quota.factory import check_quota_reachable
 from promptgrid.quota.shared import RedisBudget
 from tests.support.processes import free_port, running_redis_server
 
@@ -221,3 +222,38 @@ async def test_a_waiter_cancelled_mid_grant_leaves_no_slot_behind(redis_url, nam
     for closing in (budget, other):
         await closing.aclose()
     await admin.aclose()
+
+
+def test_an_unreachable_quota_is_found_before_anything_is_sent_naming_it_without_the_password():
+    url = f"redis://:hunter2secret@127.0.0.1:{free_port()}/0"
+    started = time.monotonic()
+    with pytest.raises(QuotaUnavailable) as caught:
+        check_quota_reachable(url)
+    assert time.monotonic() - started < 15
+    message = str(caught.value)
+    assert "redis://***@127.0.0.1:" in message and "hunter2secret" not in message
+    assert "redis-server --port 6379 --save ''" in message and "nothing was sent" in message
+    check_quota_reachable(None)  # no shared quota: nothing to check
+
+
+async def test_a_quota_lost_mid_run_fails_fast_and_gives_slots_back_without_raising(caplog):
+    limits = Limits(requests=None, window_s=1.0, max_in_flight=2)
+    with running_redis_server() as url:
+        budget = RedisBudget(limits, url, "lost", lease_s=0.6)
+        await budget.check()
+        held = await budget.take_slot()
+    # The server is gone: every call fails within the timeouts, and nothing is left for asyncio to report.
+    started = time.monotonic()
+    with pytest.raises(QuotaUnavailable):
+        await budget.take_slot()
+    with pytest.raises(QuotaUnavailable):
+        await budget.check()
+    await budget.release_slot(held)  # in a `finally`: must not hide the error on its way out
+    cancelled = asyncio.create_task(budget.take_slot())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises((asyncio.CancelledError, QuotaUnavailable)):
+        await cancelled
+    await budget.aclose()
+    assert time.monotonic() - started < 15
+    assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]

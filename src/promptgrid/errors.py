@@ -28,7 +28,12 @@
     │                           server, never a password)
     ├── OutputLeaseLost         the run could not renew its output lease in time, so another run may have
     │                           taken the output over: no further create is sent
-    ├── RunInterrupted          the run was stopped (Ctrl-C) after saving what it had; the CLI exits 130
+    ├── BudgetExhausted         a spend cap (`max_cost`, `max_cost_per_day`) would be passed: no further
+    │                           create is sent, the jobs left end BUDGET_EXHAUSTED
+    ├── Stalled                 no create accepted and no prediction finished for `stall_timeout`: the
+    │                           run halts (STALLED), naming the refusals it met
+    ├── RunInterrupted          the run was stopped (Ctrl-C, SIGTERM) after saving what it had; the CLI
+    │                           exits 130
     ├── RunFailed               a run that could not finish its work (shards failed after retries, or
     │                           the API stopped it); the CLI exits 1
     └── ExportFailed            an export that could not finish (its source changed under it); the
@@ -181,6 +186,14 @@ class OutputInUse(InvalidInput):
 
 class OutputLeaseLost(PromptgridError):
     """The output lease expired before it could be renewed: another run may now hold the output."""
+
+
+class BudgetExhausted(PromptgridError):
+    """A spend cap would be passed by one more create; the message says what was spent against which cap."""
+
+
+class Stalled(PromptgridError):
+    """Nothing moved for the run's `stall_timeout`; the message names the refusals met meanwhile."""
 
 
 class RunInterrupted(PromptgridError):

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 SANDBOX_HELP = "Start the local sandbox API and run against it (sandbox renders, not real images)."
 PRICE_HELP = "USD per image, for the cost estimate."
 TIME_SCALE_HELP = "With --sandbox: how many times faster the sandbox's clock runs (latency, rate window)."
+MAX_COST_HELP = "Spend at most this many USD in this run (api.max_cost); no create is sent past it."
+STALL_HELP = "Halt when no create is accepted and no prediction finishes for this many seconds (600)."
 WAIT_HELP = "When another run holds the output, wait until it is done instead of stopping at once."
 
 
@@ -222,14 +224,15 @@ def register(app: typer.Typer) -> None:
         ] = True,
         wait: Annotated[bool, typer.Option("--wait", help=WAIT_HELP)] = False,
         max_jobs: Annotated[int | None, typer.Option(help="Refuse a run of more jobs than this.")] = None,
+        max_cost: Annotated[float | None, typer.Option(help=MAX_COST_HELP)] = None,
+        stall_timeout: Annotated[float | None, typer.Option(help=STALL_HELP)] = None,
     ) -> None:
         """Generate every image a spec describes (or, with --dry-run, say what that would take)."""
         from promptgrid.engine.estimate import describe_dry_run
         from promptgrid.spec.load import check_spec, load_spec, read_spec
 
-        overrides = spec_overrides(
-            output, api_base, rate_limit, max_concurrent, polls_count, max_jobs=max_jobs
-        )
+        caps: dict[str, Any] = {"max_cost": max_cost, "stall_timeout": stall_timeout, "max_jobs": max_jobs}
+        overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count, **caps)
         environment = environment_overrides()
         if dry_run:  # offline: the built-in table and the user cache, nothing asked of the API
             loaded = load_spec(spec, overrides=overrides, environment=environment)
@@ -243,6 +246,9 @@ def register(app: typer.Typer) -> None:
         check_output(sweep.output)
         if not use_sandbox and not reachable(sweep.api.base_url):
             raise typer.Exit(1)
+        from promptgrid.quota.factory import check_quota_reachable
+
+        check_quota_reachable(sweep.api.quota_url)  # exit 1 in seconds, before Prefect starts
         time_scale = sandbox_time_scale if use_sandbox else 1.0
         with api_for_run(use_sandbox, time_scale) as sandbox_url:
             replaced = {}
@@ -254,9 +260,7 @@ def register(app: typer.Typer) -> None:
                     rate_limit = scaled_rate_limit(limit.requests, limit.window_s, time_scale)
                     replaced["api.rate_limit"] = (rate_limit, f"--sandbox, x{time_scale:g} time")
             print(describe_settings(sweep, replaced), file=sys.stderr)
-            overrides = spec_overrides(
-                output, api_base, rate_limit, max_concurrent, polls_count, max_jobs=max_jobs
-            )
+            overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count, **caps)
             checked, resolved = resolve_models_first(spec, overrides, environment, time_scale)
             done = nothing_left(checked)
             if done is not None:
@@ -282,7 +286,7 @@ def register(app: typer.Typer) -> None:
                         wait=wait,
                         return_state=True,
                         resolved_models=resolved,
-                        max_jobs=max_jobs,
+                        **caps,
                     )
                 )
         raise typer.Exit(code)

@@ -11,6 +11,8 @@ from promptgrid.api.fetch import DEFAULT_MAX_BYTES
 from promptgrid.api.polling import PollPolicy
 from promptgrid.defaults import DOWNLOAD_DEADLINE_S, PREDICTION_DEADLINE_S
 from promptgrid.engine.retry import RETRYABLE_CODES
+from promptgrid.engine.spend import SpendCaps
+from promptgrid.engine.stall import STALL_TIMEOUT_S
 from promptgrid.quota.base import Limits
 from promptgrid.types import Job
 
@@ -51,6 +53,9 @@ class EngineConfig:
     # take a moment to be listed, and "not listed" is what lets it be sent again.
     listing_lag_s: float = 1.0
     poll: PollPolicy = field(default_factory=PollPolicy)
+    spend: SpendCaps = field(default_factory=SpendCaps)  # promptgrid.engine.spend
+    # No create accepted and no prediction finished for this long: the run halts (None: never).
+    stall_timeout_s: float | None = STALL_TIMEOUT_S
 
     def scaled(self, time_scale: float) -> EngineConfig:
         """The same config for an API whose clock runs `time_scale` times faster (the sandbox, tests)."""
@@ -65,6 +70,7 @@ class EngineConfig:
             cancel_wait_s=self.cancel_wait_s / time_scale,
             listing_lag_s=self.listing_lag_s / time_scale,
             poll=self.poll.scaled(time_scale),
+            stall_timeout_s=None if self.stall_timeout_s is None else self.stall_timeout_s / time_scale,
         )
 
 
@@ -78,6 +84,7 @@ class EngineStats:
     room_waits: int = 0  # creates refused for want of room (429 about concurrency): they waited
     payment_waits: int = 0  # creates refused with 402: they waited for one of ours to finish
     adopted_limit: str | None = None  # the request cap read off the API under `rate_limit: auto`
+    spend: str | None = None  # spent against the spend caps (promptgrid.engine.spend); None without caps
     late_successes: int = 0  # predictions cancelled as stuck that succeeded after all (fetched, paid)
     transient_errors: int = 0
     creates: int = 0

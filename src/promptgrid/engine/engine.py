@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from promptgrid.aio import as_async_iterator
@@ -54,8 +55,20 @@ from promptgrid.engine.retry import (
     outcome_unknown,
     unknown_create,
 )
+from promptgrid.engine.spend import SpendGuard
+from promptgrid.engine.stall import StallWatch
 from promptgrid.engine.waiting import PredictionWaits
-from promptgrid.errors import ApiError, ApiUnreachable, ModelNotFound, PaymentRequired, Throttled
+from promptgrid.errors import (
+    ApiError,
+    ApiUnreachable,
+    BudgetExhausted,
+    ModelNotFound,
+    PaymentRequired,
+    PromptgridError,
+    QuotaUnavailable,
+    Stalled,
+    Throttled,
+)
 from promptgrid.quota.base import Budget
 from promptgrid.types import ErrorCode, Job, JobOutcome, JobStatus
 
@@ -92,14 +105,17 @@ class Engine:
         self.waits = PredictionWaits(self.gateway, config, self.latency, self.stats, self.halt, clock)
         retry = ReadRetry(tries=8, base_s=config.retry_backoff_s, cap_s=config.max_backoff_s)
         self.lost_creates = LostCreates(self.gateway, self.routes.slug_for, prepare_inputs, retry=retry)
+        self.spend = SpendGuard(config.spend)
+        self.stall = StallWatch(config.stall_timeout_s, clock)
 
     @property
     def client(self) -> ApiClient:
         return self.gateway.client
 
     @property
-    def halted(self) -> ApiError | None:
-        """Why no further job is taken (a refused key, 402s, an unreachable API), or None."""
+    def halted(self) -> PromptgridError | None:
+        """Why no further job is taken (a refused key, 402s, an unreachable API or quota, a spend cap, a
+        stall), or None."""
         return self.halt.halted
 
     async def run(
@@ -135,7 +151,8 @@ class Engine:
                 for task in done:
                     if (outcome := task.result()).job_id not in self.deferred:
                         yield outcome
-            if not exhausted and self.halted is not None and not isinstance(self.halted, ApiUnreachable):
+            unreachable = isinstance(self.halted, ApiUnreachable | QuotaUnavailable)
+            if not exhausted and self.halted is not None and not unreachable:
                 async for job in source:
                     if job.job_id not in resume:  # one already created is left for a rerun to poll
                         yield self._not_sent(job, self.halted)
@@ -144,10 +161,11 @@ class Engine:
                 task.cancel()
             # Collected, so a failure beside the one being raised is not reported again as never retrieved.
             await asyncio.gather(*pending, *done, return_exceptions=True)
+            self.stats.spend = self.spend.describe()
         if self.halted is not None:
             raise self.halted
 
-    def _not_sent(self, job: Job, halted: ApiError) -> JobOutcome:
+    def _not_sent(self, job: Job, halted: PromptgridError) -> JobOutcome:
         """The outcome of a job handed to a run that had halted: never sent, and why."""
         ended = not_submitted(halted)
         self.stats.outcomes[ended.status.value] += 1
@@ -180,6 +198,10 @@ class Engine:
             outcome.status = ended.status
             outcome.error_code, outcome.error_message = ended.code, ended.message
         except JobDeferred:
+            self.deferred.add(job.job_id)
+            return outcome
+        except QuotaUnavailable as exc:  # the shared limits are gone: nothing more may be sent
+            self.halt.stop(exc)
             self.deferred.add(job.job_id)
             return outcome
         outcome.completed_at = _now()
@@ -219,20 +241,28 @@ class Engine:
                     if (missing := self.routes.missing(job.model)) is not None:  # refused in every spelling
                         raise failed(ErrorCode.MODEL_NOT_FOUND, missing)
                     inputs = inputs if inputs is not None else await self._prepare(job)
+                    self._halt_on(lambda: self.spend.reserve(job))
                     outcome.attempts = attempt  # counted once sent: an unknown create may have made one
                     try:
                         prediction_id = await self._create(job, inputs, outcome)
                     except NoRoom as no:
+                        self.spend.unsent(job)
                         refused_since = self._no_room(no.refusal, refused_since)
                         continue
+                    except BaseException as exc:
+                        self.spend.create_raised(job, exc)
+                        raise
                 else:
                     prediction_id = known_id
                 created_at = self._clock()  # polls are timed from here, not from after the journal
                 gate.accepted()
+                self.stall.progressed()
                 running = True
                 await self._started(job, outcome, attempt, prediction_id, resumed=known_id is not None)
                 prediction = await self.waits.until_finished(job, prediction_id, outcome, created_at)
                 self.limits.finished()
+                self.stall.progressed()
+                self.spend.settle(job, prediction.cost_usd, prediction.status is PredictionStatus.SUCCESS)
                 return prediction
             finally:
                 self.stats.in_flight -= 1
@@ -253,6 +283,7 @@ class Engine:
 
     def _no_room(self, refusal: ApiError, since: float | None) -> float:
         """Note a create refused for want of room; end the job past `room_wait_s` or when the run halts."""
+        self._halt_on(lambda: self.stall.refused(refusal))
         if self.limits.refused(refusal):
             self.halt.stop(refusal)
             raise create_refused(refusal)
@@ -261,6 +292,14 @@ class Engine:
         if now - since > self.config.room_wait_s:
             raise no_room(now - since, refusal)
         return since
+
+    def _halt_on(self, check: Callable[[], None]) -> None:
+        """Run a guard's check (spend caps, stalls); the halt it raises stops the run, and this job."""
+        try:
+            check()
+        except (BudgetExhausted, Stalled) as exc:
+            self.halt.stop(exc)
+            raise not_submitted(exc) from None
 
     async def _prepare(self, job: Job) -> Mapping[str, Any]:
         if self.prepare_inputs is None:
@@ -291,6 +330,7 @@ class Engine:
                 resends = self._count_resend(resends, exc)
             except Throttled as exc:  # about the rate: the budget paused; sending again creates nothing twice
                 await self.events.on_unsent(job, outcome.attempts)
+                self._halt_on(partial(self.stall.refused, exc))
                 throttled_since = throttled_since or self._clock()
                 if self._clock() - throttled_since > self.config.room_wait_s:
                     raise no_room(self._clock() - throttled_since, exc) from None

@@ -191,7 +191,7 @@ def describe_plan(
         f"{limits}, at {api.base_url}",
         f"time: ~{format_duration(estimate.seconds)} at these limits and {latency_s:g} s typical latency "
         f"(bound by {estimate.bound_by}); {time_note}",
-        f"cost: ${estimate.cost_usd:,.2f} at ${price_per_image:g} per image",
+        f"cost: ${estimate.cost_usd:,.2f} at ${price_per_image:g} per image" + describe_caps(api),
         f"output: {spec.output}",
     ]
     if plan.rendered and plan.prompt_samples:
@@ -202,6 +202,16 @@ def describe_plan(
         lines.extend(_sample_line(number, job) for number, job in enumerate(plan.samples, 1))
     lines.append("dry run: nothing was sent to the API.")
     return "\n".join(lines)
+
+
+def describe_caps(api: ApiConfig) -> str:
+    """The spend caps beside the cost estimate: '; cap: max_cost $0.65'."""
+    caps = [
+        f"{name} ${value:g}"
+        for name, value in (("max_cost", api.max_cost), ("max_cost_per_day", api.max_cost_per_day))
+        if value is not None
+    ]
+    return f"; cap: {', '.join(caps)} (no create is sent past it)" if caps else ""
 
 
 def describe_dry_run(

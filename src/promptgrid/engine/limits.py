@@ -6,10 +6,12 @@ request-rate limit, and a cap on concurrent executions shared by every key of th
 
 - about the request rate: a 429 on a poll or a cancel, or on a create that speaks of a request rate, or
   that does not speak of concurrency while fewer than our cap are in flight. The whole budget pauses (for
-  `Retry-After`, else a backoff). Under `rate_limit: auto` the first such 429 also sets a cap, inferred
-  from what the API answered before it (promptgrid.quota.adaptive.infer_rate_limit), kept for the
-  rest of the run, logged and counted in the run summary; a later one lowers it. An explicit
-  `api.rate_limit` is a hard cap: nothing is adopted.
+  `Retry-After`, else a backoff). Under `rate_limit: auto` the first such 429 that names a rate also sets
+  a cap, inferred from what the API answered before it (promptgrid.quota.adaptive.infer_rate_limit),
+  kept for the rest of the run, logged and counted in the run summary; a later one lowers it. A 429 that
+  names neither a rate nor slots is only a pause: a cap read off it could be anything. Nor is the
+  transient "too many executions were started at once" (a burst, retried after a backoff) a rate or a
+  lack of slots. An explicit `api.rate_limit` is a hard cap: nothing is adopted.
 - about room: a 429 about concurrency, or an unexplained one on a create while our cap is full, or a 402
   (the executions in flight cost more than the balance). Nothing pauses: polls go on, since ours finishing
   is what makes room. The `SlotGate` lowers the in-flight cap to what the API took and opens again as ours
@@ -39,6 +41,8 @@ log = logging.getLogger(__name__)
 # How a refusal speaks of concurrency, or of a request rate, in the API's words or a gateway's.
 _ABOUT_CONCURRENCY = re.compile(r"concurren|in[ -]?flight|parallel|simultaneous", re.IGNORECASE)
 _ABOUT_RATE = re.compile(r"\brequests?\s+(?:per|/|an?|each|every)\b|\brate\b", re.IGNORECASE)
+# The errors page's transient 429 for a burst of creates; its exact wording is not published.
+_ABOUT_BURST = re.compile(r"\bstarted at once\b|\bat once\b.*\bstarted\b|\bburst", re.IGNORECASE)
 # Answers remembered for inferring a cap: enough for a window of a few thousand requests.
 _ANSWERS_KEPT = 4096
 
@@ -93,17 +97,19 @@ class ApiLimits:
             return False
         if _ABOUT_CONCURRENCY.search(exc.message):
             return True
-        if _ABOUT_RATE.search(exc.message):
+        if _ABOUT_RATE.search(exc.message) or _ABOUT_BURST.search(exc.message):
             return False
         # Unsaid: with our cap full (our own create holds an entry), a full organisation is the likelier.
         return self.gate.active >= self.gate.cap
 
     async def rate_limited(self, kind: str, exc: Throttled, sent_at: float) -> None:
-        """A 429 about the request rate: adopt or lower a cap under `auto`, then pause every caller."""
+        """A 429 not about room: pause every caller; one that names a rate also adopts or lowers a cap
+        under `auto`."""
         self.stats.throttled += 1
-        self.stats.rate_limited += 1
-        if self.auto and sent_at >= self._adopted_at:  # one sent before the cap was set says nothing of it
-            self._adopt(kind, exc)
+        if names_a_rate(exc):
+            self.stats.rate_limited += 1
+            if self.auto and sent_at >= self._adopted_at:  # one sent before the cap was set says nothing
+                self._adopt(kind, exc)
         await self.budget.on_throttled(exc.retry_after_s)
 
     def refused(self, exc: ApiError) -> bool:
@@ -153,3 +159,8 @@ class ApiLimits:
             verb,
             limits.describe(),
         )
+
+
+def names_a_rate(exc: Throttled) -> bool:
+    """Whether a 429 speaks of a request rate (not of a burst of creates started at once)."""
+    return bool(_ABOUT_RATE.search(exc.message)) and not _ABOUT_BURST.search(exc.message)

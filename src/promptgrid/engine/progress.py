@@ -153,6 +153,8 @@ def limit_rows(stats: EngineStats | None) -> list[dict[str, Any]]:
         {"metric": "creates that waited for room (429, concurrency)", "value": stats.room_waits},
         {"metric": "creates that waited for the balance (402)", "value": stats.payment_waits},
     ]
+    if stats.spend:
+        rows.append({"metric": "spent against the cap", "value": stats.spend})
     if stats.late_successes:
         rows.append({"metric": "cancelled as stuck, then succeeded", "value": stats.late_successes})
     if stats.adopted_creates:

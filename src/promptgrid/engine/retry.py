@@ -43,9 +43,13 @@ from promptgrid.errors import (
     ApiError,
     ApiUnreachable,
     AuthenticationFailed,
+    BudgetExhausted,
     InputRejected,
     PaymentRequired,
+    PromptgridError,
+    QuotaUnavailable,
     ServerFailure,
+    Stalled,
     TransportFailure,
     UnexpectedAnswer,
 )
@@ -113,9 +117,9 @@ class Halt:
     def __init__(self, base_url: str, unreachable_after: int):
         self.base_url = base_url
         self.reachability = Reachability(unreachable_after)
-        self.halted: ApiError | None = None
+        self.halted: PromptgridError | None = None
 
-    def stop(self, exc: ApiError) -> None:
+    def stop(self, exc: PromptgridError) -> None:
         """No job is submitted after this one (the first reason is kept)."""
         self.halted = self.halted or exc
 
@@ -123,7 +127,7 @@ class Halt:
         """Stop this job, with no outcome, once the API proves unreachable (this failure may prove it)."""
         if exc is not None and self.halted is None:
             self.halted = self.reachability.unreachable(exc, self.base_url)
-        if isinstance(self.halted, ApiUnreachable):
+        if isinstance(self.halted, ApiUnreachable | QuotaUnavailable):
             raise JobDeferred
 
     def refuse_if_halted(self) -> None:
@@ -177,8 +181,12 @@ def halts_the_run(exc: ApiError) -> bool:
     return isinstance(exc, AuthenticationFailed)
 
 
-def not_submitted(halted: ApiError) -> JobEnded:
+def not_submitted(halted: PromptgridError) -> JobEnded:
     """How a job ends that was never sent because the run was halted earlier."""
+    if isinstance(halted, BudgetExhausted):
+        return failed(ErrorCode.BUDGET_EXHAUSTED, f"not submitted: {halted}")
+    if isinstance(halted, Stalled):
+        return failed(ErrorCode.STALLED, f"not submitted: {halted}")
     if isinstance(halted, PaymentRequired):
         return failed(ErrorCode.PAYMENT_REQUIRED, "not submitted: the API answered 402 earlier")
     return failed(ErrorCode.AUTHENTICATION_FAILED, "not submitted: the API refused the key")

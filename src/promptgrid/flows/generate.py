@@ -45,6 +45,8 @@ async def generate(
     resolved_models: dict[str, Any] | None = None,
     wait: bool = False,
     max_jobs: int | None = None,
+    max_cost: float | None = None,
+    stall_timeout: float | None = None,
 ) -> State[dict[str, Any]]:
     """Generate every image of a spec that its output does not have yet.
 
@@ -59,8 +61,18 @@ async def generate(
     paths in it start from `spec_path`'s folder. The spec's models are resolved first (which slug the API
     knows, their schemas), unless `resolved_models` brings a resolution made just before (the command
     line's). Another run holding the output (or an overlapping shard) stops this one at once, unless `wait`.
+    `max_cost` (USD) and `stall_timeout` (seconds) override the spec's `api.max_cost` and `api.stall_timeout`.
     """
-    overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count, max_jobs=max_jobs)
+    overrides = spec_overrides(
+        output,
+        api_base,
+        rate_limit,
+        max_concurrent,
+        polls_count,
+        max_jobs=max_jobs,
+        max_cost=max_cost,
+        stall_timeout=stall_timeout,
+    )
     environment = environment_overrides()
     spec, models = await resolve_spec(
         Path(spec_path),

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -30,11 +30,12 @@ from promptgrid.engine.engine import Engine
 from promptgrid.engine.lost_creates import LostCreates
 from promptgrid.engine.progress import RunProgress, TerminalProgress
 from promptgrid.engine.unanswered import UnknownCreates, run_and_store, settle_unknown_creates
-from promptgrid.errors import ApiError, InvalidInput, RunInterrupted
+from promptgrid.errors import InvalidInput, PromptgridError, RunInterrupted
 from promptgrid.flows.planning import RunPlan, Selection, Tally, plan_selection, select_jobs
 from promptgrid.output.input_images import InputImages, InputServer, classify_image_ref
 from promptgrid.output.journal import Journal
 from promptgrid.output.lease import OutputLease, holding, lease_name, take_lease
+from promptgrid.output.manifest.costs import spend_caps
 from promptgrid.output.manifest.writer import ManifestWriter
 from promptgrid.output.recorder import OutcomeStore
 from promptgrid.output.recovery import repair
@@ -42,7 +43,7 @@ from promptgrid.output.saved_spec import save_models, save_spec
 from promptgrid.output.sinks import open_sink
 from promptgrid.output.sinks.base import Sink
 from promptgrid.quota.base import Limits
-from promptgrid.quota.factory import open_budget, quota_namespace
+from promptgrid.quota.factory import check_quota_reachable, open_budget, quota_namespace
 from promptgrid.settings import read_api_settings
 from promptgrid.spec.schema import ApiConfig
 from promptgrid.types import Job
@@ -91,10 +92,11 @@ async def predict_shard(jobs: list[Job], run: RunContext) -> int:
     todo = [job for job in jobs if job.job_id not in store.saved]
     try:
         await run_and_store(run.engine, todo, {**run.resume, **store.created}, store)
-    except ApiError as exc:
+    except PromptgridError as exc:
         if exc is not run.engine.halted:
             raise
-        # 402/401: retrying the shard cannot help; the flow reports it once every shard has stopped.
+        # 402/401, a spend cap, a stall, the shared quota gone: retrying the shard cannot help; the flow
+        # reports it once every shard has stopped.
     return len(todo)
 
 
@@ -133,7 +135,7 @@ def engine_config(api: ApiConfig, time_scale: float) -> EngineConfig:
     )
     # Limits come from the spec as given (a sandbox run's are already scaled); only the engine's own
     # clocks (deadlines, backoff, poll intervals) follow the API's time scale.
-    return EngineConfig(limits=limits).scaled(time_scale)
+    return EngineConfig(limits=limits, stall_timeout_s=api.stall_timeout).scaled(time_scale)
 
 
 async def run_plan(
@@ -160,7 +162,7 @@ async def run_plan(
     name = lease_name(selection.shard_index, selection.shard_count)
     lease = await take_lease(sink, name, run_id, wait=wait, on_wait=get_run_logger().warning)
     try:
-        with holding(lease):
+        with holding(lease), interrupts.stop_signals_handled():
             return await _run_held(plan, selection, sink, lease, run_id, price_per_image, time_scale, report)
     finally:
         if interrupts.stop_requested():
@@ -198,6 +200,9 @@ async def _run_held(
     resume = await journal.load_async()
     unknown = await asyncio.to_thread(UnknownCreates.read, journal, latest, selection.rerun)
     config = engine_config(plan.api, time_scale)
+    models = plan.models.models if plan.models else ()
+    config = replace(config, spend=await asyncio.to_thread(spend_caps, plan.api, sink, models))
+    await asyncio.to_thread(check_quota_reachable, plan.api.quota_url)  # before anything is sent
     budget = open_budget(config.limits, plan.api.quota_url, quota_namespace(settings.api_key))
     failures: list[BaseException] = []
     interrupted = False
@@ -238,8 +243,8 @@ async def _run_held(
                 await budget.aclose()
     if interrupted:
         raise RunInterrupted(
-            f"stopped by Ctrl-C: {progress.succeeded} images saved, {progress.failed} failed; what was "
-            "created is in the journal, so the same command continues without paying twice"
+            f"stopped by {interrupts.stop_cause()}: {progress.succeeded} images saved, {progress.failed} "
+            "failed; what was created is in the journal, so the same command continues without paying twice"
         )
     progress.api_requests += reconciler.api_requests
     return await finish_run(

@@ -19,7 +19,7 @@ from prefect.context import FlowRunContext
 from prefect.states import Completed, Failed
 
 from promptgrid.engine.progress import RunProgress, summary_rows
-from promptgrid.errors import ApiUnreachable
+from promptgrid.errors import ApiError, ApiUnreachable
 from promptgrid.output.sinks.base import Sink
 from promptgrid.spec.verdict import ANY_FAILURE, FailWhen
 
@@ -116,6 +116,8 @@ def run_problem(
     """Why the run counts as failed, in one sentence; None when it does not."""
     if isinstance(halted, ApiUnreachable):
         return halted.explain()
+    if halted is not None and not isinstance(halted, ApiError):  # the run's own halt: spend, stall, quota
+        return f"{halted}"
     if halted is not None:
         return f"the API stopped this run: {halted}; rerun the same command to continue"
     if failures:

@@ -103,6 +103,9 @@ class OutputLease:
         self._version = ""
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
+        # One change of the record at a time: the run (rename) and its renewing thread both renew, and two
+        # renewals from one stale version would have the loser take its own holder's write for a takeover.
+        self._changing = threading.RLock()
 
     def try_take(self) -> Holder | None:
         """Take the lease if free (or its holder gone); else return who holds this or an overlapping one."""
@@ -167,14 +170,29 @@ class OutputLease:
 
     def renew(self) -> bool:
         """Extend the lease; False when it is no longer ours (taken over after it expired)."""
-        if self._holder is None:
-            return False
-        renewed = replace(self._holder, expires_at=self.clock() + timedelta(seconds=self.ttl_s))
-        version = self.store.replace(self.name, renewed.to_json(), self._version)
-        if version is None:
-            return False
-        self._holder, self._version = renewed, version
-        return True
+        with self._changing:
+            if self._holder is None:
+                return False
+            renewed = replace(self._holder, expires_at=self.clock() + timedelta(seconds=self.ttl_s))
+            version = self.store.replace(self.name, renewed.to_json(), self._version)
+            if version is None:
+                version = self._still_ours(renewed)
+            if version is None:
+                return False
+            self._holder, self._version = renewed, version
+            return True
+
+    def _still_ours(self, renewed: Holder) -> str | None:
+        """After a refused replace: the record's version when it still carries our token, written again.
+
+        A write the store took but answered as failed (an S3 retry that met its own first PUT) changes the
+        version under us; only another holder's token means the lease was lost.
+        """
+        current = self.store.read(self.name)
+        holder = Holder.from_json(current[0]) if current else None
+        if current is None or holder is None or holder.token != renewed.token:
+            return None
+        return self.store.replace(self.name, renewed.to_json(), current[1])
 
     def rename(self, run_id: str) -> None:
         """Name another run as the holder (the run that took over a lease its command line took)."""
@@ -196,10 +214,11 @@ class OutputLease:
         self._stop.set()
         if self._renewer is not None and self._renewer is not threading.current_thread():
             self._renewer.join(timeout=30)
-        if self._holder is not None:
-            with contextlib.suppress(Exception):  # an unreleased lease expires on its own
-                self.store.delete(self.name, self._version)
-            self._holder = None
+        with self._changing:
+            if self._holder is not None:
+                with contextlib.suppress(Exception):  # an unreleased lease expires on its own
+                    self.store.delete(self.name, self._version)
+                self._holder = None
 
     def start_renewing(self) -> None:
         if self._renewer is not None and self._renewer.is_alive():
@@ -209,7 +228,12 @@ class OutputLease:
         self._renewer.start()
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(self.ttl_s / 3):
+        # Ticks are a third of the lifetime apart from the start of one renewal to the next, not from its
+        # end: a store slowed down by a busy machine then costs no lifetime beyond its own delay.
+        interval = self.ttl_s / 3
+        next_at = time.monotonic() + interval
+        while not self._stop.wait(max(0.0, next_at - time.monotonic())):
+            next_at = time.monotonic() + interval
             try:
                 kept: bool | None = self.renew()
             except Exception:  # the store is unreachable for now: try again at the next tick

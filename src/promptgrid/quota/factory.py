@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import hashlib
 
-from promptgrid.errors import InvalidInput
+import redis
+from redis.exceptions import RedisError
+
+from promptgrid.errors import InvalidInput, QuotaUnavailable
 from promptgrid.locations import check_quota_url as check_url
+from promptgrid.locations import redact_url
 from promptgrid.quota.base import Budget, Limits
 from promptgrid.quota.local import LocalBudget
-from promptgrid.quota.shared import RedisBudget
+from promptgrid.quota.shared import CONNECT_TIMEOUT_S, RedisBudget
 from promptgrid.settings import ApiKey
+
+START_HINT = (
+    "start it (on this machine: `redis-server --port 6379 --save ''`), or remove api.quota_url from the "
+    "spec to run on this process's own quota"
+)
 
 
 def open_budget(limits: Limits, quota_url: str | None = None, namespace: str = "default") -> Budget:
@@ -37,3 +46,21 @@ def quota_namespace(api_key: ApiKey | None) -> str:
     if api_key is None:
         return "default"
     return hashlib.sha256(api_key.reveal().encode()).hexdigest()[:16]
+
+
+def check_quota_reachable(quota_url: str | None, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """Before anything is sent: QuotaUnavailable, naming the URL without its password, unless the shared
+    quota's Redis answers within `timeout_s`. Nothing to check without a `quota_url`."""
+    if quota_url is None:
+        return
+    check_quota_url(quota_url)
+    client = redis.Redis.from_url(quota_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        client.ping()
+    except (RedisError, OSError) as exc:
+        raise QuotaUnavailable(
+            f"the shared quota at {redact_url(quota_url)} is unreachable ({exc}); nothing was sent. "
+            + START_HINT
+        ) from None
+    finally:
+        client.close()

@@ -14,7 +14,10 @@ script reading Redis TIME, so every process judges time by one clock:
 
 Releases are announced on a pub/sub channel so slot waiters wake at once instead of polling; a waiter still
 re-checks after `recheck_s` in case an announcement is lost. Redis being unreachable raises
-`QuotaUnavailable`: running on without the shared limits would break them for every other worker.
+`QuotaUnavailable`: running on without the shared limits would break them for every other worker. `check()`
+asks once before a run sends anything; every connection and answer has a timeout (`CONNECT_TIMEOUT_S`,
+`ANSWER_TIMEOUT_S`), so a Redis lost mid-run stops the run in seconds instead of hanging it. Giving a slot
+back never fails: one that cannot be given back is logged and returns on its own when its lease runs out.
 
 Without a request-rate cap (`Limits.auto`) no request is entered in the window: the slots and the shared
 pause still hold. A cap the engine adopts (`adopt`) applies to this process's requests from then on; the
@@ -50,6 +53,9 @@ _T = TypeVar("_T")
 
 # A 429 without Retry-After while no cap is known: how long every process pauses.
 _UNCAPPED_PAUSE_S = 1.0
+# Redis answers in milliseconds; a connection or answer slower than these means it is gone.
+CONNECT_TIMEOUT_S = 3.0
+ANSWER_TIMEOUT_S = 5.0
 
 # Times are microseconds of Redis TIME (exact in a Lua double until the year 2255).
 # KEYS: window, paused_until. ARGV: limit, window_us, guard_us, member, counts (1/0), unsettled_us.
@@ -158,7 +164,13 @@ class RedisBudget:
         self._apply(limits)
         self._where = redact_url(url)
         # A bounded pool: thousands of waiting callers must not become thousands of connections.
-        pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30)
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=ANSWER_TIMEOUT_S * 2,
+            socket_connect_timeout=CONNECT_TIMEOUT_S,
+            socket_timeout=ANSWER_TIMEOUT_S,
+        )
         self._redis = aioredis.Redis.from_pool(pool)
         prefix = f"promptgrid:quota:{namespace}:"
         self._window_key = prefix + "window"
@@ -178,6 +190,8 @@ class RedisBudget:
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
         self._cleanup: asyncio.Task[None] | None = None
+        self._release_failed = False
+        self._lost = False  # the last call to Redis failed
         # One caller per kind asks Redis at a time and the rest queue here, first come first served: the
         # ones behind would only be told to wait as long. Kinds queue apart so polls never wait on creates.
         self._askers = {kind: asyncio.Lock() for kind in (*REQUEST_KINDS, "slot")}
@@ -190,6 +204,10 @@ class RedisBudget:
         self.unsettled_s = unsettled_s if unsettled_s is not None else limits.window_s
         # A 429 without Retry-After: one request's share of the window, LocalBudget's first backoff step.
         self.default_pause_s = default_pause_s or limits.floor_interval_s or _UNCAPPED_PAUSE_S
+
+    async def check(self) -> None:
+        """QuotaUnavailable, naming the server (never its password), unless Redis answers now."""
+        await self._run(self._redis.ping())  # type: ignore[arg-type,unused-ignore]  # typed as a union
 
     def adopt(self, limits: Limits, answered: Sequence[float] = ()) -> None:
         """Keep this process's requests to `limits` from now on (the shared window counts from here)."""
@@ -268,12 +286,23 @@ class RedisBudget:
             await wait_event(released, min(wait_us / 1e6, self.recheck_s))
 
     async def release_slot(self, token: str) -> None:
-        """Give the slot back and wake the processes waiting for one."""
+        """Give the slot back and wake the processes waiting for one; never raises.
+
+        Called in `finally` blocks while another error may be on its way out: an unreachable Redis must
+        not hide it. A slot not given back returns on its own once its lease (`lease_s`) runs out.
+        """
         self._held.discard(token)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.zrem(self._slots_key, token)
-            pipe.publish(self._released_channel, "1")
-            await self._run(pipe.execute())
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(self._slots_key, token)
+                pipe.publish(self._released_channel, "1")
+                await self._run(pipe.execute())
+        except QuotaUnavailable as exc:
+            if not self._release_failed:
+                self._release_failed = True
+                log.warning(
+                    "could not give an in-flight slot back (it returns within %g s): %s", self.lease_s, exc
+                )
 
     async def aclose(self) -> None:
         """Stop renewing, give back any slot still held, and close the connections."""
@@ -284,9 +313,12 @@ class RedisBudget:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
+        if self._cleanup is not None:
+            await asyncio.wait([self._cleanup], timeout=ANSWER_TIMEOUT_S)
         with contextlib.suppress(QuotaUnavailable):
-            for token in list(self._held):
-                await self.release_slot(token)
+            if not self._lost:  # else each would wait out a timeout: their leases expire on their own
+                for token in list(self._held):
+                    await self.release_slot(token)
             await self._stop_listener()
         await self._redis.aclose()
 
@@ -305,9 +337,12 @@ class RedisBudget:
 
     async def _run(self, awaitable: Awaitable[_T]) -> _T:
         try:
-            return await awaitable
+            answer = await awaitable
         except (RedisError, OSError) as exc:
+            self._lost = True
             raise QuotaUnavailable(f"the shared quota at {self._where} is unreachable: {exc}") from None
+        self._lost = False
+        return answer
 
     def _ensure_renewer(self) -> None:
         if self._renewer is None or self._renewer.done():

@@ -45,6 +45,11 @@ class SandboxConfig:
     retry_after: bool = True  # whether 429s say when to come back (the docs call it optional)
     held_by_others: int = 0  # in-flight slots other keys of the organisation occupy
     payment_limit: int | None = None  # 402 for a create while this many predictions are in flight
+    # The errors page's 429s that name no limit: every create answered a bare 429 (no rate, no slots named,
+    # no Retry-After), or more creates than `burst_limit` in one second answered "too many executions were
+    # started at once" (transient: neither a rate nor slots).
+    bare_429: bool = False
+    burst_limit: int | None = None
     # Share of cancels the API acknowledges but does not carry out: the prediction runs on, holding its slot,
     # and ends as it would have (a success is billed); one that would never finish ends `cancelled_late_s` on.
     cancel_ignored_rate: float = 0.0
@@ -112,6 +117,8 @@ class SandboxConfig:
             problems.append("held_by_others must be between 0 and max_in_flight")
         if self.payment_limit is not None and self.payment_limit < 1:
             problems.append("payment_limit must be at least 1")
+        if self.burst_limit is not None and self.burst_limit < 1:
+            problems.append("burst_limit must be at least 1")
         if self.cancel_late_s < 0 or self.latency_tail_factor < 1:
             problems.append("cancel_late_s must be >= 0 and latency_tail_factor >= 1")
         if self.latency_median_s < 0 or self.latency_sigma < 0 or self.url_lifetime_s <= 0:

@@ -115,6 +115,7 @@ class Admission:
         self._counters = counters
         self._windows: dict[str, RequestWindow] = {}
         self._in_flight: dict[str, InFlight] = {}
+        self._bursts: dict[str, RequestWindow] = {}
         self.held_by_others = config.held_by_others  # tests may change it while the sandbox runs
 
     def request(self, owner: str, counted: bool, now: float) -> Reply | None:
@@ -129,6 +130,8 @@ class Admission:
 
     def create(self, owner: str, valid: bool, now: float) -> Reply | None:
         """A create (`valid`: its body passed the checks): the window, then the slots, then the balance."""
+        if refusal := self._unexplained_refusal(owner, now):
+            return refusal
         window = self._window(owner) if self.config.rate_limited else None
         if window is not None and (refusal := self._window_refusal(window, now)):
             return refusal
@@ -201,6 +204,22 @@ class Admission:
                 "across all its API keys; wait for one to finish"
             )
         return throttled(self._next_end(owner, now), details, cfg.retry_after)
+
+    def _unexplained_refusal(self, owner: str, now: float) -> Reply | None:
+        """A bare 429 (`bare_429`), or a burst's transient one (`burst_limit` creates per second)."""
+        cfg = self.config
+        if cfg.bare_429:
+            self._refused("bare")
+            return Reply(429, {"status": 429, "error": "too many requests"})
+        if cfg.burst_limit is None:
+            return None
+        burst = self._bursts.setdefault(owner, RequestWindow(cfg.burst_limit, cfg.scaled(1.0)))
+        if burst.retry_after(now) <= 0:
+            burst.record(now)
+            return None
+        self._refused("burst")
+        details = "too many executions were started at once; retry with backoff"
+        return Reply(429, {"status": 429, "error": "too many requests", "details": details})
 
     def _payment_refusal(self, owner: str, now: float) -> Reply | None:
         limit = self.config.payment_limit

@@ -24,6 +24,8 @@ FLAGS: dict[str, str] = {
     "api.max_concurrent": "--max-concurrent",
     "api.polls_count": "--polls-count",
     "max_jobs": "--max-jobs",
+    "api.max_cost": "--max-cost",
+    "api.stall_timeout": "--stall-timeout",
 }
 
 
@@ -35,6 +37,8 @@ def spec_overrides(
     polls_count: bool | None = None,
     *,
     max_jobs: int | None = None,
+    max_cost: float | None = None,
+    stall_timeout: float | None = None,
 ) -> dict[str, Any]:
     """The overrides keyed as the spec names them (`output`, `api.base_url`, ...); unset ones left out."""
     flags = {
@@ -44,6 +48,8 @@ def spec_overrides(
         "api.max_concurrent": max_concurrent,
         "api.polls_count": polls_count,
         "max_jobs": max_jobs,
+        "api.max_cost": max_cost,
+        "api.stall_timeout": stall_timeout,
     }
     return {key: value for key, value in flags.items() if value is not None}
 

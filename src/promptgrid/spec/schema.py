@@ -49,6 +49,8 @@ OVERRIDE_KEYS = (
     "api.polls_count",
     "api.quota_url",
     "max_jobs",
+    "api.max_cost",
+    "api.stall_timeout",
 )
 # A run of more jobs than this is refused before anything is sent, unless the spec or --max-jobs raises it.
 DEFAULT_MAX_JOBS = 1_000_000
@@ -116,6 +118,10 @@ class ApiConfig(_Frozen):
     max_concurrent: int = Field(default=defaults.MAX_CONCURRENT, strict=True)
     polls_count: bool = True
     quota_url: str | None = None  # redis://... when several runs share one key's quota
+    max_cost: float | None = Field(default=None, gt=0)  # USD caps and price: promptgrid.engine.spend
+    max_cost_per_day: float | None = Field(default=None, gt=0)
+    price_per_image: float | None = Field(default=None, ge=0)
+    stall_timeout: float = Field(default=600.0, gt=0)
 
     @field_validator("base_url")
     @classmethod
