@@ -19,7 +19,6 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 import yaml
 
-import promptgrid
 from promptgrid.export import hf, wds
 from promptgrid.export.card import CardFacts, render_card
 from promptgrid.export.dedup import NearDuplicateIndex
@@ -30,6 +29,7 @@ from promptgrid.export.state import STATS_KEY, ExportState, Resume, ShardRecord
 from promptgrid.export.tally import Tally, parameter_columns
 from promptgrid.output.saved_spec import read_saved_spec
 from promptgrid.output.sinks import Sink, open_sink
+from promptgrid.version import VERSION
 
 CARD_KEY = "README.md"
 FETCH_THREADS = 8
@@ -289,7 +289,7 @@ class ShardedExport:
             data_files=self.format.data_files,
             source=self.source.sink.root,
             created=datetime.now(UTC),
-            generator=f"promptgrid {promptgrid.__version__}",
+            generator=f"promptgrid {VERSION}",
             license=self.options.license,
             spec_text=spec_text,
             features=features,
@@ -300,7 +300,7 @@ class ShardedExport:
             "format": self.format.name,
             "plan": self.options.plan(self.source),
             "source": self.source.sink.root,
-            "generator": f"promptgrid {promptgrid.__version__}",
+            "generator": f"promptgrid {VERSION}",
             "completed_at": datetime.now(UTC).isoformat(),
             "shards": [{"key": s.key, "rows": s.rows, "bytes": s.bytes} for s in self.shards],
             "totals": tally.to_dict(),
