@@ -60,7 +60,7 @@ def sandbox_run(tmp_path_factory, prefect_harness) -> Iterator[Path]:
         params = {"api_base": sandbox.url, "rate_limit": "60/0.6s", "time_scale": 100.0}
         state = asyncio.run(generate(spec_path=str(spec), return_state=True, **params))
         summary = state.result(raise_on_failure=False)  # rejections fail the run; its summary stays
-    assert summary["succeeded"] > 0 and summary["failed"] > 0, summary
+    assert summary.succeeded > 0 and summary.failed > 0, summary
     yield folder / "out"
     # Collect the socket Prefect's result store leaves open while this module's warning filter applies,
     # rather than in whichever later test the garbage collector happens to run.
