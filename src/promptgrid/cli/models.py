@@ -81,11 +81,11 @@ def register(app: typer.Typer) -> None:
         from promptgrid.settings import read_api_settings
 
         api = api_options(api_base, sandbox=use_sandbox, time_scale=time_scale)
-        base_url = read_api_settings(api_base).base_url
+        settings = read_api_settings(api_base)
         if offline:
-            record = _offline_record(slug, base_url)
+            record = _offline_record(slug, settings.base_url)
         else:
-            require_key_unless_sandbox(api, base_url, "--sandbox")
+            require_key_unless_sandbox(api, settings, "--sandbox")
             with api_for_run(api, lambda text: print(text, file=sys.stderr)) as sandbox_url:
                 record = _ask(slug, sandbox_url or api_base)
         typer.echo(json.dumps(record.to_json(), indent=1) if as_json else describe_model(record))

@@ -11,14 +11,14 @@ from typing import Any
 
 from promptgrid.api.reach import check_reachable
 from promptgrid.runs.options import ApiOptions
-from promptgrid.settings import API_KEY_ENV, read_api_settings, require_api_key
+from promptgrid.settings import API_KEY_ENV, ApiSettings, require_api_key
 from promptgrid.spec.schema import ApiConfig
 
 
-def require_key_unless_sandbox(options: ApiOptions, base_url: str, sandbox_hint: str) -> None:
+def require_key_unless_sandbox(options: ApiOptions, settings: ApiSettings, sandbox_hint: str) -> None:
     """InvalidInput (exit 2) when no key is set for an API other than a sandbox started for the run."""
     if not options.sandbox:
-        require_api_key(read_api_settings(base_url), sandbox_hint)
+        require_api_key(settings, sandbox_hint)
 
 
 def check_api(options: ApiOptions, base_url: str) -> None:

@@ -10,7 +10,7 @@ from promptgrid.run_summary import RunSummary
 from promptgrid.runs.api import api_for_run, check_api, require_key_unless_sandbox, run_settings
 from promptgrid.runs.options import RunOptions
 from promptgrid.runs.service import check_output, output_reserved
-from promptgrid.settings import environment_overrides
+from promptgrid.settings import environment_overrides, read_api_settings
 from promptgrid.spec.schema import ApiConfig
 from promptgrid.types import Job
 
@@ -51,7 +51,7 @@ def describe(backfill: Backfill, price_per_image: float) -> str:
 
 def run_backfill(backfill: Backfill, options: RunOptions, say: Say, *, sandbox_hint: str) -> RunSummary:
     """Run the chosen jobs again under the output's lease; the summary of what was done."""
-    require_key_unless_sandbox(options.api, backfill.api.base_url, sandbox_hint)
+    require_key_unless_sandbox(options.api, read_api_settings(backfill.api.base_url), sandbox_hint)
     check_output(backfill.output)
     check_api(options.api, backfill.api.base_url)
     from promptgrid.flows.backfill import backfill as backfill_flow

@@ -39,11 +39,12 @@ def run_spec(source: SpecSource, options: RunOptions, say: Say, *, sandbox_hint:
     """
     environment = environment_overrides()  # read once: every later parse of this run is given it
     spec = parse_source(source, options.overrides(), environment)
-    if not options.api.sandbox and read_api_settings(spec.api.base_url).api_key is None:
+    settings = read_api_settings(spec.api.base_url)
+    if not options.api.sandbox and settings.api_key is None:
         from promptgrid.spec.load import check_spec
 
         check_spec(spec)  # without a key nothing can be asked: say what is wrong with the spec first
-    require_key_unless_sandbox(options.api, spec.api.base_url, sandbox_hint)
+    require_key_unless_sandbox(options.api, settings, sandbox_hint)
     check_output(spec.output)
     check_api(options.api, spec.api.base_url)
     with api_for_run(options.api, say) as sandbox_url:
@@ -88,7 +89,6 @@ def nothing_left(spec: SweepSpec) -> RunSummary | None:
     from promptgrid.engine.planning import RunPlan, Selection, plan_selection
     from promptgrid.output.manifest.read import part_keys
     from promptgrid.output.sinks import open_sink
-    from promptgrid.report.build import INDEX_KEY
 
     sink = open_sink(spec.output)
     if not part_keys(sink):
@@ -96,6 +96,8 @@ def nothing_left(spec: SweepSpec) -> RunSummary | None:
     _, total, tally = plan_selection(RunPlan.from_spec(spec), sink, Selection())
     if total:
         return None
+    from promptgrid.report.build import INDEX_KEY
+
     return RunSummary(
         output=sink.root,
         planned=0,
