@@ -74,11 +74,11 @@ def prepare(
 
 
 def resolve_models(spec: SweepSpec, time_scale: float) -> tuple[SweepSpec, Resolution]:
-    import asyncio
-
+    """The models asked of the API, and the spec checked against them; from a notebook's running loop too."""
     from promptgrid.engine.resolution import resolve_and_check
+    from promptgrid.runs.execute import run_blocking
 
-    return asyncio.run(resolve_and_check(spec, time_scale=time_scale))
+    return run_blocking(lambda: resolve_and_check(spec, time_scale=time_scale))
 
 
 def nothing_left(spec: SweepSpec) -> RunSummary | None:
