@@ -77,3 +77,24 @@ def test_a_rerun_with_nothing_to_do_says_where_the_report_is(tmp_path, monkeypat
     rerun = promptgrid.run(spec, sandbox=True, output=output)
     assert rerun.run_id is None and rerun.report == first.report and rerun.api_requests == 0
     assert rerun.verdict == "nothing to do: all 8 jobs are in the manifest already"
+
+
+def test_backfill_runs_what_failed_through_the_same_service(tmp_path, monkeypatch, sandbox_factory):
+    monkeypatch.setenv("EACHLABS_API_KEY", "pg-service-key-5e1")
+    failing = sandbox_factory(
+        api_key="pg-service-key-5e1", error_rate=0.5, error_codes=(("PROVIDER_REJECTED", False),)
+    )
+    healthy = sandbox_factory(api_key="pg-service-key-5e1")
+    output = str(tmp_path / "out")
+    first = promptgrid.run(
+        write_spec(tmp_path), api_base=failing.url, time_scale=TIME_SCALE, output=output, report=False
+    )
+    assert first.failed > 0 and first.exit_code == 1
+
+    args = ["backfill", output, "--api-base", healthy.url, "--time-scale", f"{TIME_SCALE:g}"]
+    again = CliRunner().invoke(app, [*args, "--max-concurrent", "2", "--no-polls-count"])
+
+    assert again.exit_code == 0, again.stderr
+    assert f"{first.failed} jobs to run again" in again.stderr
+    assert f"{first.failed} images generated, 0 failed" in again.stdout
+    assert healthy.stats()["creates"] == first.failed
