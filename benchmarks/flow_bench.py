@@ -54,9 +54,8 @@ async def bare_loop(spec_path: Path) -> int:
     """The same stages with no Prefect: engine.run over every job, each outcome stored as it comes."""
     from promptgrid.api.client import ApiClient
     from promptgrid.engine.engine import Engine
+    from promptgrid.engine.planning import RunPlan
     from promptgrid.engine.progress import RunProgress
-    from promptgrid.flows.pipeline import engine_config
-    from promptgrid.flows.planning import RunPlan
     from promptgrid.output.journal import Journal
     from promptgrid.output.manifest.writer import ManifestWriter
     from promptgrid.output.recorder import OutcomeStore
@@ -64,6 +63,7 @@ async def bare_loop(spec_path: Path) -> int:
     from promptgrid.quota.local import LocalBudget
     from promptgrid.settings import read_api_settings
     from promptgrid.spec.load import load_spec
+    from promptgrid.tasks.pipeline import engine_config
 
     spec = load_spec(spec_path)
     plan = RunPlan.from_spec(spec)
@@ -86,7 +86,7 @@ def through_flow(spec_path: Path) -> int:
     from promptgrid.flows.generate import generate
 
     # The bare loop writes no HTML report, so neither does the flow here: same stages on both sides.
-    return asyncio.run(generate(spec_path=str(spec_path), report=False))["succeeded"]
+    return asyncio.run(generate(spec_path=str(spec_path), report=False)).succeeded
 
 
 def warm_up_prefect() -> None:

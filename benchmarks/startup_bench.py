@@ -51,7 +51,7 @@ def server_start(embedded: bool) -> None:
     """Start one server and stop it; Prefect's default or promptgrid's embedded one."""
     from prefect.server.api.server import SubprocessASGIServer
 
-    from promptgrid.cli.prefect_server import start_embedded_server
+    from promptgrid.runs.prefect_server import start_embedded_server
 
     if embedded:
         server = start_embedded_server()

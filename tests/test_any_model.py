@@ -23,13 +23,13 @@ from promptgrid.models.catalog import BUILTIN, ModelCatalog
 from promptgrid.models.schema import ModelSchema
 from promptgrid.output.manifest.read import latest_rows
 from promptgrid.output.manifest.rows import MANIFEST_SCHEMA, outcome_row, rows_to_table
-from promptgrid.output.selection import job_from_row, select_rows
 from promptgrid.quota.base import Limits
 from promptgrid.quota.local import LocalBudget
 from promptgrid.sandbox.models import FLUX_SCHEMA
 from promptgrid.settings import ApiKey
 from promptgrid.spec.expand import iter_job_batches
 from promptgrid.spec.load import load_spec
+from promptgrid.tasks.selection import job_from_row, select_rows
 from promptgrid.types import Job, JobOutcome, JobStatus
 from tests.support.sandbox import TEST_TIME_SCALE
 

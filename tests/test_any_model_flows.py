@@ -84,7 +84,7 @@ def test_either_spelling_in_the_spec_reaches_an_api_that_knows_only_the_other(
 
     summary = run_generate(spec, sandbox)
 
-    assert summary["succeeded"] == 4 and summary["failed"] == 0
+    assert summary.succeeded == 4 and summary.failed == 0
     stats = sandbox.stats()
     assert "401" not in stats["responses"] and refused_creates(stats) == 0  # no create answered 404 or 401
     rows = manifest(tmp_path)
@@ -102,7 +102,7 @@ def test_a_model_described_only_by_its_schema_endpoint_runs_a_sweep(tmp_path, sa
 
     summary = run_generate(spec, sandbox)
 
-    assert summary["succeeded"] == 16 and summary["failed"] == 0
+    assert summary.succeeded == 16 and summary.failed == 0
     rows = manifest(tmp_path)
     assert {(row["width"], row["height"], row["size_mismatch"]) for row in rows} == {(512, 768, False)}
     assert Counter(row["input_guidance"] for row in rows) == {2.5: 8, 4.0: 8}
@@ -117,7 +117,7 @@ def test_images_off_every_size_table_all_succeed_with_their_real_sizes(tmp_path,
 
     summary = run_generate(spec, sandbox)
 
-    assert summary["succeeded"] == 8 and summary["failed"] == 0
+    assert summary.succeeded == 8 and summary.failed == 0
     rows = manifest(tmp_path)
     assert {(row["width"], row["height"]) for row in rows} == {(1000, 1000), (1512, 616)}
     assert {row["size_mismatch"] for row in rows} == {True} and {row["image_format"] for row in rows} == {
@@ -138,13 +138,13 @@ def test_the_two_model_study_runs_and_backfill_selects_by_either_models_inputs(
 
     first = run_generate(spec, failing, output=output)
 
-    assert first["failed"] == 12 and failing.stats()["creates"] == 12
+    assert first.failed == 12 and failing.stats()["creates"] == 12
     healthy = sandbox_factory(api_key=api_key)
     params = {"api_base": healthy.url, "rate_limit": "60/0.6s", "time_scale": 100.0}
     again = asyncio.run(backfill(output=output, where="input_guidance > 3", return_state=True, **params))
-    assert again.result()["succeeded"] == 6 and healthy.stats()["creates"] == 6
+    assert again.result().succeeded == 6 and healthy.stats()["creates"] == 6
     rest = asyncio.run(backfill(output=output, where="cfg = 4.5", return_state=True, **params)).result()
-    assert rest["succeeded"] == 6
+    assert rest.succeeded == 6
     table = read_manifest(open_sink(output))
     assert pc.all(pc.equal(table.column("status"), "success")).as_py()
     sizes = {(row["model"], row["width"], row["height"]) for row in table.to_pylist()}

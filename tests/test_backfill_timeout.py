@@ -13,6 +13,7 @@ from promptgrid.flows.backfill import backfill
 from promptgrid.flows.generate import generate
 from promptgrid.output.manifest.read import read_manifest
 from promptgrid.output.sinks import open_sink
+from promptgrid.run_summary import RunSummary
 
 pytestmark = [
     pytest.mark.integration,  # the Prefect test server
@@ -64,14 +65,14 @@ def test_backfill_of_a_timed_out_job_creates_a_new_prediction_and_stores_its_ima
         )
     ).result(raise_on_failure=False)
     sink = open_sink(str(tmp_path / "out"))
-    assert isinstance(first, dict), first
-    assert first["succeeded"] == 0 and sandbox.stats()["creates"] == 2
+    assert isinstance(first, RunSummary), first
+    assert first.succeeded == 0 and sandbox.stats()["creates"] == 2
     timed_out = {row["job_id"]: row for row in read_manifest(sink).to_pylist()}
     assert {row["status"] for row in timed_out.values()} == {"timed_out"}
 
     summary = asyncio.run(backfill(output=str(tmp_path / "out"), time_scale=SANDBOX_SCALE, **params))
 
-    assert summary["succeeded"] == 2
+    assert summary.succeeded == 2
     assert sandbox.stats()["creates"] == 4  # a new prediction each, not a poll of the cancelled ones
     rows = read_manifest(sink).to_pylist()
     assert {row["status"] for row in rows} == {"success"}

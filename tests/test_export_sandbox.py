@@ -97,11 +97,9 @@ def clean_api(sandbox_api) -> Iterator[dict[str, Any]]:
         yield {**sandbox_api, "api_base": sandbox.url}
 
 
-def run_flow(flow: Any, **params: Any) -> dict[str, Any]:
+def run_flow(flow: Any, **params: Any) -> Any:
     state = asyncio.run(flow(return_state=True, **params))
-    summary: dict[str, Any] = state.result(
-        raise_on_failure=False
-    )  # rejections fail the run; its summary stays
+    summary = state.result(raise_on_failure=False)  # rejections fail the run; its summary stays
     return summary
 
 
@@ -111,7 +109,7 @@ def sandbox_run(tmp_path_factory, sandbox_api) -> Iterator[Path]:
     folder = tmp_path_factory.mktemp("sandbox-run")
     spec = write_study(folder, GRID, folder / "out")
     summary = run_flow(generate, spec_path=str(spec), **sandbox_api)
-    assert summary["succeeded"] > 0 and summary["failed"] > 0, summary
+    assert summary.succeeded > 0 and summary.failed > 0, summary
     yield folder / "out"
     # Collect the socket Prefect's result store leaves open while this module's warning filter applies,
     # rather than in whichever later test the garbage collector happens to run.

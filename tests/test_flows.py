@@ -82,7 +82,7 @@ def test_a_run_with_failures_ends_failed_in_prefect_and_keeps_its_summary(tmp_pa
     assert "8 of 8 jobs did not succeed (fail_when: any)" in run.state.message
     assert "promptgrid-summary" in artifacts
     summary = state.result(raise_on_failure=False)
-    assert summary["failed"] == 8 and summary["succeeded"] == 0
+    assert summary.failed == 8 and summary.succeeded == 0
 
 
 @pytest.mark.parametrize(("fail_when", "completed"), [("never", True), ("ratio > 0.5", False)])
@@ -95,7 +95,7 @@ def test_fail_when_in_the_spec_sets_the_threshold(tmp_path, sandbox_factory, api
     run, artifacts = asyncio.run(read_from_prefect(state))
     assert run.state.is_completed() is completed and run.state.is_failed() is not completed
     assert "promptgrid-summary" in artifacts
-    assert state.result(raise_on_failure=False)["failed"] == 4
+    assert state.result(raise_on_failure=False).failed == 4
 
 
 def test_a_run_where_every_job_succeeds_ends_completed(tmp_path, sandbox_factory, api_key):
@@ -103,7 +103,7 @@ def test_a_run_where_every_job_succeeds_ends_completed(tmp_path, sandbox_factory
     state = run_generate_state(write_spec(tmp_path, ["a"]), sandbox)
 
     run, _ = asyncio.run(read_from_prefect(state))
-    assert run.state.is_completed() and state.result()["succeeded"] == 4
+    assert run.state.is_completed() and state.result().succeeded == 4
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_generate_stores_every_image_with_its_manifest_row(tmp_path, sandbox_fac
 
     summary = run_generate(spec, sandbox)
 
-    assert summary["succeeded"] == 8 and summary["failed"] == 0
+    assert summary.succeeded == 8 and summary.failed == 0
     table = read_manifest(open_sink(str(tmp_path / "out")))
     assert table.num_rows == 8
     assert set(table.column("status").to_pylist()) == {"success"}
@@ -140,7 +140,7 @@ def test_second_run_creates_nothing_and_rewrites_nothing(tmp_path, sandbox_facto
 
     summary = run_generate(spec, sandbox)
 
-    assert summary["skipped"] == 4 and summary["succeeded"] == 0
+    assert summary.skipped == 4 and summary.succeeded == 0
     assert sandbox.stats()["creates"] == 4
     assert [path.stat().st_mtime_ns for path in images] == stamps
     assert read_manifest(open_sink(str(tmp_path / "out"))).num_rows == 4
@@ -152,8 +152,8 @@ def test_shards_split_one_spec_without_overlap(tmp_path, sandbox_factory, api_ke
     first = run_generate(spec, sandbox, shard_index=0, shard_count=2)
     second = run_generate(spec, sandbox, shard_index=1, shard_count=2)
 
-    assert first["succeeded"] + second["succeeded"] == 18
-    assert first["succeeded"] > 0 and second["succeeded"] > 0
+    assert first.succeeded + second.succeeded == 18
+    assert first.succeeded > 0 and second.succeeded > 0
     assert sandbox.stats()["duplicate_creates"] == 0
     assert read_manifest(open_sink(str(tmp_path / "out"))).num_rows == 18
 
@@ -162,15 +162,15 @@ def test_backfill_reruns_only_failures(tmp_path, sandbox_factory, api_key):
     failing = sandbox_factory(api_key=api_key, error_rate=0.5, error_codes=(("PROVIDER_REJECTED", False),))
     spec = write_spec(tmp_path, ["a", "b", "c"])
     first = run_generate(spec, failing)
-    assert first["failed"] > 0, "the sandbox was told to fail half the predictions"
+    assert first.failed > 0, "the sandbox was told to fail half the predictions"
     healthy = sandbox_factory(api_key=api_key)
 
     summary = asyncio.run(
         backfill(output=str(tmp_path / "out"), api_base=healthy.url, rate_limit="60/0.6s", time_scale=100.0)
     )
 
-    assert summary["succeeded"] == first["failed"]
-    assert healthy.stats()["creates"] == first["failed"]
+    assert summary.succeeded == first.failed
+    assert healthy.stats()["creates"] == first.failed
     table = read_manifest(open_sink(str(tmp_path / "out")))
     assert table.num_rows == 12
     assert pc.all(pc.equal(table.column("status"), "success")).as_py()
@@ -192,7 +192,7 @@ def test_backfill_where_selects_by_sql(tmp_path, sandbox_factory, api_key):
         )
     )
 
-    assert summary["succeeded"] == 1 and healthy.stats()["creates"] == 1
+    assert summary.succeeded == 1 and healthy.stats()["creates"] == 1
     success = read_manifest(open_sink(str(tmp_path / "out"))).filter(pc.field("status") == "success")
     assert success.select(["cfg", "seed"]).to_pylist() == [{"cfg": 4.0, "seed": 2}]
 
@@ -231,7 +231,7 @@ def test_sweep_flow_takes_typed_parameters(tmp_path, sandbox_factory, api_key):
 
     summary = asyncio.run(sweep(request=request, time_scale=100.0))
 
-    assert summary["succeeded"] == 4
+    assert summary.succeeded == 4
     rows = read_manifest(open_sink(str(tmp_path / "sweep"))).to_pylist()
     assert sorted((row["prompt"], row["steps"]) for row in rows) == [
         ("a cat", 10),

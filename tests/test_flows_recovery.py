@@ -72,7 +72,7 @@ def run_generate(spec: Path, sandbox, **params):
 def test_a_corrupt_manifest_part_does_not_stop_a_run(tmp_path, output, sandbox_factory, api_key, caplog):
     sandbox = sandbox_factory(api_key=api_key)
     spec = write_spec(tmp_path, output)
-    assert run_generate(spec, sandbox)["succeeded"] == 8
+    assert run_generate(spec, sandbox).succeeded == 8
     sink = open_sink(output)
     (whole,) = part_keys(sink)
     sink.put_bytes(whole, sink.get_bytes(whole)[:-64], "application/octet-stream")  # truncated
@@ -82,7 +82,7 @@ def test_a_corrupt_manifest_part_does_not_stop_a_run(tmp_path, output, sandbox_f
         summary = run_generate(spec, sandbox)
 
     # Every job came back from the journal: nothing created again, nothing fetched again.
-    assert summary["succeeded"] == 0 and summary["skipped"] == 8 and summary["failed"] == 0
+    assert summary.succeeded == 0 and summary.skipped == 8 and summary.failed == 0
     assert sandbox.stats()["creates"] == 8 and sandbox.stats()["requests"]["output"] == 8
     moved = sorted(key.rsplit("-", 1)[-1] for key in sink.list_keys("manifest-quarantine/"))
     assert len(moved) == 2 and "zero.parquet" in moved
@@ -109,7 +109,7 @@ def test_a_create_lost_to_a_kill_is_adopted_through_the_listing(tmp_path, output
 
     summary = run_generate(spec, sandbox)
 
-    assert summary["succeeded"] == 8 and summary["failed"] == 0
+    assert summary.succeeded == 8 and summary.failed == 0
     stats = sandbox.stats()
     assert stats["creates"] == 8 and stats["duplicate_creates"] == 0 and stats["requests"]["executions"] >= 1
     rows = {row["job_id"]: row for row in read_manifest(open_sink(output)).to_pylist()}
@@ -128,7 +128,7 @@ def test_without_the_listing_a_lost_create_stays_unknown_and_is_not_sent_again(
 
     summary = run_generate(spec, sandbox)
 
-    assert summary["succeeded"] == 7 and summary["failed"] == 1
+    assert summary.succeeded == 7 and summary.failed == 1
     assert sandbox.stats()["creates"] == 7  # the unknown one was never re-sent
     rows = {row["job_id"]: row for row in read_manifest(open_sink(str(tmp_path / "out"))).to_pylist()}
     assert rows[job.job_id]["error_code"] == "CREATE_OUTCOME_UNKNOWN"
@@ -145,7 +145,7 @@ def test_an_echoed_key_appears_nowhere_not_even_in_prefect_s_database(
     with open(tmp_path / "prompts.csv", "a", encoding="utf-8") as grid:
         grid.write(f"a bottle labelled {basic} and {urllib.parse.quote(api_key, safe='')}\n")
     summary = run_generate(spec, sandbox)
-    assert summary["failed"] == 10
+    assert summary.failed == 10
 
     captured = capfd.readouterr()
     files = assert_key_nowhere(api_key, captured.out + captured.err, tmp_path / "out")

@@ -39,6 +39,52 @@ def test_every_module_lives_at_its_import_path():
     assert missing_init == []
 
 
+def test_every_module_in_tasks_defines_a_prefect_task():
+    # tasks/ means what Prefect means by it: each module holds @tasks the flows call, so the UI shows them.
+    import importlib
+
+    from prefect import Task
+
+    modules = sorted(p for p in (PACKAGE / "tasks").glob("*.py") if p.name != "__init__.py")
+    assert modules
+    without = [
+        path.name
+        for path in modules
+        if not any(
+            isinstance(value, Task)
+            for value in vars(importlib.import_module(f"promptgrid.tasks.{path.stem}")).values()
+        )
+    ]
+    assert without == []
+
+
+def test_flows_hold_only_flows_and_the_faces_share_one_run_service():
+    from prefect import Flow
+
+    flows = sorted(p for p in (PACKAGE / "flows").glob("*.py") if p.name != "__init__.py")
+    for path in flows:
+        text = path.read_text(encoding="utf-8")
+        assert "@task" not in text, path.name
+        assert "@flow" in text, path.name
+    import promptgrid.flows.generate as generate
+
+    assert isinstance(generate.generate, Flow)
+    faces = {"cli": PACKAGE / "cli", "notebook": PACKAGE / "notebook"}
+    for face, folder in faces.items():
+        other = "notebook" if face == "cli" else "cli"
+        for path in folder.glob("*.py"):
+            assert f"promptgrid.{other}" not in path.read_text(encoding="utf-8"), path
+
+
+def test_no_module_reads_the_version_from_the_package_face():
+    readers = [
+        str(path.relative_to(ROOT))
+        for path in PACKAGE.rglob("*.py")
+        if "promptgrid.__version__" in path.read_text(encoding="utf-8")
+    ]
+    assert readers == []
+
+
 def test_no_module_is_over_the_size_guideline():
     long = {
         str(path.relative_to(ROOT)): lines

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from promptgrid.cli.prefect_server import _wait_until_serving, running_server_url
+from promptgrid.runs.prefect_server import _wait_until_serving, running_server_url
 from tests.support.processes import free_port
 
 # Answers GET /api/health with 200 once it has used `busy` seconds of CPU (0: at once).

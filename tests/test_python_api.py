@@ -25,12 +25,12 @@ from typer.testing import CliRunner
 import promptgrid
 from promptgrid.cli import app
 from promptgrid.errors import ApiUnreachable, InvalidInput
-from promptgrid.notebook.runs import run_blocking
 from promptgrid.output.manifest.read import status_counts
 from promptgrid.output.manifest.writer import ManifestWriter
 from promptgrid.output.sinks import open_sink
 from promptgrid.report.build import write_report
 from promptgrid.report.layout import prompt_slug
+from promptgrid.runs.execute import run_blocking
 from promptgrid.types import Job, JobOutcome, JobStatus
 from tests.support.report_run import CFGS, PROMPTS, SEEDS, STEPS, T0, record_retry_success, record_run
 
@@ -47,7 +47,7 @@ def test_importing_promptgrid_loads_no_stage_and_no_heavy_library():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == ""
+    assert done.stdout.strip() == "promptgrid.version"  # `__version__`: a core module of a few lines
 
 
 def test_every_public_name_is_listed_documented_and_typed():
@@ -123,7 +123,11 @@ def test_run_checks_its_arguments_before_anything_starts(monkeypatch):
     with pytest.raises(InvalidInput, match="api.rate_limit"):
         promptgrid.run(CONFIGS / "demo.yaml", sandbox=True, rate_limit="lots")
     with pytest.raises(InvalidInput, match="EACHLABS_API_KEY is not set.*sandbox=True"):
+        promptgrid.run(CONFIGS / "demo.yaml", api_base="https://api.eachlabs.ai")
+    # The demo's API is a local one: a sandbox is already what it points at, so that is not the advice.
+    with pytest.raises(InvalidInput, match="EACHLABS_API_KEY is not set") as local:
         promptgrid.run(CONFIGS / "demo.yaml")
+    assert "sandbox=True" not in str(local.value) and "127.0.0.1:8787" in str(local.value)
     with pytest.raises(InvalidInput, match="not both"):
         promptgrid.run(CONFIGS / "demo.yaml", sandbox=True, api_base="http://127.0.0.1:9")
 

@@ -22,11 +22,11 @@ from promptgrid.output.lease import OutputLease, lease_name
 from promptgrid.output.manifest.read import read_manifest
 from promptgrid.output.manifest.writer import ManifestWriter
 from promptgrid.output.scores import read_scores, score_part_keys, with_scores
-from promptgrid.output.selection import select_rows
 from promptgrid.output.sinks import open_sink
 from promptgrid.report.build import write_report
 from promptgrid.score.metrics import PIXEL_METRICS, ScoreItem, pixel_metrics
 from promptgrid.score.stage import score_output, scorers_for
+from promptgrid.tasks.selection import select_rows
 from promptgrid.types import JobOutcome, JobStatus
 from tests.support.exports import load_hf
 from tests.support.report_run import T0, make_job

@@ -51,7 +51,7 @@ def sweep(tmp_path_factory, prefect_harness) -> Iterator[Path]:
         params = {"api_base": sandbox.url, "rate_limit": "60/0.6s", "time_scale": 100.0}
         state = asyncio.run(generate(spec_path=str(spec), return_state=True, **params))
         summary = state.result(raise_on_failure=False)
-    assert summary["succeeded"] > 8, summary
+    assert summary.succeeded > 8, summary
     yield folder / "out"
     gc.collect()
 

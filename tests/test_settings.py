@@ -115,3 +115,14 @@ def test_fail_when_is_read_from_the_spec_and_a_bad_one_is_named(folder):
 
 def test_fail_when_does_not_change_the_spec_hash(folder):
     assert load(folder).spec_hash == load(folder, SPEC + "fail_when: never\n").spec_hash
+
+
+def test_a_missing_key_is_explained_for_the_api_in_force():
+    from promptgrid.settings import ApiSettings, require_api_key
+
+    with pytest.raises(InvalidInput, match="EACHLABS_API_KEY is not set.*or pass --sandbox"):
+        require_api_key(ApiSettings("https://api.eachlabs.ai", None))
+    # EACHLABS_API_BASE already names a sandbox (or another local API): --sandbox is not the advice.
+    with pytest.raises(InvalidInput, match="EACHLABS_API_KEY is not set") as local:
+        require_api_key(ApiSettings("http://127.0.0.1:8787", None), "sandbox=True")
+    assert "sandbox=True" not in str(local.value) and "any non-empty key" in str(local.value)

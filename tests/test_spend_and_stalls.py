@@ -16,10 +16,10 @@ from promptgrid.api.client import ApiClient
 from promptgrid.engine.config import EngineConfig
 from promptgrid.engine.engine import Engine
 from promptgrid.engine.limits import names_a_rate
-from promptgrid.engine.spend import SpendCaps, SpendGuard, check_prices
+from promptgrid.engine.spend import SpendCaps, SpendGuard, check_prices, spend_caps
 from promptgrid.engine.stall import StallWatch
 from promptgrid.errors import BudgetExhausted, InvalidInput, Stalled, Throttled
-from promptgrid.output.manifest.costs import spend_caps, spent_on_day
+from promptgrid.output.manifest.costs import spent_on_day
 from promptgrid.output.manifest.writer import ManifestWriter
 from promptgrid.output.sinks import open_sink
 from promptgrid.quota.local import LocalBudget

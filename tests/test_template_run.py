@@ -54,7 +54,7 @@ def test_a_template_run_stores_each_variable_and_a_rerun_creates_nothing(
             ["fox", "owl"], ["snow", "sand"], lighting, [2.5, 4.0], [1, 2]
         )
     }
-    assert first["succeeded"] == len(expected) == 32 and first["failed"] == 0
+    assert first.succeeded == len(expected) == 32 and first.failed == 0
     rows = read_manifest(open_sink(str(tmp_path / "out"))).to_pylist()
     found = {(r["prompt"], r["cfg"], r["seed"]): (r["subject"], r["setting"], r["lighting"]) for r in rows}
     assert found == expected
@@ -62,7 +62,7 @@ def test_a_template_run_stores_each_variable_and_a_rerun_creates_nothing(
 
     second = asyncio.run(generate(**params))
 
-    assert second["skipped"] == 32 and second["succeeded"] == 0
+    assert second.skipped == 32 and second.succeeded == 0
     assert sandbox.stats()["creates"] == 32 and sandbox.stats()["duplicate_creates"] == 0
 
 

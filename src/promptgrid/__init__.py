@@ -15,19 +15,16 @@ Importing promptgrid stays cheap: each name loads its module (and Prefect, panda
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-try:
-    __version__ = version("promptgrid")
-except PackageNotFoundError:  # running from a source tree that was not installed
-    __version__ = "0.0.0+source"
+from promptgrid.version import VERSION as __version__
 
 if TYPE_CHECKING:
     from promptgrid.notebook.frames import read_manifest
     from promptgrid.notebook.pictures import ManifestRow, contact_sheet, open_image
-    from promptgrid.notebook.runs import RunSummary, run
+    from promptgrid.notebook.runs import run
     from promptgrid.notebook.specs import Plan, load_spec, plan
+    from promptgrid.run_summary import RunSummary
     from promptgrid.spec.schema import SweepSpec
 
 # Each public name and the module it lives in, imported on first use (PEP 562).
@@ -36,7 +33,7 @@ _PUBLIC = {
     "plan": "promptgrid.notebook.specs",
     "Plan": "promptgrid.notebook.specs",
     "run": "promptgrid.notebook.runs",
-    "RunSummary": "promptgrid.notebook.runs",
+    "RunSummary": "promptgrid.run_summary",
     "read_manifest": "promptgrid.notebook.frames",
     "contact_sheet": "promptgrid.notebook.pictures",
     "open_image": "promptgrid.notebook.pictures",

@@ -14,6 +14,7 @@ from typing import Any, NoReturn
 
 from promptgrid.defaults import API_BASE as DEFAULT_API_BASE
 from promptgrid.errors import InvalidInput
+from promptgrid.locations import is_loopback_url
 from promptgrid.redact import add_secret
 
 API_KEY_ENV = "EACHLABS_API_KEY"
@@ -74,6 +75,19 @@ def read_api_settings(base_url: str | None = None) -> ApiSettings:
     key = os.environ.get(API_KEY_ENV, "").strip()
     base = base_url or os.environ.get(API_BASE_ENV, "").strip() or DEFAULT_API_BASE
     return ApiSettings(base_url=base.rstrip("/"), api_key=ApiKey(key) if key else None)
+
+
+def require_api_key(settings: ApiSettings, sandbox_hint: str = "--sandbox") -> ApiKey:
+    """The key, or InvalidInput (exit 2) saying how to get one for the API in force: a sandbox or other
+    local API takes any key, so `sandbox_hint` (how this face asks for a sandbox) is offered for the real
+    API only."""
+    if settings.api_key is not None:
+        return settings.api_key
+    if is_loopback_url(settings.base_url):
+        hint = f"the API at {settings.base_url} still needs one (a sandbox takes any non-empty key)"
+    else:
+        hint = f"export your Eachlabs API key, or pass {sandbox_hint}"
+    raise InvalidInput([f"{API_KEY_ENV} is not set: {hint}"])
 
 
 def environment_overrides(environ: Mapping[str, str] | None = None) -> dict[str, Any]:

@@ -61,6 +61,7 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option(
                 "--repair",
+                metavar="",
                 help="Move damaged parts aside and rebuild rows of stored images from the journal.",
             ),
         ] = False,

@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from promptgrid.cli.options import ApiBase, Sandbox, TimeScale, api_options
 from promptgrid.errors import InvalidInput
 
 if TYPE_CHECKING:
     from promptgrid.models.records import ModelRecord
 
-SANDBOX_HELP = "Ask a freshly started local sandbox API (its models, not the real API's)."
 DESCRIPTION_WIDTH = 60
 
 
@@ -64,22 +64,29 @@ def register(app: typer.Typer) -> None:
     @models_app.command("show")
     def show_command(
         slug: Annotated[str, typer.Argument(help="The model's slug, either spelling (3.5 or 3-5).")],
-        api_base: Annotated[str | None, typer.Option(help="Base URL of the prediction API.")] = None,
+        api_base: ApiBase = None,
         offline: Annotated[
-            bool, typer.Option("--offline", help="Ask nothing: the user cache or the built-in table.")
+            bool,
+            typer.Option("--offline", metavar="", help="Ask nothing: the user cache or the built-in table."),
         ] = False,
-        use_sandbox: Annotated[bool, typer.Option("--sandbox", help=SANDBOX_HELP)] = False,
-        as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+        use_sandbox: Sandbox = False,
+        time_scale: TimeScale = None,
+        as_json: Annotated[
+            bool, typer.Option("--json", metavar="", help="Print the record as JSON.")
+        ] = False,
     ) -> None:
         """Show a model's inputs, defaults and ranges as the API's model endpoint states them (and cache them
-        for offline dry runs)."""
-        from promptgrid.cli.run import api_for_run
+        for offline dry runs). Asking the API needs EACHLABS_API_KEY, as a run does (or --sandbox)."""
+        from promptgrid.runs.api import api_for_run, require_key_unless_sandbox
         from promptgrid.settings import read_api_settings
 
+        api = api_options(api_base, sandbox=use_sandbox, time_scale=time_scale)
+        settings = read_api_settings(api_base)
         if offline:
-            record = _offline_record(slug, read_api_settings(api_base).base_url)
+            record = _offline_record(slug, settings.base_url)
         else:
-            with api_for_run(use_sandbox, 10.0) as sandbox_url:
+            require_key_unless_sandbox(api, settings, "--sandbox")
+            with api_for_run(api, lambda text: print(text, file=sys.stderr)) as sandbox_url:
                 record = _ask(slug, sandbox_url or api_base)
         typer.echo(json.dumps(record.to_json(), indent=1) if as_json else describe_model(record))
 

@@ -33,7 +33,10 @@ def register(app: typer.Typer) -> None:
         ] = PRICE_PER_IMAGE_USD,
         page_size: Annotated[int, typer.Option(min=1, help="Prompts per HTML page.")] = 25,
         sheets: Annotated[
-            bool, typer.Option("--sheets/--no-sheets", help="Also draw one PNG contact sheet per prompt.")
+            bool,
+            typer.Option(
+                "--sheets/--no-sheets", metavar="", help="Also draw one PNG contact sheet per prompt."
+            ),
         ] = True,
         link_expires_s: Annotated[
             int, typer.Option(min=1, max=604800, help="S3 only: how long the report's presigned links work.")

@@ -64,13 +64,20 @@ def register(app: typer.Typer) -> None:
         window_s: Annotated[float, typer.Option(help="Window length in API seconds.")] = 60.0,
         max_in_flight: Annotated[int, typer.Option(help="Predictions in flight per key.")] = 10,
         polls_count: Annotated[
-            bool, typer.Option("--polls-count/--no-polls-count", help="Whether polls count toward the limit.")
+            bool,
+            typer.Option(
+                "--polls-count/--no-polls-count", metavar="", help="Whether polls count toward the limit."
+            ),
         ] = True,
         cancels_count: Annotated[
-            bool, typer.Option("--cancels-count/--no-cancels-count", help="Whether cancels count.")
+            bool,
+            typer.Option("--cancels-count/--no-cancels-count", metavar="", help="Whether cancels count."),
         ] = True,
         retry_after: Annotated[
-            bool, typer.Option("--retry-after/--no-retry-after", help="Whether 429s carry Retry-After.")
+            bool,
+            typer.Option(
+                "--retry-after/--no-retry-after", metavar="", help="Whether 429s carry Retry-After."
+            ),
         ] = True,
         held_by_others: Annotated[
             int, typer.Option(help="In-flight slots other keys of the organisation hold.")
@@ -104,7 +111,8 @@ def register(app: typer.Typer) -> None:
             str, typer.Option(help="Model slug spellings known: any, dotted (3.5) or dashed (3-5).")
         ] = "any",
         bearer_only: Annotated[
-            bool, typer.Option("--bearer-only", help="Read the key from Authorization: Bearer only.")
+            bool,
+            typer.Option("--bearer-only", metavar="", help="Read the key from Authorization: Bearer only."),
         ] = False,
         model_endpoints: Annotated[
             str,
@@ -114,19 +122,28 @@ def register(app: typer.Typer) -> None:
             str, typer.Option(help="The status word for success: success, completed or succeeded.")
         ] = "success",
         minimal_errors: Annotated[
-            bool, typer.Option("--minimal-errors", help="Failed predictions' output as the minimal {error}.")
+            bool,
+            typer.Option(
+                "--minimal-errors", metavar="", help="Failed predictions' output as the minimal {error}."
+            ),
         ] = False,
         size_delta_px: Annotated[
             int, typer.Option(help="Render outputs this many pixels off the expected size each way.")
         ] = 0,
         executions: Annotated[
-            bool, typer.Option("--executions/--no-executions", help="Serve GET /v1/executions (else 404).")
+            bool,
+            typer.Option(
+                "--executions/--no-executions", metavar="", help="Serve GET /v1/executions (else 404)."
+            ),
         ] = True,
         executions_fail_rate: Annotated[
             float, typer.Option(help="Share of executions listings answered 500.")
         ] = 0.0,
         echo_key: Annotated[
-            bool, typer.Option("--echo-key", help="Echo the caller's key in error answers (a leak test).")
+            bool,
+            typer.Option(
+                "--echo-key", metavar="", help="Echo the caller's key in error answers (a leak test)."
+            ),
         ] = False,
     ) -> None:
         """Serve a local, strict stand-in for the prediction API (limits, latency, faults) until Ctrl-C."""

@@ -12,11 +12,16 @@ before anything is sent (`check_prices`), since nothing could be counted against
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.engine.retry import JobDeferred, JobEnded
 from promptgrid.errors import BudgetExhausted, InvalidInput
+from promptgrid.output.manifest.costs import spent_on_day
+from promptgrid.output.sinks.base import Sink
+from promptgrid.spec.schema import ApiConfig
 from promptgrid.types import ErrorCode, Job
 
 # USD per image of the models whose price is published (the model page's indicative price).
@@ -132,3 +137,17 @@ class SpendGuard:
             f"(${before + self.spent:.4g} spent, ${in_flight:.4g} in flight); no further create is sent "
             f"(raise api.{cap}, then rerun or backfill)"
         )
+
+
+def spend_caps(
+    api: ApiConfig, sink: Sink, models: Iterable[str], now: dt.datetime | None = None
+) -> SpendCaps:
+    """The run's spend caps from its spec, with what the output spent today for a per-day cap; InvalidInput
+    (nothing sent) when a cap is set on a model of unknown price."""
+    caps = SpendCaps(api.max_cost, api.max_cost_per_day, 0.0, api.price_per_image)
+    check_prices(caps, models)
+    if caps.max_cost_per_day is None:
+        return caps
+    day = (now or dt.datetime.now(dt.UTC)).date()
+    price = api.price_per_image if api.price_per_image is not None else PRICE_PER_IMAGE_USD
+    return replace(caps, spent_today=spent_on_day(sink, day, price))

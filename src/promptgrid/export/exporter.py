@@ -24,7 +24,6 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 import pyarrow.compute as pc
 
-import promptgrid
 from promptgrid.export import hf, wds
 from promptgrid.export.card import CardFacts, SplitFacts, render_card, spec_name
 from promptgrid.export.dedup import NearDuplicateIndex
@@ -37,6 +36,7 @@ from promptgrid.export.state import STATS_KEY, ExportState, Resume, ShardRecord
 from promptgrid.export.tally import Tally, parameter_columns
 from promptgrid.output.scores import describe_scores, score_names
 from promptgrid.output.sinks import open_sink
+from promptgrid.version import VERSION
 
 CARD_KEY = "README.md"
 FETCH_THREADS = 8
@@ -306,7 +306,7 @@ class ShardedExport:
             export_format=self.format.name,
             splits=splits,
             created=datetime.now(UTC),
-            generator=f"promptgrid {promptgrid.__version__}",
+            generator=f"promptgrid {VERSION}",
             license=self.options.license,
             spec_text=self.privacy.text(self.spec_text) if self.spec_text else None,
             features=features,
@@ -320,7 +320,7 @@ class ShardedExport:
             "format": self.format.name,
             "plan": self.options.plan(self.rule),
             "source": self.source.fingerprint,  # the manifest parts exported: never where they are
-            "generator": f"promptgrid {promptgrid.__version__}",
+            "generator": f"promptgrid {VERSION}",
             "completed_at": datetime.now(UTC).isoformat(),
             "from_sandbox": self.source.from_sandbox,
             "splits": {s.name: {"rows": s.rows, "num_bytes": s.num_bytes} for s in splits},

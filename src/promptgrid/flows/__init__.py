@@ -1,1 +1,2 @@
-"""Prefect flows that wire the stages of promptgrid.tasks together; nothing else lives here."""
+"""The Prefect flows (`generate`, `backfill`, `sweep`): each wires the tasks of `promptgrid.tasks`; nothing
+else lives here."""

@@ -10,16 +10,20 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.client.schemas.objects import State
 from prefect.runtime import flow_run
 
+from promptgrid.api.resolve import Resolution
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
-from promptgrid.flows.pipeline import run_plan
-from promptgrid.flows.planning import RunPlan, Selection
-from promptgrid.flows.resolution import resolve_spec
+from promptgrid.engine.planning import RunPlan, Selection
+from promptgrid.engine.resolution import read_run_spec
+from promptgrid.run_summary import RunSummary
 from promptgrid.settings import environment_overrides
 from promptgrid.spec.overrides import spec_overrides
+from promptgrid.spec.schema import SweepSpec
+from promptgrid.tasks.pipeline import as_is, run_plan
+from promptgrid.tasks.resolution import resolve_spec_models
 
 
 def current_run_id() -> str | None:
@@ -47,7 +51,8 @@ async def generate(
     max_jobs: int | None = None,
     max_cost: float | None = None,
     stall_timeout: float | None = None,
-) -> State[dict[str, Any]]:
+    checked: Any = None,
+) -> State[RunSummary]:
     """Generate every image of a spec that its output does not have yet.
 
     Each setting is the parameter when given, else its environment variable, else the spec's, else the
@@ -59,32 +64,20 @@ async def generate(
     `report=False` skips the HTML report at the end (`promptgrid report` builds it later). `spec_text` is
     the spec itself when it was never a file (built in Python): `spec_path` then only names it, and relative
     paths in it start from `spec_path`'s folder. The spec's models are resolved first (which slug the API
-    knows, their schemas), unless `resolved_models` brings a resolution made just before (the command
-    line's). Another run holding the output (or an overlapping shard) stops this one at once, unless `wait`.
-    `max_cost` (USD) and `stall_timeout` (seconds) override the spec's `api.max_cost` and `api.stall_timeout`.
+    knows, their schemas), unless `resolved_models` brings a resolution made just before (the run
+    service's). Another run holding the output (or an overlapping shard) stops this one at once, unless
+    `wait`. `checked` is the run service's spec, already loaded and checked against `resolved_models`
+    (in-process only: a deployment gives `spec_path`), so the spec is read once per run. `max_jobs`,
+    `max_cost` (USD) and `stall_timeout` (seconds) override the spec's `max_jobs`, `api.max_cost` and
+    `api.stall_timeout`.
     """
-    overrides = spec_overrides(
-        output,
-        api_base,
-        rate_limit,
-        max_concurrent,
-        polls_count,
-        max_jobs=max_jobs,
-        max_cost=max_cost,
-        stall_timeout=stall_timeout,
-    )
-    environment = environment_overrides()
-    spec, models = await resolve_spec(
-        Path(spec_path),
-        overrides,
-        resolved_models,
-        environment=environment,
-        time_scale=time_scale,
-        spec_text=spec_text,
-    )
-    if resolved_models is None:
-        for note in models.notes:
-            get_run_logger().info("model %s", note)
+    if isinstance(checked, SweepSpec) and resolved_models is not None:
+        spec, models = checked, Resolution.from_json(resolved_models)
+    else:
+        caps: dict[str, Any] = {"max_jobs": max_jobs, "max_cost": max_cost, "stall_timeout": stall_timeout}
+        overrides = spec_overrides(output, api_base, rate_limit, max_concurrent, polls_count, **caps)
+        parsed = read_run_spec(Path(spec_path), overrides, environment_overrides(), spec_text)
+        spec, models = await resolve_spec_models(as_is(parsed), resolved_models, time_scale)
     return await run_plan(
         RunPlan.from_spec(spec, models),
         Selection(shard_index, shard_count),

@@ -13,11 +13,13 @@ from prefect.client.schemas.objects import State
 from pydantic import BaseModel, ConfigDict, Field
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
+from promptgrid.engine.planning import RunPlan, Selection
+from promptgrid.engine.resolution import read_run_spec
 from promptgrid.flows.generate import current_run_id
-from promptgrid.flows.pipeline import run_plan
-from promptgrid.flows.planning import RunPlan, Selection
-from promptgrid.flows.resolution import resolve_spec
+from promptgrid.run_summary import RunSummary
 from promptgrid.settings import environment_overrides
+from promptgrid.tasks.pipeline import as_is, run_plan
+from promptgrid.tasks.resolution import resolve_spec_models
 
 
 class SweepRequest(BaseModel):
@@ -64,7 +66,7 @@ class SweepRequest(BaseModel):
 @flow(name="sweep")
 async def sweep(
     request: SweepRequest, price_per_image: float = PRICE_PER_IMAGE_USD, time_scale: float = 1.0
-) -> State[dict[str, Any]]:
+) -> State[RunSummary]:
     """Run the study the form describes, through the same validation and pipeline as a spec file."""
     with tempfile.TemporaryDirectory(prefix="promptgrid-sweep-") as folder:
         with open(Path(folder) / "prompts.csv", "w", newline="", encoding="utf-8") as handle:
@@ -76,7 +78,8 @@ async def sweep(
         # The form's empty fields fall back to the environment, as a spec's absent keys do.
         unset = {"api.base_url": request.api_base, "api.quota_url": request.quota_url}
         environment = {k: v for k, v in environment_overrides().items() if k in unset and not unset[k]}
-        spec, models = await resolve_spec(spec_file, {}, environment=environment, time_scale=time_scale)
+        parsed = read_run_spec(spec_file, {}, environment)
+        spec, models = await resolve_spec_models(as_is(parsed), time_scale=time_scale)
         return await run_plan(
             RunPlan.from_spec(spec, models),
             Selection(),

@@ -20,11 +20,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from promptgrid.errors import InvalidInput
-from promptgrid.notebook.runs import RunSummary
 from promptgrid.output.manifest.read import latest_rows, part_keys, read_parts
 from promptgrid.output.manifest.rows import BASE_COLUMNS, carried_column_name
 from promptgrid.output.scores import with_scores
 from promptgrid.output.sinks import open_sink
+from promptgrid.run_summary import RunSummary
 from promptgrid.spec.schema import SweepSpec
 from promptgrid.types import JobStatus
 

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TypeAlias
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD, TYPICAL_LATENCY_S
 from promptgrid.engine.estimate import describe_plan, estimate_run
-from promptgrid.errors import InvalidInput
+from promptgrid.runs.source import SpecSource, parse_source
 from promptgrid.settings import environment_overrides
-from promptgrid.spec.load import load_spec as load_spec_file
-from promptgrid.spec.load import load_spec_data, reload_spec
+from promptgrid.spec.load import check_spec
 from promptgrid.spec.plan import plan_jobs
 from promptgrid.spec.schema import SweepSpec
-
-# What every function taking a spec accepts: a YAML file, the spec's keys as a dict, or a loaded spec.
-SpecSource: TypeAlias = str | os.PathLike[str] | Mapping[str, Any] | SweepSpec
-
-# The name a spec given as a dict goes by in messages, as a file's path would.
-DICT_SPEC_NAME = "spec"
 
 
 def load_spec(spec: SpecSource, *, base_dir: str | os.PathLike[str] | None = None) -> SweepSpec:
@@ -36,35 +26,7 @@ def load_spec(spec: SpecSource, *, base_dir: str | os.PathLike[str] | None = Non
     """
     if isinstance(spec, SweepSpec):
         return spec
-    if isinstance(spec, Mapping):
-        folder = Path(base_dir if base_dir is not None else Path.cwd()).absolute()
-        return load_spec_data(_plain(spec), folder, DICT_SPEC_NAME)
-    if isinstance(spec, str | os.PathLike):
-        return load_spec_file(Path(spec))
-    raise InvalidInput([f"a spec is a YAML file's path or a dict of its keys, not {type(spec).__name__}"])
-
-
-def _plain(value: Any) -> Any:
-    """The dict as YAML can write it: paths as text, tuples as lists."""
-    if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(item) for item in value]
-    return os.fspath(value) if isinstance(value, os.PathLike) else value
-
-
-def effective_spec(spec: SweepSpec, overrides: Mapping[str, Any] | None = None) -> SweepSpec:
-    """The spec with the settings a run would use: `overrides` (the arguments) over the environment's
-    (EACHLABS_API_BASE, ...) over the spec's own, as the command line layers its flags."""
-    environment = environment_overrides()
-    if not overrides and not environment:
-        return spec
-    return reload_spec(spec, overrides, environment)
-
-
-def spec_file_name(spec: SweepSpec) -> Path:
-    """The spec's file, or for a spec built from a dict the name it goes by inside its base folder."""
-    return spec.base_dir / spec.source_path
+    return check_spec(parse_source(spec, base_dir=base_dir))
 
 
 @dataclass(frozen=True)
@@ -103,7 +65,8 @@ def plan(
     The same figures and text as `promptgrid run SPEC --dry-run`, settings from the environment included
     (EACHLABS_API_BASE, ...); `spec` is anything `load_spec` takes.
     """
-    loaded = effective_spec(load_spec(spec))
+    # The settings a run would use: the environment's (EACHLABS_API_BASE, ...) over the spec's own.
+    loaded = check_spec(parse_source(spec, environment=environment_overrides()))
     jobs = plan_jobs(loaded)
     estimate = estimate_run(jobs.total_jobs, loaded.api, price_per_image, latency_s)
     return Plan(

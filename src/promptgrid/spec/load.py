@@ -251,13 +251,12 @@ def load_spec_data(
     return load_spec_text(text, base_dir, source_name, overrides, environment, models, lines=False)
 
 
-def reload_spec(
+def reparse_spec(
     spec: LoadedSpec,
     overrides: Mapping[str, Any] | None = None,
     environment: Mapping[str, Any] | None = None,
-    models: ModelCatalog | None = None,
-) -> SweepSpec:
-    """The same spec loaded again with other overrides: same text, folder, name, path and line-ness."""
+) -> LoadedSpec:
+    """The same spec parsed again with other overrides: same text, folder, name, path and line-ness."""
     loaded = parse_spec_text(
         spec.source_text,
         spec.base_dir,
@@ -266,7 +265,17 @@ def reload_spec(
         environment,
         lines=spec.lines is not None,
     )
-    return check_spec(next_stage(LoadedSpec, loaded, source_path=spec.source_path), models)
+    return next_stage(LoadedSpec, loaded, source_path=spec.source_path)
+
+
+def reload_spec(
+    spec: LoadedSpec,
+    overrides: Mapping[str, Any] | None = None,
+    environment: Mapping[str, Any] | None = None,
+    models: ModelCatalog | None = None,
+) -> SweepSpec:
+    """The same spec loaded again with other overrides, and checked."""
+    return check_spec(reparse_spec(spec, overrides, environment), models)
 
 
 def read_spec(

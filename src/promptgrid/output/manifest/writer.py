@@ -19,13 +19,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import promptgrid
 from promptgrid.output.keys import manifest_part_key
 from promptgrid.output.manifest.locate import key_under_root
 from promptgrid.output.manifest.read import latest_rows, part_keys, read_keys
 from promptgrid.output.manifest.rows import outcome_row, rows_to_table
 from promptgrid.output.sinks import Sink
 from promptgrid.types import Job, JobOutcome
+from promptgrid.version import VERSION
 
 PARQUET_CONTENT_TYPE = "application/vnd.apache.parquet"
 
@@ -58,7 +58,7 @@ class ManifestWriter:
         self._nonce = secrets.token_hex(3)  # a rerun reusing run and worker ids must not overwrite parts
         self._metadata = {
             "promptgrid.spec_hash": spec_hash,
-            "promptgrid.version": promptgrid.__version__,
+            "promptgrid.version": VERSION,
             "promptgrid.run_id": run_id,
             "promptgrid.worker_id": worker_id,
         }
@@ -153,7 +153,7 @@ def compact(sink: Sink) -> int:
     table = latest_rows(pa.concat_tables([readable[key] for key in keys], promote_options="default"))
     metadata = dict(table.schema.metadata or {})
     metadata[b"promptgrid.compacted_from"] = str(len(keys)).encode()
-    metadata[b"promptgrid.version"] = promptgrid.__version__.encode()
+    metadata[b"promptgrid.version"] = VERSION.encode()
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     key = manifest_part_key(f"compact-{stamp}", secrets.token_hex(3), 0)
     sink.put_bytes(key, table_to_parquet(table.replace_schema_metadata(metadata)), PARQUET_CONTENT_TYPE)

@@ -1,4 +1,5 @@
-"""Which jobs a backfill runs again: the manifest's latest rows picked by status and SQL, made jobs again.
+"""Which jobs a backfill runs again (a task): the manifest's latest rows picked by status and SQL, made
+jobs again.
 
 The jobs come back from the manifest rows themselves (model, inputs, carried columns, job id), so a backfill
 needs only the output: not the grid, which may have moved. The API settings come from the spec saved there.
@@ -12,6 +13,8 @@ from typing import Any
 
 import pyarrow as pa
 import yaml
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from promptgrid.defaults import MODEL_VERSION
 from promptgrid.engine.estimate import estimate_run, format_duration
@@ -78,6 +81,12 @@ def job_from_row(row: dict[str, Any]) -> Job:
     variables = json.loads(row["variables"]) if row.get("variables") else {}
     version = row.get("version") or MODEL_VERSION
     return Job(row["job_id"], row["model"], inputs, version, carried, variables, row.get("template"))
+
+
+@task(name="select-backfill", cache_policy=NO_CACHE)
+def select_backfill(output: str, statuses: list[str], where: str | None) -> tuple[str, list[Job]]:
+    """The backfill flow's selection: the saved spec's text and the jobs to run again (`jobs_to_backfill`)."""
+    return jobs_to_backfill(output, statuses, where)
 
 
 def saved_api_config(text: str, overrides: dict[str, Any]) -> ApiConfig:

@@ -1,19 +1,21 @@
-"""A run's face in Prefect: a progress artifact while it runs, a summary table and report link at the end."""
+"""A run's face in Prefect: a progress artifact while it runs; at the end the report (a task), a summary
+table and report link, and the final state carrying the run's `RunSummary`."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from uuid import UUID
 
-from prefect import get_run_logger
+from prefect import get_run_logger, task
 from prefect.artifacts import (
     acreate_link_artifact,
     acreate_progress_artifact,
     acreate_table_artifact,
     aupdate_progress_artifact,
 )
+from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State
 from prefect.context import FlowRunContext
 from prefect.states import Completed, Failed
@@ -21,10 +23,11 @@ from prefect.states import Completed, Failed
 from promptgrid.engine.progress import RunProgress, summary_rows
 from promptgrid.errors import ApiError, ApiUnreachable
 from promptgrid.output.sinks.base import Sink
+from promptgrid.run_summary import RunSummary
 from promptgrid.spec.verdict import ANY_FAILURE, FailWhen
 
 if TYPE_CHECKING:
-    from promptgrid.flows.planning import Tally
+    from promptgrid.engine.planning import Tally
 
 
 class ProgressArtifact:
@@ -52,8 +55,10 @@ class ProgressArtifact:
         )
 
 
-async def _write_report(sink: Sink, price_per_image: float) -> str | None:
-    """The report's URI, or None when it could not be written."""
+@task(name="write-report", cache_policy=NO_CACHE)
+async def write_report(sink: Sink, price_per_image: float) -> str | None:
+    """Write the output's HTML report and contact sheets; the report's URI, or None when it could not be
+    written (the run's images and manifest stand either way)."""
     from promptgrid.report.build import write_report
 
     try:
@@ -74,14 +79,14 @@ async def finish_run(
     price_per_image: float,
     report: bool = True,
     fail_when: FailWhen = ANY_FAILURE,
-) -> State[dict[str, Any]]:
+) -> State[RunSummary]:
     """Publish the summary and report, and end the run Completed or Failed with the summary as its result.
 
     Failed when shards failed, the API stopped the run, or more jobs failed than `fail_when` allows, so
     Prefect (its UI, automations) tells a bad run from a good one, and still holds what it did.
     """
     logger = get_run_logger()
-    report_uri = await _write_report(sink, price_per_image) if report else None
+    report_uri = await write_report(sink, price_per_image) if report else None
     rows = summary_rows(progress)
     if FlowRunContext.get() is not None:
         await acreate_table_artifact(table=rows, key="promptgrid-summary", description=f"run {run_id}")
@@ -92,22 +97,22 @@ async def finish_run(
             await acreate_link_artifact(link=link, link_text="promptgrid report", key="promptgrid-report")
     for row in rows:
         logger.info("%s: %s", row["metric"], row["value"])
-    summary = {
-        "run_id": run_id,
-        "output": sink.root,
-        "planned": progress.total,
-        "succeeded": progress.succeeded,
-        "failed": progress.failed,
-        "skipped": tally.skipped,
-        "previously_failed": tally.previously_failed,
-        "api_requests": progress.api_requests,
-        "report": report_uri,
-        "fail_when": str(fail_when),
-    }
-    problem = run_problem(progress, failures, halted, fail_when)
-    if problem is not None:
-        return Failed(message=problem, data=summary)
-    return Completed(message=f"{progress.succeeded} of {progress.total} jobs succeeded", data=summary)
+    summary = RunSummary(
+        output=sink.root,
+        planned=progress.total,
+        succeeded=progress.succeeded,
+        failed=progress.failed,
+        skipped=tally.skipped,
+        previously_failed=tally.previously_failed,
+        api_requests=progress.api_requests,
+        run_id=run_id,
+        report=report_uri,
+        fail_when=str(fail_when),
+        problem=run_problem(progress, failures, halted, fail_when),
+    )
+    if summary.problem is not None:
+        return Failed(message=summary.problem, data=summary)
+    return Completed(message=summary.verdict, data=summary)
 
 
 def run_problem(

@@ -1,5 +1,5 @@
-"""Model resolution wired for the flows and the command line: read the spec, ask the API about its models
-(`promptgrid.api.resolve`), then check the spec against the schemas it answered.
+"""Model resolution wired for a run: read the spec, ask the API about its models (`promptgrid.api.resolve`),
+then check the spec against the schemas it answered; without Prefect, so a run can be prepared before it.
 
 Where the model endpoint cannot say, a model's schema comes from, in order: the output (what an earlier run
 of it resolved; backfills), the user cache (what this API answered before), the built-in table.
@@ -17,7 +17,7 @@ from promptgrid.output.saved_spec import read_saved_model
 from promptgrid.output.sinks import open_sink
 from promptgrid.spec.load import check_spec, parse_spec_text, read_spec
 from promptgrid.spec.plan import check_run_size
-from promptgrid.spec.schema import SweepSpec
+from promptgrid.spec.schema import LoadedSpec, SweepSpec, next_stage
 
 
 def fallbacks(base_url: str, output: str | None = None) -> list[Fallback]:
@@ -29,25 +29,29 @@ def fallbacks(base_url: str, output: str | None = None) -> list[Fallback]:
     return chain
 
 
-async def resolve_spec(
+def read_run_spec(
     spec_path: Path,
     overrides: Mapping[str, Any],
-    resolved: Mapping[str, Any] | None = None,
-    *,
-    environment: Mapping[str, Any] | None = None,
-    time_scale: float = 1.0,
+    environment: Mapping[str, Any],
     spec_text: str | None = None,
+) -> LoadedSpec:
+    """The spec's shape checked, `overrides` (flags) over `environment` over its own keys (`read_spec`).
+
+    `spec_text` is the spec when it was never a file: `spec_path` then only names it (relative paths start
+    from its folder)."""
+    if spec_text is None:
+        return read_spec(spec_path, overrides, environment)
+    parsed = parse_spec_text(spec_text, spec_path.parent, str(spec_path), overrides, environment)
+    return next_stage(LoadedSpec, parsed, source_path=spec_path)
+
+
+async def resolve_and_check(
+    spec: LoadedSpec, resolved: Mapping[str, Any] | None = None, *, time_scale: float = 1.0
 ) -> tuple[SweepSpec, Resolution]:
     """The spec checked against its models as the API describes them, and the resolution (which slug to send).
 
-    `overrides` are the flags and `environment` the environment's settings (`read_spec`); `resolved` is an
-    earlier resolution of the same spec (`Resolution.to_json()`), used as it is. `spec_text` is the spec
-    when it was never a file: `spec_path` then only names it (relative paths start from its folder).
+    `resolved` is an earlier resolution of the same spec (`Resolution.to_json()`), used as it is.
     """
-    if spec_text is None:
-        spec = read_spec(spec_path, overrides, environment)
-    else:
-        spec = parse_spec_text(spec_text, spec_path.parent, str(spec_path), overrides, environment)
     if resolved is not None:
         resolution = Resolution.from_json(resolved)
     else:

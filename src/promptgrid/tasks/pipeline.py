@@ -1,4 +1,5 @@
-"""What every flow shares: pick a spec's jobs, run them in shards through one engine, store, summarise.
+"""What every flow shares: the predict-shard task, and the run around it: pick a plan's jobs, run them in
+shards through one engine, store, summarise.
 
 The unit of Prefect work is a shard of jobs, not a job: a task run costs milliseconds and tens of KB of
 client memory, so per-job tasks would dominate a 100,000-image run. Inside a shard the engine runs many jobs
@@ -13,7 +14,7 @@ import contextlib
 import uuid
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 from urllib.parse import urlsplit
 
 from prefect import get_run_logger, task
@@ -28,34 +29,44 @@ from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.engine.config import EngineConfig, PrepareInputs
 from promptgrid.engine.engine import Engine
 from promptgrid.engine.lost_creates import LostCreates
+from promptgrid.engine.planning import RunPlan, Selection, Tally, select_jobs
 from promptgrid.engine.progress import RunProgress, TerminalProgress
+from promptgrid.engine.spend import spend_caps
 from promptgrid.engine.unanswered import UnknownCreates, run_and_store, settle_unknown_creates
 from promptgrid.errors import InvalidInput, PromptgridError, RunInterrupted
-from promptgrid.flows.planning import RunPlan, Selection, Tally, plan_selection, select_jobs
 from promptgrid.output.input_images import InputImages, InputServer, classify_image_ref
 from promptgrid.output.journal import Journal
 from promptgrid.output.lease import OutputLease, holding, lease_name, take_lease
-from promptgrid.output.manifest.costs import spend_caps
 from promptgrid.output.manifest.writer import ManifestWriter
 from promptgrid.output.recorder import OutcomeStore
-from promptgrid.output.recovery import repair
 from promptgrid.output.saved_spec import save_models, save_spec
 from promptgrid.output.sinks import open_sink
 from promptgrid.output.sinks.base import Sink
 from promptgrid.quota.base import Limits
 from promptgrid.quota.factory import check_quota_reachable, open_budget, quota_namespace
-from promptgrid.settings import read_api_settings
+from promptgrid.run_summary import RunSummary
+from promptgrid.settings import read_api_settings, require_api_key
 from promptgrid.spec.schema import ApiConfig
+from promptgrid.tasks.planning import plan_run
+from promptgrid.tasks.repair import repair_output
 from promptgrid.types import Job
 
 if TYPE_CHECKING:
-    from promptgrid.flows.reporting import ProgressArtifact
+    from promptgrid.tasks.reporting import ProgressArtifact
+
+T = TypeVar("T")
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 SHARD_SIZE = 200
 SHARDS_IN_FLIGHT = 2
 SHARD_RETRY_DELAYS_S = (2.0, 10.0)
 TICK_S = 1.0
+
+
+def as_is(value: T) -> T:
+    """A task argument Prefect hands over untouched: not walked for futures, nor rebuilt (a spec's private
+    state, an engine's locks), and typed as itself."""
+    return cast(T, quote(value))
 
 
 def chunked(jobs: Iterable[Job], size: int) -> Iterator[list[Job]]:
@@ -147,16 +158,14 @@ async def run_plan(
     run_id: str | None = None,
     report: bool = True,
     wait: bool = False,
-) -> State[dict[str, Any]]:
+) -> State[RunSummary]:
     """Run the selected jobs of a plan to outcomes in its output; the final state carries the summary.
 
     The run holds the output's lease throughout (`wait`: until another run releases it, else OutputInUse),
     puts the output in order first (damaged manifest parts aside, rows of stored images rebuilt), and on
     Ctrl-C saves what is in progress before it raises RunInterrupted.
     """
-    settings = read_api_settings(plan.api.base_url)
-    if settings.api_key is None:
-        raise InvalidInput(["EACHLABS_API_KEY is not set: export your Eachlabs API key (or use --sandbox)"])
+    require_api_key(read_api_settings(plan.api.base_url))
     run_id = run_id or uuid.uuid4().hex[:12]
     sink = open_sink(plan.output)
     name = lease_name(selection.shard_index, selection.shard_count)
@@ -178,11 +187,11 @@ async def _run_held(
     price_per_image: float,
     time_scale: float,
     report: bool,
-) -> State[dict[str, Any]]:
-    from promptgrid.flows.reporting import ProgressArtifact, finish_run
+) -> State[RunSummary]:
+    from promptgrid.tasks.reporting import ProgressArtifact, finish_run
 
     settings = read_api_settings(plan.api.base_url)
-    assert settings.api_key is not None  # checked by run_plan
+    api_key = require_api_key(settings)  # checked by run_plan: the environment cannot have changed
     await asyncio.to_thread(save_spec, sink, plan.spec_text)
     if plan.models is not None:
         await asyncio.to_thread(save_models, sink, plan.models.models.values())
@@ -194,8 +203,8 @@ async def _run_held(
         worker_id=f"s{selection.shard_index}",
         api_base=settings.base_url,
     )
-    await asyncio.to_thread(repair, sink, journal, writer, owns=selection.owns)
-    latest, total, tally = await asyncio.to_thread(plan_selection, plan, sink, selection)
+    await repair_output(as_is(sink), as_is(journal), as_is(writer), as_is(selection.owns))
+    latest, total, tally = await plan_run(as_is(plan), as_is(sink), as_is(selection))
     progress = RunProgress(total=total, skipped=tally.skipped, price_per_image=price_per_image)
     resume = await journal.load_async()
     unknown = await asyncio.to_thread(UnknownCreates.read, journal, latest, selection.rerun)
@@ -203,10 +212,10 @@ async def _run_held(
     models = plan.models.models if plan.models else ()
     config = replace(config, spend=await asyncio.to_thread(spend_caps, plan.api, sink, models))
     await asyncio.to_thread(check_quota_reachable, plan.api.quota_url)  # before anything is sent
-    budget = open_budget(config.limits, plan.api.quota_url, quota_namespace(settings.api_key))
+    budget = open_budget(config.limits, plan.api.quota_url, quota_namespace(api_key))
     failures: list[BaseException] = []
     interrupted = False
-    async with ApiClient(settings.base_url, settings.api_key) as client:
+    async with ApiClient(settings.base_url, api_key) as client:
         store = OutcomeStore(sink, journal, writer, progress, lease)
         with input_images(sink, plan) as prepare, TerminalProgress(progress) as terminal:
             engine = Engine(
