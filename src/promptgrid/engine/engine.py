@@ -203,7 +203,10 @@ class Engine(PredictionWaits):
                 gate.accepted()
                 running = True
                 await self._started(job, outcome, attempt, prediction_id, resumed=known_id is not None)
-                prediction = await self._wait_until_finished(job, prediction_id, outcome, created_at)
+                try:
+                    prediction = await self._wait_until_finished(job, prediction_id, outcome, created_at)
+                finally:
+                    self.stats.waiting.pop(prediction_id, None)
                 self.limits.finished()
                 return prediction
             finally:
