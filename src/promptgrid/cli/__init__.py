@@ -15,7 +15,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 import typer  # noqa: E402
 
 from promptgrid import interrupts  # noqa: E402
-from promptgrid.cli import export, manifest, models, report, run, sandbox  # noqa: E402
+from promptgrid.cli import export, manifest, models, report, run, sandbox, status  # noqa: E402
 from promptgrid.errors import InvalidInput, PromptgridError  # noqa: E402
 
 app = typer.Typer(
@@ -23,7 +23,7 @@ app = typer.Typer(
     help="Turn prompt grids into image datasets through a text-to-image prediction API.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (README)
 )
 
 
@@ -32,7 +32,7 @@ def _root() -> None:
     """Keep `promptgrid` a group of subcommands, even while only one is registered."""
 
 
-for module in (run, models, sandbox, manifest, report, export):
+for module in (run, models, sandbox, manifest, report, export, status):
     module.register(app)
 
 
