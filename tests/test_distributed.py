@@ -45,6 +45,7 @@ SANDBOX_KEY = "sandbox-test-key"
 
 pytestmark = [
     pytest.mark.integration,  # a real prefect server, workers and redis-server
+    pytest.mark.slow,
     pytest.mark.needs("redis-server"),
     pytest.mark.timeout(300),
 ]

@@ -94,6 +94,7 @@ def test_webdataset_export_of_a_sandbox_run_loads_with_webdataset(sandbox_run, t
     assert len(list((tmp_path / "wds").glob("*.tar"))) > 1
 
 
+@pytest.mark.slow
 def test_a_moved_sandbox_output_reports_backfills_and_exports(sandbox_run, tmp_path):
     moved = tmp_path / "elsewhere" / "study"
     moved.parent.mkdir()
