@@ -141,6 +141,8 @@ def test_status_of_a_folder_that_is_no_output_exits_2(tmp_path: Path):
 
 
 def test_a_run_record_says_interrupted_or_crashed_and_never_holds_the_key(tmp_path: Path):
+    from prefect.states import Failed
+
     from promptgrid.errors import RunInterrupted
     from promptgrid.redact import add_secret
 
@@ -150,7 +152,14 @@ def test_a_run_record_says_interrupted_or_crashed_and_never_holds_the_key(tmp_pa
         raise RunInterrupted("stopped by Ctrl-C")
     with pytest.raises(ValueError), recorded(sink, "run-b"):
         raise ValueError("the API said sk-status-secret-123456 is wrong")
+    with recorded(sink, "run-c") as log:  # as the flow ends one: with the state it returns
+        state = Failed(
+            message="1 of 3 jobs did not succeed", data={"planned": 3, "failed": 1, "report": None}
+        )
+        assert log.ended(state) is state
     runs = {record.run_id: record for record in read_runs(sink)}
     assert runs["run-a"].outcome == "interrupted" and runs["run-b"].outcome == "crashed"
+    assert (runs["run-c"].outcome, runs["run-c"].counts) == ("Failed", {"planned": 3, "failed": 1})
+    assert runs["run-c"].message == "1 of 3 jobs did not succeed"
     assert "sk-status-secret" not in runs["run-b"].message and "***" in runs["run-b"].message
     assert all(record.started_at <= datetime.now(UTC) for record in runs.values())

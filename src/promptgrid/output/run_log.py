@@ -16,7 +16,7 @@ import socket
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import promptgrid
 from promptgrid.errors import RunInterrupted
@@ -40,6 +40,9 @@ class EndState(Protocol):
 
     @property
     def data(self) -> Any: ...
+
+
+EndStateT = TypeVar("EndStateT", bound=EndState)
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ class RunLog:
     def __init__(self, sink: Sink, record: RunRecord):
         self.sink, self.record, self.done = sink, record, False
 
-    def ended(self, state: EndState) -> Any:
+    def ended(self, state: EndStateT) -> EndStateT:
         data = state.data if isinstance(state.data, Mapping) else {}
         wanted = ("planned", "succeeded", "failed", "skipped")
         counts = {name: int(data[name]) for name in wanted if isinstance(data.get(name), int)}
