@@ -33,7 +33,7 @@ class EndState(Protocol):
     """What a run ends with (a Prefect `State`): its name, message and the run's summary as data."""
 
     @property
-    def name(self) -> str: ...
+    def name(self) -> str | None: ...
 
     @property
     def message(self) -> str | None: ...
@@ -132,7 +132,7 @@ class RunLog:
         data = state.data if isinstance(state.data, Mapping) else {}
         wanted = ("planned", "succeeded", "failed", "skipped")
         counts = {name: int(data[name]) for name in wanted if isinstance(data.get(name), int)}
-        self.record = run_ended(self.sink, self.record, state.name, state.message, counts)
+        self.record = run_ended(self.sink, self.record, state.name or "ended", state.message, counts)
         self.done = True
         return state
 
