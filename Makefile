@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # `make EDITABLE= test` installs promptgrid as a user would (CI does), so tests import the installed package.
 EDITABLE ?= -e
 
-.PHONY: demo test test-fast lint typecheck layers bench
+.PHONY: demo test test-all test-fast lint typecheck layers bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,9 +17,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/promptgrid run configs/demo.yaml --sandbox
 
-# Everything, integration tests included (those needing Chromium or redis-server skip without them).
+# The README's test command: unit and quick integration tests, one worker per core (pytest-xdist). A test
+# needing a system package that is missing (fonts, Chromium, redis-server) skips, naming the install command.
 test: $(STAMP)
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -m "not slow" -n auto
+
+# Everything, the slow tier too (real `prefect server` and workers, killed and resumed runs): what CI runs.
+test-all: $(STAMP)
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -n auto
 
 # The unit tests alone: no Prefect server, killed process, browser or Redis; one worker per core.
 test-fast: $(STAMP)

@@ -23,6 +23,26 @@ os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="promptgrid-test-hf-")
 pytest_plugins = ["tests.support.sandbox", "tests.support.s3"]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "needs(*packages): system packages the test needs (chromium, redis-server, cjk-fonts); skipped "
+        "with the install command where missing, failed under PROMPTGRID_REQUIRE_SYSTEM=1 "
+        "(tests/support/system.py)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "slow: drives a real server or process for many seconds; run by `make test-all` (CI), "
+        "not by `make test`",
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    from tests.support.system import check_needs
+
+    check_needs(item)
+
+
 @pytest.fixture(scope="session")
 def prefect_harness():
     """One Prefect test server for the whole session (starting one costs seconds)."""

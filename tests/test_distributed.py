@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -46,7 +45,8 @@ SANDBOX_KEY = "sandbox-test-key"
 
 pytestmark = [
     pytest.mark.integration,  # a real prefect server, workers and redis-server
-    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
+    pytest.mark.slow,
+    pytest.mark.needs("redis-server"),
     pytest.mark.timeout(300),
 ]
 

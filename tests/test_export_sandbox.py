@@ -293,6 +293,7 @@ def job_ids(dest: Path, fmt: str) -> list[str]:
     return [json.loads(sample["json"])["job_id"] for sample in load_wds(dest)]
 
 
+@pytest.mark.slow
 def test_a_moved_sandbox_output_reports_backfills_and_exports(sandbox_run, tmp_path):
     moved = tmp_path / "elsewhere" / "study"
     moved.parent.mkdir()

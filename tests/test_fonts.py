@@ -1,13 +1,14 @@
 """Contact sheets draw any script: Japanese and an em dash come out as glyphs, not missing-glyph boxes.
 
-Needs fontconfig and wide-coverage fonts (Debian: fonts-noto-core, fonts-noto-cjk, fonts-dejavu-core, which
-.ci/run installs); without them this fails rather than skips, since the sheets would draw boxes.
+Needs fontconfig and wide-coverage fonts (Debian: fonts-noto-core, fonts-noto-cjk, fonts-dejavu-core): without
+them the font tests skip with that install command, and fail under CI (`.ci/run` installs them).
 """
 
 from __future__ import annotations
 
 import io
 
+import pytest
 from PIL import Image, ImageChops, ImageDraw
 
 from promptgrid.report.fonts import FontChain, installed_faces, parse_charset
@@ -24,6 +25,7 @@ def glyph(font, char: str) -> Image.Image:
     return image
 
 
+@pytest.mark.needs("cjk-fonts")
 def test_fontconfig_offers_fonts_for_japanese_and_punctuation():
     faces = installed_faces()
     assert faces, "fontconfig found no scalable fonts: install fonts-noto-core/-cjk, fonts-dejavu-core"
@@ -31,6 +33,7 @@ def test_fontconfig_offers_fonts_for_japanese_and_punctuation():
         assert any(face.covers(char) for face in faces), f"no installed font has {char!r}"
 
 
+@pytest.mark.needs("cjk-fonts")
 def test_every_character_is_drawn_with_a_font_that_has_it_not_as_the_missing_glyph_box():
     chain = FontChain(24)
     for char in PROMPT.replace(" ", ""):
@@ -40,6 +43,7 @@ def test_every_character_is_drawn_with_a_font_that_has_it_not_as_the_missing_gly
         assert ImageChops.difference(drawn, box).getbbox() is not None, f"{char!r} drew the missing-glyph box"
 
 
+@pytest.mark.needs("cjk-fonts")
 def test_a_contact_sheet_shows_a_japanese_prompt_in_its_title(tmp_path):
     def sheet(prompt: str) -> Image.Image:
         rows = [

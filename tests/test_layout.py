@@ -100,6 +100,7 @@ def test_every_error_code_is_explained_in_the_docs():
 
 
 @pytest.mark.integration  # builds a wheel
+@pytest.mark.slow
 def test_the_wheel_installs_one_top_level_name(tmp_path):
     command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)]
     built = subprocess.run(command, capture_output=True, text=True, timeout=300)

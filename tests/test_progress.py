@@ -5,8 +5,20 @@ from __future__ import annotations
 
 import io
 
-from promptgrid.engine.progress import RunProgress, TerminalProgress, format_eta
-from promptgrid.types import JobOutcome, JobStatus
+import httpx
+
+from promptgrid.api.client import ApiClient
+from promptgrid.api.polling import PollPolicy
+from promptgrid.engine.config import EngineConfig, EngineStats
+from promptgrid.engine.engine import Engine
+from promptgrid.engine.progress import RunProgress, StepProgress, TerminalProgress, format_eta
+from promptgrid.models.check import check_input
+from promptgrid.quota.base import Limits
+from promptgrid.quota.local import LocalBudget
+from promptgrid.settings import ApiKey
+from promptgrid.types import Job, JobOutcome, JobStatus
+
+MODEL = "stable-diffusion-3-5-large"
 
 
 def failure(n: int, code: str) -> JobOutcome:
@@ -49,3 +61,121 @@ def test_the_first_failure_of_each_kind_is_printed_once_as_it_happens():
 def test_eta_reads_as_time():
     assert format_eta(None, 3) == "-" and format_eta(100.0, 0) == "-"
     assert format_eta(35.2, 1) == "35s" and format_eta(250, 1) == "4m10s" and format_eta(3900, 1) == "1h05m"
+
+
+class ScriptedClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_stuck_prediction_shows_its_age_and_deadline_while_the_engine_waits_on_it():
+    # A prediction that never ends, its deadline 265 s; each poll moves the scripted clock on 30 s.
+    clock = ScriptedClock()
+    seen: dict[int, tuple[str, str]] = {}
+    progress = RunProgress(total=1, clock=clock)
+
+    def api(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and request.url.path.endswith("/cancel"):
+            return httpx.Response(200, json={"status": "cancelled", "predictionID": "p1"})
+        if request.method == "POST":
+            return httpx.Response(200, json={"status": "success", "predictionID": "p1"})
+        clock.now += 30.0
+        polls = len(seen) + 1
+        seen[polls] = (progress.describe(), progress.live_line(80))
+        return httpx.Response(200, json={"id": "p1", "status": "processing", "output": None})
+
+    config = EngineConfig(
+        limits=Limits(requests=10_000, window_s=1.0, max_in_flight=2),
+        deadline_s=265.0,
+        cancel_wait_s=60.0,
+        retry_backoff_s=0.001,
+        poll=PollPolicy(cold_start_s=0.001, min_interval_s=0.001, max_interval_s=0.01),
+    )
+    transport = httpx.MockTransport(api)
+    async with ApiClient("http://127.0.0.1:9", ApiKey("sk-progress-test"), transport=transport) as client:
+        engine = Engine(client, LocalBudget(config.limits), config, clock=clock)
+        progress.engine = engine.stats
+        inputs, errors = check_input(MODEL, {"prompt": "a slow river", "seed": 1})
+        assert not errors
+        outcome = await engine.run_job(Job(job_id="job-1", model=MODEL, inputs=inputs))
+
+    assert outcome.error_code == "DEADLINE_EXCEEDED"
+    log_line, live = seen[7]  # 210 s in
+    assert "oldest=3m30s of 4m25s" in log_line, log_line
+    assert "oldest 3m30s of 4m25s" in live, live
+    assert "past 4m25s: cancelling" in seen[9][0]  # 270 s in: past its deadline, being cancelled
+    assert engine.stats.waiting == {} and progress.oldest_waiting() is None  # gone once it ended
+
+
+def test_the_eta_never_counts_down_while_nothing_finishes():
+    clock = ScriptedClock()
+    progress = RunProgress(total=120, clock=clock)
+    for n in range(119):
+        clock.now += 0.25
+        progress.record(JobOutcome(f"job-{n}", JobStatus.SUCCESS, cost_usd=0.01))
+    etas = []
+    for _ in range(30):  # one prediction left, stuck: 30 refreshes, 7 s apart, and nothing finishes
+        etas.append(progress.snapshot()["eta_s"])
+        clock.now += 7.0
+    assert etas == sorted(etas) and etas[-1] >= 200.0  # rising, and never "a few seconds" after 3 minutes
+
+
+def test_the_live_line_fits_the_width_and_drops_the_least_important_parts_first():
+    clock = ScriptedClock()
+    stats = EngineStats()
+    progress = RunProgress(total=1000, clock=clock, engine=stats)
+    for n in range(400):
+        clock.now += 0.5
+        progress.record(JobOutcome(f"ok-{n}", JobStatus.SUCCESS, cost_usd=0.01))
+    for n in range(3):
+        progress.record(failure(n, "PROVIDER_SERVER_ERROR"))
+    stats.waiting["p1"] = (clock.now - 95.0, clock.now + 170.0)
+    progress.in_flight, progress.throttled = 10, 4
+    full = progress.live_line(500)
+    assert full.split(" · ")[:3] == ["403/1000", "eta 4m56s", "oldest 1m35s of 4m25s"]
+    assert "PROVIDER_SERVER_ERROR 3" in full
+    for width in range(8, 160):
+        line = progress.live_line(width)
+        assert len(line) <= width
+        if width >= len("403/1000 · eta 4m56s"):
+            assert "eta 4m56s" in line  # the ETA is never what gets cut
+        if width >= len("403/1000 · eta 4m56s · oldest 1m35s of 4m25s"):
+            assert "oldest 1m35s of 4m25s" in line
+    assert "PROVIDER_SERVER_ERROR" not in progress.live_line(80)  # the error list goes first
+
+
+def test_a_terminal_bar_shows_the_fitted_line(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setenv("COLUMNS", "60")
+    clock = ScriptedClock()
+    stats = EngineStats()
+    progress = RunProgress(total=10, clock=clock, engine=stats)
+    progress.record(JobOutcome("job-ok", JobStatus.SUCCESS, cost_usd=0.01))
+    stats.waiting["p1"] = (clock.now - 30.0, clock.now + 235.0)
+    stream = Terminal()
+    with TerminalProgress(progress, stream=stream) as display:
+        display.refresh()
+    assert "1/10 · eta" in stream.getvalue() and "oldest 30s of 4m25s" in stream.getvalue()
+
+
+def test_a_slow_step_prints_its_progress_and_a_quick_one_stays_quiet():
+    clock = ScriptedClock()
+    quiet, slow = io.StringIO(), io.StringIO()
+    with StepProgress("report", 3, "prompts", stream=quiet, clock=clock) as step:
+        for _ in range(3):
+            step.advance()
+    with StepProgress("report", 4, "prompts", stream=slow, clock=clock, interval_s=5.0) as step:
+        for _ in range(4):
+            clock.now += 3.0
+            step.advance()
+    assert quiet.getvalue() == ""
+    assert slow.getvalue().splitlines() == [
+        "report: 2/4 prompts (6.0 s)",
+        "report: 4/4 prompts (12.0 s)",
+    ]

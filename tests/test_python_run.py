@@ -109,6 +109,7 @@ def test_failed_jobs_are_counted_and_the_summary_is_not_ok(tmp_path, sandbox_fac
     assert len(failed) == summary.failed and set(failed["error_code"]) == {"PROVIDER_REJECTED"}
 
 
+@pytest.mark.slow
 def test_the_example_script_runs_twice_and_analyses_the_sweep(tmp_path, sandbox_factory):
     sandbox = sandbox_factory(api_key=KEY, error_rate=0.25, error_codes=(("PROVIDER_REJECTED", False),))
     spec, output, sheet = write_spec(tmp_path), tmp_path / "out", tmp_path / "sheet.png"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from tests.support.processes import free_port, running_redis_server
 
 pytestmark = [
     pytest.mark.integration,  # a real redis-server
-    pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed"),
+    pytest.mark.needs("redis-server"),
 ]
 
 

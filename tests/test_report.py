@@ -53,7 +53,7 @@ def test_report_command_shows_every_image_and_names_every_failure(local_run):
     result = CliRunner().invoke(app, ["report", sink.root])
     assert result.exit_code == 0, result.output
     index = sink.path / "report" / "index.html"
-    assert result.output.strip() == str(index) and report_url(sink) == index.as_uri()
+    assert result.stdout.strip() == str(index) and report_url(sink) == index.as_uri()
     page = ReportPage(index.read_text(encoding="utf-8"))
     for job in recorded:
         figure = page.figure_for(job.job_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -14,13 +13,12 @@ from promptgrid.output.sinks.local import LocalSink
 from promptgrid.report.build import write_report
 from promptgrid.types import JobStatus
 from tests.support.report_run import PROMPTS, assert_laid_out, colour_corner, record_run
+from tests.support.system import chromium_path
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM = chromium_path()
 pytestmark = [
     pytest.mark.integration,  # headless Chromium
-    pytest.mark.skipif(
-        CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install chromium)"
-    ),
+    pytest.mark.needs("chromium"),
 ]
 
 FAILURE_FILL = (253, 236, 234)  # .failure's background in the report's CSS

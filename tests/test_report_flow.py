@@ -89,3 +89,26 @@ def test_report_after_a_run_with_rejections(tmp_path, sandbox_factory, monkeypat
             assert row["error_code"] == "PROVIDER_REJECTED"
             assert row["error_code"] in figure.text and row["error_message"] in figure.text
     assert len(list((sink.path / "report" / "sheets").glob("*.png"))) == len(PROMPTS)
+
+
+def test_a_chosen_report_layout_survives_a_later_run(tmp_path, sandbox_factory, monkeypatch):
+    monkeypatch.setenv("EACHLABS_API_KEY", KEY)
+    sandbox = sandbox_factory(api_key=KEY)
+    spec = write_spec(tmp_path)
+    params = {"api_base": sandbox.url, "rate_limit": "60/0.6s", "time_scale": 100.0}
+    assert asyncio.run(generate(spec_path=str(spec), return_state=True, **params)).is_completed()
+    out = tmp_path / "out"
+
+    def corner() -> str:
+        page = ReportPage((out / "report" / "index.html").read_text(encoding="utf-8"))
+        return next(header for header in page.headers if "→" in header)
+
+    assert corner() == "steps ↓ / cfg →"
+    result = CliRunner().invoke(app, ["report", str(out), "--across", "steps", "--down", "cfg"])
+    assert result.exit_code == 0, result.output
+    assert corner() == "cfg ↓ / steps →"
+
+    # A later run with nothing to do still writes the report: in the layout chosen, not the default.
+    assert asyncio.run(generate(spec_path=str(spec), return_state=True, **params)).is_completed()
+    assert corner() == "cfg ↓ / steps →"
+    assert len(list((out / "report" / "sheets").glob("*.png"))) == len(PROMPTS)

@@ -22,7 +22,7 @@ import pytest
 from promptgrid.output.manifest.read import read_manifest, read_parts
 from promptgrid.output.sinks import open_sink
 
-pytestmark = pytest.mark.integration  # a real run killed with SIGKILL, then resumed
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # a real run killed with SIGKILL, then resumed
 
 JOBS = 60
 TIME_SCALE = 20.0

@@ -94,6 +94,7 @@ def successes_per_job(out: Path) -> Counter[str]:
     return Counter(row["job_id"] for row in raw if row["status"] == "success")
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_create_each_prediction_once(tmp_path, sandbox_factory):
     sandbox = sandbox_factory(api_key=KEY, time_scale=TIME_SCALE)
     spec = write_spec(tmp_path, prompts=15)
@@ -111,6 +112,7 @@ def test_two_runs_started_together_create_each_prediction_once(tmp_path, sandbox
     assert len(successes_per_job(tmp_path / "out")) == 30
 
 
+@pytest.mark.slow
 def test_kill_9_then_a_run_after_the_links_expired_keeps_every_stored_image(tmp_path, sandbox_factory):
     # Output links live 40 API seconds (2 s here); the rerun starts long after they are gone.
     sandbox = sandbox_factory(api_key=KEY, time_scale=TIME_SCALE, url_lifetime_s=40.0)
@@ -141,6 +143,7 @@ def test_kill_9_then_a_run_after_the_links_expired_keeps_every_stored_image(tmp_
     assert len(lost) <= 10 and code == (1 if lost else 0), text
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_within_10_s_with_130_and_the_rerun_finishes_cleanly(tmp_path, sandbox_factory):
     sandbox = sandbox_factory(api_key=KEY, time_scale=TIME_SCALE)
     spec = write_spec(tmp_path, prompts=30)
@@ -193,6 +196,7 @@ def leftovers(session: int, marker: str) -> list[tuple[int, str]]:
     return found
 
 
+@pytest.mark.slow
 def test_no_promptgrid_or_prefect_process_outlives_a_kill_9(tmp_path):
     home = tmp_path / "prefect-home-of-this-run"
     spec = write_spec(tmp_path, prompts=20)

@@ -16,7 +16,7 @@ from promptgrid.output.manifest.read import part_keys, read_manifest
 from promptgrid.output.sinks import open_sink
 from tests.support.processes import CLI, free_port, promptgrid
 
-pytestmark = pytest.mark.integration  # the installed command, in a process of its own
+pytestmark = [pytest.mark.integration, pytest.mark.slow]  # the installed command, in a process of its own
 
 KEY = "pg-truth-key-3b8e"
 

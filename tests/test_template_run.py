@@ -66,6 +66,7 @@ def test_a_template_run_stores_each_variable_and_a_rerun_creates_nothing(
     assert sandbox.stats()["creates"] == 32 and sandbox.stats()["duplicate_creates"] == 0
 
 
+@pytest.mark.slow
 def test_the_example_recipe_runs_against_the_sandbox_and_reports_by_variable(tmp_path: Path) -> None:
     out = tmp_path / "recipe"
     # Its own Prefect home: the session's test server keeps a database in the shared one. A loaded

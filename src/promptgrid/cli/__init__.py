@@ -16,7 +16,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 import typer  # noqa: E402
 
 from promptgrid import interrupts  # noqa: E402
-from promptgrid.cli import export, manifest, models, report, run, sandbox, score  # noqa: E402
+from promptgrid.cli import export, manifest, models, report, run, sandbox, score, status  # noqa: E402
 from promptgrid.errors import InvalidInput, PromptgridError  # noqa: E402
 
 app = typer.Typer(
@@ -24,7 +24,7 @@ app = typer.Typer(
     help="Turn prompt grids into image datasets through a text-to-image prediction API.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (README)
 )
 
 
@@ -52,7 +52,7 @@ def _root(
     """Keep `promptgrid` a group of subcommands, even while only one is registered."""
 
 
-for module in (run, models, sandbox, manifest, report, export):
+for module in (run, models, sandbox, manifest, report, export, status):
     module.register(app)
 score.register(app)
 

@@ -93,4 +93,6 @@ class EngineStats:
     unverified_resends: int = 0  # 5xx creates sent again with no listing to check (the API's word alone)
     retried_attempts: int = 0
     in_flight: int = 0
+    # prediction id -> (wait began, deadline), engine clock, while polled: progress shows the oldest one
+    waiting: dict[str, tuple[float, float]] = field(default_factory=dict)
     outcomes: Counter[str] = field(default_factory=Counter)  # by JobStatus value

@@ -259,7 +259,10 @@ class Engine:
                 self.stall.progressed()
                 running = True
                 await self._started(job, outcome, attempt, prediction_id, resumed=known_id is not None)
-                prediction = await self.waits.until_finished(job, prediction_id, outcome, created_at)
+                try:
+                    prediction = await self.waits.until_finished(job, prediction_id, outcome, created_at)
+                finally:
+                    self.stats.waiting.pop(prediction_id, None)
                 self.limits.finished()
                 self.stall.progressed()
                 self.spend.settle(job, prediction.cost_usd, prediction.status is PredictionStatus.SUCCESS)

@@ -52,6 +52,7 @@ class PredictionWaits:
         while True:
             limit_s = self._deadline_s(key)
             deadline = start + limit_s
+            self.stats.waiting[prediction_id] = (start, deadline)  # removed by the engine once it ends
             await self._sleep_until_poll(plan, start, deadline)
             sent = self._clock()
             prediction = await self._poll(prediction_id, outcome, deadline)

@@ -21,13 +21,15 @@ import pyarrow as pa
 from PIL import Image
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
+from promptgrid.engine.progress import StepProgress
 from promptgrid.locations import is_loopback_url
 from promptgrid.output.manifest.read import provenance, read_manifest
 from promptgrid.output.sinks.base import Sink
 from promptgrid.output.sinks.s3 import PRESIGN_MAX_S
 from promptgrid.report.charts import charts_section
 from promptgrid.report.html import PageContent, PageLinks, Thumbnail, display_size, render_page
-from promptgrid.report.layout import PromptGrid, build_grids, check_axes, sweep_params
+from promptgrid.report.layout import PromptGrid, build_grids, sweep_params
+from promptgrid.report.saved_layout import Layout, choose_layout
 from promptgrid.report.sheets import draw_contact_sheet
 from promptgrid.report.summary import summarize_rows
 from promptgrid.report.thumbnails import ThumbnailCache, image_key_of, thumb_key
@@ -117,10 +119,13 @@ def render_report(
     sheets: bool = True,
     link_expires_s: int = PRESIGN_MAX_S,
 ) -> ReportResult:
-    """Write the report for a manifest table (the latest row per job) already in hand."""
-    check_axes(table.column_names, across, down, group_by)
+    """Write the report for a manifest table (the latest row per job) already in hand.
+
+    Axes or groups given are kept for later reports (`saved_layout`); none given, the kept ones apply.
+    """
+    layout = choose_layout(sink, table.column_names, Layout(across, down, tuple(group_by)))
     rows = table.to_pylist()
-    grids = build_grids(rows, across, down, group_by)
+    grids = build_grids(rows, layout.across, layout.down, layout.group_by)
     summary = summarize_rows(rows, price_per_image)
     summary.from_sandbox = is_loopback_url(provenance(sink).get("promptgrid.api_base"))
     links = ReportLinks(sink, presign=not _is_local(sink), expires_s=link_expires_s)
@@ -128,12 +133,17 @@ def render_report(
     page_keys = [INDEX_KEY, *(f"{REPORT_PREFIX}page-{n}.html" for n in range(2, len(pages) + 1))]
     page_links = [links.href(key) for key in page_keys]
     charts = charts_section(sink, table, links.href, price_per_image)
-    with ThreadPoolExecutor(max_workers=IO_THREADS) as pool:
+    # Thumbnails of new images take most of the time (seconds per hundred): a slow build shows its progress.
+    with (
+        ThreadPoolExecutor(max_workers=IO_THREADS) as pool,
+        StepProgress("report", len(grids), "grids") as step,
+    ):
         builder = ReportBuilder(sink, links, ThumbnailCache(sink, pool), sheets)
         for index, page_grids in enumerate(pages):
             thumbnails: dict[str, Thumbnail | str] = {}
             for grid in page_grids:
                 thumbnails.update(builder.place_grid(grid))
+                step.advance()
             html = render_page(
                 PageContent(
                     page_grids,
@@ -188,11 +198,17 @@ class ReportBuilder:
         return self.links.href(sheet_key(grid)) if self.sheets else None
 
     def save_sheet_state(self) -> None:
-        if self.sheets:
-            state = {**self.previous, **self.current}
-            self.sink.put_bytes(
-                SHEET_STATE_KEY, json.dumps(state, sort_keys=True).encode(), "application/json"
-            )
+        """Record what each sheet shows, and delete the sheets of grids this report no longer has (an
+        earlier layout's, or a prompt's whose jobs are gone), so report/sheets/ holds this report's only."""
+        if not self.sheets:
+            return
+        self.sink.put_bytes(
+            SHEET_STATE_KEY, json.dumps(self.current, sort_keys=True).encode(), "application/json"
+        )
+        drawn = {f"{SHEETS_PREFIX}{slug}.png" for slug in self.current}
+        for key in sorted(self.present):
+            if key.endswith(".png") and key not in drawn:
+                self.sink.delete(key)
 
 
 def sheet_key(grid: PromptGrid) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
-from promptgrid.report.layout import PromptGrid, axis_label, describe_job, format_value
+from promptgrid.report.layout import PromptGrid, axis_label, cell_captions, describe_job
 from promptgrid.report.summary import RunSummary, histogram
 from promptgrid.types import JobStatus
 
@@ -201,19 +201,23 @@ def render_cell(
 ) -> str:
     if not variants:
         return '<td class="empty">no job</td>'
-    figures = [render_variant(row, grid, thumbnails.get(str(row["job_id"])), params) for row in variants]
+    captions = cell_captions(variants, grid.variant_params)
+    figures = [
+        render_variant(row, caption, thumbnails.get(str(row["job_id"])), params)
+        for row, caption in zip(variants, captions, strict=True)
+    ]
     return f'<td><div class="cell">{"".join(figures)}</div></td>'
 
 
 def render_variant(
-    row: Mapping[str, Any], grid: PromptGrid, thumbnail: Thumbnail | str | None, params: Sequence[str]
+    row: Mapping[str, Any], caption: str, thumbnail: Thumbnail | str | None, params: Sequence[str]
 ) -> str:
     """A linked thumbnail for a success; for anything else the status and reason as text, never an image.
 
     `thumbnail` is a string when a successful job's image could not be read back: the reason why.
     """
     title = escape(describe_job(row, params))
-    caption = escape(variant_caption(row, grid.variant_params))
+    caption = escape(caption)
     if isinstance(thumbnail, Thumbnail):
         return (
             f'<figure class="ok"><a href="{escape(thumbnail.href)}"><img src="{escape(thumbnail.src)}"'
@@ -238,10 +242,6 @@ def failure_text(row: Mapping[str, Any], problem: str | None = None) -> str:
         f"<b>{escape(status)}</b> <code>{escape(str(code))}</code>"
         f'<div class="message">{escape(str(message))}</div>'
     )
-
-
-def variant_caption(row: Mapping[str, Any], variant_params: Sequence[str]) -> str:
-    return " · ".join(f"{name} {format_value(row.get(name))}" for name in variant_params)
 
 
 def display_size(width: Any, height: Any) -> tuple[int, int]:

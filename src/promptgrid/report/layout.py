@@ -264,6 +264,19 @@ def _first_queued(rows: Sequence[Row]) -> tuple[int, Any]:
     return (0, min(stamps)) if stamps else (1, 0)
 
 
+def cell_captions(variants: Sequence[Row], params: Sequence[str]) -> list[str]:
+    """One caption per variant of a cell, naming what sets it apart from the cell's other variants.
+
+    A lone variant names all of `params`; several name only the parameters whose values differ among them,
+    so captions cut to a tile's width still differ. Variants alike in every parameter show their job ids.
+    """
+    if len(variants) > 1:
+        params = [name for name in params if len({format_value(row.get(name)) for row in variants}) > 1]
+        if not params:
+            return [f"job {str(row.get('job_id'))[:10]}" for row in variants]
+    return [" · ".join(f"{name} {format_value(row.get(name))}" for name in params) for row in variants]
+
+
 def describe_job(row: Row, params: Sequence[str]) -> str:
     """The job's parameters, one per line, for a hover title or a caption."""
     names = dict.fromkeys(["prompt", *params, "seed"])  # seed last unless params list it already

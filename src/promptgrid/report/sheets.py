@@ -9,8 +9,7 @@ from collections.abc import Mapping
 from PIL import Image, ImageDraw
 
 from promptgrid.report.fonts import FontChain, font_chain
-from promptgrid.report.html import variant_caption
-from promptgrid.report.layout import PromptGrid, Row, axis_label
+from promptgrid.report.layout import PromptGrid, Row, axis_label, cell_captions
 from promptgrid.types import JobStatus
 
 PAD = 8
@@ -99,7 +98,8 @@ def _draw_cell(
     font: FontChain,
 ) -> None:
     x, y = origin
-    for row in variants:
+    captions = cell_captions(variants, grid.variant_params)
+    for row, caption in zip(variants, captions, strict=True):
         thumbnail = thumbnails.get(str(row["job_id"]))
         if thumbnail is not None and row.get("status") == JobStatus.SUCCESS:
             tile = thumbnail.copy()
@@ -109,11 +109,18 @@ def _draw_cell(
             )
         else:
             _draw_failure(draw, row, (x, y), tile_px, font)
-        caption = textwrap.shorten(
-            variant_caption(row, grid.variant_params), max(8, tile_px // 7), placeholder="…"
-        )
-        font.draw_text(draw, (x, y + tile_px + 2), caption, INK)
+        font.draw_text(draw, (x, y + tile_px + 2), fit_caption(caption, tile_px, font), INK)
         x += tile_px + PAD
+
+
+def fit_caption(caption: str, width_px: int, font: FontChain) -> str:
+    """The caption within `width_px`: whole if it fits, else only its values ("3.5 · 28"), else cut short."""
+    if font.length(caption) <= width_px:
+        return caption
+    values = " · ".join(part.split(" ", 1)[-1] for part in caption.split(" · "))
+    while len(values) > 1 and font.length(values) > width_px:
+        values = values[:-2] + "…"
+    return values
 
 
 def _draw_failure(

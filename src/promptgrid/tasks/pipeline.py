@@ -34,6 +34,7 @@ from promptgrid.engine.progress import RunProgress, TerminalProgress
 from promptgrid.engine.spend import spend_caps
 from promptgrid.engine.unanswered import UnknownCreates, run_and_store, settle_unknown_creates
 from promptgrid.errors import InvalidInput, PromptgridError, RunInterrupted
+from promptgrid.output import run_log
 from promptgrid.output.input_images import InputImages, InputServer, classify_image_ref
 from promptgrid.output.journal import Journal
 from promptgrid.output.lease import OutputLease, holding, lease_name, take_lease
@@ -171,8 +172,13 @@ async def run_plan(
     name = lease_name(selection.shard_index, selection.shard_count)
     lease = await take_lease(sink, name, run_id, wait=wait, on_wait=get_run_logger().warning)
     try:
-        with holding(lease), interrupts.stop_signals_handled():
-            return await _run_held(plan, selection, sink, lease, run_id, price_per_image, time_scale, report)
+        with (
+            holding(lease),
+            interrupts.stop_signals_handled(),
+            run_log.recorded(sink, run_id, name) as record,
+        ):
+            held = _run_held(plan, selection, sink, lease, run_id, price_per_image, time_scale, report)
+            return record.ended(await held)
     finally:
         if interrupts.stop_requested():
             interrupts.mark_saved()  # journal, manifest and lease are settled: the process may exit
