@@ -29,7 +29,7 @@ from promptgrid.output.manifest.read import read_manifest
 from promptgrid.output.manifest.writer import ManifestWriter
 from promptgrid.output.recorder import OutcomeStore
 from promptgrid.output.sinks import open_sink
-from promptgrid.output.sinks.local import LocalSink
+from promptgrid.output.sinks.base import Sink
 from promptgrid.quota.base import Limits
 from promptgrid.quota.local import LocalBudget
 from promptgrid.settings import ApiKey
@@ -56,7 +56,7 @@ async def as_is(job: Job) -> Mapping[str, Any]:
     return job.inputs
 
 
-async def leave_lost_creates(url: str, sink: LocalSink, jobs: list[Job], prepare: Prepare, slug: str) -> None:
+async def leave_lost_creates(url: str, sink: Sink, jobs: list[Job], prepare: Prepare, slug: str) -> None:
     """What a run killed with these creates on the wire leaves: intents, paid predictions, no records."""
     journal = Journal(sink, "killed-s0")
     async with ApiClient(url, ApiKey(KEY)) as client:
@@ -68,7 +68,7 @@ async def leave_lost_creates(url: str, sink: LocalSink, jobs: list[Job], prepare
 
 async def rerun(
     url: str,
-    sink: LocalSink,
+    sink: Sink,
     jobs: list[Job],
     prepare: Prepare = as_is,
     slugs: Mapping[str, str] | None = None,
@@ -95,7 +95,7 @@ async def rerun(
     return engine
 
 
-async def assert_every_row_is_its_own(url: str, sink: LocalSink, jobs: list[Job]) -> None:
+async def assert_every_row_is_its_own(url: str, sink: Sink, jobs: list[Job]) -> None:
     """Every job has a success row whose prediction the API made from that job's prompt and image."""
     rows = {row["job_id"]: row for row in read_manifest(sink).to_pylist()}
     assert set(rows) == {one.job_id for one in jobs}
@@ -120,7 +120,6 @@ async def test_killed_img2img_creates_of_one_prompt_and_seed_each_keep_their_own
 ):
     sandbox = sandbox_factory()
     sink = open_sink(str(tmp_path / "out"))
-    assert isinstance(sink, LocalSink)
     jobs = []
     for n, colour in enumerate([(200, 0, 0), (0, 200, 0), (0, 0, 200), (200, 200, 0)]):
         (tmp_path / f"in{n}.png").write_bytes(png(colour))
@@ -146,7 +145,6 @@ async def test_killed_img2img_creates_of_one_prompt_and_seed_each_keep_their_own
 async def test_killed_creates_of_number_like_prompts_each_keep_their_own_image(sandbox_factory, tmp_path):
     sandbox = sandbox_factory()
     sink = open_sink(str(tmp_path / "out"))
-    assert isinstance(sink, LocalSink)
     jobs = [job(n, prompt) for n, prompt in enumerate(["10", "1e1", "10.0", "1E1", "+10", "10.00"])]
     await leave_lost_creates(sandbox.url, sink, jobs, as_is, DASHED)
     await rerun(sandbox.url, sink, jobs)
@@ -165,7 +163,6 @@ async def test_killed_creates_of_number_like_prompts_each_keep_their_own_image(s
 async def test_every_lost_create_is_adopted_with_no_second_create(sandbox_factory, tmp_path, api):
     sandbox = sandbox_factory(**api)
     sink = open_sink(str(tmp_path / "out"))
-    assert isinstance(sink, LocalSink)
     sent_as = DOTTED if api.get("slug_spelling") == "dotted" else DASHED
     jobs = [job(n, f"a lighthouse, study {n}") for n in range(6)]
     await leave_lost_creates(sandbox.url, sink, jobs, as_is, sent_as)
@@ -178,7 +175,6 @@ async def test_every_lost_create_is_adopted_with_no_second_create(sandbox_factor
 async def test_creates_made_then_answered_500_or_never_answered_cost_nothing_twice(sandbox_factory, tmp_path):
     sandbox = sandbox_factory(create_made_5xx_rate=0.1, create_held_rate=0.1, seed=4)
     sink = open_sink(str(tmp_path / "out"))
-    assert isinstance(sink, LocalSink)
     jobs = [job(n, f"a glass bottle, take {n}") for n in range(40)]
     engine = await rerun(sandbox.url, sink, jobs)
     stats = sandbox.stats()

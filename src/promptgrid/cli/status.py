@@ -214,7 +214,8 @@ def export_state(sink: Sink, dest: str) -> Status:
         "format": plan.get("format"),
         "shards": len(stats.get("shards") or []) if stats else len(markers),
         "rows": stats["totals"].get("rows") if stats and isinstance(stats.get("totals"), dict) else None,
-        "up_to_date": plan.get("source") == current,  # the manifest had no new parts since
+        # the manifest had no new parts since: stats.json names the parts it exported (their fingerprint)
+        "up_to_date": (stats or {}).get("source", plan.get("source")) == current,
     }
 
 

@@ -28,7 +28,7 @@ from functools import partial
 from typing import Any
 
 from promptgrid.aio import as_async_iterator
-from promptgrid.api.client import ApiClient, created_nothing, says_refused
+from promptgrid.api.client import ApiClient, created_nothing
 from promptgrid.api.gateway import Gateway, ReadRetry
 from promptgrid.api.polling import LatencyModel
 from promptgrid.api.prediction import Prediction, PredictionStatus
@@ -53,7 +53,6 @@ from promptgrid.engine.retry import (
     no_room,
     not_submitted,
     outcome_unknown,
-    unknown_create,
 )
 from promptgrid.engine.spend import SpendGuard
 from promptgrid.engine.stall import StallWatch
@@ -348,7 +347,10 @@ class Engine:
                     if halts_the_run(exc):
                         self.halt.stop(exc)
                     raise create_refused(exc) from None
-                found = None if created_nothing(exc) else await self._settle(job, slug, inputs, sent_at, exc)
+                found = None
+                if not created_nothing(exc):
+                    lag_s, stats = self.config.listing_lag_s, self.stats
+                    found = await self.lost_creates.settle(job, slug, inputs, sent_at, exc, lag_s, stats)
                 if found is not None:
                     return self._sent(outcome, found)
                 await self.events.on_unsent(job, outcome.attempts)  # nothing was made: withdraw the trace
@@ -381,33 +383,6 @@ class Engine:
         if resends >= self.config.create_retries:
             raise failed(ErrorCode.CREATE_FAILED, f"the API kept refusing the create: {exc.message}")
         return resends + 1
-
-    async def _settle(
-        self, job: Job, slug: str, inputs: Mapping[str, Any], sent_at: datetime, exc: ApiError
-    ) -> str | None:
-        """A create whose outcome is unknown, settled through the listing before anything is re-sent: the
-        prediction it made, or None where nothing was made; the job ends CREATE_OUTCOME_UNKNOWN otherwise.
-
-        Where the API has no listing, only its own documented refusal is taken at its word, and said so.
-        """
-        await asyncio.sleep(self.config.listing_lag_s)  # a create just made may take a moment to be listed
-        fresh_after = datetime.now(UTC)
-        search = await self.lost_creates.search(job, slug, inputs, sent_at, fresh_after=fresh_after)
-        if search.found is not None:
-            self.stats.adopted_creates += 1
-            return search.found
-        if search.nothing_made:
-            return None
-        if not self.lost_creates.available and says_refused(exc):
-            self.stats.unverified_resends += 1
-            log.warning(
-                "job %s: the create was answered %s and the API has no executions listing to check it "
-                "against: sent again on the API's word that it created nothing",
-                job.job_id,
-                exc.message,
-            )
-            return None
-        raise unknown_create(exc, search.why)
 
     async def _after_model_not_found(self, job: Job, refused: str, exc: ModelNotFound) -> str:
         """The slug to send next, after resolving the model again; ends the job when there is none."""

@@ -23,9 +23,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from promptgrid.api.client import says_refused
 from promptgrid.api.executions import MAX_PAGE, Execution
 from promptgrid.api.gateway import Gateway, ReadRetry, Tally
+from promptgrid.engine.config import EngineStats
 from promptgrid.engine.matching import same_inputs
+from promptgrid.engine.retry import unknown_create
 from promptgrid.errors import ApiError, PredictionNotFound
 from promptgrid.types import Job
 
@@ -73,6 +76,40 @@ class LostCreates:
         self._seen: dict[str, dict[str, Execution]] = {}  # slug -> executions listed
         self._inputs: dict[str, Mapping[str, Any]] = {}
         self._lock = asyncio.Lock()
+
+    async def settle(
+        self,
+        job: Job,
+        slug: str,
+        inputs: Mapping[str, Any],
+        sent_at: datetime,
+        exc: ApiError,
+        lag_s: float,
+        stats: EngineStats,
+    ) -> str | None:
+        """A create whose outcome is unknown, settled through the listing before anything is re-sent: the
+        prediction it made, or None where nothing was made; the job ends CREATE_OUTCOME_UNKNOWN otherwise.
+
+        Where the API has no listing, only its own documented refusal is taken at its word, and said so.
+        """
+        await asyncio.sleep(lag_s)  # a create just made may take a moment to be listed
+        fresh_after = datetime.now(UTC)
+        search = await self.search(job, slug, inputs, sent_at, fresh_after=fresh_after)
+        if search.found is not None:
+            stats.adopted_creates += 1
+            return search.found
+        if search.nothing_made:
+            return None
+        if not self.available and says_refused(exc):
+            stats.unverified_resends += 1
+            _logger.warning(
+                "job %s: the create was answered %s and the API has no executions listing to check it "
+                "against: sent again on the API's word that it created nothing",
+                job.job_id,
+                exc.message,
+            )
+            return None
+        raise unknown_create(exc, search.why)
 
     def expect(self, sent_at: Mapping[str, datetime], known_ids: set[str]) -> None:
         """The creates an earlier run left unanswered (job_id -> when each left), and the predictions its

@@ -18,11 +18,11 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
-import promptgrid
 from promptgrid.errors import RunInterrupted
 from promptgrid.output.keys import safe_token
 from promptgrid.output.sinks.base import Sink
 from promptgrid.redact import scrub
+from promptgrid.version import VERSION
 
 RUNS_PREFIX = "runs/"
 Clock = Callable[[], datetime]
@@ -85,7 +85,7 @@ def run_key(run_id: str) -> str:
 def run_started(sink: Sink, run_id: str, shard: str | None = None, clock: Clock | None = None) -> RunRecord:
     """Record that a run starts here and now (host, process, promptgrid version)."""
     now = (clock or _utc_now)()
-    record = RunRecord(run_id, now, socket.gethostname(), os.getpid(), promptgrid.__version__, shard)
+    record = RunRecord(run_id, now, socket.gethostname(), os.getpid(), VERSION, shard)
     _save(sink, record)
     return record
 
