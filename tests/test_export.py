@@ -71,11 +71,12 @@ def test_webdataset_shards_are_bounded_and_load_with_webdataset(recorded, tmp_pa
     result = export(recorded, tmp_path / "wds", "webdataset", shard_bytes=20_000, batch_rows=4)
 
     check_wds(tmp_path / "wds", recorded, expected_rows(recorded))
-    shards = sorted(path.name for path in (tmp_path / "wds").glob("*.tar"))
-    assert result.shards == len(shards) > 1 and shards[0] == "00000.tar"
+    shards = sorted(str(path.relative_to(tmp_path / "wds")) for path in (tmp_path / "wds").glob("*/*.tar"))
+    assert result.shards == len(shards) > 1 and shards[0] == "train/00000.tar"
     # A shard closes at the first batch boundary past the size: over it by less than one batch.
     batch_max = 4 * (3 * 512 + 1024) + 10240  # 4 samples of 3 small members, and tar's closing record
     assert all((tmp_path / "wds" / name).stat().st_size < 20_000 + batch_max for name in shards)
+    assert all((tmp_path / "wds" / name.replace(".tar", "_stats.json")).exists() for name in shards)
     stats = json.loads((tmp_path / "wds" / "stats.json").read_text())
     assert sum(shard["rows"] for shard in stats["shards"]) == 32
 
@@ -166,26 +167,38 @@ def test_dedup_drops_near_duplicates_of_earlier_images_and_counts_them(tmp_path)
 
 def test_an_export_already_complete_is_not_written_again(recorded, tmp_path):
     export(recorded, tmp_path / "wds", "webdataset")
-    stamp = (tmp_path / "wds" / "00000.tar").stat().st_mtime_ns
+    stamp = (tmp_path / "wds" / "train" / "00000.tar").stat().st_mtime_ns
 
     again = export(recorded, tmp_path / "wds", "webdataset")
 
     assert again.already_complete and again.tally.rows == 32
-    assert (tmp_path / "wds" / "00000.tar").stat().st_mtime_ns == stamp
+    assert (tmp_path / "wds" / "train" / "00000.tar").stat().st_mtime_ns == stamp
 
 
-def test_a_changed_manifest_restarts_the_export_from_scratch(tmp_path):
+def test_a_grown_manifest_adds_shards_and_keeps_the_first_ones(tmp_path):
     sink = open_sink(str(tmp_path / "out"))
     failed = next(job for job in record_run(sink) if job.status == JobStatus.FAILED)
-    export(sink, tmp_path / "hf", shard_bytes=4_000, batch_rows=5)
-    record_retry_success(sink, failed, (10, 20, 30))  # a later run adds a part: a new source
+    first = export(sink, tmp_path / "hf", samples_per_shard=5)
+    before = {path.name: path.read_bytes() for path in (tmp_path / "hf" / "data").iterdir()}
+    record_retry_success(sink, failed, (10, 20, 30))  # a later run adds a part: the failed job succeeds
 
-    result = export(sink, tmp_path / "hf", shard_bytes=4_000, batch_rows=5)
+    result = export(sink, tmp_path / "hf", samples_per_shard=5)
 
-    assert not result.already_complete and result.resumed_shards == 0 and result.tally.rows == 33
+    assert not result.already_complete and result.resumed_shards == first.shards and result.tally.rows == 33
     check_hf(tmp_path / "hf", sink, expected_rows(sink))
+    after = {path.name: path.read_bytes() for path in (tmp_path / "hf" / "data").iterdir()}
+    assert {name: after[name] for name in before} == before and len(after) == len(before) + 1
+
+
+def test_another_plan_starts_the_export_over(recorded, tmp_path):
+    export(recorded, tmp_path / "hf", samples_per_shard=5)
+
+    result = export(recorded, tmp_path / "hf", samples_per_shard=10)
+
+    assert result.resumed_shards == 0 and result.shards == 4
     names = sorted(path.name for path in (tmp_path / "hf" / "data").iterdir())
-    assert names == [f"train-{n:05d}.parquet" for n in range(result.shards)]  # nothing left of the first
+    assert names == [f"train-{n:05d}.parquet" for n in range(4)]  # nothing left of the first
+    check_hf(tmp_path / "hf", recorded, expected_rows(recorded))
 
 
 def test_an_interrupted_export_keeps_whole_shards_and_resumes(recorded, tmp_path):
@@ -203,10 +216,10 @@ def test_an_interrupted_export_keeps_whole_shards_and_resumes(recorded, tmp_path
         export_output(options, on_progress=stop_after_two_shards)
     folder = tmp_path / "wds"
     assert not (folder / "stats.json").exists()
-    assert not list(folder.glob(".tmp-*")), "an unfinished shard must not stay behind"
-    kept = sorted(path.name for path in folder.glob("*.tar"))
+    assert not list(folder.rglob(".tmp-*")), "an unfinished shard must not stay behind"
+    kept = sorted(path.name for path in folder.glob("train/*.tar"))
     assert kept == sorted(
-        path.name.replace(".json", ".tar") for path in (folder / "_promptgrid" / "shards").iterdir()
+        path.name.replace(".json", ".tar") for path in (folder / "_promptgrid" / "shards" / "train").iterdir()
     )
 
     result = export_output(options)
@@ -304,7 +317,7 @@ def test_the_near_duplicate_index_finds_what_comparing_every_pair_finds(distance
     assert len(index) == len(kept)
 
 
-def test_a_part_compacted_away_mid_export_stops_it_and_a_rerun_starts_over(tmp_path):
+def test_a_part_compacted_away_mid_export_stops_it_and_a_rerun_goes_on(tmp_path):
     from promptgrid.errors import ExportFailed
     from promptgrid.output.manifest.read import part_keys
     from promptgrid.output.manifest.writer import compact
@@ -325,5 +338,5 @@ def test_a_part_compacted_away_mid_export_stops_it_and_a_rerun_starts_over(tmp_p
 
     result = export_output(options)
 
-    assert result.resumed_shards == 0 and result.tally.rows == 33
+    assert result.tally.rows == 33  # the shards finished before the part vanished are kept
     check_hf(tmp_path / "hf", sink, expected_rows(sink))

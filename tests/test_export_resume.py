@@ -67,16 +67,16 @@ def test_a_killed_export_leaves_only_whole_shards_and_resumes(tmp_path, fmt):
     child = subprocess.run([sys.executable, "-c", script, source.root, str(dest), fmt], timeout=120)
 
     assert child.returncode == -9, "the export was meant to die by SIGKILL mid-way"
-    shards_dir = dest / "data" if fmt == "hf" else dest
+    shards_dir = dest / "data" if fmt == "hf" else dest / "train"
     pattern = "*.parquet" if fmt == "hf" else "*.tar"
     whole = sorted(path.name for path in shards_dir.glob(pattern))
-    markers = sorted(path.stem for path in (dest / "_promptgrid" / "shards").glob("*.json"))
+    markers = sorted(path.stem for path in (dest / "_promptgrid" / "shards" / "train").glob("*.json"))
     assert whole and len(whole) == len(markers), (whole, markers)
     assert list(shards_dir.glob(".tmp-*.partial")), "the shard being written at the kill stays temporary"
     assert not (dest / "stats.json").exists()
     if fmt == "webdataset":
         for name in whole:  # every visible shard is a complete tar
-            with tarfile.open(dest / name) as archive:
+            with tarfile.open(shards_dir / name) as archive:
                 assert len(archive.getnames()) % 3 == 0
 
     result = export_output(ExportOptions(source.root, str(dest), fmt, **OPTIONS))

@@ -1,5 +1,7 @@
 """What the export tests share: an export read back with the libraries training code uses (`datasets`,
-`webdataset`), and the check that it holds exactly the manifest's rows, columns and image bytes."""
+`webdataset`, `huggingface_hub`'s card parser), the check that it holds exactly the manifest's rows,
+columns and image bytes (as published: no `image_uri`, image keys relative to the export), and a scan of
+every byte it wrote for a location it must not reveal."""
 
 from __future__ import annotations
 
@@ -8,13 +10,17 @@ import glob
 import hashlib
 import io
 import json
+import logging
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
+from promptgrid.export.samples import sample_key
 from promptgrid.output.manifest.read import read_manifest
 from promptgrid.output.sinks.base import Sink
 
@@ -23,7 +29,7 @@ def load_hf(folder: Path, *, decode: bool = True) -> list[dict[str, Any]]:
     """Every row of an HF export, read by `datasets.load_dataset("parquet", ...)` (offline: conftest)."""
     import datasets
 
-    files = sorted(glob.glob(str(folder / "data" / "*.parquet")))
+    files = sorted(glob.glob(str(folder / "data" / "*.parquet")))  # every split
     assert files, f"no Parquet shards under {folder}"
     dataset = datasets.load_dataset("parquet", data_files=files, split="train")
     assert isinstance(dataset.features["image"], datasets.Image)
@@ -36,7 +42,7 @@ def load_wds(folder: Path) -> list[dict[str, Any]]:
     """Every sample of a WebDataset export, read by the `webdataset` library, raw (bytes per extension)."""
     import webdataset
 
-    shards = sorted(glob.glob(str(folder / "*.tar")))
+    shards = sorted(glob.glob(str(folder / "*" / "*.tar")))  # every split's folder
     assert shards, f"no tar shards under {folder}"
     # webdataset opens each shard and never closes it (tariterators.tar_file_expander); its ResourceWarning
     # is the library's, so it is silenced here, where the streams are dropped, and nowhere else.
@@ -54,6 +60,14 @@ def expected_rows(sink: Sink, **where: Any) -> dict[str, dict[str, Any]]:
     return {row["job_id"]: row for row in rows}
 
 
+def published(row: dict[str, Any]) -> dict[str, Any]:
+    """A manifest row as an export publishes it: no `image_uri`; `image_key` names the image in the export."""
+    public = {name: value for name, value in row.items() if name != "image_uri"}
+    if row.get("image_key"):
+        public["image_key"] = f"{sample_key(row['job_id'])}.{row['image_key'].rsplit('.', 1)[-1]}"
+    return public
+
+
 def check_hf(folder: Path, sink: Sink, expected: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """The HF export holds exactly `expected`: every column, value, image (size, bytes, sha256)."""
     raw = load_hf(folder, decode=False)
@@ -68,7 +82,7 @@ def check_hf(folder: Path, sink: Sink, expected: dict[str, dict[str, Any]]) -> l
         assert list(row)[0] == "image"
         exported = {name.removeprefix("manifest_") if name == "manifest_image" else name: value
                     for name, value in row.items() if name not in ("image", "phash")}  # fmt: skip
-        assert exported == manifest, row["job_id"]
+        assert exported == published(manifest), row["job_id"]
     return raw
 
 
@@ -88,7 +102,8 @@ def check_wds(folder: Path, sink: Sink, expected: dict[str, dict[str, Any]]) -> 
             assert image.size == (manifest["width"], manifest["height"])
         assert sample["txt"].decode("utf-8") == manifest["prompt"]
         record.pop("phash", None)
-        assert record == as_json(manifest), record["job_id"]
+        present = {name: value for name, value in published(manifest).items() if value is not None}
+        assert record == as_json(present), record["job_id"]
     return samples
 
 
@@ -99,3 +114,50 @@ def recorded_sha256(sink: Sink, row: dict[str, Any]) -> str:
 
 def as_json(row: dict[str, Any]) -> dict[str, Any]:
     return {name: value.isoformat() if isinstance(value, datetime) else value for name, value in row.items()}
+
+
+def every_file(folder: Path) -> Iterator[Path]:
+    return (path for path in sorted(folder.rglob("*")) if path.is_file())
+
+
+def leaks(folder: Path, secrets: list[str]) -> list[str]:
+    """Each file (Parquet and tar included) whose bytes hold one of `secrets`, plainly or zstd-compressed
+    inside a Parquet page: every page of every column is read back decoded, so compression hides nothing."""
+    import pyarrow.parquet as pq
+
+    found = []
+    for path in every_file(folder):
+        data = path.read_bytes()
+        if path.suffix == ".parquet":
+            data += json.dumps(pq.read_table(path).to_pylist(), default=str).encode()
+            data += str(pq.read_schema(path).metadata).encode()
+        found += [f"{path.relative_to(folder)}: {secret}" for secret in secrets if secret.encode() in data]
+    return found
+
+
+def card_metadata(folder: Path) -> dict[str, Any]:
+    """The card's YAML as huggingface_hub's own card parser reads it."""
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard.load(folder / "README.md")
+    return card.data.to_dict()
+
+
+@contextmanager
+def datasets_warnings() -> Iterator[list[str]]:
+    """Every warning `datasets` logs meanwhile (its loggers do not propagate: a handler is added)."""
+    import datasets
+
+    messages: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = Collect(logging.WARNING)
+    logger = datasets.logging.get_logger("datasets")
+    logger.addHandler(handler)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)

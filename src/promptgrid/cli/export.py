@@ -1,7 +1,8 @@
 """The `promptgrid export` command: an output as Hugging Face Parquet or WebDataset tar shards.
 
 Exit codes: 0 exported (or already exported), 1 exported without some images that could not be read (the
-card and stats.json name them), 2 invalid input; 130 when interrupted (running it again resumes).
+card and stats.json name them), 2 invalid input (a sandbox run's renders without --include-sandbox among
+it); 130 when interrupted (running it again resumes). `--dry-run` says what would be written, writing nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from promptgrid.export.exporter import ExportProgress, ExportResult
+    from promptgrid.export.preview import ExportPreview
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
@@ -84,17 +86,41 @@ def describe_result(result: ExportResult) -> str:
     head = "already exported, nothing to do: " if result.already_complete else ""
     resumed = ""
     if result.resumed_shards and not result.already_complete:
-        resumed = f" ({result.resumed_shards} kept from an interrupted export)"
+        resumed = f" ({result.resumed_shards} kept from an earlier export)"
     shards = f"{result.shards} shard{'' if result.shards == 1 else 's'}"
     lines = [
         f"{head}{tally.rows} rows, {tally.images} images ({tally.bytes / 1e6:,.1f} MB) in {shards}{resumed}",
         f"destination: {result.dest}  (card: README.md, totals: stats.json)",
     ]
+    if result.splits:
+        lines.append("splits: " + ", ".join(f"{name} {rows}" for name, rows in result.splits.items()))
+    if result.dropped_shards:
+        lines.append(f"shards written again (a job in them ran again): {result.dropped_shards}")
     if tally.duplicates:
         lines.append(f"near-duplicates dropped: {tally.duplicates}")
     if tally.unreadable:
         lines.append(f"left out, could not be read or did not match the manifest: {tally.unreadable}")
         lines += [f"  {problem}" for problem in tally.problems]
+    return "\n".join(lines)
+
+
+def describe_preview(preview: ExportPreview) -> str:
+    if preview.complete:
+        return "dry run: already exported, an export would write nothing"
+    rows = sum(preview.new_rows.values())
+    per_split = ", ".join(f"{name} {count}" for name, count in sorted(preview.new_rows.items()))
+    lines = [
+        f"dry run: would examine {rows} rows and write those that pass" + (f" ({per_split})" if rows else "")
+    ]
+    if preview.fresh:
+        lines.append("no earlier export under this plan here: everything is written anew")
+    else:
+        lines.append(f"kept from an earlier export: {preview.kept_shards} shards, {preview.kept_rows} rows")
+    if preview.dropped_shards:
+        lines.append(f"shards to write again (a job in them ran again): {preview.dropped_shards}")
+    if preview.from_sandbox:
+        lines.append("the images are sandbox renders: the card will label them as placeholders")
+    lines.append("nothing was written")
     return "\n".join(lines)
 
 
@@ -117,6 +143,9 @@ def register(app: typer.Typer) -> None:
         shard_size: Annotated[
             str, typer.Option(help="Start a new shard past this size, e.g. 500MB.")
         ] = "500MB",
+        samples_per_shard: Annotated[
+            int | None, typer.Option(min=1, help="Start a new shard after this many samples, too.")
+        ] = None,
         dedup: Annotated[
             bool, typer.Option("--dedup", help="Drop images within --dedup-distance of an earlier one.")
         ] = False,
@@ -127,7 +156,18 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option("--license", help="The dataset's licence, e.g. cc-by-4.0, for the card.")
         ] = None,
         restart: Annotated[
-            bool, typer.Option("--restart", help="Start over instead of resuming an interrupted export.")
+            bool, typer.Option("--restart", help="Start over instead of keeping the shards already exported.")
+        ] = False,
+        include_sandbox: Annotated[
+            bool,
+            typer.Option("--include-sandbox", help="Export a sandbox run's placeholder renders (labelled)."),
+        ] = False,
+        keep_source_uris: Annotated[
+            bool,
+            typer.Option("--keep-source-uris", help="Keep image_uri and the output's location (private)."),
+        ] = False,
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Say what would be exported; write nothing.")
         ] = False,
         wait: Annotated[
             bool, typer.Option("--wait", help="When a run is writing OUTPUT, wait for it to end.")
@@ -135,6 +175,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Export OUTPUT's images and manifest rows as Parquet (--format hf) or tar shards (webdataset)."""
         from promptgrid.export.exporter import FORMATS, ExportOptions, export_output
+        from promptgrid.export.preview import preview_export
         from promptgrid.output.lease import wait_until_unheld
         from promptgrid.output.sinks import open_sink
 
@@ -147,10 +188,16 @@ def register(app: typer.Typer) -> None:
             statuses=tuple(part.strip() for part in status.split(",") if part.strip()),
             where=where,
             shard_bytes=parse_size(shard_size),
+            samples_per_shard=samples_per_shard,
             dedup_distance=dedup_distance if dedup else None,
             license=license_line,
             restart=restart,
+            include_sandbox=include_sandbox,
+            keep_source_uris=keep_source_uris,
         )
+        if dry_run:
+            typer.echo(describe_preview(preview_export(options)))
+            return
         try:
             # An output a run is still writing would export half done: wait for it, or stop naming it.
             wait_until_unheld(

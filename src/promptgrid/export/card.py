@@ -1,12 +1,16 @@
 """The dataset card, `README.md` at the export's root: what the data is, where it came from, what it counts.
 
-Its YAML header is the one the Hugging Face Hub reads (licence, data files, features); the body says the
-date, the generator, the source output, the spec the run used, counts per model and per parameter value,
-and what was left out (near-duplicates, images that could not be read).
+Its YAML header is the one the Hugging Face Hub and `datasets` read whole: licence, task and size
+categories, `configs` naming each split's data files, and a complete `dataset_info` (features, each
+split's `num_examples` and `num_bytes`, the sizes); `datasets` drops a `dataset_info` missing a field. The
+body says the date, the generator, the models, the splits, counts per model and per parameter value, what
+was left out, and the spec the run used. A sandbox run's placeholder renders are labelled as such. The
+card never says where the output was: a published dataset does not leak the machine it was made on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,9 +19,39 @@ from typing import Any
 import yaml
 
 from promptgrid.export.tally import Tally
+from promptgrid.output.saved_spec import read_saved_spec
+from promptgrid.output.sinks import Sink
 
 _LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
 NO_LICENSE = "No licence was set for this dataset (`promptgrid export --license ...`); ask its owner."
+SANDBOX_NOTE = (
+    "**Placeholder images.** These images are renders of promptgrid's sandbox, a stand-in for the "
+    "prediction API used in tests and demos: they are not a model's output and are no training data."
+)
+# The Hub's size categories, by number of rows: (upper bound, label); past the last, "n>1T".
+SIZE_CATEGORIES = (
+    (10**3, "n<1K"),
+    (10**4, "1K<n<10K"),
+    (10**5, "10K<n<100K"),
+    (10**6, "100K<n<1M"),
+    (10**7, "1M<n<10M"),
+    (10**8, "10M<n<100M"),
+    (10**9, "100M<n<1B"),
+    (10**10, "1B<n<10B"),
+    (10**11, "10B<n<100B"),
+    (10**12, "100B<n<1T"),
+)
+
+
+@dataclass
+class SplitFacts:
+    """One split of an export: its data files pattern, rows and sizes."""
+
+    name: str
+    data_files: str  # the shards, as a pattern relative to the card
+    rows: int = 0
+    num_bytes: int = 0  # as Arrow data (`datasets`' `num_bytes`)
+    download_bytes: int = 0  # the shard files
 
 
 @dataclass(frozen=True)
@@ -26,13 +60,18 @@ class CardFacts:
 
     title: str
     export_format: str  # "hf" or "webdataset"
-    data_files: str  # the shards, as a pattern relative to the card
-    source: str
+    splits: list[SplitFacts]
     created: datetime
     generator: str
     license: str | None
-    spec_text: str | None
-    features: list[dict[str, str]] | None  # the Hub's `dataset_info.features`, when every type has one
+    spec_text: str | None  # with the output's location hidden
+    features: list[dict[str, Any]] | None  # the Hub's `dataset_info.features`, when every type has one
+    from_sandbox: bool = False
+    split_shares: tuple[tuple[str, float], ...] = ()
+
+
+def size_category(rows: int) -> str:
+    return next((label for bound, label in SIZE_CATEGORIES if rows < bound), "n>1T")
 
 
 def render_card(facts: CardFacts, tally: Tally) -> str:
@@ -44,36 +83,57 @@ def render_card(facts: CardFacts, tally: Tally) -> str:
 
 def _header(facts: CardFacts, tally: Tally) -> dict[str, Any]:
     license_id = (facts.license or "").strip().lower()
-    header: dict[str, Any] = {
+    tags = ["promptgrid", "synthetic", "text-to-image"]
+    tags += ["webdataset"] if facts.export_format == "webdataset" else []
+    tags += ["promptgrid-sandbox", "placeholder-images"] if facts.from_sandbox else []
+    splits = facts.splits or [SplitFacts("train", "")]
+    info: dict[str, Any] = {"features": facts.features} if facts.features is not None else {}
+    info["splits"] = [
+        {"name": split.name, "num_bytes": split.num_bytes, "num_examples": split.rows} for split in splits
+    ]
+    info["download_size"] = sum(split.download_bytes for split in splits)
+    info["dataset_size"] = sum(split.num_bytes for split in splits)
+    return {
         "license": license_id if _LICENSE_ID.match(license_id) else ("other" if facts.license else "unknown"),
         "pretty_name": facts.title,
-        "tags": ["promptgrid", "synthetic", "text-to-image"]
-        + (["webdataset"] if facts.export_format == "webdataset" else []),
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": facts.data_files}]}],
+        "task_categories": ["text-to-image"],
+        "size_categories": [size_category(tally.rows)],
+        "tags": tags,
+        "configs": [
+            {
+                "config_name": "default",
+                "data_files": [{"split": split.name, "path": split.data_files} for split in facts.splits],
+            }
+        ],
+        "dataset_info": info,
     }
-    if facts.features is not None:
-        header["dataset_info"] = {
-            "features": facts.features,
-            "splits": [{"name": "train", "num_examples": tally.rows}],
-        }
-    return header
 
 
 def _body(facts: CardFacts, tally: Tally) -> list[str]:
     kind = (
         "Parquet shards (Hugging Face `datasets`)" if facts.export_format == "hf" else "WebDataset tar shards"
     )
-    lines = [
-        f"# {facts.title}",
+    lines = [f"# {facts.title}", ""]
+    lines += [SANDBOX_NOTE, ""] if facts.from_sandbox else []
+    lines += [
+        f"{tally.rows} rows with {tally.images} images ({tally.bytes / 1e6:,.1f} MB) as {kind}, made with "
+        f"{', '.join(f'`{_cell(model)}`' for model in sorted(tally.models)) or 'no model'}.",
+        f"Generated by {facts.generator} on {facts.created:%Y-%m-%d} ({facts.created.isoformat()}).",
         "",
-        f"{tally.rows} rows with {tally.images} images ({tally.bytes / 1e6:,.1f} MB) as {kind}: "
-        f"`{facts.data_files}`.",
-        f"Generated by {facts.generator} on {facts.created:%Y-%m-%d} ({facts.created.isoformat()}) from "
-        f"`{facts.source}`.",
+        "## Splits",
         "",
-        "## Licence",
-        "",
-        f"Licence: {facts.license}" if facts.license else NO_LICENSE,
+        "| split | rows | files |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {split.name} | {split.rows} | `{split.data_files}` |" for split in facts.splits]
+    if facts.split_shares:
+        shares = ", ".join(f"{name} {share:g}" for name, share in facts.split_shares)
+        lines += [
+            "",
+            f"Rows without a `split` value are assigned by job id ({shares}): stable as the grid grows.",
+        ]
+    lines += ["", "## Licence", "", f"Licence: {facts.license}" if facts.license else NO_LICENSE]
+    lines += [
         "",
         "## What was left out",
         "",
@@ -99,3 +159,20 @@ def _body(facts: CardFacts, tally: Tally) -> list[str]:
 
 def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def saved_spec(sink: Sink) -> str | None:
+    try:
+        return read_saved_spec(sink)
+    except FileNotFoundError:
+        return None
+
+
+def spec_name(text: str | None) -> str | None:
+    if not text:
+        return None
+    with contextlib.suppress(yaml.YAMLError):
+        data = yaml.safe_load(text)
+        if isinstance(data, dict) and data.get("name"):
+            return str(data["name"])
+    return None

@@ -13,12 +13,14 @@ reader never has to load more than that at once, and neither does the writer.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from promptgrid.export.samples import SampleBatch, exported_names
+from promptgrid.export.tally import Tally
 
 IMAGE_COLUMN = "image"
 PHASH_COLUMN = "phash"
@@ -28,13 +30,20 @@ CONTENT_TYPE = "application/vnd.apache.parquet"
 _FLOATS = {16: "float16", 32: "float32", 64: "float64"}
 
 
-def shard_key(index: int) -> str:
-    return f"{DATA_PREFIX}train-{index:05d}.parquet"
+_SHARD = re.compile(r"^data/\w+(\.\w+)*-\d{5}\.parquet$")
+
+
+def shard_key(split: str, index: int) -> str:
+    return f"{DATA_PREFIX}{split}-{index:05d}.parquet"
 
 
 def is_shard_key(key: str) -> bool:
-    name = key.removeprefix(DATA_PREFIX)
-    return key.startswith(DATA_PREFIX) and name.startswith("train-") and name.endswith(".parquet")
+    return bool(_SHARD.match(key))
+
+
+def data_files(split: str) -> str:
+    """The split's shards as a pattern relative to the export: the card's `data_files` path."""
+    return f"{DATA_PREFIX}{split}-*.parquet"
 
 
 def datasets_dtype(kind: pa.DataType) -> str | None:
@@ -62,7 +71,7 @@ def features(schema: pa.Schema) -> dict[str, Any]:
 
 
 def export_schema(manifest: pa.Schema, with_phash: bool) -> pa.Schema:
-    """The image first, then every manifest column (renamed where it clashes), then the pHash if asked."""
+    """The image first, then every exported manifest column (renamed where it clashes), then the pHash."""
     names = exported_names(manifest.names, (IMAGE_COLUMN, PHASH_COLUMN))
     fields = [pa.field(IMAGE_COLUMN, IMAGE_TYPE)]
     fields += [pa.field(names[field.name], field.type) for field in manifest]
@@ -94,6 +103,8 @@ class ParquetShard:
         self.schema = export_schema(manifest, with_phash)
         self.with_phash = with_phash
         self._writer = pq.ParquetWriter(handle, self.schema, compression="zstd", use_dictionary=False)
+        self.num_bytes = 0  # the rows as Arrow data, as `datasets` counts a split's `num_bytes`
+        self.extensions: set[str] = set()  # the image column holds any format
 
     def write(self, batch: SampleBatch) -> None:
         if batch.rows.num_rows == 0:
@@ -111,6 +122,10 @@ class ParquetShard:
             columns.append(pa.array([sample.phash for sample in batch.samples], pa.string()))
         table = pa.Table.from_arrays(columns, names=names).cast(self.schema)
         self._writer.write_table(table, row_group_size=table.num_rows)
+        self.num_bytes += table.nbytes
+
+    def sidecars(self, key: str, tally: Tally, duration_s: float) -> list[tuple[str, bytes, str]]:
+        return []  # a Parquet shard is its own metadata
 
     def size(self) -> int:
         return self.handle.tell()

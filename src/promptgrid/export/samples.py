@@ -113,7 +113,7 @@ class SampleMaker:
         if row.get("status") != JobStatus.SUCCESS.value:
             return Loaded()  # a failure row, exported without an image when its status was asked for
         if not key:
-            return Loaded(problem=f"its image {row.get('image_uri')!r} is not inside this output")
+            return Loaded(problem="its image is not inside this output (its row locates it elsewhere)")
         try:
             data = self.sink.get_bytes(str(key))
         except FileNotFoundError:

@@ -4,6 +4,8 @@ Opening a source reads only three columns of every part (job id, status, complet
 row of which part is each job's latest; the rows themselves are then read part by part in record batches,
 so memory holds one batch of the manifest at a time, never the whole of it. The parts listed at opening
 are the source's fingerprint: parts are immutable, so the same list means the same rows in the same order.
+Each picked row's stamp (its status and completion time) tells an incremental export whether the row a
+shard holds is still the job's latest.
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from promptgrid.errors import ExportFailed, InvalidInput
+from promptgrid.locations import is_loopback_url
 from promptgrid.output.manifest.locate import resolve_image_locations
 from promptgrid.output.manifest.read import latest_rows, part_keys
 from promptgrid.output.sinks import LocalSink, Sink
 from promptgrid.types import JobStatus
 
 _SELECT_COLUMNS = ["job_id", "status", "completed_at"]
+_SPLIT_COLUMN = "split"  # a grid's split column, read up front to check its values before writing
+_API_BASE = b"promptgrid.api_base"
 _READ_THREADS = 8
 _ROW = "__promptgrid_row"
 
@@ -37,6 +42,9 @@ class ManifestSource:
     schema: pa.Schema
     picked: dict[int, np.ndarray]  # part index -> sorted row numbers of the latest rows with a wanted status
     total: int
+    stamps: dict[str, str]  # job id -> stamp (status and completion time) of its picked row
+    split_values: frozenset[str]  # the grid's `split` values among the picked rows
+    from_sandbox: bool  # some part was written by a run against promptgrid's sandbox (on loopback)
 
     @property
     def fingerprint(self) -> str:
@@ -65,17 +73,34 @@ def open_source(sink: Sink, statuses: list[str]) -> ManifestSource:
                 "row", pa.array(np.arange(table.num_rows, dtype=np.int64))
             )
             for index, (_, table) in enumerate(heads)
-        ]
+        ],
+        promote_options="default",  # a part without a `split` column has it null
     )
     latest = latest_rows(keys).to_pydict()
     wanted = set(check_statuses(statuses))
     picked: dict[int, list[int]] = {}
-    for part, row, status in zip(latest["part"], latest["row"], latest["status"], strict=True):
+    stamps: dict[str, str] = {}
+    splits: set[str] = set()
+    given = latest.get(_SPLIT_COLUMN, [None] * len(latest["job_id"]))
+    for job, part, row, status, at, split in zip(
+        latest["job_id"], latest["part"], latest["row"], latest["status"], latest["completed_at"], given,
+        strict=True,
+    ):  # fmt: skip
         if status in wanted:
             picked.setdefault(part, []).append(row)
+            stamps[str(job)] = f"{status}@{at.isoformat() if at is not None else '-'}"
+            if split is not None:
+                splits.add(str(split))
     schema = unified_schema([schema for schema, _ in heads])
     arrays = {part: np.array(sorted(rows), dtype=np.int64) for part, rows in picked.items()}
-    return ManifestSource(sink, parts, schema, arrays, sum(len(rows) for rows in arrays.values()))
+    sandbox = any(is_loopback_url(_api_base(schema)) for schema, _ in heads)
+    total = sum(len(rows) for rows in arrays.values())
+    return ManifestSource(sink, parts, schema, arrays, total, stamps, frozenset(splits), sandbox)
+
+
+def _api_base(schema: pa.Schema) -> str | None:
+    value = (schema.metadata or {}).get(_API_BASE)
+    return value.decode("utf-8", "replace") if value else None
 
 
 def _open_part(sink: Sink, key: str) -> pq.ParquetFile:
@@ -92,7 +117,9 @@ def _open_part(sink: Sink, key: str) -> pq.ParquetFile:
 
 def _read_head(sink: Sink, key: str) -> tuple[pa.Schema, pa.Table]:
     part = _open_part(sink, key)
-    return part.schema_arrow, part.read(columns=_SELECT_COLUMNS)
+    names = part.schema_arrow.names
+    columns = _SELECT_COLUMNS + ([_SPLIT_COLUMN] if _SPLIT_COLUMN in names else [])
+    return part.schema_arrow, part.read(columns=columns)
 
 
 def unified_schema(schemas: list[pa.Schema]) -> pa.Schema:

@@ -22,6 +22,7 @@ NOT_PARAMETERS = frozenset(
         *("image_format", "size_mismatch", "resolved_model", "inputs"),  # what came back, and as sent
         *("template", "variables"),  # a rendered prompt's provenance; each variable is a column of its own
         "model",  # counted on its own
+        "split",  # the dataset split a row lands in, not a setting it was made with
     }
 )
 

@@ -147,7 +147,7 @@ def _fill_defaults(data: dict[str, Any], base_dir: Path, source_name: str) -> di
 
 
 def _spec_hash(spec: SweepSpec, prompts_as_written: Any) -> str:
-    canonical = spec.model_dump(mode="json", exclude={"fail_when"})  # how a run is judged, not what it makes
+    canonical = spec.model_dump(mode="json", exclude={"fail_when", "split"})  # not what a run makes
     # The grid as written, not its absolute path: the same spec hashes alike on every machine.
     canonical["prompts"] = str(prompts_as_written)
     text = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

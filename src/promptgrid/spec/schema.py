@@ -30,6 +30,7 @@ from promptgrid.locations import check_output, check_quota_url
 from promptgrid.models.catalog import INPUT_NAMES, SEED_MAX, ModelCatalog, builtin_catalog
 from promptgrid.models.schema import ModelSchema, names_of
 from promptgrid.models.slugs import canonical_slug
+from promptgrid.spec.split import SplitShares
 from promptgrid.spec.template import variable_keys, variable_name_problem, variable_values
 from promptgrid.spec.verdict import ANY_FAILURE, FailWhen
 
@@ -246,6 +247,7 @@ class SweepSpec(_Frozen):
     output: str
     api: ApiConfig = ApiConfig()
     fail_when: FailWhenSetting = ANY_FAILURE  # when the run's Prefect state is Failed (and the exit code 1)
+    split: SplitShares = None  # {train: 0.9, test: 0.1}: dataset splits by job id, for `promptgrid export`
 
     _source_path: Path = PrivateAttr(default=Path("spec.yaml"))
     _source_name: str = PrivateAttr(default="spec.yaml")
