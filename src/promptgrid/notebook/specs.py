@@ -11,7 +11,7 @@ from typing import Any, TypeAlias
 import yaml
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD, TYPICAL_LATENCY_S
-from promptgrid.engine.estimate import describe_plan, estimate_run
+from promptgrid.engine.estimate import describe_plan, estimate_run, planned_images
 from promptgrid.errors import InvalidInput
 from promptgrid.settings import environment_overrides
 from promptgrid.spec.expand import plan_jobs
@@ -113,7 +113,8 @@ def plan(
     """
     loaded = effective_spec(load_spec(spec))
     jobs = plan_jobs(loaded)
-    estimate = estimate_run(jobs.total_jobs, loaded.api, price_per_image, latency_s)
+    images = planned_images(loaded, jobs.total_jobs)
+    estimate = estimate_run(jobs.total_jobs, loaded.api, price_per_image, latency_s, images=images)
     return Plan(
         spec_name=loaded.name,
         jobs=jobs.total_jobs,

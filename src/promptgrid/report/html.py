@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
+from promptgrid.output.manifest.rows import row_image_id
 from promptgrid.report.layout import PromptGrid, axis_label, describe_job, format_value
 from promptgrid.report.summary import RunSummary, histogram
 from promptgrid.types import JobStatus
@@ -199,7 +200,7 @@ def render_cell(
 ) -> str:
     if not variants:
         return '<td class="empty">no job</td>'
-    figures = [render_variant(row, grid, thumbnails.get(str(row["job_id"])), params) for row in variants]
+    figures = [render_variant(row, grid, thumbnails.get(row_image_id(row)), params) for row in variants]
     return f'<td><div class="cell">{"".join(figures)}</div></td>'
 
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from PIL import Image, ImageDraw
 
+from promptgrid.output.manifest.rows import row_image_id
 from promptgrid.report.fonts import FontChain, font_chain
 from promptgrid.report.html import variant_caption
 from promptgrid.report.layout import PromptGrid, Row, axis_label
@@ -100,7 +101,7 @@ def _draw_cell(
 ) -> None:
     x, y = origin
     for row in variants:
-        thumbnail = thumbnails.get(str(row["job_id"]))
+        thumbnail = thumbnails.get(row_image_id(row))
         if thumbnail is not None and row.get("status") == JobStatus.SUCCESS:
             tile = thumbnail.copy()
             tile.thumbnail((tile_px, tile_px))

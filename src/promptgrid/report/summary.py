@@ -51,15 +51,17 @@ def summarize_rows(rows: Sequence[Row], price_per_image: float) -> RunSummary:
         for row in rows
         if row.get("status") != JobStatus.SUCCESS
     )
-    latencies, source = job_latencies(rows)
+    # A `num_images` job has a row per image; its requests and latency are the job's, counted once.
+    firsts = [row for row in rows if not row.get("output_index")]
+    latencies, source = job_latencies(firsts)
     cost, is_estimate = run_cost(rows, price_per_image)
     return RunSummary(
-        jobs=len(rows),
+        jobs=len(firsts),
         by_status=statuses,
         failures_by_code=dict(failures.most_common()),
         latencies_s=latencies,
         latency_source=source,
-        api_requests=sum(int(row.get("api_requests") or 0) for row in rows),
+        api_requests=sum(int(row.get("api_requests") or 0) for row in firsts),
         cost_usd=cost,
         cost_is_estimate=is_estimate,
         run_ids=sorted({str(row["run_id"]) for row in rows if row.get("run_id")}),
