@@ -270,3 +270,36 @@ def test_a_num_images_sweep_stores_reports_and_exports_every_image(tmp_path, san
     export_output(ExportOptions(str(tmp_path / "out"), str(dest), "hf", include_sandbox=True))
     shards = glob.glob(str(dest / "data" / "*.parquet"))
     assert sum(pq.read_metadata(path).num_rows for path in shards) == 12
+
+
+# --- the collect step --------------------------------------------------------------------------------
+
+
+def test_collect_fetches_every_output_and_names_the_one_that_failed():
+    from promptgrid.engine.collect import collect
+    from promptgrid.engine.config import EngineConfig
+    from promptgrid.engine.retry import JobEnded
+
+    served = {f"https://out/{i}.png": png(i + 1) for i in range(3)}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        data = served.get(str(request.url))
+        return httpx.Response(200, content=data) if data else httpx.Response(410)
+
+    the_job = job(6)
+    success = {"status": "success", "output": list(served)}
+
+    async def collected(body: dict) -> JobOutcome:
+        outcome = JobOutcome(the_job.job_id, JobStatus.FAILED)
+        async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as storage:
+            await collect(storage, EngineConfig(), the_job, parse_prediction("p", body), outcome)
+        return outcome
+
+    outcome = asyncio.run(collected(success))
+    assert outcome.output_count == 3
+    shas = [outcome.output_image(i).sha256 for i in range(3)]
+    assert shas == [hashlib.sha256(data).hexdigest() for data in served.values()]
+    with pytest.raises(JobEnded) as ended:
+        asyncio.run(collected({**success, "output": [*served, "https://out/gone.png"]}))
+    assert ended.value.code == "OUTPUT_EXPIRED"
+    assert ended.value.message.startswith("output 4 of 4: ")
