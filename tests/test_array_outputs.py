@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import promptgrid
 from promptgrid.api.prediction import PredictionStatus, parse_prediction
 from promptgrid.engine.estimate import describe_dry_run
 from promptgrid.export.exporter import ExportOptions, export_output
@@ -31,6 +32,7 @@ from promptgrid.output.manifest.writer import ManifestWriter
 from promptgrid.output.recorder import OutcomeStore
 from promptgrid.output.sinks import open_sink
 from promptgrid.report.build import write_report
+from promptgrid.report.sheets import FAILURE_FILL
 from promptgrid.sandbox.models import SCHNELL_SCHEMA
 from promptgrid.spec.load import load_spec
 from promptgrid.types import Job, JobOutcome, JobStatus, OutputImage
@@ -254,6 +256,10 @@ def test_a_num_images_sweep_stores_reports_and_exports_every_image(tmp_path, san
     page = (tmp_path / "out" / "report" / "index.html").read_text(encoding="utf-8")
     assert "output_index 2" in page
     assert sink.list_keys("report/sheets/")
+    frame = promptgrid.read_manifest(str(tmp_path / "out"))
+    sheet = promptgrid.contact_sheet(frame[frame.prompt == "a kite"]).convert("RGB")
+    colours = {colour for _, colour in sheet.getcolors(sheet.width * sheet.height) or []}
+    assert FAILURE_FILL not in colours  # every image of the cell drawn, none as a missing one
 
     dest = tmp_path / "export"
     export_output(ExportOptions(str(tmp_path / "out"), str(dest), "hf", include_sandbox=True))
