@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 
 from promptgrid.engine.progress import RunProgress, TerminalProgress, format_eta
-from promptgrid.types import JobOutcome, JobStatus
+from promptgrid.types import JobOutcome, JobStatus, OutputImage
 
 
 def failure(n: int, code: str) -> JobOutcome:
@@ -49,3 +49,12 @@ def test_the_first_failure_of_each_kind_is_printed_once_as_it_happens():
 def test_eta_reads_as_time():
     assert format_eta(None, 3) == "-" and format_eta(100.0, 0) == "-"
     assert format_eta(35.2, 1) == "35s" and format_eta(250, 1) == "4m10s" and format_eta(3900, 1) == "1h05m"
+
+
+def test_without_the_api_s_cost_every_image_of_a_prediction_is_priced():
+    progress = RunProgress(total=2, price_per_image=0.05)
+    progress.record(JobOutcome("one", JobStatus.SUCCESS, sha256="a"))
+    progress.record(
+        JobOutcome("three", JobStatus.SUCCESS, sha256="b", more_images=[OutputImage(), OutputImage()])
+    )
+    assert abs(progress.cost_usd - 0.05 * 4) < 1e-12
