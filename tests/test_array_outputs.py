@@ -255,6 +255,7 @@ def test_a_num_images_sweep_stores_reports_and_exports_every_image(tmp_path, san
     assert len(thumbs) == 12
     page = (tmp_path / "out" / "report" / "index.html").read_text(encoding="utf-8")
     assert "output_index 2" in page
+    assert "<th>success</th><td>4</td>" in page and "<th>images</th><td>12</td>" in page
     assert sink.list_keys("report/sheets/")
     frame = promptgrid.read_manifest(str(tmp_path / "out"))
     sheet = promptgrid.contact_sheet(frame[frame.prompt == "a kite"]).convert("RGB")

@@ -96,6 +96,8 @@ def render_summary(summary: RunSummary) -> str:
     """Counts by status, requests per image, cost, latency histogram and failures by code."""
     rows = [("jobs", str(summary.jobs))]
     rows += [(status, str(count)) for status, count in summary.by_status.items()]
+    if summary.images != summary.by_status.get(JobStatus.SUCCESS, 0):  # `num_images` jobs: several each
+        rows.append(("images", str(summary.images)))
     per_image = summary.requests_per_image
     rows.append(("API requests", str(summary.api_requests)))
     rows.append(("requests per image", "—" if per_image is None else f"{per_image:.2f}"))
