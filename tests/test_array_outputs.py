@@ -8,6 +8,7 @@ import asyncio
 import gc
 import glob
 import hashlib
+import tarfile
 from collections import defaultdict
 from pathlib import Path
 
@@ -272,6 +273,16 @@ def test_a_num_images_sweep_stores_reports_and_exports_every_image(tmp_path, san
     )
     assert {hashlib.sha256(row["image"]["bytes"]).hexdigest() for row in exported} == {
         row["sha256"] for row in rows
+    }
+    tars = tmp_path / "wds"
+    export_output(ExportOptions(str(tmp_path / "out"), str(tars), "webdataset", include_sandbox=True))
+    members = []
+    for path in sorted(glob.glob(str(tars / "*" / "*.tar"))):
+        with tarfile.open(path) as tar:
+            members += [name for name in tar.getnames() if name.endswith(".png")]
+    assert len(members) == len(set(members)) == 12
+    assert {name.removesuffix(".png") for name in members} == {
+        row["job_id"] if not row["output_index"] else f"{row['job_id']}-{row['output_index']}" for row in rows
     }
     # Exported again after the rerun: every image still once, none added.
     export_output(ExportOptions(str(tmp_path / "out"), str(dest), "hf", include_sandbox=True))
