@@ -16,7 +16,7 @@ from promptgrid.models.check import check_input
 from promptgrid.quota.base import Limits
 from promptgrid.quota.local import LocalBudget
 from promptgrid.settings import ApiKey
-from promptgrid.types import Job, JobOutcome, JobStatus
+from promptgrid.types import Job, JobOutcome, JobStatus, OutputImage
 
 MODEL = "stable-diffusion-3-5-large"
 
@@ -179,3 +179,12 @@ def test_a_slow_step_prints_its_progress_and_a_quick_one_stays_quiet():
         "report: 2/4 prompts (6.0 s)",
         "report: 4/4 prompts (12.0 s)",
     ]
+
+
+def test_without_the_api_s_cost_every_image_of_a_prediction_is_priced():
+    progress = RunProgress(total=2, price_per_image=0.05)
+    progress.record(JobOutcome("one", JobStatus.SUCCESS, sha256="a"))
+    progress.record(
+        JobOutcome("three", JobStatus.SUCCESS, sha256="b", more_images=[OutputImage(), OutputImage()])
+    )
+    assert abs(progress.cost_usd - 0.05 * 4) < 1e-12

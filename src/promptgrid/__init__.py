@@ -5,7 +5,7 @@ The Python API, for notebooks and scripts (docs/python.md):
     spec = promptgrid.load_spec("study.yaml")        # checked as `promptgrid run` checks it
     print(promptgrid.plan(spec))                     # jobs, requests, time and cost; nothing sent
     summary = promptgrid.run(spec, sandbox=True)     # the run; from a script or a running notebook
-    df = promptgrid.read_manifest(summary)           # pandas, one row per job
+    df = promptgrid.read_manifest(summary)           # pandas, one row per image
     promptgrid.contact_sheet(df, rows="steps", cols="cfg")
     promptgrid.open_image(df.iloc[0])
 

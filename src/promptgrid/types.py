@@ -79,6 +79,19 @@ class Job:
 
 
 @dataclass(slots=True)
+class OutputImage:
+    """One image of a prediction, fetched and checked: its bytes and what they really are."""
+
+    image: bytes | None = field(default=None, repr=False)
+    image_format: str | None = None
+    sha256: str | None = None
+    bytes: int | None = None
+    width: int | None = None
+    height: int | None = None
+    size_mismatch: bool | None = None
+
+
+@dataclass(slots=True)
 class JobOutcome:
     """What became of one job: the manifest row's source, and the image bytes on success."""
 
@@ -102,3 +115,25 @@ class JobOutcome:
     height: int | None = None
     size_mismatch: bool | None = None  # None when nothing said what size to expect
     model_slug: str | None = None  # the slug the create was sent with (the API's spelling)
+    # An `output_type: array` model's outputs after the first (`num_images` > 1); the first is the image
+    # fields above, so a one-image outcome reads as before. Each image becomes a manifest row of its own.
+    more_images: list[OutputImage] = field(default_factory=list)
+
+    @property
+    def output_count(self) -> int:
+        """How many manifest rows this outcome makes: one per image (a failure: one)."""
+        return 1 + len(self.more_images)
+
+    def output_image(self, index: int) -> OutputImage:
+        """Image `index` of this outcome (0: the one in the fields above)."""
+        if index > 0:
+            return self.more_images[index - 1]
+        return OutputImage(
+            self.image,
+            self.image_format,
+            self.sha256,
+            self.bytes,
+            self.width,
+            self.height,
+            self.size_mismatch,
+        )

@@ -52,13 +52,14 @@ class Prediction:
     id: str
     status: PredictionStatus
     raw_status: str
-    output_url: str | None = None
+    output_url: str | None = None  # the first output: what a single-image model returns
     error_code: str | None = None
     error_message: str | None = None
     retryable: bool | None = None
     predict_time_s: float | None = None
     cost_usd: float | None = None
     inputs: Mapping[str, Any] | None = None  # as the API echoes them back (what the create sent)
+    output_urls: tuple[str, ...] = ()  # every output, in the API's order (an `output_type: array` model's)
 
     @property
     def finished(self) -> bool:
@@ -66,7 +67,8 @@ class Prediction:
 
 
 def parse_prediction(prediction_id: str, body: Mapping[str, Any]) -> Prediction:
-    """Read a get answer defensively: output as a string, a one-item list or {url}; errors as text or dict.
+    """Read a get answer defensively: output as a string, a list of them, or {url} items; errors as text or
+    dict.
 
     Every text kept (status, error code and message) is scrubbed of the API key, which a careless API may
     echo back.
@@ -83,15 +85,22 @@ def parse_prediction(prediction_id: str, body: Mapping[str, Any]) -> Prediction:
         "inputs": raw_input if isinstance(raw_input, Mapping) else None,
     }
     if status is PredictionStatus.SUCCESS:
-        fields["output_url"] = _output_url(output)
+        urls = output_urls(output)
+        fields["output_urls"] = urls
+        fields["output_url"] = urls[0] if urls else None
     elif status is PredictionStatus.ERROR:
         fields.update(_error_detail(output, body))
     return Prediction(id=str(body.get("id") or prediction_id), status=status, raw_status=raw_status, **fields)
 
 
+def output_urls(output: Any) -> tuple[str, ...]:
+    """Every output URL of a success: a string, a list (an `output_type: array` model's `num_images`), or
+    `{url}` items; anything else in the list is skipped rather than guessed at."""
+    items = output if isinstance(output, list | tuple) else [output]
+    return tuple(url for url in map(_output_url, items) if url is not None)
+
+
 def _output_url(output: Any) -> str | None:
-    if isinstance(output, list | tuple) and output:
-        output = output[0]
     if isinstance(output, Mapping):
         output = output.get("url") or output.get("uri")
     if isinstance(output, str) and output.strip().startswith(("http://", "https://")):

@@ -1,8 +1,12 @@
-"""Turning a finished prediction into its job's outcome: the error it ended with, or its image, fetched.
+"""Turning a finished prediction into its job's outcome: the error it ended with, or its images, fetched.
 
 The output is fetched right after success (hosted outputs expire), outside the budget (storage is not the
 API); 5xx and network failures are retried `fetch_retries` times, anything else ends the job. A paid image
 is kept whatever its format and size: the outcome records what it really is (promptgrid.api.fetch).
+
+A model with `output_type: array` returns several outputs (`num_images`), each billed: every one is fetched
+and checked, the first into the outcome's image fields, the rest into `more_images`. One that cannot be
+fetched ends the job as a single image would, naming which output it was.
 """
 
 from __future__ import annotations
@@ -16,27 +20,40 @@ from promptgrid.api.prediction import Prediction, PredictionStatus
 from promptgrid.engine.config import EngineConfig
 from promptgrid.engine.retry import JobEnded, backoff_s, ended_by_error, failed
 from promptgrid.errors import FetchFailed
-from promptgrid.types import ErrorCode, Job, JobOutcome, JobStatus
+from promptgrid.types import ErrorCode, Job, JobOutcome, JobStatus, OutputImage
 
 
 async def collect(
     storage: httpx.AsyncClient, config: EngineConfig, job: Job, prediction: Prediction, outcome: JobOutcome
 ) -> None:
-    """Fill `outcome` from a finished prediction: its image, or a JobEnded saying why there is none."""
+    """Fill `outcome` from a finished prediction: its images, or a JobEnded saying why there are none."""
     if prediction.status is PredictionStatus.ERROR:
         raise ended_by_error(prediction)
     if prediction.status is PredictionStatus.CANCELLED:
         raise JobEnded(JobStatus.CANCELLED, ErrorCode.PREDICTION_CANCELLED, "cancelled at the API")
-    if prediction.output_url is None:
+    urls = prediction.output_urls or ((prediction.output_url,) if prediction.output_url else ())
+    if not urls:
         raise failed(ErrorCode.OUTPUT_MISSING, "the prediction succeeded without an output URL")
-    image = await fetch_image(storage, config, prediction.output_url, job)
+    images = [
+        await fetch_image(storage, config, url, job, index, len(urls)) for index, url in enumerate(urls)
+    ]
     outcome.status = JobStatus.SUCCESS
-    outcome.image, outcome.sha256, outcome.bytes = image.data, image.sha256, image.bytes
-    outcome.image_format, outcome.width, outcome.height = image.format, image.width, image.height
-    outcome.size_mismatch = image.size_mismatch
+    first = images[0]
+    outcome.image, outcome.sha256, outcome.bytes = first.data, first.sha256, first.bytes
+    outcome.image_format, outcome.width, outcome.height = first.format, first.width, first.height
+    outcome.size_mismatch = first.size_mismatch
+    outcome.more_images = [_output_image(image) for image in images[1:]]
 
 
-async def fetch_image(storage: httpx.AsyncClient, config: EngineConfig, url: str, job: Job) -> FetchedImage:
+def _output_image(image: FetchedImage) -> OutputImage:
+    return OutputImage(
+        image.data, image.format, image.sha256, image.bytes, image.width, image.height, image.size_mismatch
+    )
+
+
+async def fetch_image(
+    storage: httpx.AsyncClient, config: EngineConfig, url: str, job: Job, index: int = 0, count: int = 1
+) -> FetchedImage:
     size = expected_image(job.model, job.inputs)
     for attempt in range(config.fetch_retries + 1):
         try:
@@ -45,6 +62,7 @@ async def fetch_image(storage: httpx.AsyncClient, config: EngineConfig, url: str
             )
         except FetchFailed as exc:
             if not exc.retryable or attempt == config.fetch_retries:
-                raise failed(exc.code, exc.message) from None
+                which = f"output {index + 1} of {count}: " if count > 1 else ""
+                raise failed(exc.code, which + exc.message) from None
             await asyncio.sleep(backoff_s(attempt, config.retry_backoff_s, config.max_backoff_s))
     raise AssertionError("unreachable: the last attempt returns or raises")

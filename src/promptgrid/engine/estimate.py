@@ -4,13 +4,18 @@ The time model is the quota's: images per second are capped both by the request 
 create plus its polls, when polls count) and by predictions in flight (max_concurrent per typical latency).
 Under `rate_limit: auto` no rate is known before the run, so the time is the in-flight bound's, and the
 model page's 60 requests a minute is given beside it, in case the API keeps to that.
+
+Money is per image, not per job: a model with `num_images` (an `output_type: array` model) bills every image
+of a prediction, so a job asking for 3 costs three prices; requests and time stay per job.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from statistics import NormalDist
+from typing import Any
 
 from promptgrid.api.polling import PollPolicy
 from promptgrid.defaults import (
@@ -19,6 +24,7 @@ from promptgrid.defaults import (
     RATE_LIMIT_WINDOW_S,
     TYPICAL_LATENCY_S,
 )
+from promptgrid.spec.expand import build_variants
 from promptgrid.spec.plan import EXACT_COUNT_LIMIT, JobPlan, plan_jobs
 from promptgrid.spec.problems import display_path
 from promptgrid.spec.schema import ApiConfig, RateLimit, SweepSpec
@@ -32,7 +38,7 @@ TYPICAL_SPREAD = 0.25
 
 @dataclass(frozen=True)
 class RunEstimate:
-    """The API requests, time and cost of running `jobs` images at an API's limits."""
+    """The API requests, time and cost of running `jobs` predictions (`images` images) at an API's limits."""
 
     jobs: int
     creates: int
@@ -43,6 +49,7 @@ class RunEstimate:
     bound_by: str  # "rate limit" or "concurrency"
     cost_usd: float
     seconds_at_page_limit: float | None = None  # under auto: the time if the API keeps the page's limit
+    images: int = 0  # what is billed: jobs x each job's `num_images`
 
     @property
     def requests(self) -> int:
@@ -80,14 +87,37 @@ def expected_polls(polls_free: bool, policy: PollPolicy | None = None) -> float:
     return 1 + later / steps
 
 
+def images_per_job(inputs: Mapping[str, Any]) -> int:
+    """How many images a job's prediction makes and bills: its `num_images`, else one."""
+    value = inputs.get("num_images")
+    try:
+        return max(int(value), 1) if value is not None and not isinstance(value, bool) else 1
+    except (TypeError, ValueError):
+        return 1
+
+
+def count_images(jobs: Iterable[Any]) -> int:
+    """The images a list of jobs makes (each a `Job`)."""
+    return sum(images_per_job(job.inputs) for job in jobs)
+
+
+def planned_images(spec: SweepSpec, jobs: int) -> int:
+    """The images a spec's `jobs` make: jobs x the variants' mean `num_images` (exact when every variant
+    asks the same number, as a spec's `num_images` input or none at all does)."""
+    counts = [images_per_job(variant.inputs) for variant in build_variants(spec)] or [1]
+    return round(jobs * sum(counts) / len(counts))
+
+
 def estimate_run(
     jobs: int,
     api: ApiConfig,
     price_per_image: float,
     latency_s: float = TYPICAL_LATENCY_S,
     polls_per_image: float | None = None,
+    images: int | None = None,
 ) -> RunEstimate:
-    """Requests, time and cost of `jobs` images at `api`'s limits and a typical latency."""
+    """Requests, time and cost of `jobs` predictions at `api`'s limits and a typical latency; `images`
+    (default: one per job) is what is billed."""
     counted = api.polls_count and not api.rate_limit.auto
     if polls_per_image is None:
         polls_per_image = expected_polls(not counted)
@@ -109,8 +139,9 @@ def estimate_run(
         seconds=seconds,
         seconds_if_polls_free=free_seconds,
         bound_by=bound_by,
-        cost_usd=jobs * price_per_image,
+        cost_usd=(jobs if images is None else images) * price_per_image,
         seconds_at_page_limit=at_page,
+        images=jobs if images is None else images,
     )
 
 
@@ -121,6 +152,12 @@ def format_duration(seconds: float) -> str:
     if hours:
         return f"{hours}h{minutes:02d}m"
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def _images_per_job(estimate: RunEstimate) -> str:
+    if not estimate.jobs:
+        return "1"
+    return f"{estimate.images / estimate.jobs:g}"
 
 
 def _shorten(text: str, limit: int) -> str:
@@ -191,6 +228,7 @@ def describe_plan(
         f"{limits}, at {api.base_url}",
         f"time: ~{format_duration(estimate.seconds)} at these limits and {latency_s:g} s typical latency "
         f"(bound by {estimate.bound_by}); {time_note}",
+        f"images: {estimate.images} ({_images_per_job(estimate)} per job)",
         f"cost: ${estimate.cost_usd:,.2f} at ${price_per_image:g} per image" + describe_caps(api),
         f"output: {spec.output}",
     ]
@@ -222,5 +260,6 @@ def describe_dry_run(
 ) -> str:
     """Expand the spec without keeping its jobs, and say what running it would take."""
     plan = plan_jobs(spec, samples=samples)
-    estimate = estimate_run(plan.total_jobs, spec.api, price_per_image, latency_s)
+    images = planned_images(spec, plan.total_jobs)
+    estimate = estimate_run(plan.total_jobs, spec.api, price_per_image, latency_s, images=images)
     return describe_plan(spec, plan, estimate, price_per_image, latency_s)

@@ -79,7 +79,9 @@ class RunProgress:
                 reason = outcome.error_message or outcome.status.value
                 self.news.append(f"first {code} (job {outcome.job_id[:12]}): {reason}")
             return
-        self.cost_usd += outcome.cost_usd if outcome.cost_usd is not None else self.price_per_image
+        # Without the API's figure, every image of the prediction is priced (`num_images` bills each).
+        estimate = self.price_per_image * outcome.output_count
+        self.cost_usd += outcome.cost_usd if outcome.cost_usd is not None else estimate
         if outcome.predict_time_s is not None:
             self.latencies_s.append(outcome.predict_time_s)
         elif outcome.submitted_at and outcome.completed_at:

@@ -30,7 +30,7 @@ from promptgrid.export.dedup import NearDuplicateIndex
 from promptgrid.export.options import FORMATS, ExportOptions, Prepared, prepare
 from promptgrid.export.privacy import Privacy
 from promptgrid.export.samples import SampleBatch, SampleMaker
-from promptgrid.export.source import iter_batches
+from promptgrid.export.source import image_ids, iter_batches
 from promptgrid.export.staging import Staging
 from promptgrid.export.state import STATS_KEY, ExportState, Resume, ShardRecord
 from promptgrid.export.tally import Tally, parameter_columns
@@ -171,7 +171,7 @@ class ShardedExport:
         """Rows a kept shard already handled are passed over without fetching their images."""
         if not len(self.done):
             return rows
-        return rows.filter(pc.invert(pc.is_in(rows["job_id"], value_set=self.done)))
+        return rows.filter(pc.invert(pc.is_in(pa.array(image_ids(rows), pa.string()), value_set=self.done)))
 
     def _lane(self, split: str) -> Lane:
         if split not in self.lanes:
@@ -197,14 +197,14 @@ class ShardedExport:
 
     def _write(self, lane: Lane, chunk: pa.Table) -> None:
         batch = self.maker.make(chunk, lane.pending)
-        lane.jobs.update({job: self.source.stamps[job] for job in chunk["job_id"].to_pylist()})
+        lane.jobs.update({image: self.source.stamps[image] for image in image_ids(chunk)})
         if not batch.samples:
             return
         shard = lane.current or self._open_shard(lane)
         public = self.privacy.rows(batch.rows, [sample.file_name for sample in batch.samples])
         shard.writer.write(SampleBatch(public, batch.samples))
         shard.rows += batch.rows.num_rows
-        jobs = batch.rows["job_id"].to_pylist()
+        jobs = image_ids(batch.rows)
         shard.hashes += [(s.phash, str(job)) for s, job in zip(batch.samples, jobs, strict=True) if s.phash]
         full = self.options.samples_per_shard is not None and shard.rows >= self.options.samples_per_shard
         if full or shard.writer.size() >= self.options.shard_bytes:

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from promptgrid.export.options import ExportOptions, prepare
-from promptgrid.export.source import iter_batches
+from promptgrid.export.source import image_ids, iter_batches
 from promptgrid.export.staging import Staging
 from promptgrid.export.state import ExportState
 from promptgrid.output.sinks import open_sink
@@ -60,6 +60,7 @@ def preview_export(options: ExportOptions) -> ExportPreview:
         return preview
     done = pa.array(sorted({job for shard in survey.kept for job in shard.jobs}), pa.string())
     for batch in iter_batches(source, options.where, READ_BATCH_ROWS):
-        rows = batch.rows.filter(pc.invert(pc.is_in(batch.rows["job_id"], value_set=done)))
+        ids = pa.array(image_ids(batch.rows), pa.string())
+        rows = batch.rows.filter(pc.invert(pc.is_in(ids, value_set=done)))
         preview.new_rows.update(prepared.rule.assign(rows))
     return preview

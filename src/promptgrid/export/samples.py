@@ -17,6 +17,7 @@ import pyarrow as pa
 from PIL import Image, UnidentifiedImageError
 
 from promptgrid.export.dedup import NearDuplicateIndex, hash_text, perceptual_hash
+from promptgrid.export.source import image_ids
 from promptgrid.export.tally import Tally
 from promptgrid.output.keys import safe_token
 from promptgrid.output.sinks import Sink
@@ -83,12 +84,13 @@ class SampleMaker:
 
     def make(self, rows: pa.Table, tally: Tally) -> SampleBatch:
         records = rows.to_pylist()
+        ids = image_ids(rows)  # a `num_images` job's images are samples of their own
         keep: list[int] = []
         samples: list[Sample] = []
         for position, (row, loaded) in enumerate(
             zip(records, self.pool.map(self._load, records), strict=True)
         ):
-            job_id = str(row["job_id"])
+            job_id = ids[position]
             if loaded.problem is not None:
                 tally.count_problem(f"{job_id}: {loaded.problem}")
                 continue

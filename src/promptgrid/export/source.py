@@ -1,18 +1,20 @@
-"""The rows an export takes: each job's latest manifest row, picked by status and SQL, streamed in batches.
+"""The rows an export takes: each image's latest manifest row, picked by status and SQL, streamed in batches.
 
-Opening a source reads only three columns of every part (job id, status, completion time) to decide which
-row of which part is each job's latest; the rows themselves are then read part by part in record batches,
-so memory holds one batch of the manifest at a time, never the whole of it. The parts listed at opening
-are the source's fingerprint: parts are immutable, so the same list means the same rows in the same order.
-Each picked row's stamp (its status and completion time) tells an incremental export whether the row a
-shard holds is still the job's latest.
+An image is a job's, or one of a `num_images` prediction's several (`output_index`); `image_ids` names
+each once. Opening a source reads only a few columns of every part (job id, output index, status,
+completion time) to decide which row of which part is each image's latest; the rows themselves are then
+read part by part in record batches, so memory holds one batch of the manifest at a time, never the whole
+of it. The parts listed at opening are the source's fingerprint: parts are immutable, so the same list
+means the same rows in the same order. Each picked row's stamp (its status and completion time) tells an
+incremental export whether the row a shard holds is still the image's latest.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -22,12 +24,14 @@ from promptgrid.errors import ExportFailed, InvalidInput
 from promptgrid.locations import is_loopback_url
 from promptgrid.output.manifest.locate import resolve_image_locations
 from promptgrid.output.manifest.read import latest_rows, part_keys, part_source, read_each
+from promptgrid.output.manifest.rows import image_id
 from promptgrid.output.scores import join_scores, read_scores
 from promptgrid.output.sinks import Sink
 from promptgrid.types import JobStatus
 
 _SELECT_COLUMNS = ["job_id", "status", "completed_at"]
 _SPLIT_COLUMN = "split"  # a grid's split column, read up front to check its values before writing
+_INDEX_COLUMN = "output_index"  # which of its prediction's images a row is (absent in older parts: 0)
 _API_BASE = b"promptgrid.api_base"
 _ROW = "__promptgrid_row"
 
@@ -41,7 +45,7 @@ class ManifestSource:
     schema: pa.Schema
     picked: dict[int, np.ndarray]  # part index -> sorted row numbers of the latest rows with a wanted status
     total: int
-    stamps: dict[str, str]  # job id -> stamp (status and completion time) of its picked row
+    stamps: dict[str, str]  # image id (`image_ids`) -> stamp (status and completion time) of its picked row
     split_values: frozenset[str]  # the grid's `split` values among the picked rows
     from_sandbox: bool  # some part was written by a run against promptgrid's sandbox (on loopback)
     scores: pa.Table | None = None  # the images' scores (promptgrid score), joined onto every batch
@@ -80,6 +84,7 @@ def open_source(sink: Sink, statuses: list[str]) -> ManifestSource:
         promote_options="default",  # a part without a `split` column has it null
     )
     latest = latest_rows(keys).to_pydict()
+    latest["job_id"] = image_ids(pa.table({name: latest[name] for name in _id_columns(latest)}))
     wanted = set(check_statuses(statuses))
     picked: dict[int, list[int]] = {}
     stamps: dict[str, str] = {}
@@ -103,6 +108,18 @@ def open_source(sink: Sink, statuses: list[str]) -> ManifestSource:
     return ManifestSource(sink, parts, schema, arrays, total, stamps, frozenset(splits), sandbox, scores)
 
 
+def image_ids(rows: pa.Table) -> list[str]:
+    """Each row's image id: its job id, or `<job_id>-<i>` for a prediction's image `output_index` i > 0
+    (as its stored file is named), so every image is exported once and a job's first keeps its old id."""
+    jobs = rows["job_id"].to_pylist()
+    indexes = rows[_INDEX_COLUMN].to_pylist() if _INDEX_COLUMN in rows.column_names else [None] * len(jobs)
+    return [image_id(str(job), index) for job, index in zip(jobs, indexes, strict=True)]
+
+
+def _id_columns(columns: Mapping[str, Any]) -> list[str]:
+    return ["job_id"] + ([_INDEX_COLUMN] if _INDEX_COLUMN in columns else [])
+
+
 def _api_base(schema: pa.Schema) -> str | None:
     value = (schema.metadata or {}).get(_API_BASE)
     return value.decode("utf-8", "replace") if value else None
@@ -121,7 +138,8 @@ def _open_part(sink: Sink, key: str) -> pq.ParquetFile:
 def _read_head(sink: Sink, key: str) -> tuple[pa.Schema, pa.Table]:
     part = _open_part(sink, key)
     names = part.schema_arrow.names
-    columns = _SELECT_COLUMNS + ([_SPLIT_COLUMN] if _SPLIT_COLUMN in names else [])
+    extra = [name for name in (_SPLIT_COLUMN, _INDEX_COLUMN) if name in names]
+    columns = _SELECT_COLUMNS + extra
     return part.schema_arrow, part.read(columns=columns)
 
 

@@ -1,4 +1,4 @@
-"""An output's manifest as a pandas DataFrame: one row per job by default, every column typed.
+"""An output's manifest as a pandas DataFrame: one row per image by default, every column typed.
 
 The rows are the manifest reader's (`tasks.output.manifest.read`): every part unified, each job's latest row
 chosen as `manifest show` counts it, image locations resolved against where the output is now. Columns keep
@@ -50,7 +50,8 @@ def read_manifest(
     status: str | Iterable[str] | None = None,
     scores: bool = False,
 ) -> pd.DataFrame:
-    """The manifest of an output as a DataFrame: with `latest` (the default) one row per job, its latest.
+    """The manifest of an output as a DataFrame: with `latest` (the default) one row per image (a job, or
+    one of a `num_images` job's images by `output_index`), its latest.
 
     `output` is a folder, `s3://bucket/prefix`, a loaded spec (its `output`) or `run`'s summary. A job's
     latest row is the one `promptgrid manifest show` counts (a success wins over failures, then the latest);

@@ -14,6 +14,7 @@ from PIL import Image, UnidentifiedImageError
 
 from promptgrid.errors import InvalidInput
 from promptgrid.locations import split_s3_uri
+from promptgrid.output.manifest.rows import row_image_id
 from promptgrid.output.sinks import Sink, open_sink
 from promptgrid.report.layout import build_grids, sweep_params
 from promptgrid.report.sheets import draw_contact_sheet
@@ -137,7 +138,7 @@ def _thumbnails(records: list[dict[str, Any]]) -> dict[str, Image.Image]:
 
     with ThreadPoolExecutor(max_workers=READ_THREADS) as pool:
         pictures = list(pool.map(load, done))
-    return {str(row["job_id"]): picture for row, picture in zip(done, pictures, strict=True) if picture}
+    return {row_image_id(row): picture for row, picture in zip(done, pictures, strict=True) if picture}
 
 
 def _stack(sheets: list[Image.Image]) -> Image.Image:

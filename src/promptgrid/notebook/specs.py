@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD, TYPICAL_LATENCY_S
-from promptgrid.engine.estimate import describe_plan, estimate_run
+from promptgrid.engine.estimate import describe_plan, estimate_run, planned_images
 from promptgrid.runs.source import SpecSource, parse_source
 from promptgrid.settings import environment_overrides
 from promptgrid.spec.load import check_spec
@@ -68,7 +68,8 @@ def plan(
     # The settings a run would use: the environment's (EACHLABS_API_BASE, ...) over the spec's own.
     loaded = check_spec(parse_source(spec, environment=environment_overrides()))
     jobs = plan_jobs(loaded)
-    estimate = estimate_run(jobs.total_jobs, loaded.api, price_per_image, latency_s)
+    images = planned_images(loaded, jobs.total_jobs)
+    estimate = estimate_run(jobs.total_jobs, loaded.api, price_per_image, latency_s, images=images)
     return Plan(
         spec_name=loaded.name,
         jobs=jobs.total_jobs,

@@ -8,7 +8,8 @@ Layout, one folder per writer so several workers share an output without touchin
   because the key itself carries the record; the body repeats it for people.
 
 Beside the records: intents (a create about to leave: `intents.jsonl`, `<created>-a<attempt>.intent`) and
-stored images (`images.jsonl`, `<created>-a<attempt>.image`): an image's key, size, hash and manifest row,
+stored images (`images.jsonl`, `<created>-a<attempt>.image`): an image's key, size, hash and manifest row
+(one record per image of a `num_images` prediction, each with its output index and the prediction's count),
 written before the image itself, so a run killed before its row reached the manifest loses nothing: the
 next run finds the image, checks it against this record and writes the row without fetching or paying.
 """
@@ -75,6 +76,8 @@ class ImageRecord:
     attempt: int = 1
     created_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     row: dict[str, Any] = field(default_factory=dict)  # JSON-safe: timestamps as ISO 8601 text
+    output_index: int = 0  # which of its prediction's images (records written before: the only one)
+    output_count: int = 1  # how many images that prediction made
 
     def to_json(self) -> str:
         fields = asdict(self) | {"created_at": self.created_at.isoformat()}
@@ -182,33 +185,53 @@ class Journal:
             log.write(line)
             return
         stamp = entry.created_at.astimezone(UTC).strftime(_STAMP)
-        name = f"{stamp}-a{entry.attempt}{_IMAGE_SUFFIX}"
+        index = f"-o{entry.output_index}" if entry.output_index else ""  # a prediction's images, one each
+        name = f"{stamp}-a{entry.attempt}{index}{_IMAGE_SUFFIX}"
         key = f"{JOURNAL_PREFIX}{self.writer_id}/{_key_segment(entry.job_id)}/{name}"
         self.sink.put_bytes(key, line, "application/json")
 
     def images(self, skip: Container[str] = ()) -> dict[str, ImageRecord]:
-        """job_id -> its latest stored-image record, leaving out jobs in `skip` (whose bodies on S3 are not
-        even read: the job id is in the key)."""
-        found: dict[str, ImageRecord] = {}
+        """job_id -> its latest stored-image record (its first image's), leaving out jobs in `skip`."""
+        return {job_id: records[0] for job_id, records in self.image_sets(skip).items()}
 
-        def keep(entry: ImageRecord) -> None:
-            known = found.get(entry.job_id)
-            if entry.job_id not in skip and (known is None or known.created_at <= entry.created_at):
-                found[entry.job_id] = entry
+    def image_sets(self, skip: Container[str] = ()) -> dict[str, list[ImageRecord]]:
+        """job_id -> the stored-image records of every image of its latest prediction, by output index, for
+        the jobs whose records are all there (a `num_images` prediction's run killed half way through its
+        images has some missing: that job is left out, its prediction polled and fetched again, not paid).
+        Jobs in `skip` are left out (on S3 their bodies are not even read: the job id is in the key)."""
+        found: dict[tuple[str, int], ImageRecord] = {}
+        for entry in self._image_records(skip):
+            known = found.get((entry.job_id, entry.output_index))
+            if known is None or known.created_at <= entry.created_at:
+                found[(entry.job_id, entry.output_index)] = entry
+        latest: dict[str, ImageRecord] = {}
+        for entry in found.values():
+            known = latest.get(entry.job_id)
+            if known is None or known.created_at <= entry.created_at:
+                latest[entry.job_id] = entry
+        sets = {}
+        for job_id, last in latest.items():
+            records = [found.get((job_id, index)) for index in range(max(last.output_count, 1))]
+            prediction = last.row.get("prediction_id")
+            if all(r is not None and r.row.get("prediction_id") == prediction for r in records):
+                sets[job_id] = [r for r in records if r is not None]
+        return sets
 
+    def _image_records(self, skip: Container[str]) -> Iterator[ImageRecord]:
         for key in self.sink.list_keys(JOURNAL_PREFIX):
             if key.endswith("/" + _IMAGE_FILE):
                 for line in self.sink.get_bytes(key).decode("utf-8", errors="replace").splitlines():
                     # A line torn by a crash announces nothing: its image is fetched again if need be.
                     with contextlib.suppress(*_TORN):
-                        keep(ImageRecord.from_json(line))
+                        entry = ImageRecord.from_json(line)
+                        if entry.job_id not in skip:
+                            yield entry
             elif key.endswith(_IMAGE_SUFFIX):
                 segment = key[len(JOURNAL_PREFIX) :].split("/")[1]
                 if segment in skip:
                     continue
                 with contextlib.suppress(*_TORN):  # torn by a crash: the image is fetched again if need be
-                    keep(ImageRecord.from_json(self.sink.get_bytes(key)))
-        return found
+                    yield ImageRecord.from_json(self.sink.get_bytes(key))
 
     def intents(self) -> Iterator[JournalRecord]:
         """Every intent of every writer: a job id and attempt, with no prediction id."""

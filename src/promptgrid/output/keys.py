@@ -50,11 +50,16 @@ def image_extension(image_format: str) -> str:
     raise ValueError(f"unknown image format {image_format!r}; expected a name such as webp, jpg, png")
 
 
-def image_key(job: Job, image_format: str) -> str:
-    """`images/<model>/<prompt-slug>/<job_id>.<ext>`: readable, and stable because the job id is."""
+def image_key(job: Job, image_format: str, output_index: int = 0) -> str:
+    """`images/<model>/<prompt-slug>/<job_id>.<ext>`: readable, and stable because the job id is.
+
+    A prediction's further outputs (`num_images` > 1) are `<job_id>-<index>.<ext>`; the first keeps the
+    plain name, so outputs written before several images were kept stay where their rows point.
+    """
     prompt = str(job.inputs.get("prompt") or "")
     model = slugify(job.model, fallback="model")
-    name = f"{safe_token(job.job_id)}.{image_extension(image_format)}"
+    suffix = f"-{int(output_index)}" if output_index else ""
+    name = f"{safe_token(job.job_id)}{suffix}.{image_extension(image_format)}"
     return f"{IMAGES_PREFIX}{model}/{slugify(prompt, fallback='prompt')}/{name}"
 
 

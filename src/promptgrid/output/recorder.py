@@ -32,9 +32,10 @@ class OutcomeStore(Generic[P]):
     """Persists what the engine hands out, in the order that keeps a crash from losing or re-buying an image.
 
     A prediction id reaches the journal before the prediction is polled. An image's key, size, hash and
-    row reach the journal before the image reaches the sink, and the image reaches the sink before its
-    manifest row: a row marked success always points at a written object, and an image written without
-    its row (the process died) is adopted by the next run instead of being fetched or paid for again.
+    row reach the journal before the image reaches the sink (each image of a `num_images` prediction in
+    turn), and the image reaches the sink before its manifest row: a row marked success always points at
+    a written object, and an image written without its row (the process died) is adopted by the next run
+    instead of being fetched or paid for again.
 
     A save in progress always finishes, even when its caller is cancelled (Ctrl-C): `drain` waits for
     them, after which nothing more is saved.
@@ -85,24 +86,40 @@ class OutcomeStore(Generic[P]):
             await asyncio.gather(*self._saving, return_exceptions=True)
 
     async def _save(self, job: Job, outcome: JobOutcome) -> None:
-        image_uri = key = None
+        stored: list[tuple[str | None, str | None]] = [(None, None)]
         if outcome.status == JobStatus.SUCCESS and outcome.image is not None:
-            # The format the engine read from the bytes, maybe not the one asked for: a paid image is kept.
-            fmt = outcome.image_format or str(job.inputs.get("output_format") or "webp")
-            key = image_key(job, fmt)
-            row = outcome_row(job, outcome, self.sink.uri(key), self.writer.run_id, key)
-            record = ImageRecord(
-                job.job_id, key, outcome.sha256 or "", len(outcome.image), outcome.attempts, row=row
-            )
-            image_uri = await asyncio.to_thread(self._store_image, record, outcome.image, fmt)
+            stored = await asyncio.to_thread(self._store_images, job, outcome)
             outcome.image = None  # the bytes are stored; keep memory flat on long runs
-        await asyncio.to_thread(self.writer.add, job, outcome, image_uri, key)
+            for image in outcome.more_images:
+                image.image = None
+        await asyncio.to_thread(self.writer.add_images, job, outcome, stored)
         self.created.pop(job.job_id, None)
         self.saved.add(job.job_id)
         self.progress.record(outcome)
 
-    def _store_image(self, record: ImageRecord, data: bytes, fmt: str) -> str:
-        """In a worker thread: the journal record, then the image it announces."""
-        self.journal.record_image_sync(record)
-        metadata = {"job-id": record.job_id, "sha256": record.sha256}
-        return self.sink.put_bytes(record.key, data, content_type(fmt), metadata)
+    def _store_images(self, job: Job, outcome: JobOutcome) -> list[tuple[str | None, str | None]]:
+        """In a worker thread, image by image (a `num_images` prediction has several): the journal record,
+        then the image it announces. Returns each image's URI and key."""
+        stored: list[tuple[str | None, str | None]] = []
+        count = outcome.output_count
+        for index in range(count):
+            image = outcome.output_image(index)
+            data = image.image or b""
+            # The format the engine read from the bytes, maybe not the one asked for: a paid image is kept.
+            fmt = image.image_format or str(job.inputs.get("output_format") or "webp")
+            key = image_key(job, fmt, index)
+            row = outcome_row(job, outcome, self.sink.uri(key), self.writer.run_id, key, index)
+            record = ImageRecord(
+                job.job_id,
+                key,
+                image.sha256 or "",
+                len(data),
+                outcome.attempts,
+                row=row,
+                output_index=index,
+                output_count=count,
+            )
+            self.journal.record_image_sync(record)
+            metadata = {"job-id": record.job_id, "sha256": record.sha256}
+            stored.append((self.sink.put_bytes(key, data, content_type(fmt), metadata), key))
+        return stored

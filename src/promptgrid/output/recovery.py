@@ -6,6 +6,8 @@ Two things can be wrong after a crash or a bad disk, and neither may stop a run 
 - an image stored whose success row never reached the manifest (rows wait a few seconds in a buffer, and a
   `kill -9` loses them): the journal recorded the image's key, size, hash and row before the image was
   written, so the image is checked against that record and its row written, without fetching or paying.
+  A `num_images` prediction's images are adopted together, each checked and given its row, only when every
+  one of them is there; otherwise the rerun polls the prediction (in the journal) and fetches them again.
 
 Jobs a damaged part held that had no stored image run again as usual: their prediction ids are in the
 journal, so the rerun polls what was bought instead of creating it anew.
@@ -38,9 +40,9 @@ class Recovery:
     parts: int = 0
     damaged: list[DamagedPart] = field(default_factory=list)
     quarantined: list[str] = field(default_factory=list)  # where the damaged parts went
-    recoverable: list[str] = field(default_factory=list)  # jobs with a verified stored image and no row
+    recoverable: list[str] = field(default_factory=list)  # jobs with verified stored images and no row
     unverified: list[str] = field(default_factory=list)  # stored-image records whose image is not as told
-    rebuilt: int = 0  # success rows written from the journal
+    rebuilt: int = 0  # success rows written from the journal (one per image)
 
     @property
     def healthy(self) -> bool:
@@ -85,7 +87,7 @@ def row_from_record(sink: Sink, record: ImageRecord) -> dict[str, Any]:
 
 def inspect(
     sink: Sink, journal: Journal, *, owns: Callable[[str], bool] = lambda job_id: True, whole: bool = False
-) -> tuple[Recovery, dict[str, ImageRecord]]:
+) -> tuple[Recovery, dict[str, list[ImageRecord]]]:
     """Find damaged parts and stored images without rows (`whole`: read every column of every part)."""
     recovery = Recovery()
     keys = part_keys(sink)
@@ -97,11 +99,11 @@ def inspect(
         statuses = latest_status(sink, on_damaged=recovery.damaged.append)
     successes = {job_id for job_id, status in statuses.items() if status == JobStatus.SUCCESS.value}
     verified = {}
-    for job_id, record in journal.images(skip=successes).items():
+    for job_id, records in journal.image_sets(skip=successes).items():
         if not owns(job_id):
             continue
-        if stored_image_matches(sink, record):
-            verified[job_id] = record
+        if all(stored_image_matches(sink, record) for record in records):
+            verified[job_id] = records
         else:
             recovery.unverified.append(job_id)
     recovery.recoverable = sorted(verified)
@@ -119,14 +121,15 @@ def repair(
     """Quarantine damaged parts and write the success rows the journal proves; the rows are committed."""
     recovery, verified = inspect(sink, journal, owns=owns, whole=whole)
     recovery.quarantined = [quarantine(sink, part) for part in recovery.damaged]
-    for record in verified.values():
-        writer.add_row(row_from_record(sink, record))
+    rows = [row_from_record(sink, record) for records in verified.values() for record in records]
+    for row in rows:
+        writer.add_row(row)
     writer.flush()
-    recovery.rebuilt = len(verified)
-    if verified:
+    recovery.rebuilt = len(rows)
+    if rows:
         _logger.warning(
             "%d stored image(s) had no manifest row (a run stopped before writing it); rows rebuilt from "
             "the journal, nothing fetched or paid again",
-            len(verified),
+            len(rows),
         )
     return recovery

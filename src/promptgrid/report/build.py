@@ -24,6 +24,7 @@ from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.engine.progress import StepProgress
 from promptgrid.locations import is_loopback_url
 from promptgrid.output.manifest.read import provenance, read_manifest
+from promptgrid.output.manifest.rows import row_image_id
 from promptgrid.output.sinks.base import Sink
 from promptgrid.output.sinks.s3 import PRESIGN_MAX_S
 from promptgrid.report.charts import charts_section
@@ -191,7 +192,7 @@ class ReportBuilder:
             self.sheets_drawn += 1
         if self.sheets:
             self.current[grid.slug] = fingerprint
-        by_job = {str(row["job_id"]): row for row in rows}
+        by_job = {row_image_id(row): row for row in rows}
         return {job_id: _thumbnail(by_job[job_id], value, self.links) for job_id, value in pixels.items()}
 
     def sheet_href(self, grid: PromptGrid) -> str | None:
@@ -231,7 +232,7 @@ def _thumbnail(row: Mapping[str, Any], value: Any, links: ReportLinks) -> Thumbn
     width, height = display_size(row.get("width"), row.get("height"))
     image_key = image_key_of(links.sink, row)
     href = links.href(image_key) if image_key else str(row.get("image_uri"))
-    return Thumbnail(src=links.href(thumb_key(str(row["job_id"]))), href=href, width=width, height=height)
+    return Thumbnail(src=links.href(thumb_key(row_image_id(row))), href=href, width=width, height=height)
 
 
 def _load_json(sink: Sink, key: str) -> dict[str, str]:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from html import escape
 from typing import Any
 
+from promptgrid.output.manifest.rows import row_image_id
 from promptgrid.report.layout import PromptGrid, axis_label, cell_captions, describe_job
 from promptgrid.report.summary import RunSummary, histogram
 from promptgrid.types import JobStatus
@@ -97,6 +98,8 @@ def render_summary(summary: RunSummary) -> str:
     """Counts by status, requests per image, cost, latency histogram and failures by code."""
     rows = [("jobs", str(summary.jobs))]
     rows += [(status, str(count)) for status, count in summary.by_status.items()]
+    if summary.images != summary.by_status.get(JobStatus.SUCCESS, 0):  # `num_images` jobs: several each
+        rows.append(("images", str(summary.images)))
     per_image = summary.requests_per_image
     rows.append(("API requests", str(summary.api_requests)))
     rows.append(("requests per image", "—" if per_image is None else f"{per_image:.2f}"))
@@ -203,7 +206,7 @@ def render_cell(
         return '<td class="empty">no job</td>'
     captions = cell_captions(variants, grid.variant_params)
     figures = [
-        render_variant(row, caption, thumbnails.get(str(row["job_id"])), params)
+        render_variant(row, caption, thumbnails.get(row_image_id(row)), params)
         for row, caption in zip(variants, captions, strict=True)
     ]
     return f'<td><div class="cell">{"".join(figures)}</div></td>'

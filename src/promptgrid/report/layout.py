@@ -62,6 +62,7 @@ OUTCOME_COLUMNS = frozenset(
         "size_mismatch",
         "resolved_model",
         "inputs",
+        "output_index",
     }
 )
 
@@ -196,6 +197,8 @@ def build_grid(prompt: str, rows: Sequence[Row], across: str | None, down: str |
     for row in rows:
         key = (_value(row, chosen_across), _value(row, chosen_down))
         grid.cells.setdefault(key, []).append(row)
+    if any(row.get("output_index") for row in rows):  # a `num_images` job's images, told apart
+        grid.variant_params.append("output_index")
     for variants in grid.cells.values():
         variants.sort(key=lambda row: [sort_key(row.get(name)) for name in [*grid.variant_params, "job_id"]])
     return grid

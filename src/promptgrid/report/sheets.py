@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from PIL import Image, ImageDraw
 
+from promptgrid.output.manifest.rows import row_image_id
 from promptgrid.report.fonts import FontChain, font_chain
 from promptgrid.report.layout import PromptGrid, Row, axis_label, cell_captions
 from promptgrid.types import JobStatus
@@ -100,7 +101,7 @@ def _draw_cell(
     x, y = origin
     captions = cell_captions(variants, grid.variant_params)
     for row, caption in zip(variants, captions, strict=True):
-        thumbnail = thumbnails.get(str(row["job_id"]))
+        thumbnail = thumbnails.get(row_image_id(row))
         if thumbnail is not None and row.get("status") == JobStatus.SUCCESS:
             tile = thumbnail.copy()
             tile.thumbnail((tile_px, tile_px))

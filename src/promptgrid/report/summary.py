@@ -27,9 +27,12 @@ class RunSummary:
     cost_is_estimate: bool
     run_ids: list[str] = field(default_factory=list)
     from_sandbox: bool = False  # the images came from promptgrid's sandbox: its costs are make-believe
+    images_stored: int | None = None  # success rows: a `num_images` job has several (None: one per success)
 
     @property
     def images(self) -> int:
+        if self.images_stored is not None:
+            return self.images_stored
         return self.by_status.get(JobStatus.SUCCESS, 0)
 
     @property
@@ -43,26 +46,29 @@ class RunSummary:
 
 def summarize_rows(rows: Sequence[Row], price_per_image: float) -> RunSummary:
     """Summarise manifest rows; cost is the API's figure where every image has one, else an estimate."""
-    by_status = Counter(str(row.get("status")) for row in rows)
+    # A `num_images` job has a row per image; its status, requests and latency are the job's, counted once.
+    firsts = [row for row in rows if not row.get("output_index")]
+    by_status = Counter(str(row.get("status")) for row in firsts)
     statuses = {status.value: by_status.get(status.value, 0) for status in JobStatus}
     statuses.update(by_status)
     failures = Counter(
         str(row.get("error_code") or row.get("status"))
-        for row in rows
+        for row in firsts
         if row.get("status") != JobStatus.SUCCESS
     )
-    latencies, source = job_latencies(rows)
+    latencies, source = job_latencies(firsts)
     cost, is_estimate = run_cost(rows, price_per_image)
     return RunSummary(
-        jobs=len(rows),
+        jobs=len(firsts),
         by_status=statuses,
         failures_by_code=dict(failures.most_common()),
         latencies_s=latencies,
         latency_source=source,
-        api_requests=sum(int(row.get("api_requests") or 0) for row in rows),
+        api_requests=sum(int(row.get("api_requests") or 0) for row in firsts),
         cost_usd=cost,
         cost_is_estimate=is_estimate,
         run_ids=sorted({str(row["run_id"]) for row in rows if row.get("run_id")}),
+        images_stored=sum(1 for row in rows if row.get("status") == JobStatus.SUCCESS),
     )
 
 

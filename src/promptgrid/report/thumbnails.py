@@ -12,6 +12,7 @@ from PIL import Image, UnidentifiedImageError
 
 from promptgrid.output.keys import safe_token
 from promptgrid.output.manifest.locate import key_under_root
+from promptgrid.output.manifest.rows import row_image_id
 from promptgrid.output.sinks.base import Sink
 from promptgrid.types import JobStatus
 
@@ -71,11 +72,11 @@ class ThumbnailCache:
         their pixels are needed (for contact sheets).
         """
         done = [row for row in rows if row.get("status") == JobStatus.SUCCESS]
-        futures = {str(row["job_id"]): self.pool.submit(self._thumbnail, row, need_pixels) for row in done}
+        futures = {row_image_id(row): self.pool.submit(self._thumbnail, row, need_pixels) for row in done}
         return {job_id: future.result() for job_id, future in futures.items()}
 
     def _thumbnail(self, row: Mapping[str, Any], need_pixels: bool) -> Image.Image | str | None:
-        key = thumb_key(str(row["job_id"]))
+        key = thumb_key(row_image_id(row))
         if key in self.existing:
             if not need_pixels:
                 return None

@@ -149,8 +149,6 @@ def _row(
         "created_at": _iso(epoch + prediction.created_at),
         "started_at": _iso(epoch + prediction.started_at) if now >= prediction.started_at else None,
         "completed_at": _iso(epoch + prediction.finished_at) if finished else None,
-        "output": (
-            f"{base_url}/outputs/{prediction.id}.{prediction.output_format}" if status == "success" else None
-        ),
-        "cost": cost_usd if status == "success" else 0.0,
+        "output": prediction.output_value(base_url) if status == "success" else None,
+        "cost": cost_usd * prediction.images if status == "success" else 0.0,
     }

@@ -3,7 +3,9 @@
 SD3.5 Large and Large Turbo take the built-in table's schemas (the sandbox shares the model catalog, by the
 layer rules). `flux-1-dev` is the sandbox's own: a made-up text-to-image model with other input names
 (`guidance`, `num_inference_steps`, `width`/`height`), of which promptgrid has no table, so only its schema
-endpoint describes it. Which slug spellings the sandbox knows is its `slug_spelling` setting.
+endpoint describes it. `flux-1-schnell` is flux-1-dev with a `num_images` input (1-4) and `output_type:
+array`: its success answers a list of output URLs, one per image, each billed. Which slug spellings the
+sandbox knows is its `slug_spelling` setting.
 """
 
 from __future__ import annotations
@@ -64,12 +66,29 @@ FLUX_SCHEMA: dict[str, Any] = {
 }
 
 
+# An `output_type: array` model: flux-1-dev's inputs plus how many images one prediction makes.
+SCHNELL_SCHEMA: dict[str, Any] = {
+    **FLUX_SCHEMA,
+    "properties": {
+        **FLUX_SCHEMA["properties"],
+        "num_images": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 4,
+            "default": 1,
+            "description": "Number of images to generate",
+        },
+    },
+}
+
+
 @dataclass(frozen=True)
 class SandboxModel:
     """One model the sandbox serves: its schema, and how it sizes a text-to-image output."""
 
     schema: ModelSchema
     title: str
+    output_type: str = "string"  # "array": a success answers a list of URLs (`num_images` of them)
 
     @property
     def slug(self) -> str:
@@ -94,6 +113,9 @@ MODELS: dict[str, SandboxModel] = {
     "flux-1-dev": SandboxModel(
         ModelSchema("flux-1-dev", FLUX_SCHEMA, "the sandbox"), "FLUX.1 [dev] (sandbox)"
     ),
+    "flux-1-schnell": SandboxModel(
+        ModelSchema("flux-1-schnell", SCHNELL_SCHEMA, "the sandbox"), "FLUX.1 [schnell] (sandbox)", "array"
+    ),
 }
 SPELLINGS = ("any", "dotted", "dashed")
 
@@ -116,7 +138,7 @@ def model_detail(model: SandboxModel, slug: str) -> dict[str, Any]:
         "title": model.title,
         "slug": slug,
         "version": "0.0.1",
-        "output_type": "string",
+        "output_type": model.output_type,
         "request_schema": dict(model.schema.request_schema),
         "cost": None,
     }

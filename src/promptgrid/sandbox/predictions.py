@@ -38,6 +38,18 @@ class Prediction:
     cancelled_at: float | None = None  # when a cancel takes effect (later than asked, when it is ignored)
     cancel_ignored: bool = False
     logs: list[str] = field(default_factory=list)
+    outputs: int = 0  # an `output_type: array` model's `num_images` (0: a model answering one URL)
+
+    @property
+    def images(self) -> int:
+        """How many images a success makes, each billed."""
+        return max(self.outputs, 1)
+
+    def output_value(self, base_url: str) -> str | list[str]:
+        """A success's `output`: one URL, or an array model's list of them (`<id>.<index>.<format>`)."""
+        if not self.outputs:
+            return f"{base_url}/outputs/{self.id}.{self.output_format}"
+        return [f"{base_url}/outputs/{self.id}.{index}.{self.output_format}" for index in range(self.outputs)]
 
     @property
     def started_at(self) -> float:

@@ -152,6 +152,7 @@ class SandboxService:
             output_format=str(resolved.get("output_format") or "webp"),
             size=None if resolved.get("image") else model.size(resolved, self.config.size_delta_px),
             input_pending=bool(resolved.get("image")),
+            outputs=int(resolved.get("num_images") or 1) if model.output_type == "array" else 0,
         )
         self.predictions[prediction.id] = prediction
         self.counters.record_create(prediction, digest, self.admission.started(prediction, now))
@@ -257,7 +258,7 @@ class SandboxService:
         status = prediction.status(now)
         output: Any = None
         if status == "success":
-            output = f"{base_url}/outputs/{prediction.id}.{prediction.output_format}"
+            output = prediction.output_value(base_url)
         elif status == "error":
             output = prediction.error_output()
             if self.config.minimal_errors:
@@ -272,7 +273,7 @@ class SandboxService:
             "logs": "sandbox render\n" if status == "success" else "",
             "metrics": {
                 "predict_time": round(prediction.fate.run_s, 4) if ended else None,
-                "cost": self.config.cost_per_image_usd if status == "success" else 0.0,
+                "cost": self.config.cost_per_image_usd * prediction.images if status == "success" else 0.0,
             },
             "urls": {"get": api_url, "cancel": f"{api_url}/cancel"},
         }
@@ -280,19 +281,26 @@ class SandboxService:
     # --- outputs, stats -----------------------------------------------------------------------------
 
     async def output(self, name: str) -> tuple[int, bytes | dict[str, Any], str]:
-        """The image behind an output URL, rendered in a worker thread and cached per render key."""
+        """The image behind an output URL, rendered in a worker thread and cached per render key; an array
+        model's output `<id>.<index>.<format>` is image `index` of its prediction, each one different."""
         prediction_id, _, fmt = name.rpartition(".")
+        prediction_id, _, index = prediction_id.partition(".")
         prediction = self.predictions.get(prediction_id)
         now = self.clock()
         if prediction is None or fmt != prediction.output_format or prediction.status(now) != "success":
             return 404, {"error": "Output not found"}, ""
+        if (index or prediction.outputs) and not (index.isdigit() and int(index) < prediction.outputs):
+            return 404, {"error": "Output not found"}, ""
         if prediction.output_expired(now, self.config.url_lifetime):
             return 410, {"error": "Output expired"}, ""
         assert prediction.size is not None  # a success has its size, read from any input image it needed
-        key = render_key(prediction.model, prediction.inputs, prediction.size)
+        inputs = (
+            {**prediction.inputs, "output_index": int(index)} if index and int(index) else prediction.inputs
+        )
+        key = render_key(prediction.model, inputs, prediction.size)
         data = self.renders.get(key)
         if data is None:
-            data = await asyncio.to_thread(render, key, prediction.inputs, prediction.size)
+            data = await asyncio.to_thread(render, key, inputs, prediction.size)
             self.renders.put(key, data)
         return 200, data, fmt
 

@@ -17,7 +17,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from promptgrid.defaults import MODEL_VERSION
-from promptgrid.engine.estimate import estimate_run, format_duration
+from promptgrid.engine.estimate import count_images, estimate_run, format_duration
 from promptgrid.errors import InvalidInput
 from promptgrid.output.manifest.read import read_manifest
 from promptgrid.output.manifest.rows import INPUT_COLUMNS
@@ -67,7 +67,8 @@ def jobs_to_backfill(output: str, statuses: list[str], where: str | None) -> tup
     except FileNotFoundError:
         raise InvalidInput([f"{output}: no spec.yaml here; is this a promptgrid run's output?"]) from None
     rows = select_rows(with_scores(read_manifest(sink), sink), statuses, where).to_pylist()
-    return text, [job_from_row(row) for row in rows]
+    # A `num_images` job has a row per image: it runs again once.
+    return text, list({row["job_id"]: job_from_row(row) for row in rows}.values())
 
 
 def job_from_row(row: dict[str, Any]) -> Job:
@@ -99,7 +100,7 @@ def saved_api_config(text: str, overrides: dict[str, Any]) -> ApiConfig:
 
 def describe_backfill(output: str, jobs: list[Job], api: ApiConfig, price_per_image: float) -> str:
     """A backfill's dry run: which jobs would run again, and the requests, time and cost; nothing is sent."""
-    estimate = estimate_run(len(jobs), api, price_per_image)
+    estimate = estimate_run(len(jobs), api, price_per_image, images=count_images(jobs))
     lines = [
         f"backfill of {output}: {len(jobs)} jobs would run again",
         f"API requests: ~{estimate.requests} ({estimate.creates} creates); time: "

@@ -1,4 +1,5 @@
-"""Reading the manifest back: every part, unified, folded into one latest row per job.
+"""Reading the manifest back: every part, unified, folded into one latest row per image (per job and
+`output_index`: a `num_images` prediction makes several), or per job for status reads.
 
 Parts from different runs differ only by which carried string columns they add, so they unify:
 `read_parts` does it here, DuckDB with `read_parquet(..., union_by_name=true)`, pyarrow.dataset with
@@ -7,8 +8,8 @@ Parts from different runs differ only by which carried string columns they add, 
 Image locations are resolved as each part is read: `image_key` (relative to the output root) is filled
 in for older parts, and `image_uri` points where the image is now, wherever the output was moved.
 
-"Latest" per job: a success always wins over a failure (a success must never be shadowed, and its image
-exists); among rows of the same kind the latest `completed_at` wins, then the part written last.
+"Latest" per image (or job): a success always wins over a failure (a success must never be shadowed, and
+its image exists); among rows of the same kind the latest `completed_at` wins, then the part written last.
 
 A part that cannot be read (truncated, zero bytes, garbage) is damaged: it is skipped and reported to
 `on_damaged` (by default a warning naming it), so no reader ever stops on it. Moving it aside and
@@ -172,38 +173,52 @@ def _concat(tables: list[pa.Table], columns: list[str] | None) -> pa.Table:
     return table.replace_schema_metadata(tables[-1].schema.metadata)
 
 
-def latest_rows(table: pa.Table) -> pa.Table:
-    """One row per job_id: success over failure, then latest completed_at, then the row read last."""
+def latest_rows(table: pa.Table, per_image: bool = True) -> pa.Table:
+    """One row per image, (job_id, output_index), where the table has `output_index` (null reads as 0) and
+    `per_image`; else one per job_id. Success over failure, then latest completed_at, then the row read last.
+    """
     if table.num_rows == 0:
         return table
     is_success = pc.fill_null(pc.equal(table["status"], JobStatus.SUCCESS.value), False)
     completed = pc.fill_null(table["completed_at"].cast(pa.int64()), -(2**63))
+    by_image = per_image and "output_index" in table.column_names
+    index = pc.fill_null(table["output_index"], 0) if by_image else pa.nulls(table.num_rows, pa.int32())
     keys = pa.table(
         {
             "job_id": table["job_id"],
+            "index": pc.fill_null(index.cast(pa.int32()), 0),
             "ok": is_success.cast(pa.int8()),
             "at": completed,
             "seq": pa.array(range(table.num_rows), pa.int64()),
         }
     )
     order = pc.sort_indices(
-        keys, [("job_id", "ascending"), ("ok", "descending"), ("at", "descending"), ("seq", "descending")]
+        keys,
+        [
+            *(("job_id", "ascending"), ("index", "ascending"), ("ok", "descending")),
+            *(("at", "descending"), ("seq", "descending")),
+        ],
     )
     ids = pc.take(keys["job_id"], order).combine_chunks()
-    first = pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1))
+    indexes = pc.take(keys["index"], order).combine_chunks()
+    first = pc.or_(
+        pc.not_equal(ids.slice(1), ids.slice(0, len(ids) - 1)),
+        pc.not_equal(indexes.slice(1), indexes.slice(0, len(indexes) - 1)),
+    )
     keep = pa.concat_arrays([pa.array([True]), first.fill_null(True)])
     return table.take(pc.filter(order, keep))
 
 
 def read_manifest(sink: Sink) -> pa.Table:
-    """The manifest as one consistent table: the latest row per job across all parts, sorted by job_id."""
+    """The manifest as one consistent table: the latest row per image across all parts, sorted by job_id
+    and output_index."""
     table = read_parts(sink)
     return latest_rows(table)
 
 
 def latest_outcomes(sink: Sink) -> dict[str, tuple[str, str | None]]:
     """job_id -> (status, prediction_id) of the latest row; reads only those columns of each part."""
-    table = latest_rows(read_parts(sink, columns=STATUS_COLUMNS))
+    table = latest_rows(read_parts(sink, columns=STATUS_COLUMNS), per_image=False)
     return dict(
         zip(
             table["job_id"].to_pylist(),
@@ -215,7 +230,7 @@ def latest_outcomes(sink: Sink) -> dict[str, tuple[str, str | None]]:
 
 def latest_status(sink: Sink, on_damaged: OnDamaged | None = None) -> dict[str, str]:
     """job_id -> status of its latest row (cheap: reads only job_id, status and completed_at)."""
-    table = latest_rows(read_parts(sink, columns=STATUS_COLUMNS[:3], on_damaged=on_damaged))
+    table = latest_rows(read_parts(sink, columns=STATUS_COLUMNS[:3], on_damaged=on_damaged), per_image=False)
     return dict(zip(table["job_id"].to_pylist(), table["status"].to_pylist(), strict=True))
 
 

@@ -66,6 +66,9 @@ MANIFEST_SCHEMA = pa.schema(
         ("carried", pa.string()),  # the grid's carried columns as one JSON object, values typed
         ("template", pa.string()),  # the template the prompt was rendered from, if any
         ("variables", pa.string()),  # the template's variables as one JSON object of text values
+        # Which of its prediction's images the row is (0..n-1; `num_images` > 1 makes n rows); parts
+        # written before this column read it as null, which means 0.
+        ("output_index", pa.int32()),
     ]
 )
 BASE_COLUMNS = tuple(MANIFEST_SCHEMA.names)
@@ -80,7 +83,19 @@ _OUTCOME_FIELDS = (
     *("submitted_at", "completed_at", "predict_time_s", "cost_usd", "sha256", "bytes", "width", "height"),
     *("image_format", "size_mismatch"),
 )
+_IMAGE_FIELDS = ("sha256", "bytes", "width", "height", "image_format", "size_mismatch")
 INPUT_PREFIX = "input_"
+
+
+def image_id(job_id: str, output_index: int | None = 0) -> str:
+    """An image's id: its job id, or `<job_id>-<i>` for its prediction's image i > 0 (as its file is named),
+    so every image of a `num_images` job is told apart and a job's first image keeps the job's id."""
+    return f"{job_id}-{int(output_index)}" if output_index else str(job_id)
+
+
+def row_image_id(row: Mapping[str, Any]) -> str:
+    """The image id of a manifest row (a row without `output_index` is its job's first image)."""
+    return image_id(str(row["job_id"]), row.get("output_index"))
 
 
 def carried_column_name(name: str) -> str:
@@ -114,12 +129,28 @@ def _input_columns(inputs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def outcome_row(
-    job: Job, outcome: JobOutcome, image_uri: str | None, run_id: str, image_key: str | None = None
+    job: Job,
+    outcome: JobOutcome,
+    image_uri: str | None,
+    run_id: str,
+    image_key: str | None = None,
+    output_index: int = 0,
 ) -> dict[str, Any]:
-    """One manifest row: the outcome, the job's inputs, and its carried columns (flattened and as JSON)."""
+    """One manifest row: the outcome, the job's inputs, and its carried columns (flattened and as JSON).
+
+    `output_index` picks which of the outcome's images the row describes. A prediction's cost is split
+    evenly over its images' rows, so the column still sums to what was billed.
+    """
     row: dict[str, Any] = {"run_id": run_id, "job_id": job.job_id, "status": JobStatus(outcome.status).value}
     for name in _OUTCOME_FIELDS:
         row[name] = getattr(outcome, name)
+    if output_index:
+        image = outcome.output_image(output_index)
+        row.update({name: getattr(image, name) for name in _IMAGE_FIELDS})
+    count = outcome.output_count
+    if count > 1 and outcome.cost_usd is not None:
+        row["cost_usd"] = outcome.cost_usd / count
+    row["output_index"] = output_index
     for name in ("queued_at", "submitted_at", "completed_at"):
         row[name] = _as_utc(row[name])
     row.update(model=job.model, version=job.version, image_uri=image_uri, image_key=image_key)

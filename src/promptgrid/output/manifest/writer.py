@@ -12,7 +12,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -75,20 +75,41 @@ class ManifestWriter:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def add(self, job: Job, outcome: JobOutcome, image_uri: str | None, image_key: str | None = None) -> None:
-        """Buffer one outcome's row; commit a part when the buffer is full or the last commit is old.
+    def add(
+        self,
+        job: Job,
+        outcome: JobOutcome,
+        image_uri: str | None,
+        image_key: str | None = None,
+        output_index: int = 0,
+    ) -> None:
+        """Buffer one outcome's row (of its image `output_index`); commit a part when the buffer is full or
+        the last commit is old.
 
         `image_key` is the image's key in this sink; when not given it is taken from `image_uri`.
         """
+        self.add_images(job, outcome, [(image_uri, image_key)], first_index=output_index)
+
+    def add_images(
+        self,
+        job: Job,
+        outcome: JobOutcome,
+        stored: Sequence[tuple[str | None, str | None]],
+        first_index: int = 0,
+    ) -> None:
+        """Buffer a row per image of one outcome (`stored`: each image's URI and key, in output order), all
+        in the same part, so a part never holds some of a prediction's images as success and not others."""
         if job.job_id != outcome.job_id:
             raise ValueError(f"outcome for {outcome.job_id!r} given with job {job.job_id!r}")
-        image_key = image_key or key_under_root(self.sink.root, image_uri)
-        row = outcome_row(job, outcome, image_uri, self.run_id, image_key)
+        rows = [
+            outcome_row(job, outcome, uri, self.run_id, key or key_under_root(self.sink.root, uri), index)
+            for index, (uri, key) in enumerate(stored, first_index)
+        ]
         with self._lock:
             if self._closed:
                 raise RuntimeError("the manifest writer is closed")
-            self._rows.append(row)
-            self.counts[row["status"]] += 1
+            self._rows.extend(rows)
+            self.counts.update(row["status"] for row in rows)
             if len(self._rows) >= self.rows_per_part or self._flush_due():
                 self._flush_locked()
 
