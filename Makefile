@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # `make EDITABLE= test` installs promptgrid as a user would (CI does), so tests import the installed package.
 EDITABLE ?= -e
 
-.PHONY: demo test test-all test-fast lint typecheck layers bench
+.PHONY: demo test test-slow test-all test-fast lint typecheck layers bench
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -m "not slow" -n auto
 
-# Everything, the slow tier too (real `prefect server` and workers, killed and resumed runs): what CI runs.
+# The slow tier alone (real `prefect server` and workers, killed and resumed runs): CI runs it after `make test`.
+test-slow: $(STAMP)
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -m slow -n auto
+
+# Everything: `make test` and the slow tier in one go.
 test-all: $(STAMP)
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(BIN)/python -m pytest -n auto
 
