@@ -92,3 +92,25 @@ def test_score_report_and_export_of_a_sandbox_sweep(sweep, tmp_path):
     )
     assert exported.exit_code == 0, exported.output
     assert {row["job_id"] for row in load_hf(dest, decode=False)} == wanted
+
+
+def test_a_spec_that_lists_scorers_has_its_images_scored_as_the_run_stores_them(tmp_path, prefect_harness):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "name: scored-run\nmodel: stable-diffusion-3-5-large\ntemplate: 'a {thing} at noon'\n"
+        "sweep: {thing: [red kite, blue door], cfg: [2.5, 5.0]}\nseeds: [1]\nscore: [pixels]\n"
+        f"output: {tmp_path / 'out'}\n",
+        encoding="utf-8",
+    )
+    with (
+        pytest.MonkeyPatch.context() as patch,
+        running_sandbox(SandboxConfig(time_scale=TEST_TIME_SCALE, api_key=KEY)) as sandbox,
+    ):
+        patch.setenv("EACHLABS_API_KEY", KEY)
+        params = {"api_base": sandbox.url, "rate_limit": "60/0.6s", "time_scale": 100.0}
+        summary = asyncio.run(generate(spec_path=str(spec), return_state=True, **params)).result()
+    assert summary.succeeded == 4
+    rows = with_scores(read_manifest(open_sink(str(tmp_path / "out"))), open_sink(str(tmp_path / "out")))
+    scored = rows.to_pylist()
+    assert len(scored) == 4 and all(isinstance(row["sharpness"], float) for row in scored), scored
+    assert CliRunner().invoke(app, ["score", str(tmp_path / "out")]).output.count("scored 0 images") == 1

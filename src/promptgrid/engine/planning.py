@@ -53,6 +53,7 @@ class RunPlan:
     base_dir: Path = Path(".")  # where relative image paths in the grid are found
     fail_when: FailWhen = ANY_FAILURE
     models: Resolution | None = None  # which slug each model is sent as, and its schema
+    score: tuple[str, ...] = ()  # the scorers a run applies to each shard's images once they are stored
 
     @classmethod
     def from_spec(cls, spec: SweepSpec, models: Resolution | None = None) -> RunPlan:
@@ -65,6 +66,7 @@ class RunPlan:
             spec.source_path.parent,
             spec.fail_when,
             models,
+            tuple(spec.score),
         )
 
 

@@ -45,6 +45,7 @@ from promptgrid.output.sinks import open_sink
 from promptgrid.output.sinks.base import Sink
 from promptgrid.quota.base import Limits
 from promptgrid.quota.factory import check_quota_reachable, open_budget, quota_namespace
+from promptgrid.redact import scrub
 from promptgrid.run_summary import RunSummary
 from promptgrid.settings import read_api_settings, require_api_key
 from promptgrid.spec.schema import ApiConfig
@@ -93,6 +94,7 @@ class RunContext:
     uncertain: dict[str, int] = field(default_factory=dict)
     reconciler: LostCreates | None = None
     resend_unknown: bool = False  # a backfill chose these jobs: what the listing cannot find is sent anew
+    score: tuple[str, ...] = ()  # the spec's `score:`: scorers for each shard's stored images
 
 
 @task(name="predict-shard", retries=len(SHARD_RETRY_DELAYS_S), cache_policy=NO_CACHE)
@@ -109,7 +111,29 @@ async def predict_shard(jobs: list[Job], run: RunContext) -> int:
             raise
         # 402/401, a spend cap, a stall, the shared quota gone: retrying the shard cannot help; the flow
         # reports it once every shard has stopped.
+    if run.score:
+        await _score_stored(jobs, run)
     return len(todo)
+
+
+async def _score_stored(jobs: list[Job], run: RunContext) -> None:
+    """Score the shard's stored images; a scorer that fails costs the run nothing but a warning, since the
+    images are paid for and stored (`promptgrid score OUTPUT` scores them later)."""
+    from promptgrid.tasks.score import score_images
+
+    stored = [job.job_id for job in jobs if job.job_id in run.store.saved]
+    if not stored:
+        return
+    lease = run.store.lease
+    await asyncio.to_thread(run.store.writer.flush)  # the scorer reads the shard's rows from the manifest
+    try:
+        await score_images(as_is(run.store.sink), run.score, stored, as_is(lease.check if lease else None))
+    except Exception as exc:
+        get_run_logger().warning(
+            "scoring this shard's images failed (%s: %s); `promptgrid score OUTPUT` scores them later",
+            type(exc).__name__,
+            scrub(str(exc)),
+        )
 
 
 @contextlib.contextmanager
@@ -235,7 +259,7 @@ async def _run_held(
             progress.engine = engine.stats  # the summary says how the API's limits were met
             reconciler = unknown.search(engine)
             rerun = selection.rerun is not None
-            run = RunContext(engine, store, terminal, resume, unknown.attempts, reconciler, rerun)
+            run = RunContext(engine, store, terminal, resume, unknown.attempts, reconciler, rerun, plan.score)
             artifact = await ProgressArtifact.start(progress)
             ticker = asyncio.create_task(_tick(run, writer, artifact))
             jobs = select_jobs(plan, latest, selection, Tally())
