@@ -19,5 +19,5 @@ async def score_images(
     job_ids: Collection[str],
     check: Callable[[], None] | None = None,
 ) -> ScoreResult:
-    """Score the stored images of `job_ids` not scored yet, calling `check` (the lease's) before each batch."""
+    """Score the stored images of `job_ids` not scored yet; `check` (the lease's) runs before each batch."""
     return await asyncio.to_thread(score_output, sink, tuple(metrics), job_ids=job_ids, check=check)
