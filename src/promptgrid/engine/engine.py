@@ -36,7 +36,7 @@ from promptgrid.api.routes import ModelRoutes
 from promptgrid.engine.collect import collect
 from promptgrid.engine.config import EngineConfig, EngineStats, PrepareInputs
 from promptgrid.engine.events import JobEvents, NoEvents
-from promptgrid.engine.limits import ApiLimits
+from promptgrid.engine.limits import ApiLimits, is_burst
 from promptgrid.engine.lost_creates import LostCreates
 from promptgrid.engine.retry import (
     Halt,
@@ -317,7 +317,7 @@ class Engine:
 
         Raises NoRoom when the API has no room for it now (concurrency, balance): the caller waits for room.
         """
-        throttled_since = None
+        config, throttled_since, bursts = self.config, None, 0
         resends = 0
         slug = self.routes.slug_for(job.model)
         while True:
@@ -330,12 +330,17 @@ class Engine:
             except ModelNotFound as exc:  # refused: nothing was created, so sending again is safe
                 slug = await self._after_model_not_found(job, slug, exc)
                 resends = self._count_resend(resends, exc)
-            except Throttled as exc:  # about the rate: the budget paused; sending again creates nothing twice
+            except (
+                Throttled
+            ) as exc:  # the budget paused (a rate), or a burst: sending again makes nothing twice
                 await self.events.on_unsent(job, outcome.attempts)
                 self._halt_on(partial(self.stall.refused, exc))
                 throttled_since = throttled_since or self._clock()
-                if self._clock() - throttled_since > self.config.room_wait_s:
-                    raise no_room(self._clock() - throttled_since, exc) from None
+                if (waited := self._clock() - throttled_since) > config.room_wait_s:
+                    raise no_room(waited, exc) from None
+                if is_burst(exc):  # this create alone backs off, jittered, longer at each burst it meets
+                    bursts += 1
+                    await asyncio.sleep(backoff_s(bursts - 1, config.retry_backoff_s, config.max_backoff_s))
             except NoRoom:
                 await self.events.on_unsent(job, outcome.attempts)
                 raise
@@ -357,7 +362,6 @@ class Engine:
                 self.halt.if_unreachable(exc)
                 self.stats.transient_errors += 1
                 resends = self._count_resend(resends, exc)
-                config = self.config
                 await asyncio.sleep(backoff_s(resends - 1, config.retry_backoff_s, config.max_backoff_s))
                 self.halt.if_unreachable(None)
             else:

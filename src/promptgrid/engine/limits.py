@@ -104,8 +104,11 @@ class ApiLimits:
 
     async def rate_limited(self, kind: str, exc: Throttled, sent_at: float) -> None:
         """A 429 not about room: pause every caller; one that names a rate also adopts or lowers a cap
-        under `auto`."""
+        under `auto`. A burst of creates pauses nothing: the create that met it backs off alone (jittered,
+        so the creates refused together do not come back together), and polls go on."""
         self.stats.throttled += 1
+        if is_burst(exc):
+            return
         if names_a_rate(exc):
             self.stats.rate_limited += 1
             if self.auto and sent_at >= self._adopted_at:  # one sent before the cap was set says nothing
@@ -159,6 +162,11 @@ class ApiLimits:
             verb,
             limits.describe(),
         )
+
+
+def is_burst(exc: ApiError) -> bool:
+    """Whether a 429 is the transient one for too many executions started at once."""
+    return isinstance(exc, Throttled) and bool(_ABOUT_BURST.search(exc.message))
 
 
 def names_a_rate(exc: Throttled) -> bool:
