@@ -7,6 +7,8 @@ imports, the floor of any command), it prints, each the median of ROUNDS:
   starts (the same app behind a launcher that ties it to its parent), from launch to a healthy API;
 - a first run of JOBS jobs against the sandbox (`promptgrid sandbox`, its own process, x100 time), whole;
 - the same command run again, when every job is in the manifest: no Prefect at all;
+- the same with `--sandbox` (the README's quick start): the output's record of a spec with nothing left
+  answers before a sandbox starts (promptgrid.runs.settled);
 - a run against a port where nothing listens: how fast an unreachable API is reported.
 
     python benchmarks/startup_bench.py
@@ -88,6 +90,10 @@ def main() -> None:
             timed(lambda s=s: command("run", str(s), "--no-report", env=run_env)) for s in specs
         )
         rerun = median_of(lambda: command("run", str(specs[0]), "--no-report", env=run_env))
+    sandboxed = write_spec(folder, ROUNDS + 1)
+    sandbox_args = ("run", str(sandboxed), "--sandbox", "--time-scale", "100", "--no-report")
+    command(*sandbox_args, env=env)
+    sandbox_rerun = median_of(lambda: command(*sandbox_args, env=env))
     dead_env = {**env, "EACHLABS_API_KEY": KEY, "EACHLABS_API_BASE": f"http://127.0.0.1:{free_port()}"}
     fresh = write_spec(folder, ROUNDS)  # nothing of it done, so the run has to reach the API
     unreachable = median_of(lambda: command("run", str(fresh), "--no-report", env=dead_env, expect=1))
@@ -101,6 +107,7 @@ def main() -> None:
             rerun,
             f"{rerun / baseline:.1f}x baseline, {rerun / first:.2f}x first run",
         ),
+        ("rerun with nothing to do, `--sandbox`", sandbox_rerun, f"{sandbox_rerun / baseline:.1f}x baseline"),
         ("unreachable API, to exit 1", unreachable, f"{unreachable / baseline:.1f}x baseline"),
     ]
     print(f"median of {ROUNDS} rounds each")

@@ -4,7 +4,6 @@ spelling, read only Bearer, serve a model promptgrid has no table for, or render
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import shutil
 from collections import Counter
@@ -22,7 +21,6 @@ from tests.support.processes import free_port, promptgrid
 
 pytestmark = [
     pytest.mark.integration,  # the Prefect test server, or the installed command in a process of its own
-    pytest.mark.filterwarnings("ignore:Exception ignored in.*socket:pytest.PytestUnraisableExceptionWarning"),
 ]
 
 KEY = "pg-any-model-key-51d2"
@@ -54,14 +52,6 @@ def run_generate(spec: Path, sandbox, **params):
     params = {"api_base": sandbox.url, "rate_limit": "60/0.6s", "time_scale": 100.0, **params}
     state = asyncio.run(generate(spec_path=str(spec), return_state=True, **params))
     return state.result(raise_on_failure=False)
-
-
-@pytest.fixture(autouse=True)
-def _collect_prefects_sockets():
-    """Collect the socket Prefect's result store leaves open while this module's warning filter applies,
-    rather than in whichever later test the garbage collector happens to run."""
-    yield
-    gc.collect()
 
 
 def manifest(folder: Path) -> list[dict]:

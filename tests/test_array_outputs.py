@@ -225,7 +225,6 @@ def _collect_prefects_sockets():
 
 @pytest.mark.integration  # the Prefect test server
 @pytest.mark.usefixtures("prefect_harness")
-@pytest.mark.filterwarnings("ignore:Exception ignored in.*socket:pytest.PytestUnraisableExceptionWarning")
 def test_a_num_images_sweep_stores_reports_and_exports_every_image(tmp_path, sandbox, monkeypatch):
     monkeypatch.setenv("EACHLABS_API_KEY", KEY)
     spec = write_spec(tmp_path, num_images=3)

@@ -18,8 +18,6 @@ from promptgrid.run_summary import RunSummary
 pytestmark = [
     pytest.mark.integration,  # the Prefect test server
     pytest.mark.usefixtures("prefect_harness"),
-    # Prefect's result store opens a sync API client it never closes (prefect/results.py); see test_flows.
-    pytest.mark.filterwarnings("ignore:Exception ignored in.*socket:pytest.PytestUnraisableExceptionWarning"),
 ]
 
 KEY = "pg-backfill-timeout-key-3d1a"

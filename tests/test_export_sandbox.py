@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import gc
 import json
 import os
 import shutil
@@ -47,8 +46,6 @@ from tests.support.sandbox import TEST_TIME_SCALE
 
 pytestmark = [
     pytest.mark.integration,  # the Prefect test server
-    # Prefect's result store opens a sync API client it never closes (as in test_flows.py).
-    pytest.mark.filterwarnings("ignore:Exception ignored in.*socket:pytest.PytestUnraisableExceptionWarning"),
 ]
 
 KEY = "pg-export-key-3b81"
@@ -111,9 +108,6 @@ def sandbox_run(tmp_path_factory, sandbox_api) -> Iterator[Path]:
     summary = run_flow(generate, spec_path=str(spec), **sandbox_api)
     assert summary.succeeded > 0 and summary.failed > 0, summary
     yield folder / "out"
-    # Collect the socket Prefect's result store leaves open while this module's warning filter applies,
-    # rather than in whichever later test the garbage collector happens to run.
-    gc.collect()
 
 
 def export(output: Path, dest: Path, fmt: str = "hf", **options: Any) -> Any:

@@ -20,9 +20,6 @@ from tests.support.secrets import assert_key_nowhere
 pytestmark = [
     pytest.mark.integration,  # the Prefect test server
     pytest.mark.usefixtures("prefect_harness"),
-    # Prefect's result store opens a sync API client it never closes (prefect/results.py); the socket is
-    # Prefect's, not ours, and is reclaimed when the harness stops.
-    pytest.mark.filterwarnings("ignore:Exception ignored in.*socket:pytest.PytestUnraisableExceptionWarning"),
 ]
 
 KEY = "pg-test-key-7f3c9a"

@@ -28,8 +28,6 @@ from tests.support.secrets import assert_key_nowhere
 pytestmark = [
     pytest.mark.integration,  # the Prefect test server
     pytest.mark.usefixtures("prefect_harness"),
-    # Prefect's result store opens a sync API client it never closes (prefect/results.py); see test_flows.
-    pytest.mark.filterwarnings("ignore:Exception ignored in.*socket:pytest.PytestUnraisableExceptionWarning"),
 ]
 
 KEY = "pg-flow-recovery-key-0b7e"

@@ -21,9 +21,6 @@ from promptgrid.output.sinks import open_sink
 pytestmark = [
     pytest.mark.integration,  # the Prefect test server, and a Prefect server in the example's process
     pytest.mark.usefixtures("prefect_harness"),
-    # Prefect's result store opens a sync API client it never closes (prefect/results.py); the socket is
-    # Prefect's, not ours, and is reclaimed when the harness stops.
-    pytest.mark.filterwarnings("ignore:Exception ignored in.*socket:pytest.PytestUnraisableExceptionWarning"),
 ]
 
 ROOT = Path(__file__).resolve().parents[1]

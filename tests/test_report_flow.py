@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,11 +18,6 @@ from tests.support.report_run import ReportPage
 pytestmark = [
     pytest.mark.integration,  # the Prefect test server
     pytest.mark.usefixtures("prefect_harness"),
-    # The flow run (not the report) leaves one loopback socket unclosed, which the garbage collector
-    # reports during a later test; tests/test_flows.py shows the same. Drop this once the flow closes it.
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
-    ),
 ]
 
 KEY = "pg-report-test-key"
@@ -47,14 +40,6 @@ def write_spec(folder: Path) -> Path:
         encoding="utf-8",
     )
     return spec
-
-
-@pytest.fixture(autouse=True)
-def collect_prefects_socket() -> Iterator[None]:
-    yield
-    # Prefect's result store leaves a socket open: collect it while this module's warning filter applies,
-    # rather than in whichever later test the garbage collector happens to run.
-    gc.collect()
 
 
 def test_report_after_a_run_with_rejections(tmp_path, sandbox_factory, monkeypatch):

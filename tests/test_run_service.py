@@ -10,14 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 import promptgrid
+import promptgrid.sandbox.server as sandbox_server
 from promptgrid.cli import app
 
 pytestmark = [
     pytest.mark.integration,  # the Prefect test server
     pytest.mark.usefixtures("prefect_harness"),
-    # Prefect's result store opens a sync API client it never closes (prefect/results.py); the socket is
-    # Prefect's, not ours, and is reclaimed when the harness stops.
-    pytest.mark.filterwarnings("ignore:Exception ignored in.*socket:pytest.PytestUnraisableExceptionWarning"),
 ]
 
 TIME_SCALE = 100.0
@@ -98,3 +96,29 @@ def test_backfill_runs_what_failed_through_the_same_service(tmp_path, monkeypatc
     assert f"{first.failed} jobs to run again" in again.stderr
     assert f"{first.failed} images generated, 0 failed" in again.stdout
     assert healthy.stats()["creates"] == first.failed
+
+
+def test_a_rerun_answers_from_the_output_and_any_change_sends_it_the_long_way(tmp_path, monkeypatch):
+    monkeypatch.delenv("EACHLABS_API_KEY", raising=False)
+    spec = write_spec(tmp_path)
+    output = str(tmp_path / "out")
+    first = promptgrid.run(spec, sandbox=True, time_scale=TIME_SCALE, output=output, report=False)
+    assert first.succeeded == 8
+
+    def no_sandbox(*args, **kwargs):
+        raise AssertionError("a rerun with nothing left started a sandbox")
+
+    with monkeypatch.context() as patched:  # the output's record answers: no sandbox, no models asked
+        patched.setattr(sandbox_server, "running_sandbox", no_sandbox)
+        rerun = promptgrid.run(spec, sandbox=True, time_scale=TIME_SCALE, output=output, report=False)
+    assert (rerun.run_id, rerun.skipped, rerun.api_requests) == (None, 8, 0)
+
+    with (tmp_path / "p.csv").open("a", encoding="utf-8") as grid:
+        grid.write("a heron\n")  # 4 more jobs: the record no longer answers, the long way finds them
+    third = promptgrid.run(spec, sandbox=True, time_scale=TIME_SCALE, output=output, report=False)
+    assert (third.planned, third.succeeded, third.skipped) == (4, 4, 8)
+
+    with monkeypatch.context() as patched:  # the run that did them left the record for the next
+        patched.setattr(sandbox_server, "running_sandbox", no_sandbox)
+        fourth = promptgrid.run(spec, sandbox=True, time_scale=TIME_SCALE, output=output, report=False)
+    assert (fourth.run_id, fourth.skipped) == (None, 12)

@@ -23,7 +23,6 @@ from tests.support.sandbox import TEST_TIME_SCALE
 
 pytestmark = [
     pytest.mark.integration,  # the Prefect test server
-    pytest.mark.filterwarnings("ignore:Exception ignored in.*socket:pytest.PytestUnraisableExceptionWarning"),
 ]
 
 KEY = "pg-score-key-5c20"

@@ -34,7 +34,6 @@ seeds: [1, 2]
 
 
 @pytest.mark.usefixtures("prefect_harness")
-@pytest.mark.filterwarnings("ignore:Exception ignored in.*socket:pytest.PytestUnraisableExceptionWarning")
 def test_a_template_run_stores_each_variable_and_a_rerun_creates_nothing(
     tmp_path, sandbox_factory, monkeypatch
 ):

@@ -16,7 +16,6 @@ from promptgrid.models.records import UserCache, builtin_record
 from promptgrid.output.saved_spec import read_saved_model
 from promptgrid.output.sinks import open_sink
 from promptgrid.spec.load import check_spec, parse_spec_text, read_spec
-from promptgrid.spec.plan import check_run_size
 from promptgrid.spec.schema import LoadedSpec, SweepSpec, next_stage
 
 
@@ -55,12 +54,19 @@ async def resolve_and_check(
     if resolved is not None:
         resolution = Resolution.from_json(resolved)
     else:
-        resolution = await resolve_for_run(
-            spec.api.base_url, spec.requested_models, fallbacks(spec.api.base_url), retry_s=1.0 / time_scale
-        )
+        resolution = await resolve_run_models(spec, time_scale=time_scale)
+    from promptgrid.spec.plan import check_run_size  # the grid's expansion: pyarrow, only once it is read
+
     checked = check_spec(spec, resolution.catalog())
     check_run_size(checked)  # a run larger than max_jobs is refused before anything is sent
     return checked, resolution
+
+
+async def resolve_run_models(spec: LoadedSpec, *, time_scale: float = 1.0) -> Resolution:
+    """The spec's models as the API describes them (which slug to send, which inputs it takes)."""
+    return await resolve_for_run(
+        spec.api.base_url, spec.requested_models, fallbacks(spec.api.base_url), retry_s=1.0 / time_scale
+    )
 
 
 async def resolve_jobs_models(

@@ -17,6 +17,7 @@ JOURNAL_PREFIX = "journal/"
 INPUTS_PREFIX = "inputs/"
 MODELS_PREFIX = "models/"
 SPEC_KEY = "spec.yaml"
+SETTLED_KEY = "settled.json"  # when a spec last had nothing left (promptgrid.runs.settled)
 
 SLUG_MAX = 48
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import hashlib
 
-import redis
-from redis.exceptions import RedisError
-
 from promptgrid.errors import InvalidInput, QuotaUnavailable
 from promptgrid.locations import check_quota_url as check_url
 from promptgrid.locations import redact_url
 from promptgrid.quota.base import Budget, Limits
 from promptgrid.quota.local import LocalBudget
-from promptgrid.quota.shared import CONNECT_TIMEOUT_S, RedisBudget
 from promptgrid.settings import ApiKey
 
 START_HINT = (
@@ -30,6 +26,8 @@ def open_budget(limits: Limits, quota_url: str | None = None, namespace: str = "
     if quota_url is None:
         return LocalBudget(limits)
     check_quota_url(quota_url)
+    from promptgrid.quota.shared import RedisBudget  # redis is imported only where a quota is shared
+
     return RedisBudget(limits, quota_url, namespace)
 
 
@@ -48,12 +46,19 @@ def quota_namespace(api_key: ApiKey | None) -> str:
     return hashlib.sha256(api_key.reveal().encode()).hexdigest()[:16]
 
 
-def check_quota_reachable(quota_url: str | None, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+def check_quota_reachable(quota_url: str | None, timeout_s: float | None = None) -> None:
     """Before anything is sent: QuotaUnavailable, naming the URL without its password, unless the shared
-    quota's Redis answers within `timeout_s`. Nothing to check without a `quota_url`."""
+    quota's Redis answers within `timeout_s` (the budget's own connect timeout by default). Nothing to check
+    without a `quota_url`."""
     if quota_url is None:
         return
     check_quota_url(quota_url)
+    import redis
+    from redis.exceptions import RedisError
+
+    from promptgrid.quota.shared import CONNECT_TIMEOUT_S
+
+    timeout_s = CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
     client = redis.Redis.from_url(quota_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
         client.ping()

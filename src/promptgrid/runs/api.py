@@ -9,7 +9,6 @@ import secrets
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from promptgrid.api.reach import check_reachable
 from promptgrid.runs.options import ApiOptions
 from promptgrid.settings import API_KEY_ENV, ApiSettings, require_api_key
 from promptgrid.spec.schema import ApiConfig
@@ -25,6 +24,8 @@ def check_api(options: ApiOptions, base_url: str) -> None:
     """ApiUnreachable at once, naming the URL, when the configured API cannot be reached (Prefect's import
     and start-up take seconds); a sandbox started for the run needs no check."""
     if not options.sandbox:
+        from promptgrid.api.reach import check_reachable  # httpx: only where an API is asked
+
         check_reachable(base_url)
 
 

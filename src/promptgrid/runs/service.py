@@ -7,17 +7,20 @@ import contextlib
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from promptgrid.api.resolve import Resolution
 from promptgrid.quota.factory import check_quota_reachable
 from promptgrid.run_summary import RunSummary
 from promptgrid.runs.api import api_for_run, check_api, require_key_unless_sandbox, run_settings
 from promptgrid.runs.options import RunOptions
+from promptgrid.runs.settled import SANDBOX_MODELS, manifest_parts, models_key, remember, settled_summary
 from promptgrid.runs.source import SpecSource, parse_source
 from promptgrid.settings import environment_overrides, read_api_settings
 from promptgrid.spec.overrides import describe_settings
 from promptgrid.spec.schema import LoadedSpec, SweepSpec
+
+if TYPE_CHECKING:
+    from promptgrid.api.resolve import Resolution
 
 Say = Callable[[str], None]
 
@@ -29,6 +32,7 @@ class PreparedRun:
     spec: SweepSpec
     models: Resolution
     options: RunOptions  # as the run goes on with them: a sandbox's URL, limits on its clock
+    settled_key: str  # what stands for the models in the output's settled record (promptgrid.runs.settled)
 
 
 def run_spec(source: SpecSource, options: RunOptions, say: Say, *, sandbox_hint: str) -> RunSummary:
@@ -49,38 +53,71 @@ def run_spec(source: SpecSource, options: RunOptions, say: Say, *, sandbox_hint:
     check_output(spec.output)
     check_api(options.api, spec.api.base_url)
     check_quota_reachable(spec.api.quota_url)  # exit 1 in seconds, before Prefect starts
+    if options.api.sandbox and (done := settled_summary(spec, SANDBOX_MODELS)) is not None:
+        say(done.verdict)  # the sandbox's models are this version's: nothing to ask it
+        return done
     with api_for_run(options.api, say) as sandbox_url:
         prepared = prepare(spec, options, sandbox_url, environment, say)
-        done = nothing_left(prepared.spec)
-        if done is not None:
-            say(done.verdict)
-            return done
+        if isinstance(prepared, RunSummary):
+            say(prepared.verdict)
+            return prepared
         with output_reserved(prepared.spec.output, options.wait, say):
-            return generate(prepared)
+            summary = generate(prepared)
+        settle(spec, prepared)  # the next run of this spec may have nothing left to do: find out now
+        return summary
 
 
 def prepare(
     spec: LoadedSpec, options: RunOptions, sandbox_url: str | None, environment: Mapping[str, Any], say: Say
-) -> PreparedRun:
+) -> PreparedRun | RunSummary:
     """Settings as the run will use them (said, each with its origin), then the models resolved and the spec
-    checked against them: once, here; the flow takes the result as it is."""
+    checked against them: once, here; the flow takes the result as it is. A summary instead when nothing is
+    left to do (`spec` is the run's spec before a sandbox's settings replaced any of it)."""
     api, replaced = run_settings(options.api, spec.api, sandbox_url)
     say(describe_settings(spec, replaced))
     run_options = RunOptions(api, options.output, options.price_per_image, options.report, options.wait)
-    if replaced:  # the sandbox's URL or a scaled limit: the spec the run uses says so
-        spec = parse_source(spec, run_options.overrides(), environment)
-    checked, models = resolve_models(spec, api.scale)
+    loaded = parse_source(spec, run_options.overrides(), environment) if replaced else spec
+    models = resolve_models(loaded, api.scale)
     for note in models.notes:
         say(f"model {note}")
-    return PreparedRun(checked, models, run_options)
+    settled_key = SANDBOX_MODELS if options.api.sandbox else models_key(models.to_json())
+    done = settled_summary(spec, settled_key)
+    if done is not None:
+        return done
+    parts = manifest_parts(spec.output)  # listed before the manifest is read
+    checked = check_models(loaded, models, api.scale)
+    prepared = PreparedRun(checked, models, run_options, settled_key)
+    done = nothing_left(checked)
+    if done is None:
+        return prepared
+    remember(spec, settled_key, parts, done)
+    return done
 
 
-def resolve_models(spec: LoadedSpec, time_scale: float) -> tuple[SweepSpec, Resolution]:
-    """The models asked of the API, and the spec checked against them; from a notebook's running loop too."""
+def settle(spec: LoadedSpec, prepared: PreparedRun) -> None:
+    """After a run: when its spec has nothing left, store that for the next run to find at once."""
+    parts = manifest_parts(spec.output)
+    done = nothing_left(prepared.spec)
+    if done is not None:
+        remember(spec, prepared.settled_key, parts, done)
+
+
+def resolve_models(spec: LoadedSpec, time_scale: float) -> Resolution:
+    """The models asked of the API (from a notebook's running loop too)."""
+    from promptgrid.engine.resolution import resolve_run_models
+    from promptgrid.runs.execute import run_blocking
+
+    return run_blocking(lambda: resolve_run_models(spec, time_scale=time_scale))
+
+
+def check_models(spec: LoadedSpec, models: Resolution, time_scale: float) -> SweepSpec:
+    """The spec checked against its resolved models; InvalidInput names every problem."""
     from promptgrid.engine.resolution import resolve_and_check
     from promptgrid.runs.execute import run_blocking
 
-    return run_blocking(lambda: resolve_and_check(spec, time_scale=time_scale))
+    resolved = models.to_json()
+    checked, _ = run_blocking(lambda: resolve_and_check(spec, resolved, time_scale=time_scale))
+    return checked
 
 
 def nothing_left(spec: SweepSpec) -> RunSummary | None:

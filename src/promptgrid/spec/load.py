@@ -22,15 +22,11 @@ import yaml
 from promptgrid.errors import InvalidInput
 from promptgrid.models.catalog import ModelCatalog
 from promptgrid.models.records import offline_catalog
-from promptgrid.spec.checks import validate_grid
-from promptgrid.spec.grid import GridContext, read_layout
 from promptgrid.spec.key_problems import describe_key_problems, validate_keys
-from promptgrid.spec.model_checks import check_required, check_study, find_models, model_entries
 from promptgrid.spec.overrides import setting_origins
 from promptgrid.spec.problems import ProblemLog, display_path
 from promptgrid.spec.schema import OVERRIDE_KEYS, LoadedSpec, SpecKeys, SweepSpec, next_stage
-from promptgrid.spec.sources import TooLarge, key_lines, read_bounded_text, resolve_sources
-from promptgrid.spec.template_checks import TemplateChecker
+from promptgrid.spec.sources import TooLarge, key_lines, model_entries, read_bounded_text, resolve_sources
 
 # A spec is read whole before anything else: one larger than this is refused, not read.
 MAX_SPEC_BYTES = 4 * 1024 * 1024
@@ -191,6 +187,12 @@ def _check(
     """Log every problem of `spec` against `catalog`; the checked spec, or None when a model is not found
     (its values cannot be checked without its schema). `models_known=False` says nothing of a model the
     catalog lacks: an offline catalog may not know what the API does."""
+    # The grid's checks bring pyarrow: a spec read and not checked (a rerun with nothing left) does without.
+    from promptgrid.spec.checks import validate_grid
+    from promptgrid.spec.grid import GridContext, read_layout
+    from promptgrid.spec.model_checks import check_required, check_study, find_models
+    from promptgrid.spec.template_checks import TemplateChecker
+
     source = spec.source_name
     found = ProblemLog()
     models = find_models(spec.named_models or (("model", spec.model),), catalog, spec.where, found)

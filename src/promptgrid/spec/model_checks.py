@@ -10,7 +10,7 @@ default); under `sweep:` and `zip:` it is a template variable, which the templat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from promptgrid.errors import UnknownModel
@@ -20,21 +20,6 @@ from promptgrid.spec.checks import check_value
 from promptgrid.spec.problems import ProblemLog
 from promptgrid.spec.schema import SweepSpec
 from promptgrid.spec.template import variable_values
-
-
-def model_entries(data: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """Where each model is named in a spec, and how it is spelled there: the model axis, else `model`."""
-    entries = []
-    for section in ("sweep", "zip"):
-        axis = data.get(section)
-        values = axis.get("model") if isinstance(axis, Mapping) else None
-        if isinstance(values, list):
-            entries += [
-                (f"{section}.model[{i}]", slug) for i, slug in enumerate(values) if isinstance(slug, str)
-            ]
-    if not entries and isinstance(data.get("model"), str):
-        entries.append(("model", data["model"]))
-    return entries
 
 
 def find_models(

@@ -202,3 +202,18 @@ def read_wildcard_file(name: Any, base_dir: Path) -> list[str]:
     if not values:
         raise SourceProblem(f"file {shown} has no values (every line is blank or a # comment)")
     return values
+
+
+def model_entries(data: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Where each model is named in a spec, and how it is spelled there: the model axis, else `model`."""
+    entries = []
+    for section in ("sweep", "zip"):
+        axis = data.get(section)
+        values = axis.get("model") if isinstance(axis, Mapping) else None
+        if isinstance(values, list):
+            entries += [
+                (f"{section}.model[{i}]", slug) for i, slug in enumerate(values) if isinstance(slug, str)
+            ]
+    if not entries and isinstance(data.get("model"), str):
+        entries.append(("model", data["model"]))
+    return entries
