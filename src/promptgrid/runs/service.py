@@ -13,7 +13,14 @@ from promptgrid.quota.factory import check_quota_reachable
 from promptgrid.run_summary import RunSummary
 from promptgrid.runs.api import api_for_run, check_api, require_key_unless_sandbox, run_settings
 from promptgrid.runs.options import RunOptions
-from promptgrid.runs.settled import SANDBOX_MODELS, manifest_parts, models_key, remember, settled_summary
+from promptgrid.runs.settled import (
+    SANDBOX_MODELS,
+    manifest_parts,
+    models_key,
+    nothing_to_do,
+    remember,
+    settled_summary,
+)
 from promptgrid.runs.source import SpecSource, parse_source
 from promptgrid.settings import environment_overrides, read_api_settings
 from promptgrid.spec.overrides import describe_settings
@@ -133,21 +140,7 @@ def nothing_left(spec: SweepSpec) -> RunSummary | None:
     if not part_keys(sink):
         return None
     _, total, tally = plan_selection(RunPlan.from_spec(spec), sink, Selection())
-    if total:
-        return None
-    from promptgrid.report.build import INDEX_KEY
-
-    return RunSummary(
-        output=sink.root,
-        planned=0,
-        succeeded=0,
-        failed=0,
-        skipped=tally.skipped,
-        previously_failed=tally.previously_failed,
-        api_requests=0,
-        report=sink.uri(INDEX_KEY) if sink.exists(INDEX_KEY) else None,  # the last run's, still there
-        fail_when=str(spec.fail_when),
-    )
+    return None if total else nothing_to_do(spec, sink, tally.skipped, tally.previously_failed)
 
 
 def generate(prepared: PreparedRun) -> RunSummary:

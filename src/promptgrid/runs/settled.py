@@ -84,13 +84,18 @@ def settled_summary(spec: LoadedSpec, models: str) -> RunSummary | None:
         return None  # unreadable: the long way finds out, and writes it again
     if settled.fingerprint != fingerprint(spec, models, parts):
         return None
+    return nothing_to_do(spec, sink, settled.skipped, settled.previously_failed)
+
+
+def nothing_to_do(spec: LoadedSpec, sink: Sink, skipped: int, previously_failed: int) -> RunSummary:
+    """The summary of a run that found every job of `spec` done: no flow ran, the last report stays."""
     return RunSummary(
         output=sink.root,
         planned=0,
         succeeded=0,
         failed=0,
-        skipped=settled.skipped,
-        previously_failed=settled.previously_failed,
+        skipped=skipped,
+        previously_failed=previously_failed,
         api_requests=0,
         report=sink.uri(REPORT_INDEX_KEY) if sink.exists(REPORT_INDEX_KEY) else None,
         fail_when=str(spec.fail_when),
