@@ -18,6 +18,7 @@ from promptgrid.api.client import ApiClient
 from promptgrid.api.prediction import PredictionStatus, parse_prediction
 from promptgrid.engine.config import EngineConfig
 from promptgrid.engine.engine import Engine
+from promptgrid.engine.selection import job_from_row, select_rows
 from promptgrid.errors import InvalidInput
 from promptgrid.models.catalog import BUILTIN, ModelCatalog
 from promptgrid.models.schema import ModelSchema
@@ -29,7 +30,6 @@ from promptgrid.sandbox.models import FLUX_SCHEMA
 from promptgrid.settings import ApiKey
 from promptgrid.spec.expand import iter_job_batches
 from promptgrid.spec.load import load_spec
-from promptgrid.tasks.selection import job_from_row, select_rows
 from promptgrid.types import Job, JobOutcome, JobStatus
 from tests.support.sandbox import TEST_TIME_SCALE
 

@@ -4,6 +4,8 @@ to the same limits, send the same requests and end with the same summary; a reru
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -122,3 +124,23 @@ def test_a_rerun_answers_from_the_output_and_any_change_sends_it_the_long_way(tm
         patched.setattr(sandbox_server, "running_sandbox", no_sandbox)
         fourth = promptgrid.run(spec, sandbox=True, time_scale=TIME_SCALE, output=output, report=False)
     assert (fourth.run_id, fourth.skipped) == (None, 12)
+
+    # What such a rerun costs is the command's imports: no Prefect, nor the grid's readers (pyarrow, and
+    # pandas, which pyarrow imports on Python values). A backfill's dry run reads the manifest, no Prefect.
+    rerun_loads = heavy_modules_loaded("run", str(spec), "--sandbox", "--output", output)
+    assert rerun_loads == [], rerun_loads
+    dry_run_loads = heavy_modules_loaded("backfill", output, "--status", "success", "--dry-run")
+    assert "pyarrow" in dry_run_loads and "prefect" not in dry_run_loads, dry_run_loads
+
+
+def heavy_modules_loaded(*args: str) -> list[str]:
+    """The heavy libraries a `promptgrid` command imports, run in a process of its own."""
+    code = (
+        "import sys\nfrom promptgrid.cli import main\nsys.argv = ['promptgrid', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit as end:\n    assert not end.code, end.code\n"
+        "heavy = ('prefect', 'pandas', 'pyarrow', 'redis')\n"
+        "print('loaded:', *sorted({m.split('.')[0] for m in sys.modules} & set(heavy)), file=sys.stderr)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stderr.strip().splitlines()[-1].split()[1:]

@@ -14,6 +14,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from promptgrid.cli import app
+from promptgrid.engine.selection import select_rows
 from promptgrid.errors import InvalidInput
 from promptgrid.export.exporter import ExportOptions, export_output
 from promptgrid.notebook.frames import read_manifest as read_frame
@@ -26,7 +27,6 @@ from promptgrid.output.sinks import open_sink
 from promptgrid.report.build import write_report
 from promptgrid.score.metrics import PIXEL_METRICS, ScoreItem, pixel_metrics
 from promptgrid.score.stage import score_output, scorers_for
-from promptgrid.tasks.selection import select_rows
 from promptgrid.types import JobOutcome, JobStatus
 from tests.support.exports import load_hf
 from tests.support.report_run import T0, make_job

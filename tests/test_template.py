@@ -14,13 +14,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from promptgrid.engine.selection import job_from_row
 from promptgrid.output.manifest.rows import outcome_row, rows_to_table
 from promptgrid.spec.expand import iter_job_batches, job_id
 from promptgrid.spec.load import load_spec
 from promptgrid.spec.plan import plan_jobs
 from promptgrid.spec.sources import read_wildcard_file, sample_values
 from promptgrid.spec.template import parse_template
-from promptgrid.tasks.selection import job_from_row
 from promptgrid.types import Job, JobOutcome, JobStatus
 
 SUBJECTS = ["a red fox", "an owl", "a glass teapot"]

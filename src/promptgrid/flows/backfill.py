@@ -10,6 +10,7 @@ from prefect.client.schemas.objects import State
 
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
 from promptgrid.engine.planning import RunPlan, Selection
+from promptgrid.engine.selection import DEFAULT_STATUSES, saved_api_config
 from promptgrid.flows.generate import current_run_id
 from promptgrid.output.manifest.read import provenance
 from promptgrid.output.sinks import open_sink
@@ -19,7 +20,7 @@ from promptgrid.spec.overrides import spec_overrides
 from promptgrid.spec.verdict import FailWhen
 from promptgrid.tasks.pipeline import run_plan
 from promptgrid.tasks.resolution import resolve_backfill_models
-from promptgrid.tasks.selection import DEFAULT_STATUSES, saved_api_config, select_backfill
+from promptgrid.tasks.selection import select_backfill
 
 
 @flow(name="backfill")

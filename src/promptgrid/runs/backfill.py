@@ -32,7 +32,7 @@ def select_backfill(
     output: str, statuses: list[str], where: str | None, options: RunOptions, say: Say
 ) -> Backfill:
     """The jobs to run again; InvalidInput when the output or the filters are bad (before anything runs)."""
-    from promptgrid.tasks.selection import jobs_to_backfill, saved_api_config, unknown_error_codes
+    from promptgrid.engine.selection import jobs_to_backfill, saved_api_config, unknown_error_codes
 
     text, jobs = jobs_to_backfill(output, statuses, where)
     for unknown in unknown_error_codes(where):
@@ -44,7 +44,7 @@ def select_backfill(
 
 def describe(backfill: Backfill, price_per_image: float) -> str:
     """The dry run's text: which jobs would run again, and the requests, time and cost."""
-    from promptgrid.tasks.selection import describe_backfill
+    from promptgrid.engine.selection import describe_backfill
 
     return describe_backfill(backfill.output, list(backfill.jobs), backfill.api, price_per_image)
 
