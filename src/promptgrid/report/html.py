@@ -9,7 +9,7 @@ from typing import Any
 
 from promptgrid.output.manifest.rows import row_image_id
 from promptgrid.report.layout import PromptGrid, axis_label, cell_captions, describe_job
-from promptgrid.report.summary import RunSummary, histogram
+from promptgrid.report.summary import OutputFigures, histogram
 from promptgrid.types import JobStatus
 
 # Thumbnails are stored at up to 256 px and shown at up to 160 CSS px, sharp on 1.5x screens.
@@ -58,7 +58,7 @@ class PageContent:
     """What one page shows: its prompts' grids, the run summary (first page only) and the page links."""
 
     grids: Sequence[PromptGrid]
-    summary: RunSummary | None
+    summary: OutputFigures | None
     pages: PageLinks
     output: str = ""
     title: str = "promptgrid report"
@@ -94,7 +94,7 @@ def render_page(
     return "\n".join(parts)
 
 
-def render_summary(summary: RunSummary) -> str:
+def render_summary(summary: OutputFigures) -> str:
     """Counts by status, requests per image, cost, latency histogram and failures by code."""
     rows = [("jobs", str(summary.jobs))]
     rows += [(status, str(count)) for status, count in summary.by_status.items()]

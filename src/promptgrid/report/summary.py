@@ -14,7 +14,7 @@ Row = Mapping[str, Any]
 
 
 @dataclass
-class RunSummary:
+class OutputFigures:
     """Figures about a whole output, computed from its manifest rows."""
 
     jobs: int
@@ -44,7 +44,7 @@ class RunSummary:
         return nearest_rank(self.latencies_s, fraction)
 
 
-def summarize_rows(rows: Sequence[Row], price_per_image: float) -> RunSummary:
+def summarize_rows(rows: Sequence[Row], price_per_image: float) -> OutputFigures:
     """Summarise manifest rows; cost is the API's figure where every image has one, else an estimate."""
     # A `num_images` job has a row per image; its status, requests and latency are the job's, counted once.
     firsts = [row for row in rows if not row.get("output_index")]
@@ -58,7 +58,7 @@ def summarize_rows(rows: Sequence[Row], price_per_image: float) -> RunSummary:
     )
     latencies, source = job_latencies(firsts)
     cost, is_estimate = run_cost(rows, price_per_image)
-    return RunSummary(
+    return OutputFigures(
         jobs=len(firsts),
         by_status=statuses,
         failures_by_code=dict(failures.most_common()),
