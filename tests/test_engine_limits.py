@@ -110,6 +110,8 @@ async def test_under_the_page_model_a_cap_is_adopted_from_the_first_429(sandbox_
     assert engine.stats.adopted_limit == adopted.describe() and adopted.requests <= 8
     if not polls_count:  # the spec says polls are free: they never count, and are timed finely
         assert not adopted.polls_count and engine.latency.polls_free
+    else:  # whichever request met the first 429, the polls going on through a create's pause tell
+        assert adopted.polls_count
     assert engine.latency.polls_free is not adopted.polls_count
     assert 1 <= engine.stats.rate_limited <= 20  # the 429s that showed the cap, not one per request
 
@@ -212,6 +214,28 @@ async def test_a_429_on_a_create_caps_creates_and_one_on_a_poll_then_counts_poll
     assert second.polls_count and second.requests == 60 and second.window_s == first.window_s
     assert not limits.latency.polls_free and stats.rate_limited == 2
     assert stats.adopted_limit == second.describe()
+    await budget.aclose()
+
+
+async def test_polls_go_on_through_a_creates_pause_and_one_refused_shows_polls_count():
+    now = [100.0]
+    budget = LocalBudget(AUTO.limits, clock=lambda: now[0])
+    limits = ApiLimits(AUTO, budget, LatencyModel(), EngineStats(), lambda: now[0])
+    for n in range(60):  # 20 creates and 40 polls answered over 3 s
+        now[0] = 100.0 + n * 0.05
+        limits.answered("create" if n % 3 == 0 else "poll")
+    poll_sent_at = now[0]  # a poll sent beside the create, refused just after it
+    await limits.rate_limited("create", Throttled(RATE_429, retry_after_s=3.0), now[0])
+    assert not limits.limits.polls_count
+    create = asyncio.create_task(budget.take_request("create"))
+    (await asyncio.wait_for(budget.take_request("poll"), 1.0)).settle()  # not held by the create's pause
+    await asyncio.sleep(0)
+    assert not create.done()
+    now[0] += 0.2
+    await limits.rate_limited("poll", Throttled(RATE_429, retry_after_s=2.8), poll_sent_at)
+    assert limits.limits.polls_count and limits.limits.requests == 60
+    assert not limits.latency.polls_free
+    create.cancel()
     await budget.aclose()
 
 

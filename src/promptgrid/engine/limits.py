@@ -5,10 +5,13 @@ request-rate limit, and a cap on concurrent executions shared by every key of th
 "backoff alone does not clear": only executions finishing do. So every refusal is read for what it is about:
 
 - about the request rate: a 429 on a poll or a cancel, or on a create that speaks of a request rate, or
-  that does not speak of concurrency while fewer than our cap are in flight. The whole budget pauses (for
-  `Retry-After`, else a backoff). Under `rate_limit: auto` the first such 429 that names a rate also sets
-  a cap, inferred from what the API answered before it (promptgrid.quota.adaptive.infer_rate_limit),
-  kept for the rest of the run, logged and counted in the run summary; a later one lowers it. A 429 that
+  that does not speak of concurrency while fewer than our cap are in flight. The budget pauses (for
+  `Retry-After`, else a backoff): every kind after a poll's or a cancel's 429, only creates after a create's
+  while polls are not known to count, so the polls that go on through that pause tell whether they do (a
+  poll refused: they count; polls answered: they are free). Under `rate_limit: auto` the first such 429
+  that names a rate also sets a cap, inferred from what the API answered before it
+  (promptgrid.quota.adaptive.infer_rate_limit), kept for the rest of the run, logged and counted in the
+  run summary; a later one lowers it (or, met by a poll under a creates-only cap, counts polls). A 429 that
   names neither a rate nor slots is only a pause: a cap read off it could be anything. Nor is the
   transient "too many executions were started at once" (a burst, retried after a backoff) a rate or a
   lack of slots. An explicit `api.rate_limit` is a hard cap: nothing is adopted.
@@ -111,9 +114,9 @@ class ApiLimits:
             return
         if names_a_rate(exc):
             self.stats.rate_limited += 1
-            if self.auto and sent_at >= self._adopted_at:  # one sent before the cap was set says nothing
+            if self.auto and (sent_at >= self._adopted_at or self._shows_polls_count(kind)):
                 self._adopt(kind, exc)
-        await self.budget.on_throttled(exc.retry_after_s)
+        await self.budget.on_throttled(exc.retry_after_s, kind)
 
     def refused(self, exc: ApiError) -> bool:
         """A create met no room; the gate closes down to what the API took. True: halt the run (402)."""
@@ -138,6 +141,12 @@ class ApiLimits:
         if not self.config.limits.polls_count:
             return False
         return kind == "poll" or (self.limits.capped and self.limits.polls_count)
+
+    def _shows_polls_count(self, kind: str) -> bool:
+        """Whether a 429 on `kind` shows polls count toward a cap adopted as creates-only: a poll refused
+        shows it whenever it was sent (a 429 sent before a cap says nothing only of the cap's height)."""
+        creates_only = self.limits.capped and not self.limits.polls_count
+        return kind == "poll" and creates_only and self._polls_count(kind)
 
     def _adopt(self, kind: str, exc: Throttled) -> None:
         adopted = self.limits if self.limits.capped else None
