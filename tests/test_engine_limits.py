@@ -59,11 +59,12 @@ def requests_sent(stats: dict) -> int:
 
 async def test_under_the_docs_model_no_cap_is_adopted_and_polls_are_fine(sandbox_factory):
     sb = sandbox_factory(limit_model="docs")
-    outcomes, engine = await run_all(sb.url, jobs(30))
+    # A page cap of 20 per window, so that a short run can show there is none: polls then timed finely.
+    outcomes, engine = await run_all(sb.url, jobs(30), replace(AUTO, page_requests=20))
     stats = sb.stats()
     assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 30}
     assert stats["throttled"] == 0 and stats["duplicate_creates"] == 0 and stats["max_in_flight"] <= 10
-    assert engine.stats.adopted_limit is None and engine.latency.polls_free  # polls timed finely
+    assert engine.stats.adopted_limit is None and engine.latency.polls_free
 
 
 async def test_slots_held_by_other_keys_are_shared_without_a_429_storm(sandbox_factory):
@@ -207,7 +208,7 @@ async def test_a_429_on_a_create_caps_creates_and_one_on_a_poll_then_counts_poll
     await limits.rate_limited("create", Throttled(RATE_429, retry_after_s=3.0), now[0])
     first = limits.limits
     assert (first.requests, first.polls_count) == (20, False) and first.window_s == pytest.approx(5.95)
-    assert limits.latency.polls_free  # polls are not known to count: still timed finely
+    assert not limits.latency.polls_free  # nor known to be free: timed sparingly until one shows it
     now[0] += 3.0
     await limits.rate_limited("poll", Throttled(RATE_429, retry_after_s=0.5), now[0])
     second = limits.limits
@@ -236,6 +237,38 @@ async def test_polls_go_on_through_a_creates_pause_and_one_refused_shows_polls_c
     assert limits.limits.polls_count and limits.limits.requests == 60
     assert not limits.latency.polls_free
     create.cancel()
+    await budget.aclose()
+
+
+async def test_a_poll_answered_while_creates_wait_out_a_429_shows_polls_free():
+    now = [100.0]
+    budget = LocalBudget(AUTO.limits, clock=lambda: now[0])
+    limits = ApiLimits(AUTO, budget, LatencyModel(), EngineStats(), lambda: now[0])
+    assert not limits.latency.polls_free  # a cap nobody knows of yet may count polls: timed sparingly
+    for n in range(30):  # creates only, answered over 3 s: the 30th filled the window
+        now[0] = 100.0 + n * 0.1
+        limits.answered("create", None, now[0])
+    limits.answered("poll", None, now[0] - 0.01)  # sent before the 429: says nothing
+    await limits.rate_limited("create", Throttled(RATE_429, retry_after_s=3.0), now[0])
+    assert not limits.latency.polls_free and not limits.limits.polls_count
+    now[0] += 0.5
+    limits.answered("poll", None, now[0] - 0.01)  # sent and answered during the create's pause
+    assert limits.latency.polls_free and limits.limits.requests == 30 and not limits.limits.polls_count
+    await budget.aclose()
+
+
+async def test_more_requests_than_the_pages_cap_answered_without_a_429_show_polls_free():
+    config = replace(AUTO, page_requests=60, page_window_s=6.0)
+    now = [100.0]
+    budget = LocalBudget(config.limits, clock=lambda: now[0])
+    limits = ApiLimits(config, budget, LatencyModel(), EngineStats(), lambda: now[0])
+    for n in range(60):  # the page's whole cap within its window: it may still be there
+        now[0] = 100.0 + n * 0.05
+        limits.answered("poll" if n % 2 else "create", None, now[0] - 0.01)
+    assert not limits.latency.polls_free
+    now[0] += 0.05
+    limits.answered("poll", None, now[0] - 0.01)  # one more than such a cap would let through
+    assert limits.latency.polls_free and limits.limits.requests is None
     await budget.aclose()
 
 

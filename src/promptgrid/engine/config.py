@@ -9,7 +9,12 @@ from typing import Any
 
 from promptgrid.api.fetch import DEFAULT_MAX_BYTES
 from promptgrid.api.polling import PollPolicy
-from promptgrid.defaults import DOWNLOAD_DEADLINE_S, PREDICTION_DEADLINE_S
+from promptgrid.defaults import (
+    DOWNLOAD_DEADLINE_S,
+    PREDICTION_DEADLINE_S,
+    RATE_LIMIT_REQUESTS,
+    RATE_LIMIT_WINDOW_S,
+)
 from promptgrid.engine.retry import RETRYABLE_CODES
 from promptgrid.engine.spend import SpendCaps
 from promptgrid.engine.stall import STALL_TIMEOUT_S
@@ -53,6 +58,10 @@ class EngineConfig:
     # take a moment to be listed, and "not listed" is what lets it be sent again.
     listing_lag_s: float = 1.0
     poll: PollPolicy = field(default_factory=PollPolicy)
+    # Under `rate_limit: auto`, polls are timed sparingly until shown free; one way is more than the model
+    # page's cap (this many requests per this window) answered with no 429 about the rate.
+    page_requests: int = RATE_LIMIT_REQUESTS
+    page_window_s: float = RATE_LIMIT_WINDOW_S
     spend: SpendCaps = field(default_factory=SpendCaps)  # promptgrid.engine.spend
     # No create accepted and no prediction finished for this long: the run halts (None: never).
     stall_timeout_s: float | None = STALL_TIMEOUT_S
@@ -69,6 +78,7 @@ class EngineConfig:
             idle_retry_s=self.idle_retry_s / time_scale,
             cancel_wait_s=self.cancel_wait_s / time_scale,
             listing_lag_s=self.listing_lag_s / time_scale,
+            page_window_s=self.page_window_s / time_scale,
             poll=self.poll.scaled(time_scale),
             stall_timeout_s=None if self.stall_timeout_s is None else self.stall_timeout_s / time_scale,
         )
