@@ -194,11 +194,13 @@ async def test_a_prediction_cancelled_as_stuck_that_succeeds_after_all_is_fetche
 
 # Only a 429 that names a rate shows a cap (a bare one is a pause: tests/test_spend_and_stalls.py).
 RATE_429 = "too many requests: rate limit exceeded"
+# The tests below move a clock of their own by whole seconds, as if at x10: the page's window is 6 s.
+TEN_X = replace(AUTO, page_window_s=6.0)
 
 
 async def test_a_429_on_a_create_caps_creates_and_one_on_a_poll_then_counts_polls():
     now = [100.0]
-    config = replace(AUTO, limits=Limits.auto(max_in_flight=10))
+    config = replace(TEN_X, limits=Limits.auto(max_in_flight=10))
     budget = LocalBudget(config.limits, clock=lambda: now[0])
     stats = EngineStats()
     limits = ApiLimits(config, budget, LatencyModel(), stats, lambda: now[0])
@@ -220,8 +222,8 @@ async def test_a_429_on_a_create_caps_creates_and_one_on_a_poll_then_counts_poll
 
 async def test_polls_go_on_through_a_creates_pause_and_one_refused_shows_polls_count():
     now = [100.0]
-    budget = LocalBudget(AUTO.limits, clock=lambda: now[0])
-    limits = ApiLimits(AUTO, budget, LatencyModel(), EngineStats(), lambda: now[0])
+    budget = LocalBudget(TEN_X.limits, clock=lambda: now[0])
+    limits = ApiLimits(TEN_X, budget, LatencyModel(), EngineStats(), lambda: now[0])
     for n in range(60):  # 20 creates and 40 polls answered over 3 s
         now[0] = 100.0 + n * 0.05
         limits.answered("create" if n % 3 == 0 else "poll")
@@ -242,8 +244,8 @@ async def test_polls_go_on_through_a_creates_pause_and_one_refused_shows_polls_c
 
 async def test_a_poll_answered_while_creates_wait_out_a_429_shows_polls_free():
     now = [100.0]
-    budget = LocalBudget(AUTO.limits, clock=lambda: now[0])
-    limits = ApiLimits(AUTO, budget, LatencyModel(), EngineStats(), lambda: now[0])
+    budget = LocalBudget(TEN_X.limits, clock=lambda: now[0])
+    limits = ApiLimits(TEN_X, budget, LatencyModel(), EngineStats(), lambda: now[0])
     assert not limits.latency.polls_free  # a cap nobody knows of yet may count polls: timed sparingly
     for n in range(30):  # creates only, answered over 3 s: the 30th filled the window
         now[0] = 100.0 + n * 0.1
@@ -258,7 +260,7 @@ async def test_a_poll_answered_while_creates_wait_out_a_429_shows_polls_free():
 
 
 async def test_more_requests_than_the_pages_cap_answered_without_a_429_show_polls_free():
-    config = replace(AUTO, page_requests=60, page_window_s=6.0)
+    config = replace(TEN_X, page_requests=60)
     now = [100.0]
     budget = LocalBudget(config.limits, clock=lambda: now[0])
     limits = ApiLimits(config, budget, LatencyModel(), EngineStats(), lambda: now[0])

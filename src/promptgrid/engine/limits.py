@@ -194,6 +194,7 @@ class ApiLimits:
             polls_count=self._polls_count(kind),
             max_in_flight=self.limits.max_in_flight,
             adopted=adopted,
+            longest_window_s=self.config.page_window_s,
         )
         now = self._clock()
         answered = [t for t, k in self._answered if limits.counts(k) and t > now - limits.window_s]
