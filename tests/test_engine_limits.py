@@ -59,12 +59,13 @@ def requests_sent(stats: dict) -> int:
 
 async def test_under_the_docs_model_no_cap_is_adopted_and_polls_are_fine(sandbox_factory):
     sb = sandbox_factory(limit_model="docs")
-    # A page cap of 20 per window, so that a short run can show there is none: polls then timed finely.
-    outcomes, engine = await run_all(sb.url, jobs(30), replace(AUTO, page_requests=20))
+    outcomes, engine = await run_all(sb.url, jobs(30))
     stats = sb.stats()
     assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 30}
     assert stats["throttled"] == 0 and stats["duplicate_creates"] == 0 and stats["max_in_flight"] <= 10
-    assert engine.stats.adopted_limit is None and engine.latency.polls_free
+    assert (
+        engine.stats.adopted_limit is None and engine.latency.polls_free
+    )  # timed finely after the cold start
 
 
 async def test_slots_held_by_other_keys_are_shared_without_a_429_storm(sandbox_factory):
@@ -210,7 +211,7 @@ async def test_a_429_on_a_create_caps_creates_and_one_on_a_poll_then_counts_poll
     await limits.rate_limited("create", Throttled(RATE_429, retry_after_s=3.0), now[0])
     first = limits.limits
     assert (first.requests, first.polls_count) == (20, False) and first.window_s == pytest.approx(5.95)
-    assert not limits.latency.polls_free  # nor known to be free: timed sparingly until one shows it
+    assert not limits.latency.polls_free  # still in the cold start (none of ours has finished)
     now[0] += 3.0
     await limits.rate_limited("poll", Throttled(RATE_429, retry_after_s=0.5), now[0])
     second = limits.limits
@@ -242,36 +243,18 @@ async def test_polls_go_on_through_a_creates_pause_and_one_refused_shows_polls_c
     await budget.aclose()
 
 
-async def test_a_poll_answered_while_creates_wait_out_a_429_shows_polls_free():
-    now = [100.0]
-    budget = LocalBudget(TEN_X.limits, clock=lambda: now[0])
-    limits = ApiLimits(TEN_X, budget, LatencyModel(), EngineStats(), lambda: now[0])
-    assert not limits.latency.polls_free  # a cap nobody knows of yet may count polls: timed sparingly
-    for n in range(30):  # creates only, answered over 3 s: the 30th filled the window
-        now[0] = 100.0 + n * 0.1
-        limits.answered("create", None, now[0])
-    limits.answered("poll", None, now[0] - 0.01)  # sent before the 429: says nothing
-    await limits.rate_limited("create", Throttled(RATE_429, retry_after_s=3.0), now[0])
-    assert not limits.latency.polls_free and not limits.limits.polls_count
-    now[0] += 0.5
-    limits.answered("poll", None, now[0] - 0.01)  # sent and answered during the create's pause
-    assert limits.latency.polls_free and limits.limits.requests == 30 and not limits.limits.polls_count
-    await budget.aclose()
-
-
-async def test_more_requests_than_the_pages_cap_answered_without_a_429_show_polls_free():
-    config = replace(TEN_X, page_requests=60)
-    now = [100.0]
-    budget = LocalBudget(config.limits, clock=lambda: now[0])
-    limits = ApiLimits(config, budget, LatencyModel(), EngineStats(), lambda: now[0])
-    for n in range(60):  # the page's whole cap within its window: it may still be there
-        now[0] = 100.0 + n * 0.05
-        limits.answered("poll" if n % 2 else "create", None, now[0] - 0.01)
-    assert not limits.latency.polls_free
-    now[0] += 0.05
-    limits.answered("poll", None, now[0] - 0.01)  # one more than such a cap would let through
-    assert limits.latency.polls_free and limits.limits.requests is None
-    await budget.aclose()
+async def test_polls_are_timed_sparingly_in_the_cold_start_and_finely_after_it_unless_they_count():
+    stats = EngineStats()
+    free = ApiLimits(AUTO, LocalBudget(AUTO.limits), LatencyModel(), stats, lambda: 0.0)
+    assert not free.latency.polls_free  # a cap nobody knows of yet may count the scouts' polls
+    free.finished()  # one of ours ended: the delay is learned, and no cap counts polls
+    assert free.latency.polls_free
+    explicit = replace(AUTO, limits=Limits(60, 0.6, 10, polls_count=True))
+    counted = ApiLimits(explicit, LocalBudget(explicit.limits), LatencyModel(), stats, lambda: 0.0)
+    counted.finished()
+    assert not counted.latency.polls_free
+    said_free = replace(AUTO, limits=Limits(None, polls_count=False))  # the spec: polls never count
+    assert ApiLimits(said_free, LocalBudget(said_free.limits), LatencyModel(), stats, lambda: 0.0).polls_free
 
 
 @pytest.mark.parametrize(

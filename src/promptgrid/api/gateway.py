@@ -64,7 +64,7 @@ class RequestWatcher(Protocol):
     request rate, and may raise its caller's own signal for one about room (nothing is paused then).
     """
 
-    def answered(self, kind: str, failure: ApiError | None, sent_at: float) -> None: ...
+    def answered(self, kind: str, failure: ApiError | None) -> None: ...
 
     async def throttled(self, kind: str, exc: Throttled, sent_at: float) -> None: ...
 
@@ -81,7 +81,7 @@ class PausingWatcher:
     def __init__(self, budget: RequestBudget):
         self.budget = budget
 
-    def answered(self, kind: str, failure: ApiError | None, sent_at: float) -> None:
+    def answered(self, kind: str, failure: ApiError | None) -> None:
         pass
 
     async def throttled(self, kind: str, exc: Throttled, sent_at: float) -> None:
@@ -219,12 +219,12 @@ class Gateway:
             await self.watcher.throttled(kind, exc, sent_at)
             raise
         except ApiError as exc:
-            self.watcher.answered(kind, exc, sent_at)
+            self.watcher.answered(kind, exc)
             raise
         finally:
             if receipt is not None:
                 receipt.settle()
-        self.watcher.answered(kind, None, sent_at)
+        self.watcher.answered(kind, None)
         return answer
 
     async def _read(

@@ -9,12 +9,7 @@ from typing import Any
 
 from promptgrid.api.fetch import DEFAULT_MAX_BYTES
 from promptgrid.api.polling import PollPolicy
-from promptgrid.defaults import (
-    DOWNLOAD_DEADLINE_S,
-    PREDICTION_DEADLINE_S,
-    RATE_LIMIT_REQUESTS,
-    RATE_LIMIT_WINDOW_S,
-)
+from promptgrid.defaults import DOWNLOAD_DEADLINE_S, PREDICTION_DEADLINE_S, RATE_LIMIT_WINDOW_S
 from promptgrid.engine.retry import RETRYABLE_CODES
 from promptgrid.engine.spend import SpendCaps
 from promptgrid.engine.stall import STALL_TIMEOUT_S
@@ -58,9 +53,8 @@ class EngineConfig:
     # take a moment to be listed, and "not listed" is what lets it be sent again.
     listing_lag_s: float = 1.0
     poll: PollPolicy = field(default_factory=PollPolicy)
-    # Under `rate_limit: auto`, polls are timed sparingly until shown free; one way is more than the model
-    # page's cap (this many requests per this window) answered with no 429 about the rate.
-    page_requests: int = RATE_LIMIT_REQUESTS
+    # The model page's window: under `rate_limit: auto`, a first 429 read as coming after a longer window
+    # is read within this one (promptgrid.quota.adaptive.infer_rate_limit).
     page_window_s: float = RATE_LIMIT_WINDOW_S
     spend: SpendCaps = field(default_factory=SpendCaps)  # promptgrid.engine.spend
     # No create accepted and no prediction finished for this long: the run halts (None: never).

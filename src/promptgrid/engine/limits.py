@@ -21,11 +21,10 @@ request-rate limit, and a cap on concurrent executions shared by every key of th
   finish; the refused job waits for room, up to `room_wait_s`, instead of failing. A 402 met with nothing
   of ours in flight, `payment_tries` times in a row over spaced tries, halts the run (PAYMENT_REQUIRED).
 
-Polls are timed for the regime (promptgrid.api.polling): sparingly while they may count toward a cap, finely
-once they are known to cost nothing: the spec says `polls_count: false`, or a poll was answered while a
-create's 429 held creates back (the window was full, yet the poll passed), or more requests than the model
-page's cap were answered within its window with no 429 about the rate (no such cap, then). Fine polls
-before a cap is known would spend the first window of a counting API on polls.
+Polls are timed for the regime (promptgrid.api.polling): finely while they are free (no cap known, or polls
+not counted), sparingly once a cap counts them, and sparingly too under `rate_limit: auto` until one of ours
+has finished: the cold start's fine schedule (scouts probing every few hundredths of a second) would spend
+most of a counting API's first window on polls before its first 429 could tell.
 """
 
 from __future__ import annotations
@@ -40,7 +39,7 @@ from promptgrid.engine.config import EngineConfig, EngineStats
 from promptgrid.engine.retry import NoRoom, Reachability
 from promptgrid.errors import ApiError, PaymentRequired, Throttled
 from promptgrid.quota.adaptive import SlotGate, infer_rate_limit
-from promptgrid.quota.base import Budget, pauses_polls
+from promptgrid.quota.base import Budget
 
 log = logging.getLogger(__name__)
 
@@ -79,43 +78,19 @@ class ApiLimits:
         self._clock = clock
         self._answered: deque[tuple[float, str]] = deque(maxlen=_ANSWERS_KEPT)
         self._adopted_at = float("-inf")
-        self.polls_shown_free = not config.limits.polls_count  # the spec says polls never count
-        self._uncapped: deque[float] = deque()  # answer times within the page's window, no cap known
-        self._creates_held = (float("inf"), float("-inf"))  # a create's 429 held creates only: from, until
+        self._warm = not config.limits.polls_count  # the spec says polls never count: nothing to spare
         latency.set_polls_free(self.polls_free)
 
     @property
     def polls_free(self) -> bool:
-        """Whether polls cost nothing: never while they count toward a cap, else once shown free."""
-        return self.polls_shown_free and not (self.limits.capped and self.limits.polls_count)
+        """Whether polls are timed finely: not while they count toward a cap, nor in the cold start."""
+        return self._warm and not (self.limits.capped and self.limits.polls_count)
 
-    def answered(self, kind: str, failure: ApiError | None = None, sent_at: float | None = None) -> None:
-        """A request of `kind` sent at `sent_at` ended (anything but a 429): the API counted it, if it counts
-        any, and may have answered (anything but a transport failure is an answer)."""
+    def answered(self, kind: str, failure: ApiError | None = None) -> None:
+        """A request of `kind` ended (anything but a 429): the API counted it, if it counts any, and may
+        have answered (anything but a transport failure is an answer)."""
         self.reachability.heard(failure)
-        now = self._clock()
-        self._answered.append((now, kind))
-        if not self.polls_shown_free and failure is None and sent_at is not None:
-            self._look_for_free_polls(kind, sent_at, now)
-
-    def _look_for_free_polls(self, kind: str, sent_at: float, now: float) -> None:
-        """Polls are free if one passed while a create's 429 held creates back, or if more requests than
-        the page's cap passed within 9/10 of its window (the margin: answers arrive unequally late)."""
-        held_from, held_until = self._creates_held
-        if kind == "poll" and held_from <= sent_at and now <= held_until:
-            self._shown_free("a poll was answered while creates waited out a 429")
-        elif not self.limits.capped:
-            self._uncapped.append(now)
-            while self._uncapped[0] < now - self.config.page_window_s * 0.9:
-                self._uncapped.popleft()
-            if len(self._uncapped) > self.config.page_requests:
-                self._shown_free(f"over {self.config.page_requests} requests answered with no 429")
-
-    def _shown_free(self, why: str) -> None:
-        self.polls_shown_free = True
-        self._uncapped.clear()
-        self.latency.set_polls_free(self.polls_free)
-        log.info("polls are free of any request cap (%s): timed finely from now on", why)
+        self._answered.append((self._clock(), kind))
 
     async def throttled(self, kind: str, exc: Throttled, sent_at: float) -> None:
         """A 429: NoRoom when it is about room for one more prediction (nothing pauses: ours finishing makes
@@ -149,10 +124,6 @@ class ApiLimits:
             self.stats.rate_limited += 1
             if self.auto and (sent_at >= self._adopted_at or self._shows_polls_count(kind)):
                 self._adopt(kind, exc)
-        if not pauses_polls(self.limits, kind):  # creates only are held: the polls going on tell
-            now = self._clock()
-            held_for = exc.retry_after_s if exc.retry_after_s is not None else self.limits.floor_interval_s
-            self._creates_held = (now, now + held_for)
         await self.budget.on_throttled(exc.retry_after_s, kind)
 
     def refused(self, exc: ApiError) -> bool:
@@ -169,7 +140,10 @@ class ApiLimits:
         return False
 
     def finished(self) -> None:
-        """One of ours ended at the API: the gate may open one slot more."""
+        """One of ours ended at the API: the gate may open one slot more, and the cold start is over."""
+        if not self._warm:
+            self._warm = True
+            self.latency.set_polls_free(self.polls_free)
         self.gate.finished()
         self.latency.room_scarce = self.gate.lowered
 
