@@ -100,7 +100,7 @@ class PrefectBudget:
 
         await rate_limit(self.rate_name, strict=True)
 
-    async def on_throttled(self, retry_after_s: float | None) -> None:
+    async def on_throttled(self, retry_after_s: float | None, kind: str) -> None:
         """Prefect has no shared pause; a 429 could only be waited out by the process that met it."""
 
     async def take_slot(self) -> str:

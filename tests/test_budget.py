@@ -116,11 +116,55 @@ async def test_polls_are_served_before_creates_when_both_wait():
 
 async def test_a_throttle_with_retry_after_pauses_every_caller_even_uncounted_polls():
     budget = LocalBudget(Limits(requests=100, window_s=1.0, polls_count=False))
-    await budget.on_throttled(0.15)
+    await budget.on_throttled(0.15, "poll")
     started = time.monotonic()
     times = await admit_all(budget, ["poll", "create", "cancel"])
     assert min(times) - started >= 0.14
     assert budget.stats().throttled == 1
+    await budget.aclose()
+
+
+async def test_a_create_429_pauses_creates_only_while_polls_are_not_known_to_count():
+    budget = LocalBudget(Limits.auto())
+    await budget.on_throttled(0.15, "create")
+    started = time.monotonic()
+    create = asyncio.create_task(budget.take_request("create"))
+    await asyncio.sleep(0)
+    (await budget.take_request("poll")).settle()  # admitted during the create's pause
+    assert time.monotonic() - started < 0.1
+    assert not create.done()
+    (await asyncio.wait_for(create, 1.0)).settle()
+    assert time.monotonic() - started >= 0.14
+    await budget.aclose()
+
+
+async def test_a_create_429_under_a_creates_only_cap_lets_uncounted_polls_pass():
+    budget = LocalBudget(Limits(requests=100, window_s=1.0, polls_count=False))
+    await budget.on_throttled(0.15, "create")
+    started = time.monotonic()
+    (await budget.take_request("poll")).settle()
+    assert time.monotonic() - started < 0.1
+    (await budget.take_request("create")).settle()
+    assert time.monotonic() - started >= 0.14
+    await budget.aclose()
+
+
+@pytest.mark.parametrize("limits", [Limits.auto(), Limits(requests=100, window_s=1.0, polls_count=True)])
+async def test_a_poll_429_pauses_polls_and_creates(limits):
+    budget = LocalBudget(limits)
+    await budget.on_throttled(0.15, "poll")
+    started = time.monotonic()
+    times = await admit_all(budget, ["poll", "create"])
+    assert min(times) - started >= 0.14
+    await budget.aclose()
+
+
+async def test_a_create_429_pauses_polls_too_once_they_count_toward_the_cap():
+    budget = LocalBudget(Limits(requests=100, window_s=1.0, polls_count=True))
+    await budget.on_throttled(0.15, "create")
+    started = time.monotonic()
+    (await budget.take_request("poll")).settle()
+    assert time.monotonic() - started >= 0.14
     await budget.aclose()
 
 
@@ -129,12 +173,12 @@ async def test_a_throttle_without_retry_after_backs_off_doubling():
     budget = LocalBudget(Limits(requests=10, window_s=1.0), clock=lambda: clock_now[0], max_pause_s=1.0)
     pauses = []
     for _ in range(5):
-        await budget.on_throttled(None)
+        await budget.on_throttled(None, "poll")
         pauses.append(round(budget.stats().paused_for_s, 3))
         clock_now[0] += budget.stats().paused_for_s
     assert pauses == [0.1, 0.2, 0.4, 0.8, 1.0]
     clock_now[0] += 5.0  # a quiet spell resets the backoff
-    await budget.on_throttled(None)
+    await budget.on_throttled(None, "poll")
     assert round(budget.stats().paused_for_s, 3) == 0.1
     await budget.aclose()
 

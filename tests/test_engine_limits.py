@@ -63,7 +63,9 @@ async def test_under_the_docs_model_no_cap_is_adopted_and_polls_are_fine(sandbox
     stats = sb.stats()
     assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 30}
     assert stats["throttled"] == 0 and stats["duplicate_creates"] == 0 and stats["max_in_flight"] <= 10
-    assert engine.stats.adopted_limit is None and engine.latency.polls_free  # polls timed finely
+    assert (
+        engine.stats.adopted_limit is None and engine.latency.polls_free
+    )  # timed finely after the cold start
 
 
 async def test_slots_held_by_other_keys_are_shared_without_a_429_storm(sandbox_factory):
@@ -110,6 +112,8 @@ async def test_under_the_page_model_a_cap_is_adopted_from_the_first_429(sandbox_
     assert engine.stats.adopted_limit == adopted.describe() and adopted.requests <= 8
     if not polls_count:  # the spec says polls are free: they never count, and are timed finely
         assert not adopted.polls_count and engine.latency.polls_free
+    else:  # whichever request met the first 429, the polls going on through a create's pause tell
+        assert adopted.polls_count
     assert engine.latency.polls_free is not adopted.polls_count
     assert 1 <= engine.stats.rate_limited <= 20  # the 429s that showed the cap, not one per request
 
@@ -191,11 +195,13 @@ async def test_a_prediction_cancelled_as_stuck_that_succeeds_after_all_is_fetche
 
 # Only a 429 that names a rate shows a cap (a bare one is a pause: tests/test_spend_and_stalls.py).
 RATE_429 = "too many requests: rate limit exceeded"
+# The tests below move a clock of their own by whole seconds, as if at x10: the page's window is 6 s.
+TEN_X = replace(AUTO, page_window_s=6.0)
 
 
 async def test_a_429_on_a_create_caps_creates_and_one_on_a_poll_then_counts_polls():
     now = [100.0]
-    config = replace(AUTO, limits=Limits.auto(max_in_flight=10))
+    config = replace(TEN_X, limits=Limits.auto(max_in_flight=10))
     budget = LocalBudget(config.limits, clock=lambda: now[0])
     stats = EngineStats()
     limits = ApiLimits(config, budget, LatencyModel(), stats, lambda: now[0])
@@ -205,7 +211,7 @@ async def test_a_429_on_a_create_caps_creates_and_one_on_a_poll_then_counts_poll
     await limits.rate_limited("create", Throttled(RATE_429, retry_after_s=3.0), now[0])
     first = limits.limits
     assert (first.requests, first.polls_count) == (20, False) and first.window_s == pytest.approx(5.95)
-    assert limits.latency.polls_free  # polls are not known to count: still timed finely
+    assert not limits.latency.polls_free  # still in the cold start (none of ours has finished)
     now[0] += 3.0
     await limits.rate_limited("poll", Throttled(RATE_429, retry_after_s=0.5), now[0])
     second = limits.limits
@@ -213,6 +219,42 @@ async def test_a_429_on_a_create_caps_creates_and_one_on_a_poll_then_counts_poll
     assert not limits.latency.polls_free and stats.rate_limited == 2
     assert stats.adopted_limit == second.describe()
     await budget.aclose()
+
+
+async def test_polls_go_on_through_a_creates_pause_and_one_refused_shows_polls_count():
+    now = [100.0]
+    budget = LocalBudget(TEN_X.limits, clock=lambda: now[0])
+    limits = ApiLimits(TEN_X, budget, LatencyModel(), EngineStats(), lambda: now[0])
+    for n in range(60):  # 20 creates and 40 polls answered over 3 s
+        now[0] = 100.0 + n * 0.05
+        limits.answered("create" if n % 3 == 0 else "poll")
+    poll_sent_at = now[0]  # a poll sent beside the create, refused just after it
+    await limits.rate_limited("create", Throttled(RATE_429, retry_after_s=3.0), now[0])
+    assert not limits.limits.polls_count
+    create = asyncio.create_task(budget.take_request("create"))
+    (await asyncio.wait_for(budget.take_request("poll"), 1.0)).settle()  # not held by the create's pause
+    await asyncio.sleep(0)
+    assert not create.done()
+    now[0] += 0.2
+    await limits.rate_limited("poll", Throttled(RATE_429, retry_after_s=2.8), poll_sent_at)
+    assert limits.limits.polls_count and limits.limits.requests == 60
+    assert not limits.latency.polls_free
+    create.cancel()
+    await budget.aclose()
+
+
+async def test_polls_are_timed_sparingly_in_the_cold_start_and_finely_after_it_unless_they_count():
+    stats = EngineStats()
+    free = ApiLimits(AUTO, LocalBudget(AUTO.limits), LatencyModel(), stats, lambda: 0.0)
+    assert not free.latency.polls_free  # a cap nobody knows of yet may count the scouts' polls
+    free.finished()  # one of ours ended: the delay is learned, and no cap counts polls
+    assert free.latency.polls_free
+    explicit = replace(AUTO, limits=Limits(60, 0.6, 10, polls_count=True))
+    counted = ApiLimits(explicit, LocalBudget(explicit.limits), LatencyModel(), stats, lambda: 0.0)
+    counted.finished()
+    assert not counted.latency.polls_free
+    said_free = replace(AUTO, limits=Limits(None, polls_count=False))  # the spec: polls never count
+    assert ApiLimits(said_free, LocalBudget(said_free.limits), LatencyModel(), stats, lambda: 0.0).polls_free
 
 
 @pytest.mark.parametrize(

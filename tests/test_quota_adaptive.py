@@ -36,6 +36,16 @@ def test_a_429_on_a_create_alone_counts_only_creates():
     assert limits.requests == 30 and not limits.polls_count
 
 
+def test_a_429_later_than_the_first_window_counts_only_the_longest_known_window():
+    # Creates at 8 a second for 10 s (held back by their slots), then a 429: read with the page's 6 s
+    # window (the most answered in any 6 s), not spread over 10.5 s.
+    answered = steady(80, 0.125, ("create",))
+    limits = infer_rate_limit(answered, 10.0, 0.5, polls_count=False, max_in_flight=10, longest_window_s=6.0)
+    assert (limits.requests, limits.window_s) == (49, 6.0)
+    unbounded = infer_rate_limit(answered, 10.0, 0.5, polls_count=False, max_in_flight=10)
+    assert (unbounded.requests, unbounded.window_s) == (80, pytest.approx(10.5))
+
+
 def test_without_retry_after_the_window_is_the_span_widened():
     limits = infer_rate_limit(steady(40, 0.1), 4.0, None, polls_count=True, max_in_flight=10)
     assert limits.requests == 40 and limits.window_s == pytest.approx(4.0 * 1.25)

@@ -185,12 +185,39 @@ async def test_a_429_pauses_every_budget(redis_url, namespace):
     limits = Limits(requests=1000, window_s=1.0, max_in_flight=10)
     throttled = RedisBudget(limits, redis_url, namespace)
     bystander = RedisBudget(limits, redis_url, namespace)
-    await throttled.on_throttled(0.3)
+    await throttled.on_throttled(0.3, "poll")
     started = time.monotonic()
     await asyncio.wait_for(bystander.take_request("poll"), 5)
     assert time.monotonic() - started >= 0.25
     await throttled.aclose()
     await bystander.aclose()
+
+
+async def test_a_create_429_pauses_every_budgets_creates_while_polls_go_on(redis_url, namespace):
+    throttled = RedisBudget(Limits.auto(), redis_url, namespace)
+    bystander = RedisBudget(Limits.auto(), redis_url, namespace)
+    await throttled.on_throttled(0.4, "create")
+    started = time.monotonic()
+    assert await asyncio.wait_for(bystander.take_request("poll"), 5) is None  # uncounted: no receipt
+    assert time.monotonic() - started < 0.2  # polls go on through a create's pause
+    await asyncio.wait_for(bystander.take_request("create"), 5)
+    assert time.monotonic() - started >= 0.35
+    await throttled.on_throttled(0.3, "poll")  # a poll's 429 holds every kind
+    started = time.monotonic()
+    await asyncio.wait_for(bystander.take_request("poll"), 5)
+    assert time.monotonic() - started >= 0.25
+    await throttled.aclose()
+    await bystander.aclose()
+
+
+async def test_a_create_429_pauses_polls_too_once_they_count_toward_the_cap(redis_url, namespace):
+    limits = Limits(requests=1000, window_s=1.0, max_in_flight=10, polls_count=True)
+    throttled = RedisBudget(limits, redis_url, namespace)
+    await throttled.on_throttled(0.3, "create")
+    started = time.monotonic()
+    (await asyncio.wait_for(throttled.take_request("poll"), 5)).settle()
+    assert time.monotonic() - started >= 0.25
+    await throttled.aclose()
 
 
 async def test_unreachable_redis_fails_loudly_without_the_password():

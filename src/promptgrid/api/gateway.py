@@ -54,7 +54,7 @@ class RequestBudget(Protocol):
 
     async def take_request(self, kind: str) -> Receipt | None: ...
 
-    async def on_throttled(self, retry_after_s: float | None) -> None: ...
+    async def on_throttled(self, retry_after_s: float | None, kind: str) -> None: ...
 
 
 class RequestWatcher(Protocol):
@@ -85,12 +85,12 @@ class PausingWatcher:
         pass
 
     async def throttled(self, kind: str, exc: Throttled, sent_at: float) -> None:
-        await self.budget.on_throttled(exc.retry_after_s)
+        await self.budget.on_throttled(exc.retry_after_s, kind)
 
 
 class Unmetered:
-    """A budget for requests made before a run has one (a model lookup from the command line): no cap,
-    only the pause a 429 asks for."""
+    """A budget for requests made outside a run (a model lookup from the command line): no cap, only the
+    pause a 429 asks for, of every kind."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic):
         self._clock = clock
@@ -102,7 +102,7 @@ class Unmetered:
             await asyncio.sleep(delay)
         return None
 
-    async def on_throttled(self, retry_after_s: float | None) -> None:
+    async def on_throttled(self, retry_after_s: float | None, kind: str) -> None:
         pause = retry_after_s if retry_after_s is not None else 1.0
         self._paused_until = max(self._paused_until, self._clock() + min(pause, 30.0))
 

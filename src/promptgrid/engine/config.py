@@ -9,7 +9,7 @@ from typing import Any
 
 from promptgrid.api.fetch import DEFAULT_MAX_BYTES
 from promptgrid.api.polling import PollPolicy
-from promptgrid.defaults import DOWNLOAD_DEADLINE_S, PREDICTION_DEADLINE_S
+from promptgrid.defaults import DOWNLOAD_DEADLINE_S, PREDICTION_DEADLINE_S, RATE_LIMIT_WINDOW_S
 from promptgrid.engine.retry import RETRYABLE_CODES
 from promptgrid.engine.spend import SpendCaps
 from promptgrid.engine.stall import STALL_TIMEOUT_S
@@ -53,6 +53,9 @@ class EngineConfig:
     # take a moment to be listed, and "not listed" is what lets it be sent again.
     listing_lag_s: float = 1.0
     poll: PollPolicy = field(default_factory=PollPolicy)
+    # The model page's window: under `rate_limit: auto`, a first 429 read as coming after a longer window
+    # is read within this one (promptgrid.quota.adaptive.infer_rate_limit).
+    page_window_s: float = RATE_LIMIT_WINDOW_S
     spend: SpendCaps = field(default_factory=SpendCaps)  # promptgrid.engine.spend
     # No create accepted and no prediction finished for this long: the run halts (None: never).
     stall_timeout_s: float | None = STALL_TIMEOUT_S
@@ -69,6 +72,7 @@ class EngineConfig:
             idle_retry_s=self.idle_retry_s / time_scale,
             cancel_wait_s=self.cancel_wait_s / time_scale,
             listing_lag_s=self.listing_lag_s / time_scale,
+            page_window_s=self.page_window_s / time_scale,
             poll=self.poll.scaled(time_scale),
             stall_timeout_s=None if self.stall_timeout_s is None else self.stall_timeout_s / time_scale,
         )

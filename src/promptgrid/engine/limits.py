@@ -5,10 +5,13 @@ request-rate limit, and a cap on concurrent executions shared by every key of th
 "backoff alone does not clear": only executions finishing do. So every refusal is read for what it is about:
 
 - about the request rate: a 429 on a poll or a cancel, or on a create that speaks of a request rate, or
-  that does not speak of concurrency while fewer than our cap are in flight. The whole budget pauses (for
-  `Retry-After`, else a backoff). Under `rate_limit: auto` the first such 429 that names a rate also sets
-  a cap, inferred from what the API answered before it (promptgrid.quota.adaptive.infer_rate_limit),
-  kept for the rest of the run, logged and counted in the run summary; a later one lowers it. A 429 that
+  that does not speak of concurrency while fewer than our cap are in flight. The budget pauses (for
+  `Retry-After`, else a backoff): every kind after a poll's or a cancel's 429, only creates after a create's
+  while polls are not known to count, so the polls that go on through that pause tell whether they do (a
+  poll refused: they count; polls answered: they are free). Under `rate_limit: auto` the first such 429
+  that names a rate also sets a cap, inferred from what the API answered before it
+  (promptgrid.quota.adaptive.infer_rate_limit), kept for the rest of the run, logged and counted in the
+  run summary; a later one lowers it (or, met by a poll under a creates-only cap, counts polls). A 429 that
   names neither a rate nor slots is only a pause: a cap read off it could be anything. Nor is the
   transient "too many executions were started at once" (a burst, retried after a backoff) a rate or a
   lack of slots. An explicit `api.rate_limit` is a hard cap: nothing is adopted.
@@ -18,8 +21,10 @@ request-rate limit, and a cap on concurrent executions shared by every key of th
   finish; the refused job waits for room, up to `room_wait_s`, instead of failing. A 402 met with nothing
   of ours in flight, `payment_tries` times in a row over spaced tries, halts the run (PAYMENT_REQUIRED).
 
-Polls are timed for the regime: finely while they are free (no cap known, or polls not counted), sparingly
-once a cap counts them (promptgrid.api.polling).
+Polls are timed for the regime (promptgrid.api.polling): finely while they are free (no cap known, or polls
+not counted), sparingly once a cap counts them, and sparingly too under `rate_limit: auto` until one of ours
+has finished: the cold start's fine schedule (scouts probing every few hundredths of a second) would spend
+most of a counting API's first window on polls before its first 429 could tell.
 """
 
 from __future__ import annotations
@@ -73,7 +78,13 @@ class ApiLimits:
         self._clock = clock
         self._answered: deque[tuple[float, str]] = deque(maxlen=_ANSWERS_KEPT)
         self._adopted_at = float("-inf")
-        latency.set_polls_free(self.limits.polls_free)
+        self._warm = not config.limits.polls_count  # the spec says polls never count: nothing to spare
+        latency.set_polls_free(self.polls_free)
+
+    @property
+    def polls_free(self) -> bool:
+        """Whether polls are timed finely: not while they count toward a cap, nor in the cold start."""
+        return self._warm and not (self.limits.capped and self.limits.polls_count)
 
     def answered(self, kind: str, failure: ApiError | None = None) -> None:
         """A request of `kind` ended (anything but a 429): the API counted it, if it counts any, and may
@@ -111,9 +122,9 @@ class ApiLimits:
             return
         if names_a_rate(exc):
             self.stats.rate_limited += 1
-            if self.auto and sent_at >= self._adopted_at:  # one sent before the cap was set says nothing
+            if self.auto and (sent_at >= self._adopted_at or self._shows_polls_count(kind)):
                 self._adopt(kind, exc)
-        await self.budget.on_throttled(exc.retry_after_s)
+        await self.budget.on_throttled(exc.retry_after_s, kind)
 
     def refused(self, exc: ApiError) -> bool:
         """A create met no room; the gate closes down to what the API took. True: halt the run (402)."""
@@ -129,7 +140,10 @@ class ApiLimits:
         return False
 
     def finished(self) -> None:
-        """One of ours ended at the API: the gate may open one slot more."""
+        """One of ours ended at the API: the gate may open one slot more, and the cold start is over."""
+        if not self._warm:
+            self._warm = True
+            self.latency.set_polls_free(self.polls_free)
         self.gate.finished()
         self.latency.room_scarce = self.gate.lowered
 
@@ -138,6 +152,12 @@ class ApiLimits:
         if not self.config.limits.polls_count:
             return False
         return kind == "poll" or (self.limits.capped and self.limits.polls_count)
+
+    def _shows_polls_count(self, kind: str) -> bool:
+        """Whether a 429 on `kind` shows polls count toward a cap adopted as creates-only: a poll refused
+        shows it whenever it was sent (a 429 sent before a cap says nothing only of the cap's height)."""
+        creates_only = self.limits.capped and not self.limits.polls_count
+        return kind == "poll" and creates_only and self._polls_count(kind)
 
     def _adopt(self, kind: str, exc: Throttled) -> None:
         adopted = self.limits if self.limits.capped else None
@@ -148,12 +168,13 @@ class ApiLimits:
             polls_count=self._polls_count(kind),
             max_in_flight=self.limits.max_in_flight,
             adopted=adopted,
+            longest_window_s=self.config.page_window_s,
         )
         now = self._clock()
         answered = [t for t, k in self._answered if limits.counts(k) and t > now - limits.window_s]
         self.budget.adopt(limits, answered)
-        self.latency.set_polls_free(limits.polls_free)
         self.limits, self._adopted_at = limits, now
+        self.latency.set_polls_free(self.polls_free)
         self.stats.adopted_limit = limits.describe()
         verb = "lowered to" if adopted is not None else "adopted"
         log.warning(

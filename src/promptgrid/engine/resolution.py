@@ -1,13 +1,17 @@
 """Model resolution wired for a run: read the spec, ask the API about its models (`promptgrid.api.resolve`),
 then check the spec against the schemas it answered; without Prefect, so a run can be prepared before it.
 
+The lookups are requests of the run's key: they go through its budget (`open_key_budget`), so a cap the
+spec states holds for them, a 429 they meet pauses as any other, and with `api.quota_url` they share the
+window of every process of the key.
+
 Where the model endpoint cannot say, a model's schema comes from, in order: the output (what an earlier run
 of it resolved; backfills), the user cache (what this API answered before), the built-in table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +19,10 @@ from promptgrid.api.resolve import Fallback, Resolution, resolve_for_run
 from promptgrid.models.records import UserCache, builtin_record
 from promptgrid.output.saved_spec import read_saved_model
 from promptgrid.output.sinks import open_sink
+from promptgrid.quota.factory import open_key_budget
+from promptgrid.settings import read_api_settings
 from promptgrid.spec.load import check_spec, parse_spec_text, read_spec
-from promptgrid.spec.schema import LoadedSpec, SweepSpec, next_stage
+from promptgrid.spec.schema import ApiConfig, LoadedSpec, SweepSpec, next_stage
 
 
 def fallbacks(base_url: str, output: str | None = None) -> list[Fallback]:
@@ -63,16 +69,26 @@ async def resolve_and_check(
 
 
 async def resolve_run_models(spec: LoadedSpec, *, time_scale: float = 1.0) -> Resolution:
-    """The spec's models as the API describes them (which slug to send, which inputs it takes)."""
-    return await resolve_for_run(
-        spec.api.base_url, spec.requested_models, fallbacks(spec.api.base_url), retry_s=1.0 / time_scale
-    )
+    """The spec's models as the API describes them (which slug to send, which inputs it takes), asked
+    through the key's budget."""
+    chain = fallbacks(spec.api.base_url)
+    return await resolve_metered(spec.api, spec.requested_models, chain, time_scale)
 
 
 async def resolve_jobs_models(
-    base_url: str, models: Iterable[str], output: str, *, time_scale: float = 1.0
+    api: ApiConfig, models: Iterable[str], output: str, *, time_scale: float = 1.0
 ) -> Resolution:
     """Resolve the models of jobs taken from an output's manifest (a backfill), the output's records first."""
-    return await resolve_for_run(
-        base_url, sorted(set(models)), fallbacks(base_url, output), retry_s=1.0 / time_scale
-    )
+    chain = fallbacks(api.base_url, output)
+    return await resolve_metered(api, sorted(set(models)), chain, time_scale)
+
+
+async def resolve_metered(
+    api: ApiConfig, written: Sequence[str], chain: Sequence[Fallback], time_scale: float
+) -> Resolution:
+    """Resolve `written` through the budget of the key's quota (`api` as the run uses it)."""
+    budget = open_key_budget(api, read_api_settings(api.base_url).api_key)
+    try:
+        return await resolve_for_run(api.base_url, written, chain, retry_s=1.0 / time_scale, budget=budget)
+    finally:
+        await budget.aclose()

@@ -42,9 +42,7 @@ async def backfill(
     flags = spec_overrides(None, api_base, rate_limit, max_concurrent, polls_count)
     api = saved_api_config(text, {**environment_overrides(), **flags})
     spec_hash = provenance(open_sink(output)).get("promptgrid.spec_hash", "")
-    models = await resolve_backfill_models(
-        api.base_url, {job.model for job in jobs}, output, time_scale=time_scale
-    )
+    models = await resolve_backfill_models(api, {job.model for job in jobs}, output, time_scale=time_scale)
     fail_when = FailWhen.of_saved_spec(text)
     plan = RunPlan(api, output, text, spec_hash, lambda: [jobs], fail_when=fail_when, models=models)
     selection = Selection(rerun=frozenset(job.job_id for job in jobs), rerun_successes="success" in chosen)

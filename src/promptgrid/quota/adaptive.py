@@ -8,6 +8,10 @@ across the organisation (the current documentation), so a run starts with no req
   the first counts, and `Retry-After` says when that first one leaves the API's window, which gives the
   window's length. Without `Retry-After` the window is taken as the span of those requests, a little
   widened; too short a window shows as more 429s, and each one read after a cap was adopted lowers it.
+  A 429 can come later than the first window, when our requests did not fill one at first (creates held
+  back by their slots, polls timed sparingly); a window read longer than the longest one known (the model
+  page's) is taken as that one, with the most requests the API admitted in one such window as the cap,
+  since spreading the cap over the whole span would understate the rate.
   A 429 on a create says creates count; polls are read as counting once one of them meets such a 429
   (never, if the spec says `polls_count: false`), and the cap becomes the most requests the API admitted
   in one window.
@@ -53,10 +57,12 @@ def infer_rate_limit(
     polls_count: bool,
     max_in_flight: int,
     adopted: Limits | None = None,
+    longest_window_s: float | None = None,
 ) -> Limits:
     """The request cap a 429 about the rate shows, given the (answer time, kind) of the requests before it.
 
-    `polls_count` says whether polls are read as counted (a poll has met such a 429). With a cap `adopted`
+    `polls_count` says whether polls are read as counted (a poll has met such a 429); `longest_window_s`
+    bounds the window read (see the module docstring). With a cap `adopted`
     already, its window is kept: the cap becomes what the API admitted in one window when polls have just
     been found to count, else it is lowered by CAP_DECREASE (it was too high).
     """
@@ -72,6 +78,9 @@ def infer_rate_limit(
         return Limits(1, max(retry_after_s or 1.0, 1e-3), max_in_flight, polls_count)
     span = refused_at - counted[0]
     window = span + retry_after_s if retry_after_s is not None else span * WINDOW_MARGIN
+    if longest_window_s is not None and window > longest_window_s:
+        # Nothing was refused before: the API admitted the most that fell in any one window.
+        return Limits(most_in_window(counted, longest_window_s), longest_window_s, max_in_flight, polls_count)
     return Limits(len(counted), max(window, 1e-3), max_in_flight, polls_count)
 
 

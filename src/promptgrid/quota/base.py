@@ -34,7 +34,13 @@ class Budget(Protocol):
 
     async def take_request(self, kind: str) -> Receipt | None: ...
 
-    async def on_throttled(self, retry_after_s: float | None) -> None: ...
+    async def on_throttled(self, retry_after_s: float | None, kind: str) -> None:
+        """A 429 about the request rate met a request of `kind`: pause for `retry_after_s` (else a backoff).
+
+        One on a create pauses creates only, unless polls are known to count toward the cap; any other
+        pauses every kind (`pauses_polls`).
+        """
+        ...
 
     async def take_slot(self) -> str: ...
 
@@ -93,6 +99,12 @@ class Limits:
             return f"no request-rate cap, {self.max_in_flight} in flight"
         polls = "polls count" if self.polls_count else "polls free"
         return f"{self.requests} requests per {self.window_s:.3g} s ({polls}), {self.max_in_flight} in flight"
+
+
+def pauses_polls(limits: Limits, kind: str) -> bool:
+    """Whether a 429 on a request of `kind` pauses polls too, not only creates: it does unless it met a
+    create while polls are not known to count (no cap known, or polls free of it)."""
+    return kind != "create" or limits.counts("poll")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from promptgrid.locations import redact_url
 from promptgrid.quota.base import Budget, Limits
 from promptgrid.quota.local import LocalBudget
 from promptgrid.settings import ApiKey
+from promptgrid.spec.schema import ApiConfig
 
 START_HINT = (
     "start it (on this machine: `redis-server --port 6379 --save ''`), or remove api.quota_url from the "
@@ -29,6 +30,24 @@ def open_budget(limits: Limits, quota_url: str | None = None, namespace: str = "
     from promptgrid.quota.shared import RedisBudget  # redis is imported only where a quota is shared
 
     return RedisBudget(limits, quota_url, namespace)
+
+
+def spec_limits(api: ApiConfig) -> Limits:
+    """The quota a spec's `api` section states (`rate_limit: auto`: no cap until the API shows one).
+
+    Limits come from the spec as given: a sandbox run's are already scaled to its clock."""
+    return Limits(
+        requests=api.rate_limit.requests,
+        window_s=api.rate_limit.window_s,
+        max_in_flight=api.max_concurrent,
+        polls_count=api.polls_count,
+    )
+
+
+def open_key_budget(api: ApiConfig, api_key: ApiKey | None) -> Budget:
+    """The budget of one key's quota as a spec states it: the run's requests and its model lookups go
+    through it, shared through Redis with every other process of the key when `api.quota_url` is set."""
+    return open_budget(spec_limits(api), api.quota_url, quota_namespace(api_key))
 
 
 def check_quota_url(quota_url: str) -> None:

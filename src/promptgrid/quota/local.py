@@ -19,9 +19,11 @@ Creates, polls and cancels all count, except polls when `Limits.polls_count` is 
 priority — cancels, then polls, then creates, since a poll that finds a prediction done frees a slot — and
 first come, first served within one kind.
 
-A 429 anywhere pauses the whole budget: for `Retry-After` when the server sent one, else for a backoff that
-starts at one request's share of the window and doubles while 429s keep coming. Uncounted polls wait out
-pauses too.
+A 429 pauses the budget: for `Retry-After` when the server sent one, else for a backoff that starts at one
+request's share of the window and doubles while 429s keep coming. A 429 on a poll or a cancel pauses every
+kind; one on a create pauses only creates unless polls are known to count toward the cap (`pauses_polls`):
+while nobody knows whether polls count, the polls that go on through a create's pause are what tells
+(promptgrid.engine.limits). Uncounted polls wait out the pauses that hold them too.
 
 Without a cap (`Limits.auto`) every request is admitted at once, pauses aside, and only the receipts not yet
 settled are remembered; `adopt` then sets a cap, counting those receipts and the answer times it is given.
@@ -36,7 +38,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 
-from promptgrid.quota.base import REQUEST_KINDS, BudgetStats, Limits
+from promptgrid.quota.base import REQUEST_KINDS, BudgetStats, Limits, pauses_polls
 
 _PRIORITY = {"cancel": 0, "poll": 1, "create": 2}
 _KINDS = {priority: kind for kind, priority in _PRIORITY.items()}
@@ -90,7 +92,8 @@ class LocalBudget:
         self._settled: list[float] = []  # a heap of settle times
         self._pending: dict[LocalReceipt, None] = {}  # admitted, not settled; in admission order
         self._open: dict[LocalReceipt, None] = {}  # without a cap: admitted, not settled
-        self._paused_until = float("-inf")
+        self._paused_until = float("-inf")  # every kind
+        self._creates_paused_until = float("-inf")  # creates only
         self._last_throttle = float("-inf")
         self._backoff_s = 0.0
         self._waiters: list[tuple[int, int, asyncio.Future[LocalReceipt]]] = []
@@ -156,8 +159,9 @@ class LocalBudget:
         self._counts[kind] += 1
         return receipt
 
-    async def on_throttled(self, retry_after_s: float | None) -> None:
-        """Hold every caller back: for `retry_after_s` if given, else for a doubling backoff."""
+    async def on_throttled(self, retry_after_s: float | None, kind: str) -> None:
+        """A 429 on a request of `kind`: hold callers back (creates only, or every kind: `pauses_polls`)
+        for `retry_after_s` if given, else for a doubling backoff."""
         now = self._clock()
         self._throttled += 1
         if retry_after_s is not None and retry_after_s >= 0:
@@ -168,7 +172,11 @@ class LocalBudget:
             self._backoff_s = self._backoff_s or self.limits.floor_interval_s or _UNCAPPED_BACKOFF_S
             pause = self._backoff_s
         self._last_throttle = now
-        self._paused_until = max(self._paused_until, now + min(pause, self.max_pause_s))
+        until = now + min(pause, self.max_pause_s)
+        if pauses_polls(self.limits, kind):
+            self._paused_until = max(self._paused_until, until)
+        else:
+            self._creates_paused_until = max(self._creates_paused_until, until)
         self._serve()
 
     async def take_slot(self) -> str:
@@ -208,7 +216,7 @@ class LocalBudget:
             waiting_requests=sum(1 for *_, f in self._waiters if not f.done())
             + sum(1 for _, f in self._pause_waiters if not f.done()),
             waiting_slots=sum(1 for f in self._slot_waiters if not f.done()),
-            paused_for_s=max(0.0, self._paused_until - self._clock()),
+            paused_for_s=max(0.0, self._pause_end("create") - self._clock()),
         )
 
     def _hand_over_slot(self) -> None:
@@ -222,7 +230,7 @@ class LocalBudget:
     def _admit(self, kind: str, counted: bool) -> LocalReceipt | None:
         """A receipt for one send now if the window and any pause allow it, else None."""
         now = self._clock()
-        if now < self._paused_until:
+        if now < self._pause_end(kind):
             return None
         if self.limits.requests is None:
             receipt = LocalReceipt(self, now, kind)
@@ -237,6 +245,12 @@ class LocalBudget:
         receipt = LocalReceipt(self, now, kind)
         self._pending[receipt] = None
         return receipt
+
+    def _pause_end(self, kind: str) -> float:
+        """When the pauses holding a request of `kind` end (creates wait out both)."""
+        if kind == "create":
+            return max(self._paused_until, self._creates_paused_until)
+        return self._paused_until
 
     def _forget(self, now: float) -> None:
         """Drop entries the server has certainly left out of its window; date forgotten receipts."""
@@ -262,11 +276,17 @@ class LocalBudget:
 
     def _serve(self) -> None:
         """Grant waiting requests in priority order while they fit; else wake up when the next one would."""
-        if self._clock() >= self._paused_until:
-            while self._pause_waiters:
-                kind, future = self._pause_waiters.popleft()
-                if not future.done():
-                    future.set_result(self._admit(kind, False) or LocalReceipt(None, self._clock(), kind))
+        now = self._clock()
+        held: deque[tuple[str, asyncio.Future[LocalReceipt]]] = deque()
+        while self._pause_waiters:
+            kind, future = self._pause_waiters.popleft()
+            if future.done():
+                continue
+            if now < self._pause_end(kind):
+                held.append((kind, future))  # a create under a creates-only pause: polls go on past it
+            else:
+                future.set_result(self._admit(kind, False) or LocalReceipt(None, now, kind))
+        self._pause_waiters = held
         while self._waiters:
             priority, _, future = self._waiters[0]
             if future.done():
@@ -286,14 +306,20 @@ class LocalBudget:
     def _next_opening(self) -> float | None:
         """Seconds until a waiter could be served; None when only a settle can tell (it calls _serve)."""
         now = self._clock()
-        opening = self._paused_until
+        openings = [self._pause_end(kind) for kind, _ in self._pause_waiters]
+        if self._waiters:
+            openings.append(self._window_opening(self._pause_end(_KINDS[self._waiters[0][0]])))
+        return max(0.0, min(openings) - now) if openings else None
+
+    def _window_opening(self, opening: float) -> float:
+        """When the first counted waiter fits the window and the burst, no earlier than `opening`."""
         requests = self.limits.requests
-        if self._waiters and requests is not None and len(self._settled) + len(self._pending) >= requests:
+        if requests is not None and len(self._settled) + len(self._pending) >= requests:
             expiries = [t + self.limits.window_s + self.guard_s for t in self._settled[:1]]
             if self._pending:
                 oldest = next(iter(self._pending)).admitted_at
                 expiries.append(oldest + self.unsettled_s + self.limits.window_s + self.guard_s)
             opening = max(opening, min(expiries))
-        if self._waiters and len(self._recent) >= self.burst:
+        if len(self._recent) >= self.burst:
             opening = max(opening, self._recent[0] + self._burst_span_s)
-        return max(0.0, opening - now)
+        return opening

@@ -1,6 +1,6 @@
 """A request budget shared by every worker process through one Redis: sliding window, leased slots, pause.
 
-Three keys under `promptgrid:quota:{namespace}:` hold the shared state, each changed only by an atomic Lua
+Four keys under `promptgrid:quota:{namespace}:` hold the shared state, each changed only by an atomic Lua
 script reading Redis TIME, so every process judges time by one clock:
 
 - `window`  a sorted set of admitted requests: a request is admitted while fewer than `limits.requests`
@@ -10,7 +10,9 @@ script reading Redis TIME, so every process judges time by one clock:
   API's window; until then it counts as dated `unsettled_s` after admission.
 - `slots`   a sorted set of in-flight tokens scored by lease expiry. A holder renews its leases while it
   holds them; a killed worker stops renewing, so its slots return after at most `lease_s`.
-- `paused_until`  a timestamp set when any process meets a 429: every process waits it out.
+- `paused_until`  a timestamp set when any process meets a 429: every process waits it out. A 429 on a
+  create while polls are not known to count sets `creates_paused_until` instead, which only creates wait
+  out (quota.base's `pauses_polls`: the polls that go on tell whether they count).
 
 Releases are announced on a pub/sub channel so slot waiters wake at once instead of polling; a waiter still
 re-checks after `recheck_s` in case an announcement is lost. Redis being unreachable raises
@@ -42,7 +44,7 @@ from redis.typing import EncodableT
 from promptgrid.aio import wait_event
 from promptgrid.errors import QuotaUnavailable
 from promptgrid.locations import redact_url
-from promptgrid.quota.base import REQUEST_KINDS
+from promptgrid.quota.base import REQUEST_KINDS, pauses_polls
 
 if TYPE_CHECKING:
     from promptgrid.quota.base import Limits
@@ -58,13 +60,15 @@ CONNECT_TIMEOUT_S = 3.0
 ANSWER_TIMEOUT_S = 5.0
 
 # Times are microseconds of Redis TIME (exact in a Lua double until the year 2255).
-# KEYS: window, paused_until. ARGV: limit, window_us, guard_us, member, counts (1/0), unsettled_us.
-# Returns 0 when admitted, else the microseconds to wait before asking again (an upper bound while the
-# oldest entry is still unsettled). An admitted entry is scored as if it settled `unsettled_us` from now.
+# KEYS: window, paused_until, creates_paused_until. ARGV: limit, window_us, guard_us, member, counts (1/0),
+# unsettled_us, create (1/0). Returns 0 when admitted, else the microseconds to wait before asking again (an
+# upper bound while the oldest entry is still unsettled). An admitted entry is scored as if it settled
+# `unsettled_us` from now.
 _TAKE_REQUEST = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
+if ARGV[7] == '1' then paused = math.max(paused, tonumber(redis.call('GET', KEYS[3]) or '0')) end
 if paused > now then return paused - now end
 if ARGV[5] == '0' then return 0 end
 local span = tonumber(ARGV[2]) + tonumber(ARGV[3])
@@ -86,7 +90,7 @@ redis.call('ZADD', KEYS[1], 'XX', 'LT', now, ARGV[1])
 return 0
 """
 
-# KEYS: paused_until. ARGV: pause_us. Only ever pushes the pause later.
+# KEYS: paused_until or creates_paused_until. ARGV: pause_us. Only ever pushes the pause later.
 _PAUSE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -175,6 +179,7 @@ class RedisBudget:
         prefix = f"promptgrid:quota:{namespace}:"
         self._window_key = prefix + "window"
         self._paused_key = prefix + "paused_until"
+        self._creates_paused_key = prefix + "creates_paused_until"
         self._slots_key = prefix + "slots"
         self._released_channel = prefix + "released"
         self._take_request = self._redis.register_script(_TAKE_REQUEST)
@@ -223,12 +228,14 @@ class RedisBudget:
         counts = self.limits.counts(kind)
         window = [self.limits.requests or 0, _us(self.limits.window_s), _us(self.guard_s)]
         args: list[EncodableT] = [*window, "", "1" if counts else "0", _us(self.unsettled_s)]
+        args.append("1" if kind == "create" else "0")
+        keys = [self._window_key, self._paused_key, self._creates_paused_key]
         async with self._askers[kind]:
             while True:
                 member = args[3] = uuid.uuid4().hex
                 settled = self._settled
                 try:
-                    wait_us = await self._call(self._take_request, [self._window_key, self._paused_key], args)
+                    wait_us = await self._call(self._take_request, keys, args)
                 except asyncio.CancelledError:
                     self._settle_soon(member)  # in case Redis admitted it: date it now, not a window on
                     raise
@@ -255,10 +262,12 @@ class RedisBudget:
         self._settled, settled = asyncio.Event(), self._settled
         settled.set()
 
-    async def on_throttled(self, retry_after_s: float | None) -> None:
-        """Pause every process sharing this quota for `retry_after_s` (or the default pause)."""
+    async def on_throttled(self, retry_after_s: float | None, kind: str) -> None:
+        """Pause every process sharing this quota for `retry_after_s` (or the default pause): its creates
+        only after a create's 429 while polls are not known to count, else every kind."""
         pause_s = retry_after_s if retry_after_s and retry_after_s > 0 else self.default_pause_s
-        await self._call(self._pause, [self._paused_key], [_us(pause_s)])
+        key = self._paused_key if pauses_polls(self.limits, kind) else self._creates_paused_key
+        await self._call(self._pause, [key], [_us(pause_s)])
 
     async def take_slot(self) -> str:
         """Wait for one of the shared in-flight slots; the token returned releases it."""

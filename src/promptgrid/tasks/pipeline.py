@@ -43,8 +43,7 @@ from promptgrid.output.recorder import OutcomeStore
 from promptgrid.output.saved_spec import save_models, save_spec
 from promptgrid.output.sinks import open_sink
 from promptgrid.output.sinks.base import Sink
-from promptgrid.quota.base import Limits
-from promptgrid.quota.factory import check_quota_reachable, open_budget, quota_namespace
+from promptgrid.quota.factory import check_quota_reachable, open_budget, quota_namespace, spec_limits
 from promptgrid.redact import scrub
 from promptgrid.run_summary import RunSummary
 from promptgrid.settings import read_api_settings, require_api_key
@@ -163,15 +162,9 @@ def input_images(sink: Sink, plan: RunPlan) -> Iterator[PrepareInputs]:
 
 
 def engine_config(api: ApiConfig, time_scale: float) -> EngineConfig:
-    limits = Limits(
-        requests=api.rate_limit.requests,  # None under auto: the engine adopts what the API shows
-        window_s=api.rate_limit.window_s,
-        max_in_flight=api.max_concurrent,
-        polls_count=api.polls_count,
-    )
     # Limits come from the spec as given (a sandbox run's are already scaled); only the engine's own
     # clocks (deadlines, backoff, poll intervals) follow the API's time scale.
-    return EngineConfig(limits=limits, stall_timeout_s=api.stall_timeout).scaled(time_scale)
+    return EngineConfig(limits=spec_limits(api), stall_timeout_s=api.stall_timeout).scaled(time_scale)
 
 
 async def run_plan(

@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from promptgrid.api.resolve import Resolution
 from promptgrid.engine.resolution import resolve_and_check, resolve_jobs_models
-from promptgrid.spec.schema import LoadedSpec, SweepSpec
+from promptgrid.spec.schema import ApiConfig, LoadedSpec, SweepSpec
 
 
 @task(name="resolve-models", cache_policy=NO_CACHE)
@@ -29,7 +29,7 @@ async def resolve_spec_models(
 
 @task(name="resolve-models", cache_policy=NO_CACHE)
 async def resolve_backfill_models(
-    base_url: str, models: Iterable[str], output: str, time_scale: float = 1.0
+    api: ApiConfig, models: Iterable[str], output: str, time_scale: float = 1.0
 ) -> Resolution:
     """The models of jobs taken from an output's manifest, the output's own records first."""
-    return await resolve_jobs_models(base_url, models, output, time_scale=time_scale)
+    return await resolve_jobs_models(api, models, output, time_scale=time_scale)
