@@ -100,6 +100,16 @@ def test_predictions_in_flight_together_keep_to_their_schedule_while_it_is_redra
     assert sum(polls[100:]) / len(polls[100:]) <= policy.fine_polls + 0.5
 
 
+@pytest.mark.parametrize(("sigma", "tail"), [(0.1, False), (0.5, False), (0.25, True)])
+def test_while_room_is_scarce_predictions_in_flight_together_spend_the_scarce_schedule(sigma, tail):
+    rng = random.Random(4)
+    policy = PollPolicy()
+    model = LatencyModel(policy, polls_free=True)
+    model.room_scarce = True
+    polls = in_flight_together(model, [draw_latency(rng, 8.0, sigma, tail) for _ in range(400)], slots=7)
+    assert sum(polls[100:]) / len(polls[100:]) <= policy.scarce_polls + 0.5
+
+
 def in_flight_together(model: LatencyModel, latencies: list[float], slots: int) -> list[int]:
     """Polls per prediction, `slots` at a time, each started when one before it is seen done."""
     queue = iter(latencies)

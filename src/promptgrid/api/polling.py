@@ -310,7 +310,8 @@ class PollPlan:
         """A poll answered `elapsed_s` after creation (sent at `sent_s`, if known) found it `done` or not."""
         if self._model.estimate(self.key) is not None:
             if self._misses == 0 and not self._scheduled:
-                self._model.record_first_poll(self.key, elapsed_s, done)
+                # When it left, not when it was answered: a slow answer is not a poll that waited.
+                self._model.record_first_poll(self.key, elapsed_s if sent_s is None else sent_s, done)
             elif self._misses == 1 and not self._model.polls_free:
                 self._model.record_second_poll(self.key, self._gap_used, done)
             self._misses += 0 if done else 1
