@@ -233,6 +233,7 @@ def test_free_polls_are_timed_from_when_the_last_poll_left_on_the_schedule():
     plan.record_poll(first, False)
     at = plan.next_poll_at()
     assert at in schedule and at > first
+    assert plan.next_poll_at() == at  # asked again (a sleep woken early), the same point: none is skipped
     plan.record_poll(at + 0.05, False, sent_s=at)  # the answer took 0.05 s to come back
     # The schedule's next point: a slow answer does not push it back, nor is a point polled twice.
     assert plan.next_poll_at() == schedule[schedule.index(at) + 1]

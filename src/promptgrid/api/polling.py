@@ -116,7 +116,7 @@ class _KeyState:
     cold_started: int = 0
     learned: asyncio.Event = field(default_factory=asyncio.Event)
     done_at: deque[float] = field(default_factory=lambda: deque(maxlen=_RECENT_DONE))
-    # The free schedule drawn from done_at, per polls spent: (len(done_at) + added when drawn, times).
+    # The free schedule drawn from done_at, per polls spent: (completion times added when drawn, times).
     added: int = 0
     schedules: dict[float, tuple[int, tuple[float, ...]]] = field(default_factory=dict)
 
@@ -192,7 +192,7 @@ class LatencyModel:
         if not self.polls_free or len(state.done_at) < self.policy.schedule_samples:
             return ()
         polls = self.schedule_polls
-        version = len(state.done_at) + state.added
+        version = state.added
         cached = state.schedules.get(polls)
         if cached is not None and cached[0] == version:
             return cached[1]
@@ -262,12 +262,12 @@ class PollPlan:
         self._last_poll_s = 0.0  # when the last poll's answer came
         self._last_sent_s = 0.0  # when it left
         self._gap_used = 0.0
-        self._scheduled = False  # the next poll comes from the free schedule: it teaches the delay nothing
         # The free schedule this prediction follows, kept for its life (unless the spend changes): switching
         # to one redrawn from newer samples would put the next poll at a random point of an interval.
         self._schedule: tuple[float, ...] = ()
         self._schedule_polls = 0.0
-        self._schedule_index = 0
+        self._schedule_index = 0  # the next of its points to use
+        self._due_index: int | None = None  # the point the next poll is due at
 
     @property
     def learned(self) -> asyncio.Event:
@@ -277,7 +277,7 @@ class PollPlan:
         """Delay since creation at which to poll next."""
         policy = self._model.policy
         delay = self._model.estimate(self.key)
-        self._scheduled = False
+        self._due_index = None
         if delay is None:
             return self._cold_poll_at()
         soonest = self._last_poll_s + policy.min_interval_s
@@ -289,8 +289,7 @@ class PollPlan:
             # The point after the last one used, or after the last poll if that left later (it waited).
             index = max(self._schedule_index, bisect.bisect_right(schedule, self._last_sent_s))
             if index < len(schedule):
-                self._scheduled = True
-                self._schedule_index = index + 1
+                self._due_index = index
                 return max(schedule[index], soonest)
             interval = min(policy.max_interval_s, self._last_sent_s * policy.fine_step)
             return max(self._last_sent_s + interval, soonest)
@@ -309,7 +308,7 @@ class PollPlan:
     def record_poll(self, elapsed_s: float, done: bool, sent_s: float | None = None) -> None:
         """A poll answered `elapsed_s` after creation (sent at `sent_s`, if known) found it `done` or not."""
         if self._model.estimate(self.key) is not None:
-            if self._misses == 0 and not self._scheduled:
+            if self._misses == 0:
                 # When it left, not when it was answered: a slow answer is not a poll that waited.
                 self._model.record_first_poll(self.key, elapsed_s if sent_s is None else sent_s, done)
             elif self._misses == 1 and not self._model.polls_free:
@@ -322,6 +321,8 @@ class PollPlan:
             )
             after = self._last_sent_s if self.polls else None
             self._model.record_done(self.key, elapsed_s, prompt=prompt, after_s=after)
+        if self._due_index is not None:
+            self._schedule_index, self._due_index = self._due_index + 1, None
         self.polls += 1
         self._last_poll_s = elapsed_s
         self._last_sent_s = elapsed_s if sent_s is None else sent_s
