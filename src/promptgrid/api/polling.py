@@ -11,7 +11,9 @@ Two regimes, switched as the engine learns the API's limits (`LatencyModel.polls
   spaced as one over the square root of the hazard rate, so they crowd where predictions end and a slot
   turns over a few percent of the latency after it frees, for a fixed number of polls whatever the spread or
   the latency. While the API is short of room for us (`room_scarce`: creates wait because it refused them),
-  a slot seen free is taken at once, so the schedule spends `scarce_polls`. Before the schedule (the first
+  a slot seen free is taken at once: the schedule keeps the poll rate it would have with every slot ours,
+  spread over the fewer predictions the API runs for us (`room_share`), between `scarce_polls` and
+  `max_polls` per prediction. Before the schedule (the first
   completions) and past its end (the tail), one poll every `fine_step` of the time elapsed.
 
 For each (model, steps) the `LatencyModel` learns two numbers with the stochastic-approximation quantile rule,
@@ -57,7 +59,10 @@ class PollPolicy:
     # When polls are free, slots turning over fast matter more than polls saved: polls where predictions end.
     fine_first_hit: float = 0.1
     fine_polls: float = 8.0  # polls per prediction the free schedule spends
-    scarce_polls: float = 12.0  # ... while the API is short of room for us
+    # While the API is short of room for us: as many polls a second as with every slot ours, spread over the
+    # fewer predictions it runs for us (fine_polls / room_share), at least `scarce_polls`, at most `max_polls`.
+    scarce_polls: float = 11.0
+    max_polls: float = 16.0
     schedule_samples: int = 5  # completion times needed before the free schedule is used
     fine_step: float = 0.08  # before the schedule and past its end: a poll every this share of the elapsed
     fine_cold_growth: float = 1.35
@@ -85,8 +90,8 @@ class PollPolicy:
             raise ValueError("PollPolicy needs first_hit, fine_first_hit and second_hit between 0 and 1")
         if min(self.cold_growth, self.fine_cold_growth) <= 1 or self.retry_growth < 1 or self.scouts < 1:
             raise ValueError("PollPolicy needs cold growths > 1, retry_growth >= 1 and at least one scout")
-        if min(self.fine_step, self.fine_polls, self.scarce_polls) <= 0:
-            raise ValueError("PollPolicy needs fine_step, fine_polls and scarce_polls > 0")
+        if min(self.fine_step, self.fine_polls, self.scarce_polls) <= 0 or self.max_polls < self.scarce_polls:
+            raise ValueError("PollPolicy needs fine_step, fine_polls, scarce_polls > 0 and max_polls >= them")
 
     def scaled(self, time_scale: float) -> PollPolicy:
         """The same policy for an API whose clock runs `time_scale` times faster.
@@ -128,6 +133,7 @@ class LatencyModel:
         self.policy = policy or PollPolicy()
         self.polls_free = polls_free
         self.room_scarce = False  # creates wait for room the API refused: a slot seen free is taken at once
+        self.room_share = 1.0  # the share of our in-flight cap the API runs for us now
         self._keys: dict[LatencyKey, _KeyState] = {}
         self._rng = random.Random(0)  # where in its last interval a completion is placed
 
@@ -184,7 +190,11 @@ class LatencyModel:
     @property
     def schedule_polls(self) -> float:
         """The polls per prediction a free schedule spends now."""
-        return self.policy.scarce_polls if self.room_scarce else self.policy.fine_polls
+        policy = self.policy
+        if not self.room_scarce:
+            return policy.fine_polls
+        spread = policy.fine_polls / max(self.room_share, 1e-3)
+        return round(min(policy.max_polls, max(policy.scarce_polls, spread)))
 
     def schedule(self, key: LatencyKey) -> tuple[float, ...]:
         """The free regime's poll times for `key`, or () while polls count or too little is known."""
