@@ -60,7 +60,7 @@ class PollPolicy:
     fine_first_hit: float = 0.1
     fine_polls: float = 8.0  # polls per prediction the free schedule spends
     # While the API is short of room for us: as many polls a second as with every slot ours, spread over the
-    # fewer predictions it runs for us (fine_polls / room_share), at least `scarce_polls`, at most `max_polls`.
+    # fewer predictions it runs for us (fine_polls / room_share), between `scarce_polls` and `max_polls`.
     scarce_polls: float = 11.0
     max_polls: float = 16.0
     schedule_samples: int = 5  # completion times needed before the free schedule is used
