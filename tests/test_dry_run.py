@@ -135,9 +135,9 @@ def test_the_larger_example_plans_648_jobs() -> None:
 def test_expected_polls_follow_the_engines_poll_targets() -> None:
     assert expected_polls(True) > expected_polls(False)  # free polls are spent to free slots sooner
     assert expected_polls(False, PollPolicy(first_hit=0.5, second_hit=0.5)) == pytest.approx(2.0)
-    # Free polls: one where ~10% are done, then one per 5% of the time elapsed; fewer with coarser steps.
+    # Free polls: the schedule's spend per prediction, fewer when it is told to spend fewer.
     assert 5 < expected_polls(True) < 12
-    assert expected_polls(True, PollPolicy(fine_step=0.2)) < expected_polls(True) / 2
+    assert expected_polls(True, PollPolicy(fine_polls=4.0)) < expected_polls(True)
 
 
 def test_under_auto_the_time_is_the_in_flight_bounds_and_the_page_limits_is_given_beside_it() -> None:

@@ -1,4 +1,4 @@
-"""When to poll a prediction: learn how long predictions take, poll first near when one is likely done.
+"""When to poll a prediction: learn how long predictions take, poll where they are likely to end.
 
 Two regimes, switched as the engine learns the API's limits (`LatencyModel.polls_free`):
 
@@ -6,23 +6,30 @@ Two regimes, switched as the engine learns the API's limits (`LatencyModel.polls
   poll per image. The first poll comes where a share `first_hit` of predictions are done; a miss is followed
   `gap`·delay later, then geometrically wider.
 - Polls are free (no cap is known, or polls do not count toward it: "fine"): the slots set the pace, and a
-  finished prediction holds its slot until a poll sees it. The first poll comes early (where a share
-  `fine_first_hit` are done), then one every `fine_step` of the time elapsed — about half a second of an
-  8 s prediction — so a slot turns over within a few percent of the latency, whatever its spread. While the
-  API is short of room for us (`room_scarce`: creates wait because it refused them), a slot seen free is
-  taken at once, so polls come twice as often (`scarce_fine_step`).
+  finished prediction holds its slot until a poll sees it. Once a few completion times are known, polls
+  follow a schedule drawn from them (promptgrid.api.poll_schedule): about `fine_polls` per prediction,
+  spaced as one over the square root of the hazard rate, so they crowd where predictions end and a slot
+  turns over a few percent of the latency after it frees, for a fixed number of polls whatever the spread or
+  the latency. While the API is short of room for us (`room_scarce`: creates wait because it refused them),
+  a slot seen free is taken at once: the schedule keeps the poll rate it would have with every slot ours,
+  spread over the fewer predictions the API runs for us (`room_share`), between `scarce_polls` and
+  `max_polls` per prediction. Before the schedule (the first
+  completions) and past its end (the tail), one poll every `fine_step` of the time elapsed.
 
 For each (model, steps) the `LatencyModel` learns two numbers with the stochastic-approximation quantile rule,
-which needs only the yes/no answer a poll gives:
+which needs only the yes/no answer a poll gives, and keeps the recent completion times:
 
-- `delay`: when to poll first. A first poll that finds the prediction done shortens it by a factor
-  exp(-rate·(1 − target)), a miss lengthens it by exp(rate·target), so it settles where a share `target`
-  of first polls succeed — whatever the latency distribution. When the regime changes, the delay restarts
-  from the recent completion times, at the new target's quantile. Only prompt sightings count among them:
-  a poll held back by a pause (a 429's Retry-After) saw its prediction's end late, and restarting from
-  such times would poll every prediction seconds after it finished, for good.
+- `delay`: when to poll first (thrifty), and the scale deadlines are set from. A first poll that finds the
+  prediction done shortens it by a factor exp(-rate·(1 − target)), a miss lengthens it by exp(rate·target),
+  so it settles where a share `target` of first polls succeed — whatever the latency distribution. While a
+  free schedule is in use, it is the `fine_first_hit` quantile of the completion times instead. When the
+  regime changes, the delay restarts from the recent completion times, at the new target's quantile.
 - `gap` (thrifty): after a miss, the second poll comes `gap`·delay later; the same rule settles it where a
   share `second_hit` of second polls succeed. Later polls widen geometrically.
+- completion times: each a draw between the poll that last missed and the one that saw the prediction done
+  (the poll times themselves would only echo the schedule back). Only prompt sightings count: a poll held
+  back by a pause (a 429's Retry-After) saw its prediction's end late, and learning from such times would
+  poll every prediction seconds after it finished, for good.
 
 Nothing is known at first: a few "scout" predictions probe on a geometric schedule from `cold_start_s`
 (staggered so their polls interleave), while the others hold back; the first completion seeds the delay and
@@ -32,9 +39,13 @@ wakes everyone waiting. A new step count of a model already seen starts from the
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
+import random
 from collections import deque
 from dataclasses import dataclass, field, replace
+
+from promptgrid.api.poll_schedule import sqrt_hazard_schedule
 
 LatencyKey = tuple[str, int]
 
@@ -45,11 +56,16 @@ class PollPolicy:
 
     first_hit: float = 0.9
     second_hit: float = 0.8
-    # When polls are free, slots turning over fast matter more than polls saved: poll early, then finely.
+    # When polls are free, slots turning over fast matter more than polls saved: polls where predictions end.
     fine_first_hit: float = 0.1
-    fine_step: float = 0.05
-    scarce_fine_step: float = 0.01
-    fine_cold_growth: float = 1.2
+    fine_polls: float = 8.0  # polls per prediction the free schedule spends
+    # While the API is short of room for us: as many polls a second as with every slot ours, spread over the
+    # fewer predictions it runs for us (fine_polls / room_share), between `scarce_polls` and `max_polls`.
+    scarce_polls: float = 11.0
+    max_polls: float = 16.0
+    schedule_samples: int = 5  # completion times needed before the free schedule is used
+    fine_step: float = 0.08  # before the schedule and past its end: a poll every this share of the elapsed
+    fine_cold_growth: float = 1.35
     fine_seed_margin: float = 0.8
     rate: float = 0.1
     warm_rate: float = 0.5  # larger steps for the first few samples, while the seed is rough
@@ -74,8 +90,8 @@ class PollPolicy:
             raise ValueError("PollPolicy needs first_hit, fine_first_hit and second_hit between 0 and 1")
         if min(self.cold_growth, self.fine_cold_growth) <= 1 or self.retry_growth < 1 or self.scouts < 1:
             raise ValueError("PollPolicy needs cold growths > 1, retry_growth >= 1 and at least one scout")
-        if min(self.fine_step, self.scarce_fine_step) <= 0:
-            raise ValueError("PollPolicy needs fine steps > 0")
+        if min(self.fine_step, self.fine_polls, self.scarce_polls) <= 0 or self.max_polls < self.scarce_polls:
+            raise ValueError("PollPolicy needs fine_step, fine_polls, scarce_polls > 0 and max_polls >= them")
 
     def scaled(self, time_scale: float) -> PollPolicy:
         """The same policy for an API whose clock runs `time_scale` times faster.
@@ -105,6 +121,9 @@ class _KeyState:
     cold_started: int = 0
     learned: asyncio.Event = field(default_factory=asyncio.Event)
     done_at: deque[float] = field(default_factory=lambda: deque(maxlen=_RECENT_DONE))
+    # The free schedule drawn from done_at, per polls spent: (completion times added when drawn, times).
+    added: int = 0
+    schedules: dict[float, tuple[int, tuple[float, ...]]] = field(default_factory=dict)
 
 
 class LatencyModel:
@@ -114,7 +133,9 @@ class LatencyModel:
         self.policy = policy or PollPolicy()
         self.polls_free = polls_free
         self.room_scarce = False  # creates wait for room the API refused: a slot seen free is taken at once
+        self.room_share = 1.0  # the share of our in-flight cap the API runs for us now
         self._keys: dict[LatencyKey, _KeyState] = {}
+        self._rng = random.Random(0)  # where in its last interval a completion is placed
 
     @property
     def first_hit(self) -> float:
@@ -166,15 +187,48 @@ class LatencyModel:
             return
         state.gap = max(self.policy.min_gap, state.gap * self._factor(state, self.policy.second_hit, done))
 
-    def record_done(self, key: LatencyKey, elapsed_s: float, *, prompt: bool = True) -> None:
+    @property
+    def schedule_polls(self) -> float:
+        """The polls per prediction a free schedule spends now."""
+        policy = self.policy
+        if not self.room_scarce:
+            return policy.fine_polls
+        spread = policy.fine_polls / max(self.room_share, 1e-3)
+        return round(min(policy.max_polls, max(policy.scarce_polls, spread)))
+
+    def schedule(self, key: LatencyKey) -> tuple[float, ...]:
+        """The free regime's poll times for `key`, or () while polls count or too little is known."""
+        state = self._state(key)
+        if not self.polls_free or len(state.done_at) < self.policy.schedule_samples:
+            return ()
+        polls = self.schedule_polls
+        version = state.added
+        cached = state.schedules.get(polls)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        # The first poll (at the learned delay) is not the schedule's: it spends the polls after it.
+        times = sqrt_hazard_schedule(state.done_at, polls - 1, self.policy.min_interval_s)
+        state.schedules[polls] = (version, times)
+        return times
+
+    def record_done(
+        self, key: LatencyKey, elapsed_s: float, *, prompt: bool = True, after_s: float | None = None
+    ) -> None:
         """A prediction was seen done `elapsed_s` after creation; seeds the delay when nothing was known.
 
-        A poll that was not `prompt` (it waited out a pause or the window before it left) saw the end late:
-        it is not kept among the completion times a change of regime restarts the delay from.
+        `after_s`: when the poll that last found it unfinished left; it ended in between, and a time drawn
+        there is kept among the completion times. A poll that was not `prompt` (it waited out a pause or the
+        window before it left) saw the end late: its time is not kept.
         """
         state = self._state(key)
-        if prompt:
-            state.done_at.append(elapsed_s)
+        # Free polls are placed after the first from the times of predictions the first missed: one the
+        # first poll found done says only that it ended before, and piled at that poll's time it would
+        # drag the schedule there.
+        known_before = self.polls_free and after_s is None and state.delay_s is not None
+        if prompt and not known_before:
+            ended = elapsed_s if after_s is None else self._rng.uniform(min(after_s, elapsed_s), elapsed_s)
+            state.done_at.append(ended)
+            state.added += 1
         if state.delay_s is None:
             margin = self.policy.fine_seed_margin if self.polls_free else self.policy.seed_margin
             state.delay_s = max(elapsed_s * margin, self.policy.min_interval_s)
@@ -218,6 +272,12 @@ class PollPlan:
         self._last_poll_s = 0.0  # when the last poll's answer came
         self._last_sent_s = 0.0  # when it left
         self._gap_used = 0.0
+        # The free schedule this prediction follows, kept for its life (unless the spend changes): switching
+        # to one redrawn from newer samples would put the next poll at a random point of an interval.
+        self._schedule: tuple[float, ...] = ()
+        self._schedule_polls = 0.0
+        self._schedule_index = 0  # the next of its points to use
+        self._due_index: int | None = None  # the point the next poll is due at
 
     @property
     def learned(self) -> asyncio.Event:
@@ -227,25 +287,40 @@ class PollPlan:
         """Delay since creation at which to poll next."""
         policy = self._model.policy
         delay = self._model.estimate(self.key)
+        self._due_index = None
         if delay is None:
             return self._cold_poll_at()
+        soonest = self._last_poll_s + policy.min_interval_s
         if self._misses == 0:
-            return max(delay, self._last_poll_s + policy.min_interval_s)
+            return max(delay, soonest)
         if self._model.polls_free:
             # Counted from when the last poll left, so a slow answer does not stretch the cadence too.
-            step = policy.scarce_fine_step if self._model.room_scarce else policy.fine_step
-            interval = min(policy.max_interval_s, self._last_sent_s * step)
-            return max(self._last_sent_s + interval, self._last_poll_s + policy.min_interval_s)
+            schedule = self._followed_schedule()
+            # The point after the last one used, or after the last poll if that left later (it waited).
+            index = max(self._schedule_index, bisect.bisect_right(schedule, self._last_sent_s))
+            if index < len(schedule):
+                self._due_index = index
+                return max(schedule[index], soonest)
+            interval = min(policy.max_interval_s, self._last_sent_s * policy.fine_step)
+            return max(self._last_sent_s + interval, soonest)
         else:
             self._gap_used = self._model.gap(self.key) * policy.retry_growth ** (self._misses - 1)
             wait = delay * self._gap_used
         return self._last_poll_s + min(policy.max_interval_s, max(policy.min_interval_s, wait))
 
+    def _followed_schedule(self) -> tuple[float, ...]:
+        if not self._schedule or self._schedule_polls != self._model.schedule_polls:
+            self._schedule = self._model.schedule(self.key)
+            self._schedule_polls = self._model.schedule_polls
+            self._schedule_index = 0
+        return self._schedule
+
     def record_poll(self, elapsed_s: float, done: bool, sent_s: float | None = None) -> None:
         """A poll answered `elapsed_s` after creation (sent at `sent_s`, if known) found it `done` or not."""
         if self._model.estimate(self.key) is not None:
             if self._misses == 0:
-                self._model.record_first_poll(self.key, elapsed_s, done)
+                # When it left, not when it was answered: a slow answer is not a poll that waited.
+                self._model.record_first_poll(self.key, elapsed_s if sent_s is None else sent_s, done)
             elif self._misses == 1 and not self._model.polls_free:
                 self._model.record_second_poll(self.key, self._gap_used, done)
             self._misses += 0 if done else 1
@@ -254,7 +329,10 @@ class PollPlan:
             prompt = waited <= max(
                 self._model.policy.late_share * elapsed_s, self._model.policy.min_interval_s
             )
-            self._model.record_done(self.key, elapsed_s, prompt=prompt)
+            after = self._last_sent_s if self.polls else None
+            self._model.record_done(self.key, elapsed_s, prompt=prompt, after_s=after)
+        if self._due_index is not None:
+            self._schedule_index, self._due_index = self._due_index + 1, None
         self.polls += 1
         self._last_poll_s = elapsed_s
         self._last_sent_s = elapsed_s if sent_s is None else sent_s

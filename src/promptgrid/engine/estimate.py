@@ -14,7 +14,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any
 
 from promptgrid.api.polling import PollPolicy
@@ -32,8 +31,6 @@ from promptgrid.types import Job
 
 SAMPLE_PROMPT_CHARS = 60
 RENDERED_PROMPT_CHARS = 200
-# The latency spread assumed for free polls' count (lognormal sigma, as measured on the sandbox's default).
-TYPICAL_SPREAD = 0.25
 
 
 @dataclass(frozen=True)
@@ -71,20 +68,13 @@ def expected_polls(polls_free: bool, policy: PollPolicy | None = None) -> float:
     """Polls per image once the engine has learned the latency (the cold start's few scout polls left out).
 
     Counted polls: the first finds a share `first_hit` done, each later one about `second_hit` of the rest.
-    Free polls: the first comes where `fine_first_hit` are done, then one every `fine_step` of the time
-    elapsed, counted here for a lognormal latency of TYPICAL_SPREAD.
+    Free polls: the schedule drawn from the learned latencies spends `fine_polls` per prediction, whatever
+    their spread (more while the API is short of room, which a plan cannot foresee).
     """
     policy = policy or PollPolicy()
     if not polls_free:
         return 1 + (1 - policy.first_hit) / policy.second_hit
-    spread = NormalDist(0.0, TYPICAL_SPREAD)
-    first = spread.inv_cdf(policy.fine_first_hit)
-    steps = 200
-    later = 0.0
-    for n in range(steps):  # the mean over latency quantiles of the fine polls after the first
-        log_latency = spread.inv_cdf((n + 0.5) / steps)
-        later += max(0.0, math.ceil((log_latency - first) / math.log1p(policy.fine_step)))
-    return 1 + later / steps
+    return policy.fine_polls
 
 
 def images_per_job(inputs: Mapping[str, Any]) -> int:

@@ -131,7 +131,7 @@ class ApiLimits:
         idle = self.gate.running == 0
         retry_after = exc.retry_after_s if isinstance(exc, Throttled) else None
         self.gate.refused(retry_after, self.config.idle_retry_s, self.config.max_backoff_s)
-        self.latency.room_scarce = True
+        self.latency.room_scarce, self.latency.room_share = True, self.gate.cap / self.gate.limit
         if isinstance(exc, PaymentRequired):
             self.stats.payment_waits += 1
             return idle and self.gate.idle_refusals >= self.config.payment_tries
@@ -145,7 +145,7 @@ class ApiLimits:
             self._warm = True
             self.latency.set_polls_free(self.polls_free)
         self.gate.finished()
-        self.latency.room_scarce = self.gate.lowered
+        self.latency.room_scarce, self.latency.room_share = self.gate.lowered, self.gate.cap / self.gate.limit
 
     def _polls_count(self, kind: str) -> bool:
         """Whether polls are read as counted: never if the spec says so, else once a poll met a 429."""
