@@ -351,16 +351,33 @@ async def test_another_process_sees_the_requests_entered_at_adoption(redis_url, 
 
 
 async def test_a_lowered_cap_enters_nothing_again_and_a_request_held_by_a_pause_counts(redis_url, namespace):
-    budget = RedisBudget(Limits.auto(max_in_flight=10), redis_url, namespace)
+    budget = RedisBudget(Limits.auto(max_in_flight=10), redis_url, namespace, guard_s=0.005)
     await budget.on_throttled(0.3, "poll")  # the 429 that shows the cap pauses every kind
     held = asyncio.create_task(budget.take_request("create"))
     await asyncio.sleep(0.05)
-    now = time.monotonic()
-    budget.adopt(Limits(10, 30.0, 10), answered=[now - 0.1])
-    assert await asyncio.wait_for(held, 2) is not None  # sent under the cap: counted
-    budget.adopt(Limits(9, 30.0, 10), answered=[now - 0.1, time.monotonic()])  # a later 429 lowers it
+    budget.adopt(Limits(10, 30.0, 10), answered=[time.monotonic() - 0.1])
+    receipt = await asyncio.wait_for(held, 2)
+    assert receipt is not None  # sent under the cap: counted
+    receipt.settle()
+    await asyncio.sleep(0.05)  # the settle is sent in the background
+    # A later 429 lowers the cap; the engine's answers are the same two requests, not two more.
+    budget.adopt(Limits(9, 30.0, 10), answered=[time.monotonic() - 0.3, time.monotonic() - 0.05])
     await asyncio.wait_for(budget.take_request("create"), 2)
     assert await window_entries(redis_url, namespace) == 3  # one answered before the cap, two sent under it
+    await budget.aclose()
+
+
+async def test_polls_found_to_count_under_a_creates_only_cap_are_entered_once(redis_url, namespace):
+    budget = RedisBudget(Limits.auto(max_in_flight=10), redis_url, namespace, guard_s=0.005)
+    budget.adopt(Limits(10, 30.0, 10, polls_count=False), answered=[time.monotonic() - 0.2])
+    (await budget.take_request("create")).settle()
+    assert await budget.take_request("poll") is None  # not counted under this cap
+    await asyncio.sleep(0.05)  # the settle is sent in the background
+    now = time.monotonic()
+    # A poll's 429 shows polls count: two creates and the poll were answered in the window.
+    budget.adopt(Limits(10, 30.0, 10, polls_count=True), answered=[now - 0.25, now - 0.06, now - 0.05])
+    await asyncio.wait_for(budget.take_request("poll"), 2)
+    assert await window_entries(redis_url, namespace) == 4  # those three and this one: the creates once
     await budget.aclose()
 
 

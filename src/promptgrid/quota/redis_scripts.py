@@ -73,16 +73,23 @@ end
 return lost
 """
 
-# KEYS: window. ARGV: span_us (window + guard), expire_us, then pairs of member and age_us. Enters requests
-# answered `age_us` before now, dated then, as TAKE_REQUEST's settled entries are; one older than the span
-# is left out, and a member already present keeps its date, so sending the same seed twice counts it once.
-# Returns how many were entered.
+# KEYS: window. ARGV: span_us (window + guard), expire_us, prefix, replace_us, then pairs of member and
+# age_us. Unless replace_us is negative, first drops the entries whose member starts with `prefix` dated more
+# than replace_us ago (one process's requests answered by then). Then enters requests answered `age_us`
+# before now, dated then, as TAKE_REQUEST's settled entries are; one older than the span is left out, and a
+# member already present keeps its date. Returns how many were entered.
 SEED = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local span = tonumber(ARGV[1])
+local prefix = ARGV[3]
+if tonumber(ARGV[4]) >= 0 then
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[4]))) do
+    if string.sub(member, 1, #prefix) == prefix then redis.call('ZREM', KEYS[1], member) end
+  end
+end
 local entered = 0
-for i = 3, #ARGV, 2 do
+for i = 5, #ARGV, 2 do
   local age = tonumber(ARGV[i + 1])
   if age < span then
     entered = entered + redis.call('ZADD', KEYS[1], 'NX', now - age, ARGV[i])

@@ -22,12 +22,10 @@ asks once before a run sends anything; every connection and answer has a timeout
 back never fails: one that cannot be given back is logged and returns on its own when its lease runs out.
 
 Without a request-rate cap (`Limits.auto`) no request is entered in the window: the slots and the shared
-pause still hold. A cap the engine adopts (`adopt`) applies to this process's requests from then on, and
-the requests it had answered within the window before (nothing entered them) are entered then, dated at
-their answers, before this process sends another counted request: the API counted them, so the shared
-window must, or a second full window would follow the 429 at once. Every process that meets the API's limit
-adopts its own reading of it and enters its own requests; the API counted them all. A 429 still pauses
-every process, so until all have adopted, the pause is what they share.
+pause still hold. A cap the engine adopts (`adopt`) applies to this process's requests from then on; the
+ones it had answered within the window are entered, dated at their answers, before it sends another: the
+API counted them, or a second full window would follow the 429. Each process that meets the API's limit
+adopts its own reading of it and enters its own requests. A 429 still pauses every process.
 """
 
 from __future__ import annotations
@@ -128,9 +126,10 @@ class RedisBudget:
         # Requests answered before a cap was adopted, by member, on `clock` (None: not answered yet), to be
         # entered before the next request; and, while no cap is known, the requests not answered yet.
         self._seed: dict[str, float | None] = {}
+        self._answered: tuple[float, list[float]] | None = None  # adopted at, requests answered by then
         self._open: dict[str, str] = {}  # member: kind
         self._seeding = asyncio.Lock()
-        self._name = uuid.uuid4().hex  # this budget's seeded members are its own
+        self._name = uuid.uuid4().hex  # the prefix of this budget's entries in the window
         self._settling: set[asyncio.Task[None]] = set()
         self._settled = asyncio.Event()
         self._held: set[str] = set()
@@ -159,42 +158,50 @@ class RedisBudget:
         await self._run(self._redis.ping())  # type: ignore[arg-type,unused-ignore]  # typed as a union
 
     def adopt(self, limits: Limits, answered: Sequence[float] = ()) -> None:
-        """Keep this process's requests to `limits` from now on, entering the requests `answered` (times on
-        `clock`) within the window, and those it counts still unanswered, in the shared window before the
-        next request is admitted.
-
-        Only a first cap enters them: under a cap already adopted, they were entered as they went. (A cap
-        that starts counting polls later counts from then on the polls answered before it; a bound to keep
-        in mind, not met by the engine, which adopts polls counting at its first cap in a counting API.)
-        """
+        """Keep this process's requests to `limits`; before its next one, replace its entries answered by
+        now in the shared window by `answered` (times on `clock`; all that `limits` counts, such as polls
+        a creates-only cap left out), and at a first cap enter those still unanswered."""
         first = not self.limits.capped
         self._apply(limits)
-        if not (first and limits.capped):
+        if not limits.capped:
             return
-        horizon = self._clock() - limits.window_s - self.guard_s
-        for n, answered_at in enumerate(t for t in answered if t > horizon):
-            self._seed[f"{self._name}:answered:{n}"] = answered_at
-        for member, kind in self._open.items():
-            if limits.counts(kind):
-                self._seed[member] = None  # dated at its answer when its receipt is settled
-        self._open.clear()
+        now = self._clock()
+        horizon = now - limits.window_s - self.guard_s
+        self._answered = (now, [t for t in answered if t > horizon])
+        if first:
+            for member, kind in self._open.items():
+                if limits.counts(kind):
+                    self._seed[member] = None  # dated at its answer when its receipt is settled
+            self._open.clear()
 
     async def _enter_seed(self) -> None:
-        """Enter the requests `adopt` was given in the shared window, once, before any more are admitted."""
+        """Enter what `adopt` was given in the shared window, once, before any more requests are admitted."""
         async with self._seeding:
-            if not self._seed:
+            if not self._seed and self._answered is None:
                 return
             # Ages taken before asking: Redis dates each entry later by the trip there, never earlier than
             # its answer, so it leaves the window no sooner than the API's own count of it does.
-            now = self._clock()
+            now, sent, answered = self._clock(), dict(self._seed), self._answered
             span = self.limits.window_s + self.guard_s
-            args: list[EncodableT] = [_us(span), _us(span * 2 + self.unsettled_s)]
-            for member, answered_at in self._seed.items():
+            # Ours answered by the adoption (less a guard: counted twice rather than not at all) are replaced.
+            replace_s = -1.0 if answered is None else now - answered[0] + self.guard_s
+            args: list[EncodableT] = [_us(span), _us(span * 2 + self.unsettled_s), f"{self._name}:"]
+            args.append(round(replace_s * 1_000_000))
+            for n, at in enumerate(answered[1] if answered else ()):
+                args += [f"{self._name}:answered:{n}", round(max(0.0, now - at) * 1_000_000)]
+            for member, answered_at in sent.items():
                 # One not answered yet is entered as if answered `unsettled_s` from now, like an admission.
                 age_s = -self.unsettled_s if answered_at is None else max(0.0, now - answered_at)
                 args += [member, round(age_s * 1_000_000)]
-            await self._call(self._seed_script, [self._window_key], args)
-            self._seed.clear()  # members are unique: sent again after a failure, each counts once
+            entered = await self._call(self._seed_script, [self._window_key], args)
+            log.debug("entered %d requests from before the cap in the shared window", entered)
+            if self._answered is answered:
+                self._answered = None
+            # One added meanwhile goes with the next request; one answered meanwhile may have been entered
+            # unanswered: date it now.
+            for member, answered_at in sent.items():
+                if self._seed.pop(member) != answered_at:
+                    self._settle_soon(member)
 
     async def take_request(self, kind: str) -> SharedReceipt | None:
         """Wait until one more request fits the shared window and no shared pause is on, then count it.
@@ -206,12 +213,12 @@ class RedisBudget:
         keys = [self._window_key, self._paused_key, self._creates_paused_key]
         async with self._askers[kind]:
             while True:
-                if self._seed:
+                if self._seed or self._answered is not None:
                     await self._enter_seed()
                 # Read each time: a cap adopted while this request waited out a pause counts it.
                 counts, capped = self.limits.counts(kind), self.limits.capped
                 window = [self.limits.requests or 0, _us(self.limits.window_s), _us(self.guard_s)]
-                member = uuid.uuid4().hex
+                member = f"{self._name}:{uuid.uuid4().hex}"
                 args: list[EncodableT] = [*window, member, "1" if counts else "0", _us(self.unsettled_s)]
                 args.append("1" if kind == "create" else "0")
                 settled = self._settled
