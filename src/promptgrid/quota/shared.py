@@ -227,8 +227,10 @@ class RedisBudget:
                 except asyncio.CancelledError:
                     self._settle_soon(member)  # in case Redis admitted it: date it now, not a window on
                     raise
-                if wait_us == 0:
+                if wait_us == 0 and (capped or not self.limits.capped):
                     return self._admitted(member, kind, counts, capped)
+                if wait_us == 0:
+                    continue  # admitted uncounted as a cap was adopted: ask again under it, not send now
                 # The wait is exact unless the oldest entry is unsettled; a settle here, or the recheck,
                 # asks again sooner.
                 await wait_event(settled, min(wait_us / 1e6, self._request_recheck_s()))
@@ -237,10 +239,7 @@ class RedisBudget:
         """The receipt of a request admitted as `counts` under a cap (`capped`) or none."""
         if capped:
             return SharedReceipt(self, member) if counts else None
-        if not self.limits.capped:
-            self._open[member] = kind  # a cap adopted before its answer counts it
-        elif self.limits.counts(kind):
-            self._seed[member] = None  # a cap adopted while Redis admitted it
+        self._open[member] = kind  # a cap adopted before its answer counts it
         return SharedReceipt(self, member)
 
     def _request_recheck_s(self) -> float:
