@@ -11,41 +11,48 @@ take up to 5x longer), a limit model and a fault mix:
 - 402: the docs model with a 402 for every create while 5 are in flight.
 
 The engine runs as a spec would by default (`rate_limit: auto`, `max_concurrent: 10`), told nothing of the
-limit model. Beside it, in the same process and against a fresh sandbox with the same settings, the seed
-page's loop: create (again a second later if refused), poll every second, ten at a time, no budget; it gives
-a prediction up at the API's own 300 s timeout. The sandbox runs in its own process.
+limit model, on this process's own budget, or with `--budget redis` on a RedisBudget (the budget of a spec
+with `api.quota_url`) kept in a throwaway redis-server on loopback. Beside it, in the same process and
+against a fresh sandbox with the same settings, the seed page's loop: create (again a second later if
+refused), poll every second, ten at a time, no budget; it gives a prediction up at the API's own 300 s
+timeout. The sandbox runs in its own process.
 
 For each run: images, 429s, 402s, duplicate creates, API requests per image, the span from first to last API
 request, the floor (the larger of images x mean latency / slots available, and the requests the rate limit
-needs at its rate: 2 per image when polls count, 1 when not), and the engine's span against the loop's.
+needs at its rate: 2 per image when polls count, 1 when not), and the engine's span against the loop's;
+under each engine row, the request cap it adopted.
 
     .venv/bin/python benchmarks/engine_bench.py                      # every case (~20 min)
     .venv/bin/python benchmarks/engine_bench.py --spreads 0.25 --models docs,docs-held --faults none
+    .venv/bin/python benchmarks/engine_bench.py --budget redis --models page-counted --faults none
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import itertools
 import json
 import os
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 
 import httpx
 from PIL import Image
-from support import sandbox_process
+from support import redis_process, sandbox_process
 
 from promptgrid.api.client import ApiClient
 from promptgrid.engine.config import EngineConfig
 from promptgrid.engine.engine import Engine
 from promptgrid.models.check import check_input
-from promptgrid.quota.base import Limits
+from promptgrid.quota.base import Budget, Limits
 from promptgrid.quota.local import LocalBudget
+from promptgrid.quota.shared import RedisBudget
 from promptgrid.settings import ApiKey
 from promptgrid.types import Job, JobStatus
 
@@ -98,6 +105,7 @@ class Figures:
     requests: int
     span_s: float
     floor_s: float
+    adopted: str | None = None
 
     def row(self, case: str, runner: str, count: int, against: Figures | None = None) -> str:
         versus = f"{self.span_s / against.span_s:>10.2f}x" if against else " " * 11
@@ -127,17 +135,27 @@ def make_jobs(count: int) -> list[Job]:
     return jobs
 
 
-async def run_engine(url: str, jobs: list[Job], scale: float) -> tuple[int, RecordingTransport]:
-    """The engine as a spec runs it by default: `rate_limit: auto`, 10 in flight."""
+Ran = tuple[int, RecordingTransport, str | None]  # images, the requests sent, the cap adopted
+
+
+async def run_engine(url: str, jobs: list[Job], scale: float, quota_url: str | None = None) -> Ran:
+    """The engine as a spec runs it by default: `rate_limit: auto`, 10 in flight; its quota shared through
+    the Redis at `quota_url` when given (a fresh namespace per run)."""
     transport = RecordingTransport()
     config = EngineConfig(limits=Limits.auto(max_in_flight=10)).scaled(scale)
-    async with ApiClient(url, KEY, transport=transport) as client:
-        engine = Engine(client, LocalBudget(config.limits), config)
-        images = sum([outcome.status is JobStatus.SUCCESS async for outcome in engine.run(jobs)])
-    return images, transport
+    budget: Budget = LocalBudget(config.limits)
+    if quota_url is not None:
+        budget = RedisBudget(config.limits, quota_url, namespace=f"bench-{time.monotonic_ns()}")
+    try:
+        async with ApiClient(url, KEY, transport=transport) as client:
+            engine = Engine(client, budget, config)
+            images = sum([outcome.status is JobStatus.SUCCESS async for outcome in engine.run(jobs)])
+    finally:
+        await budget.aclose()
+    return images, transport, engine.stats.adopted_limit
 
 
-async def run_seed_loop(url: str, jobs: list[Job], scale: float) -> tuple[int, RecordingTransport]:
+async def run_seed_loop(url: str, jobs: list[Job], scale: float) -> Ran:
     """The seed page's loop: create, then poll every (API) second until done; ten at a time, no budget."""
     transport = RecordingTransport()
     tick = 1.0 / scale
@@ -152,7 +170,7 @@ async def run_seed_loop(url: str, jobs: list[Job], scale: float) -> tuple[int, R
                 images += got
 
         await asyncio.gather(*(worker() for _ in range(10)))
-    return images, transport
+    return images, transport, None
 
 
 async def seed_one(client: ApiClient, job: Job, tick: float, give_up_s: float) -> int:
@@ -185,12 +203,12 @@ async def seed_one(client: ApiClient, job: Job, tick: float, give_up_s: float) -
     return 0
 
 
-Runner = Callable[[str, list[Job], float], Awaitable[tuple[int, RecordingTransport]]]
+Runner = Callable[[str, list[Job], float], Awaitable[Ran]]
 
 
 def measure(runner: Runner, jobs: list[Job], options: tuple[str, ...], model: str, scale: float) -> Figures:
     with sandbox_process("--time-scale", str(scale), "--seed", "1", *options) as url:
-        images, transport = asyncio.run(runner(url, jobs, scale))
+        images, transport, adopted = asyncio.run(runner(url, jobs, scale))
         stats = json.load(urllib.request.urlopen(f"{url}/sandbox/stats"))
     latency = stats["mean_success_latency_s"] or 0.0
     floor = len(jobs) * latency / SLOTS[model]
@@ -205,6 +223,7 @@ def measure(runner: Runner, jobs: list[Job], options: tuple[str, ...], model: st
         requests=len(transport.sent),
         span_s=transport.sent[-1] - transport.sent[0],
         floor_s=floor,
+        adopted=adopted,
     )
 
 
@@ -256,19 +275,8 @@ async def engine_overhead(count: int) -> tuple[float, float]:
     return engine_rate, bare_rate
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--images", type=int, default=120)
-    parser.add_argument("--scale", type=float, default=10.0)
-    parser.add_argument("--spreads", default=",".join(SPREADS))
-    parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--faults", default=",".join(FAULTS))
-    parser.add_argument("--overhead-jobs", type=int, default=3000)
-    args = parser.parse_args()
-    jobs = make_jobs(args.images)
-    print(f"{args.images} images, sandbox at x{args.scale:g} (median latency {8 / args.scale:g} s); "
-          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
-    print(HEADER)
+def cases(args: argparse.Namespace, jobs: list[Job], run_engine: Runner) -> list[str]:
+    """Each case measured, the seed loop then the engine; the cases where the engine was slower."""
     slower = []
     for faults in args.faults.split(","):
         spreads = args.spreads.split(",") if faults == "none" else ["0.25"]
@@ -278,9 +286,40 @@ def main() -> None:
             loop = measure(run_seed_loop, jobs, options, model, args.scale)
             engine = measure(run_engine, jobs, options, model, args.scale)
             print(engine.row(case, "engine", args.images, loop), flush=True)
+            print(f"|   cap adopted: {engine.adopted or 'none'}", flush=True)
             print(loop.row(case, "seed loop", args.images), flush=True)
             if engine.span_s > loop.span_s:
                 slower.append(case)
+    return slower
+
+
+@contextlib.contextmanager
+def quota(budget: str) -> Iterator[str | None]:
+    """Where the engine's quota is kept: None (its own process), or a throwaway redis-server's URL."""
+    if budget == "local":
+        yield None
+        return
+    with redis_process() as url:
+        yield url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--images", type=int, default=120)
+    parser.add_argument("--scale", type=float, default=10.0)
+    parser.add_argument("--spreads", default=",".join(SPREADS))
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--faults", default=",".join(FAULTS))
+    parser.add_argument("--overhead-jobs", type=int, default=3000)
+    parser.add_argument("--budget", choices=("local", "redis"), default="local", help="the engine's budget")
+    args = parser.parse_args()
+    jobs = make_jobs(args.images)
+    print(f"{args.images} images, sandbox at x{args.scale:g} (median latency {8 / args.scale:g} s); "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
+    print(f"engine budget: {args.budget}")
+    print(HEADER)
+    with quota(args.budget) as quota_url:
+        slower = cases(args, jobs, partial(run_engine, quota_url=quota_url))
     print(f"\nengine slower than the seed loop in: {', '.join(slower) or 'no case'}")
     if args.overhead_jobs:
         engine_rate, bare_rate = asyncio.run(engine_overhead(args.overhead_jobs))

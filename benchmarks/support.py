@@ -1,11 +1,14 @@
-"""What the benchmark scripts share: a `promptgrid sandbox` in its own process, on a free loopback port."""
+"""What the benchmark scripts share: a `promptgrid sandbox`, or a redis-server, in its own process on a free
+loopback port."""
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -34,3 +37,26 @@ def sandbox_process(*options: str) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def redis_process() -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port, nothing persisted; yields its URL."""
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="promptgrid-bench-redis-")
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", workdir, "--save", ""]
+    command += ["--appendonly", "no", "--loglevel", "warning"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        shutil.rmtree(workdir, ignore_errors=True)

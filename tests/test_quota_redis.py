@@ -198,8 +198,9 @@ async def test_a_create_429_pauses_every_budgets_creates_while_polls_go_on(redis
     bystander = RedisBudget(Limits.auto(), redis_url, namespace)
     await throttled.on_throttled(0.4, "create")
     started = time.monotonic()
-    assert await asyncio.wait_for(bystander.take_request("poll"), 5) is None  # uncounted: no receipt
+    await asyncio.wait_for(bystander.take_request("poll"), 5)
     assert time.monotonic() - started < 0.2  # polls go on through a create's pause
+    assert await window_entries(redis_url, namespace) == 0  # no cap: nothing entered
     await asyncio.wait_for(bystander.take_request("create"), 5)
     assert time.monotonic() - started >= 0.35
     await throttled.on_throttled(0.3, "poll")  # a poll's 429 holds every kind
@@ -283,3 +284,118 @@ async def test_a_quota_lost_mid_run_fails_fast_and_gives_slots_back_without_rais
     await budget.aclose()
     assert time.monotonic() - started < 15
     assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+async def window_entries(redis_url: str, namespace: str) -> int:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        return int(await client.zcard(f"promptgrid:quota:{namespace}:window"))
+    finally:
+        await client.aclose()
+
+
+async def test_a_cap_adopted_counts_the_requests_answered_before_it(redis_url, namespace):
+    budget = RedisBudget(Limits.auto(max_in_flight=10), redis_url, namespace)
+    for _ in range(3):
+        (await budget.take_request("create")).settle()  # answered (the times below)
+    assert await window_entries(redis_url, namespace) == 0  # no cap: nothing entered
+    now = time.monotonic()
+    budget.adopt(Limits(5, 30.0, 10), answered=[now - 0.3, now - 0.2, now - 0.1])
+    # The API counted those three: only two more fit its window, not a full window's five.
+    for _ in range(2):
+        (await asyncio.wait_for(budget.take_request("create"), 2)).settle()
+    assert await window_entries(redis_url, namespace) == 5
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(budget.take_request("create"), 0.3)
+    await budget.aclose()
+
+
+async def test_requests_answered_before_the_window_are_not_entered(redis_url, namespace):
+    budget = RedisBudget(Limits.auto(max_in_flight=10), redis_url, namespace)
+    now = time.monotonic()
+    budget.adopt(Limits(3, 30.0, 10), answered=[now - 45.0, now - 31.0, now - 0.1])
+    for _ in range(2):
+        await asyncio.wait_for(budget.take_request("poll"), 2)
+    assert await window_entries(redis_url, namespace) == 3
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(budget.take_request("poll"), 0.3)
+    await budget.aclose()
+
+
+async def test_requests_entered_at_adoption_are_dated_at_their_answers(redis_url, namespace):
+    budget = RedisBudget(Limits.auto(max_in_flight=10), redis_url, namespace)
+    now = time.monotonic()
+    budget.adopt(Limits(5, 30.0, 10), answered=[now - 10.0, now - 20.0])
+    await budget.take_request("create")
+    client = redis.asyncio.Redis.from_url(redis_url)
+    seconds, micros = await client.time()
+    entries = await client.zrange(f"promptgrid:quota:{namespace}:window", 0, 1, withscores=True)
+    await client.aclose()
+    ages = [seconds + micros / 1e6 - score / 1e6 for _, score in entries]
+    # Dated on Redis' clock where they were answered, so they leave the window as it slides past them.
+    assert 20.0 <= ages[0] < 25.0 and 10.0 <= ages[1] < 15.0
+    await budget.aclose()
+
+
+async def test_another_process_sees_the_requests_entered_at_adoption(redis_url, namespace):
+    adopter = RedisBudget(Limits.auto(max_in_flight=10), redis_url, namespace)
+    now = time.monotonic()
+    adopter.adopt(Limits(4, 30.0, 10), answered=[now - 0.2, now - 0.1])
+    (await adopter.take_request("create")).settle()  # entered before this one
+    other = RedisBudget(Limits(4, 30.0, 10), redis_url, namespace)
+    await asyncio.wait_for(other.take_request("create"), 2)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(other.take_request("create"), 0.3)
+    for budget in (adopter, other):
+        await budget.aclose()
+
+
+async def test_a_lowered_cap_enters_nothing_again_and_a_request_held_by_a_pause_counts(redis_url, namespace):
+    budget = RedisBudget(Limits.auto(max_in_flight=10), redis_url, namespace, guard_s=0.005)
+    await budget.on_throttled(0.3, "poll")  # the 429 that shows the cap pauses every kind
+    held = asyncio.create_task(budget.take_request("create"))
+    await asyncio.sleep(0.05)
+    budget.adopt(Limits(10, 30.0, 10), answered=[time.monotonic() - 0.1])
+    receipt = await asyncio.wait_for(held, 2)
+    assert receipt is not None  # sent under the cap: counted
+    receipt.settle()
+    await asyncio.sleep(0.05)  # the settle is sent in the background
+    # A later 429 lowers the cap; the engine's answers are the same two requests, not two more.
+    budget.adopt(Limits(9, 30.0, 10), answered=[time.monotonic() - 0.3, time.monotonic() - 0.05])
+    await asyncio.wait_for(budget.take_request("create"), 2)
+    assert await window_entries(redis_url, namespace) == 3  # one answered before the cap, two sent under it
+    await budget.aclose()
+
+
+async def test_polls_found_to_count_under_a_creates_only_cap_are_entered_once(redis_url, namespace):
+    budget = RedisBudget(Limits.auto(max_in_flight=10), redis_url, namespace, guard_s=0.005)
+    budget.adopt(Limits(10, 30.0, 10, polls_count=False), answered=[time.monotonic() - 0.2])
+    (await budget.take_request("create")).settle()
+    assert await budget.take_request("poll") is None  # not counted under this cap
+    await asyncio.sleep(0.05)  # the settle is sent in the background
+    now = time.monotonic()
+    # A poll's 429 shows polls count: two creates and the poll were answered in the window.
+    budget.adopt(Limits(10, 30.0, 10, polls_count=True), answered=[now - 0.25, now - 0.06, now - 0.05])
+    await asyncio.wait_for(budget.take_request("poll"), 2)
+    assert await window_entries(redis_url, namespace) == 4  # those three and this one: the creates once
+    await budget.aclose()
+
+
+async def test_a_cap_adopted_counts_the_requests_still_unanswered(redis_url, namespace):
+    budget = RedisBudget(Limits.auto(max_in_flight=10), redis_url, namespace)
+    unanswered = await budget.take_request("create")
+    answered = await budget.take_request("poll")
+    answered.settle()  # answered before the cap: the engine tells adopt when (here: not within the window)
+    budget.adopt(Limits(3, 30.0, 10), answered=[])
+    for _ in range(2):
+        await asyncio.wait_for(budget.take_request("poll"), 2)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(budget.take_request("poll"), 0.3)
+    unanswered.settle()  # dated at its answer now, no longer a window after its entry
+    await asyncio.sleep(0.05)  # the settle is sent in the background
+    client = redis.asyncio.Redis.from_url(redis_url)
+    seconds, micros = await client.time()
+    dated = await client.zscore(f"promptgrid:quota:{namespace}:window", unanswered.member)
+    await client.aclose()
+    assert dated <= seconds * 1e6 + micros  # dated at its answer, not `unsettled_s` on
+    await budget.aclose()

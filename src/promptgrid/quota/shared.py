@@ -23,8 +23,9 @@ back never fails: one that cannot be given back is logged and returns on its own
 
 Without a request-rate cap (`Limits.auto`) no request is entered in the window: the slots and the shared
 pause still hold. A cap the engine adopts (`adopt`) applies to this process's requests from then on; the
-shared window starts empty at that moment, and every process that meets the API's limit adopts its own
-reading of it. A 429 still pauses every process, so until all have adopted, the pause is what they share.
+ones it had answered within the window are entered, dated at their answers, before it sends another: the
+API counted them, or a second full window would follow the 429. Each process that meets the API's limit
+adopts its own reading of it and enters its own requests. A 429 still pauses every process.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, TypeVar
 
 import redis.asyncio as aioredis
@@ -45,6 +47,7 @@ from promptgrid.aio import wait_event
 from promptgrid.errors import QuotaUnavailable
 from promptgrid.locations import redact_url
 from promptgrid.quota.base import REQUEST_KINDS, pauses_polls
+from promptgrid.quota.redis_scripts import PAUSE, RENEW, SEED, SETTLE, TAKE_REQUEST, TAKE_SLOT
 
 if TYPE_CHECKING:
     from promptgrid.quota.base import Limits
@@ -58,76 +61,6 @@ _UNCAPPED_PAUSE_S = 1.0
 # Redis answers in milliseconds; a connection or answer slower than these means it is gone.
 CONNECT_TIMEOUT_S = 3.0
 ANSWER_TIMEOUT_S = 5.0
-
-# Times are microseconds of Redis TIME (exact in a Lua double until the year 2255).
-# KEYS: window, paused_until, creates_paused_until. ARGV: limit, window_us, guard_us, member, counts (1/0),
-# unsettled_us, create (1/0). Returns 0 when admitted, else the microseconds to wait before asking again (an
-# upper bound while the oldest entry is still unsettled). An admitted entry is scored as if it settled
-# `unsettled_us` from now.
-_TAKE_REQUEST = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local paused = tonumber(redis.call('GET', KEYS[2]) or '0')
-if ARGV[7] == '1' then paused = math.max(paused, tonumber(redis.call('GET', KEYS[3]) or '0')) end
-if paused > now then return paused - now end
-if ARGV[5] == '0' then return 0 end
-local span = tonumber(ARGV[2]) + tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. (now - span))
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[6]), ARGV[4])
-  redis.call('PEXPIRE', KEYS[1], math.ceil((span * 2 + tonumber(ARGV[6])) / 1000))
-  return 0
-end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return math.max(1, tonumber(oldest[2]) + span + 1 - now)
-"""
-
-# KEYS: window. ARGV: member. Dates an entry at its answer, which the API stamped no later than now.
-_SETTLE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-redis.call('ZADD', KEYS[1], 'XX', 'LT', now, ARGV[1])
-return 0
-"""
-
-# KEYS: paused_until or creates_paused_until. ARGV: pause_us. Only ever pushes the pause later.
-_PAUSE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local until_us = now + tonumber(ARGV[1])
-local current = tonumber(redis.call('GET', KEYS[1]) or '0')
-if until_us > current then
-  redis.call('SET', KEYS[1], until_us, 'PX', math.ceil(tonumber(ARGV[1]) / 1000) + 1000)
-end
-return 0
-"""
-
-# KEYS: slots. ARGV: max_in_flight, lease_us, token. Returns 0 when the slot is taken, else us until the
-# earliest lease could expire (an upper bound on the wait; a release usually wakes the waiter sooner).
-_TAKE_SLOT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
-  return 0
-end
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return math.max(1, tonumber(first[2]) - now)
-"""
-
-# KEYS: slots. ARGV: lease_us, token... Extends only leases still present; returns how many were lost.
-_RENEW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local lost = 0
-for i = 2, #ARGV do
-  if redis.call('ZADD', KEYS[1], 'XX', 'CH', now + tonumber(ARGV[1]), ARGV[i]) == 0 then
-    if not redis.call('ZSCORE', KEYS[1], ARGV[i]) then lost = lost + 1 end
-  end
-end
-return lost
-"""
 
 
 class SharedReceipt:
@@ -143,7 +76,7 @@ class SharedReceipt:
     def settle(self) -> None:
         if not self.settled:
             self.settled = True
-            self._budget._settle_soon(self.member)
+            self._budget._settle_receipt(self.member)
 
 
 class RedisBudget:
@@ -161,8 +94,10 @@ class RedisBudget:
         unsettled_s: float | None = None,
         default_pause_s: float | None = None,
         max_connections: int = 16,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self.lease_s = lease_s
+        self._clock = clock  # the clock of the answer times `adopt` is given
         self.recheck_s = recheck_s
         self._given = (guard_s, unsettled_s, default_pause_s)
         self._apply(limits)
@@ -182,11 +117,19 @@ class RedisBudget:
         self._creates_paused_key = prefix + "creates_paused_until"
         self._slots_key = prefix + "slots"
         self._released_channel = prefix + "released"
-        self._take_request = self._redis.register_script(_TAKE_REQUEST)
-        self._pause = self._redis.register_script(_PAUSE)
-        self._take_slot = self._redis.register_script(_TAKE_SLOT)
-        self._renew = self._redis.register_script(_RENEW)
-        self._settle = self._redis.register_script(_SETTLE)
+        self._take_request = self._redis.register_script(TAKE_REQUEST)
+        self._pause = self._redis.register_script(PAUSE)
+        self._take_slot = self._redis.register_script(TAKE_SLOT)
+        self._renew = self._redis.register_script(RENEW)
+        self._settle = self._redis.register_script(SETTLE)
+        self._seed_script = self._redis.register_script(SEED)
+        # Requests answered before a cap was adopted, by member, on `clock` (None: not answered yet), to be
+        # entered before the next request; and, while no cap is known, the requests not answered yet.
+        self._seed: dict[str, float | None] = {}
+        self._answered: tuple[float, list[float]] | None = None  # adopted at, requests answered by then
+        self._open: dict[str, str] = {}  # member: kind
+        self._seeding = asyncio.Lock()
+        self._name = uuid.uuid4().hex  # the prefix of this budget's entries in the window
         self._settling: set[asyncio.Task[None]] = set()
         self._settled = asyncio.Event()
         self._held: set[str] = set()
@@ -215,8 +158,50 @@ class RedisBudget:
         await self._run(self._redis.ping())  # type: ignore[arg-type,unused-ignore]  # typed as a union
 
     def adopt(self, limits: Limits, answered: Sequence[float] = ()) -> None:
-        """Keep this process's requests to `limits` from now on (the shared window counts from here)."""
+        """Keep this process's requests to `limits`; before its next one, replace its entries answered by
+        now in the shared window by `answered` (times on `clock`; all that `limits` counts, such as polls
+        a creates-only cap left out), and at a first cap enter those still unanswered."""
+        first = not self.limits.capped
         self._apply(limits)
+        if not limits.capped:
+            return
+        now = self._clock()
+        horizon = now - limits.window_s - self.guard_s
+        self._answered = (now, [t for t in answered if t > horizon])
+        if first:
+            for member, kind in self._open.items():
+                if limits.counts(kind):
+                    self._seed[member] = None  # dated at its answer when its receipt is settled
+            self._open.clear()
+
+    async def _enter_seed(self) -> None:
+        """Enter what `adopt` was given in the shared window, once, before any more requests are admitted."""
+        async with self._seeding:
+            if not self._seed and self._answered is None:
+                return
+            # Ages taken before asking: Redis dates each entry later by the trip there, never earlier than
+            # its answer, so it leaves the window no sooner than the API's own count of it does.
+            now, sent, answered = self._clock(), dict(self._seed), self._answered
+            span = self.limits.window_s + self.guard_s
+            # Ours answered by the adoption (less a guard: counted twice rather than not at all) are replaced.
+            replace_s = -1.0 if answered is None else now - answered[0] + self.guard_s
+            args: list[EncodableT] = [_us(span), _us(span * 2 + self.unsettled_s), f"{self._name}:"]
+            args.append(round(replace_s * 1_000_000))
+            for n, at in enumerate(answered[1] if answered else ()):
+                args += [f"{self._name}:answered:{n}", round(max(0.0, now - at) * 1_000_000)]
+            for member, answered_at in sent.items():
+                # One not answered yet is entered as if answered `unsettled_s` from now, like an admission.
+                age_s = -self.unsettled_s if answered_at is None else max(0.0, now - answered_at)
+                args += [member, round(age_s * 1_000_000)]
+            entered = await self._call(self._seed_script, [self._window_key], args)
+            log.debug("entered %d requests from before the cap in the shared window", entered)
+            if self._answered is answered:
+                self._answered = None
+            # One added meanwhile goes with the next request; one answered meanwhile may have been entered
+            # unanswered: date it now.
+            for member, answered_at in sent.items():
+                if self._seed.pop(member) != answered_at:
+                    self._settle_soon(member)
 
     async def take_request(self, kind: str) -> SharedReceipt | None:
         """Wait until one more request fits the shared window and no shared pause is on, then count it.
@@ -225,28 +210,47 @@ class RedisBudget:
         """
         if kind not in REQUEST_KINDS:
             raise ValueError(f"unknown request kind {kind!r}; expected one of {REQUEST_KINDS}")
-        counts = self.limits.counts(kind)
-        window = [self.limits.requests or 0, _us(self.limits.window_s), _us(self.guard_s)]
-        args: list[EncodableT] = [*window, "", "1" if counts else "0", _us(self.unsettled_s)]
-        args.append("1" if kind == "create" else "0")
         keys = [self._window_key, self._paused_key, self._creates_paused_key]
         async with self._askers[kind]:
             while True:
-                member = args[3] = uuid.uuid4().hex
+                if self._seed or self._answered is not None:
+                    await self._enter_seed()
+                # Read each time: a cap adopted while this request waited out a pause counts it.
+                counts, capped = self.limits.counts(kind), self.limits.capped
+                window = [self.limits.requests or 0, _us(self.limits.window_s), _us(self.guard_s)]
+                member = f"{self._name}:{uuid.uuid4().hex}"
+                args: list[EncodableT] = [*window, member, "1" if counts else "0", _us(self.unsettled_s)]
+                args.append("1" if kind == "create" else "0")
                 settled = self._settled
                 try:
                     wait_us = await self._call(self._take_request, keys, args)
                 except asyncio.CancelledError:
                     self._settle_soon(member)  # in case Redis admitted it: date it now, not a window on
                     raise
+                if wait_us == 0 and (capped or not self.limits.capped):
+                    return self._admitted(member, kind, counts, capped)
                 if wait_us == 0:
-                    return SharedReceipt(self, member) if counts else None
+                    continue  # admitted uncounted as a cap was adopted: ask again under it, not send now
                 # The wait is exact unless the oldest entry is unsettled; a settle here, or the recheck,
                 # asks again sooner.
                 await wait_event(settled, min(wait_us / 1e6, self._request_recheck_s()))
 
+    def _admitted(self, member: str, kind: str, counts: bool, capped: bool) -> SharedReceipt | None:
+        """The receipt of a request admitted as `counts` under a cap (`capped`) or none."""
+        if capped:
+            return SharedReceipt(self, member) if counts else None
+        self._open[member] = kind  # a cap adopted before its answer counts it
+        return SharedReceipt(self, member)
+
     def _request_recheck_s(self) -> float:
         return max(0.005, min(self.recheck_s, self.limits.floor_interval_s or self.recheck_s))
+
+    def _settle_receipt(self, member: str) -> None:
+        if self._open.pop(member, None) is not None:
+            return  # no cap yet: nothing entered it
+        if member in self._seed:
+            self._seed[member] = self._clock()  # entered with the seed, dated at this answer
+        self._settle_soon(member)  # dates it if the seed has already entered it
 
     def _settle_soon(self, member: str) -> None:
         task = asyncio.get_running_loop().create_task(self._settle_now(member))
