@@ -257,6 +257,36 @@ async def test_polls_are_timed_sparingly_in_the_cold_start_and_finely_after_it_u
     assert ApiLimits(said_free, LocalBudget(said_free.limits), LatencyModel(), stats, lambda: 0.0).polls_free
 
 
+async def test_free_polls_stay_thrifty_under_auto_until_more_than_the_pages_cap_was_answered_in_its_window():
+    now = [0.0]
+    config = AUTO  # the page's window scaled: 0.6 s at the tests' x100
+    limits = ApiLimits(config, LocalBudget(config.limits), LatencyModel(), EngineStats(), lambda: now[0])
+    assert limits.latency.polls_unproven  # polls may count toward a cap no 429 has shown yet
+    for _ in range(60):  # the page's 60, spread over two windows: nothing shown
+        now[0] += 1.2 / 60
+        limits.answered("poll")
+    assert limits.latency.polls_unproven
+    for _ in range(61):  # 61 within one window, no 429: the page's cap is not in force
+        now[0] += 0.5 / 61
+        limits.answered("poll")
+    assert not limits.latency.polls_unproven
+    said_free = replace(AUTO, limits=Limits(None, polls_count=False))  # the spec: polls never count
+    free = ApiLimits(said_free, LocalBudget(said_free.limits), LatencyModel(), EngineStats(), lambda: 0.0)
+    assert not free.latency.polls_unproven
+
+
+async def test_under_a_cap_counting_polls_a_prediction_may_wait_as_long_as_the_slots_spare():
+    stats = EngineStats()
+    explicit = replace(AUTO, limits=Limits(60, 6.0, 10, polls_count=True))
+    limits = ApiLimits(explicit, LocalBudget(explicit.limits), LatencyModel(), stats, lambda: 0.0)
+    # 60 per 6 s at a create and a poll per image is 5 images a second: 10 slots hold each 2 s.
+    assert limits.latency.hold_s == pytest.approx(2.0)
+    assert not limits.latency.polls_unproven  # an explicit cap: nothing to prove
+    polls_free = replace(AUTO, limits=Limits(60, 6.0, 10, polls_count=False))
+    free = ApiLimits(polls_free, LocalBudget(polls_free.limits), LatencyModel(), stats, lambda: 0.0)
+    assert free.latency.hold_s is None
+
+
 @pytest.mark.parametrize(
     ("kind", "message", "active", "room"),
     [

@@ -239,3 +239,42 @@ def test_free_polls_are_timed_from_when_the_last_poll_left_on_the_schedule():
     assert plan.next_poll_at() == schedule[schedule.index(at) + 1]
     plan.record_poll(schedule[-1] + 1.0, False, sent_s=schedule[-1] + 1.0)  # held up past the schedule
     assert plan.next_poll_at() == pytest.approx((schedule[-1] + 1.0) * 1.08)  # then `fine_step` of it
+
+
+def test_where_the_slots_spare_time_the_first_poll_waits_until_nearly_every_prediction_is_done():
+    rng = random.Random(7)
+    latencies = [8.0 * math.exp(rng.gauss(0, 0.25)) for _ in range(1500)]
+    plain = LatencyModel(PollPolicy())
+    spare = LatencyModel(PollPolicy())
+    spare.hold_s = 40.0  # the first poll may come as late as 28 s: far past nearly every end
+    for model in (plain, spare):  # learning
+        for t in latencies[:500]:
+            poll_until_done(model, t)
+    plain_polls = sum(poll_until_done(plain, t)[0] for t in latencies[500:]) / 1000
+    spare_polls = sum(poll_until_done(spare, t)[0] for t in latencies[500:]) / 1000
+    assert spare.first_hit_for(KEY) == PollPolicy().max_first_hit
+    assert spare_polls < 1.05 < plain_polls
+    tight = LatencyModel(PollPolicy())
+    tight.hold_s = 8.0  # up to 5.6 s: before most ends, so no later than the usual target
+    for t in latencies[:500]:
+        poll_until_done(tight, t)
+    assert tight.first_hit_for(KEY) == PollPolicy().first_hit
+
+
+def test_free_polls_that_may_yet_count_aim_later_and_spend_fewer():
+    model = LatencyModel(PollPolicy(), polls_free=True)
+    assert model.first_hit == PollPolicy().fine_first_hit
+    assert model.schedule_polls == PollPolicy().fine_polls
+    model.set_polls_unproven(True)
+    assert model.first_hit == PollPolicy().unproven_first_hit
+    assert model.schedule_polls == PollPolicy().unproven_polls
+
+
+def test_a_switch_to_counted_polls_with_few_completions_moves_the_first_poll_past_the_fine_delay():
+    model = LatencyModel(PollPolicy(), polls_free=True)
+    for done_at in (7.0, 8.0, 9.0, 10.0):
+        model.record_done(KEY, done_at, after_s=done_at - 0.5)
+    fine_delay = model.estimate(KEY)
+    model.set_polls_free(False)
+    assert model.estimate(KEY) > fine_delay
+    assert model.estimate(KEY) >= 9.0

@@ -4,7 +4,9 @@ Two regimes, switched as the engine learns the API's limits (`LatencyModel.polls
 
 - Polls count against a request cap ("thrifty"): every poll costs throughput, so the target is close to one
   poll per image. The first poll comes where a share `first_hit` of predictions are done; a miss is followed
-  `gap`·delay later, then geometrically wider.
+  `gap`·delay later, then geometrically wider. When the cap, not the slots, sets the pace, a prediction can
+  wait for its poll without slowing anything: the caller says how long (`hold_s`: the slots over the rate
+  of images the cap allows), and the first poll comes that late, where up to `max_first_hit` are done.
 - Polls are free (no cap is known, or polls do not count toward it: "fine"): the slots set the pace, and a
   finished prediction holds its slot until a poll sees it. Once a few completion times are known, polls
   follow a schedule drawn from them (promptgrid.api.poll_schedule): about `fine_polls` per prediction,
@@ -45,7 +47,7 @@ import random
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from promptgrid.api.poll_schedule import sqrt_hazard_schedule
+from promptgrid.api.poll_schedule import quantile, sqrt_hazard_schedule
 
 LatencyKey = tuple[str, int]
 
@@ -55,6 +57,10 @@ class PollPolicy:
     """Poll timing knobs in seconds of the API's clock; tests and benchmarks shrink them by the time scale."""
 
     first_hit: float = 0.9
+    # Where the cap leaves the slots to spare (`LatencyModel.hold_s`): up to this share of first polls hit.
+    max_first_hit: float = 0.98
+    # Of the time a prediction may hold its slot, the share its first poll may come at: the rest is slack.
+    hold_margin: float = 0.7
     second_hit: float = 0.8
     # When polls are free, slots turning over fast matter more than polls saved: polls where predictions end.
     fine_first_hit: float = 0.1
@@ -63,6 +69,12 @@ class PollPolicy:
     # fewer predictions it runs for us (fine_polls / room_share), between `scarce_polls` and `max_polls`.
     scarce_polls: float = 11.0
     max_polls: float = 16.0
+    # Under `rate_limit: auto`, until the requests sent have shown the model page's cap is not in force: the
+    # polls a free schedule spends, and its step before and past the schedule. Should polls count, every
+    # poll that misses takes a place in the first window, before its 429 can tell.
+    unproven_polls: float = 4.0
+    unproven_step: float = 0.2
+    unproven_first_hit: float = 0.5
     schedule_samples: int = 5  # completion times needed before the free schedule is used
     fine_step: float = 0.08  # before the schedule and past its end: a poll every this share of the elapsed
     fine_cold_growth: float = 1.35
@@ -86,12 +98,16 @@ class PollPolicy:
     prior_s: float | None = None  # a known typical latency skips the cold start
 
     def __post_init__(self) -> None:
-        if not all(0 < share < 1 for share in (self.first_hit, self.fine_first_hit, self.second_hit)):
-            raise ValueError("PollPolicy needs first_hit, fine_first_hit and second_hit between 0 and 1")
+        hits = (self.first_hit, self.max_first_hit, self.fine_first_hit, self.unproven_first_hit)
+        if not all(0 < share < 1 for share in (*hits, self.second_hit, self.hold_margin)):
+            raise ValueError("PollPolicy needs its hit shares and hold_margin between 0 and 1")
+        if self.max_first_hit < self.first_hit:
+            raise ValueError("PollPolicy needs max_first_hit >= first_hit")
         if min(self.cold_growth, self.fine_cold_growth) <= 1 or self.retry_growth < 1 or self.scouts < 1:
             raise ValueError("PollPolicy needs cold growths > 1, retry_growth >= 1 and at least one scout")
-        if min(self.fine_step, self.fine_polls, self.scarce_polls) <= 0 or self.max_polls < self.scarce_polls:
-            raise ValueError("PollPolicy needs fine_step, fine_polls, scarce_polls > 0 and max_polls >= them")
+        knobs = (self.fine_step, self.fine_polls, self.scarce_polls, self.unproven_polls, self.unproven_step)
+        if min(knobs) <= 0 or self.max_polls < self.scarce_polls:
+            raise ValueError("PollPolicy needs its steps and polls > 0 and max_polls >= scarce_polls")
 
     def scaled(self, time_scale: float) -> PollPolicy:
         """The same policy for an API whose clock runs `time_scale` times faster.
@@ -134,24 +150,54 @@ class LatencyModel:
         self.polls_free = polls_free
         self.room_scarce = False  # creates wait for room the API refused: a slot seen free is taken at once
         self.room_share = 1.0  # the share of our in-flight cap the API runs for us now
+        # While polls count: how long a prediction may hold its slot before the slots, not the request cap,
+        # set the pace (None: unknown, or the slots are what is short).
+        self.hold_s: float | None = None
+        # Free polls may yet count toward a cap no 429 has shown (see `PollPolicy.unproven_polls`).
+        self.polls_unproven = False
         self._keys: dict[LatencyKey, _KeyState] = {}
         self._rng = random.Random(0)  # where in its last interval a completion is placed
 
     @property
     def first_hit(self) -> float:
         """The share of first polls meant to find the prediction done, in the current regime."""
-        return self.policy.fine_first_hit if self.polls_free else self.policy.first_hit
+        if not self.polls_free:
+            return self.policy.first_hit
+        return self.policy.unproven_first_hit if self.polls_unproven else self.policy.fine_first_hit
+
+    def first_hit_for(self, key: LatencyKey) -> float:
+        """The share of first polls meant to hit for `key`: while polls count and the slots have time to
+        spare (`hold_s`), the share of recent completions that ended by the first poll's latest time."""
+        policy = self.policy
+        state = self._state(key)
+        if self.polls_free or self.hold_s is None or len(state.done_at) < _MIN_RESTART_SAMPLES:
+            return self.first_hit
+        latest = self.hold_s * policy.hold_margin
+        ended = sum(1 for t in state.done_at if t <= latest) / len(state.done_at)
+        return min(policy.max_first_hit, max(policy.first_hit, ended))
+
+    def set_polls_unproven(self, unproven: bool) -> None:
+        """Say whether free polls may yet count (`PollPolicy.unproven_polls`); delays restart as below."""
+        if unproven != self.polls_unproven:
+            self.polls_unproven = unproven
+            self._restart(self.polls_free)
 
     def set_polls_free(self, free: bool) -> None:
         """Switch regime; each delay restarts at the new target's quantile of recent completion times."""
         if free == self.polls_free:
             return
         self.polls_free = free
+        self._restart(free)
+
+    def _restart(self, free: bool) -> None:
         for state in self._keys.values():
             if len(state.done_at) >= _MIN_RESTART_SAMPLES:
                 ordered = sorted(state.done_at)
                 state.delay_s = ordered[min(len(ordered) - 1, int(self.first_hit * len(ordered)))]
                 state.samples = 0
+            elif state.done_at and state.delay_s is not None and not free:
+                # Too few to restart from, but a fine delay (an early quantile) would miss most first polls.
+                state.delay_s = max(state.delay_s, quantile(sorted(state.done_at), self.first_hit))
 
     def estimate(self, key: LatencyKey) -> float | None:
         """The current first-poll delay for `key`, or None while nothing is known."""
@@ -177,8 +223,14 @@ class LatencyModel:
         # A hit well after the delay (the poll waited for the budget), or a miss well before it, says nothing.
         if delay is None or (done and elapsed_s > delay * 1.1) or (not done and elapsed_s < delay * 0.9):
             return
-        state.delay_s = delay * self._factor(state, self.first_hit, done)
+        target = self.first_hit_for(key)
+        state.delay_s = delay * self._factor(state, target, done)
         state.samples += 1
+        if target > self.policy.first_hit and self.hold_s is not None:
+            # Time to spare: start the first poll where that share of recent completions had ended, not
+            # one miss at a time from below.
+            latest = self.hold_s * self.policy.hold_margin
+            state.delay_s = max(state.delay_s, min(latest, quantile(sorted(state.done_at), target)))
 
     def record_second_poll(self, key: LatencyKey, gap_used: float, done: bool) -> None:
         """Move the gap after the poll that followed a missed first poll."""
@@ -191,6 +243,8 @@ class LatencyModel:
     def schedule_polls(self) -> float:
         """The polls per prediction a free schedule spends now."""
         policy = self.policy
+        if self.polls_unproven:
+            return policy.unproven_polls
         if not self.room_scarce:
             return policy.fine_polls
         spread = policy.fine_polls / max(self.room_share, 1e-3)
@@ -301,7 +355,8 @@ class PollPlan:
             if index < len(schedule):
                 self._due_index = index
                 return max(schedule[index], soonest)
-            interval = min(policy.max_interval_s, self._last_sent_s * policy.fine_step)
+            step = policy.unproven_step if self._model.polls_unproven else policy.fine_step
+            interval = min(policy.max_interval_s, self._last_sent_s * step)
             return max(self._last_sent_s + interval, soonest)
         else:
             self._gap_used = self._model.gap(self.key) * policy.retry_growth ** (self._misses - 1)

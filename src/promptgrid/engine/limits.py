@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Callable
 
 from promptgrid.api.polling import LatencyModel
+from promptgrid.defaults import RATE_LIMIT_REQUESTS
 from promptgrid.engine.config import EngineConfig, EngineStats
 from promptgrid.engine.retry import NoRoom, Reachability
 from promptgrid.errors import ApiError, PaymentRequired, Throttled
@@ -79,7 +80,12 @@ class ApiLimits:
         self._answered: deque[tuple[float, str]] = deque(maxlen=_ANSWERS_KEPT)
         self._adopted_at = float("-inf")
         self._warm = not config.limits.polls_count  # the spec says polls never count: nothing to spare
+        # Under auto, until more requests than the model page's cap were answered in its window (no cap
+        # met), polls may count: the free schedule is kept thrifty (PollPolicy.unproven_polls).
+        self._recent: deque[float] | None = deque() if self.auto and config.limits.polls_count else None
+        latency.set_polls_unproven(self._recent is not None)
         latency.set_polls_free(self.polls_free)
+        self._tell_latency(room_scarce=False)
 
     @property
     def polls_free(self) -> bool:
@@ -90,7 +96,19 @@ class ApiLimits:
         """A request of `kind` ended (anything but a 429): the API counted it, if it counts any, and may
         have answered (anything but a transport failure is an answer)."""
         self.reachability.heard(failure)
-        self._answered.append((self._clock(), kind))
+        now = self._clock()
+        self._answered.append((now, kind))
+        recent = self._recent
+        if recent is not None:
+            recent.append(now)
+            while recent[0] < now - self.config.page_window_s:
+                recent.popleft()
+            if len(recent) > RATE_LIMIT_REQUESTS:
+                self._proven_free()
+
+    def _proven_free(self) -> None:
+        self._recent = None
+        self.latency.set_polls_unproven(False)
 
     async def throttled(self, kind: str, exc: Throttled, sent_at: float) -> None:
         """A 429: NoRoom when it is about room for one more prediction (nothing pauses: ours finishing makes
@@ -131,7 +149,7 @@ class ApiLimits:
         idle = self.gate.running == 0
         retry_after = exc.retry_after_s if isinstance(exc, Throttled) else None
         self.gate.refused(retry_after, self.config.idle_retry_s, self.config.max_backoff_s)
-        self.latency.room_scarce, self.latency.room_share = True, self.gate.cap / self.gate.limit
+        self._tell_latency(room_scarce=True)
         if isinstance(exc, PaymentRequired):
             self.stats.payment_waits += 1
             return idle and self.gate.idle_refusals >= self.config.payment_tries
@@ -145,7 +163,16 @@ class ApiLimits:
             self._warm = True
             self.latency.set_polls_free(self.polls_free)
         self.gate.finished()
-        self.latency.room_scarce, self.latency.room_share = self.gate.lowered, self.gate.cap / self.gate.limit
+        self._tell_latency(room_scarce=self.gate.lowered)
+
+    def _tell_latency(self, *, room_scarce: bool) -> None:
+        """Tell the poll timing how much room the API gives us, and, under a cap counting polls, how long a
+        prediction may wait for its poll before the slots rather than the cap set the pace: the slots over
+        the images per second the cap allows at a create and a poll each."""
+        latency, gate, limits = self.latency, self.gate, self.limits
+        latency.room_scarce, latency.room_share = room_scarce, gate.cap / gate.limit
+        counted = limits.requests is not None and limits.polls_count
+        latency.hold_s = gate.cap * 2 * limits.floor_interval_s if counted else None
 
     def _polls_count(self, kind: str) -> bool:
         """Whether polls are read as counted: never if the spec says so, else once a poll met a 429."""
@@ -174,7 +201,9 @@ class ApiLimits:
         answered = [t for t, k in self._answered if limits.counts(k) and t > now - limits.window_s]
         self.budget.adopt(limits, answered)
         self.limits, self._adopted_at = limits, now
+        self._proven_free()  # a cap is known: polls are timed for it
         self.latency.set_polls_free(self.polls_free)
+        self._tell_latency(room_scarce=self.gate.lowered)
         self.stats.adopted_limit = limits.describe()
         verb = "lowered to" if adopted is not None else "adopted"
         log.warning(
