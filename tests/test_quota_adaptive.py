@@ -164,6 +164,61 @@ async def test_the_gate_probes_one_higher_after_enough_finishes_and_backs_off_wh
     assert gate.cap == 4 and not gate.lowered and gate.running == 4
 
 
+async def test_while_creates_are_free_a_waiting_create_goes_ahead_as_a_probe_paced_by_our_finishes():
+    now = [0.0]
+    gate = SlotGate(10, clock=lambda: now[0], probes_per_finish=4.0)
+    gate.room_probes = True
+    await start(gate, 7)
+    await gate.enter()
+    gate.refused(None, 0.01, 0.1)  # the organisation runs 7 of ours
+    gate.leave()
+    for _ in range(2):  # two of ours seen to end 0.2 s apart, and their places taken again
+        now[0] += 0.2
+        gate.leave(running=True)
+        assert not await gate.enter()
+        gate.accepted()
+    waiting = asyncio.create_task(gate.enter(first=True))
+    assert await asyncio.wait_for(waiting, 1.0)  # let in as a probe, 0.05 s later (0.2 s / 4)
+    assert (gate.active, gate.cap) == (8, 7)
+    gate.refused(None, 0.01, 0.1, probe=True)  # nothing ended yet: the cap stays, nothing closes
+    gate.leave()
+    assert (gate.active, gate.cap, gate.idle_refusals) == (7, 7, 0)
+    assert await asyncio.wait_for(gate.enter(first=True), 1.0)  # the next probe
+    gate.accepted(probe=True)  # one of ours ended unseen: the probe runs in its place
+    assert (gate.running, gate.unseen, gate.cap) == (8, 1, 7)
+    third = asyncio.create_task(gate.enter(first=True))
+    fourth = asyncio.create_task(gate.enter())  # behind it
+    assert await asyncio.wait_for(third, 1.0)  # more of ours may have ended unseen: probing goes on
+    await asyncio.sleep(0.1)
+    assert not fourth.done()  # one probe out at a time
+    gate.refused(None, 0.01, 0.1, probe=True)
+    gate.leave()
+    assert await asyncio.wait_for(fourth, 1.0)
+    gate.refused(None, 0.01, 0.1, probe=True)
+    gate.leave()
+    gate.leave(running=True)  # the poll sees the one that ended: its place was taken already
+    assert (gate.active, gate.running, gate.unseen, gate.cap) == (7, 7, 0, 7)
+    assert gate.active == gate.cap + gate.unseen  # no room opened: the API runs 7 of ours
+
+
+async def test_without_room_probes_a_waiting_create_waits_for_a_finish():
+    now = [0.0]
+    gate = SlotGate(10, clock=lambda: now[0])
+    await start(gate, 7)
+    await gate.enter()
+    gate.refused(None, 0.01, 0.1)
+    gate.leave()
+    for _ in range(2):
+        now[0] += 0.2
+        gate.leave(running=True)
+        await gate.enter()
+        gate.accepted()
+    waiting = asyncio.create_task(gate.enter(first=True))
+    await asyncio.sleep(0.1)
+    assert not waiting.done()
+    waiting.cancel()
+
+
 async def test_with_nothing_of_ours_in_flight_the_gate_closes_for_retry_after_or_a_doubling_backoff():
     gate = SlotGate(2)
     await gate.enter()

@@ -12,7 +12,8 @@ Two regimes, switched as the engine learns the API's limits (`LatencyModel.polls
   follow a schedule drawn from them (promptgrid.api.poll_schedule): about `fine_polls` per prediction,
   spaced as one over the square root of the hazard rate, so they crowd where predictions end and a slot
   turns over a few percent of the latency after it frees, for a fixed number of polls whatever the spread or
-  the latency. While the API is short of room for us (`room_scarce`: creates wait because it refused them),
+  the latency. While the API is short of room for us and no room probe finds freed slots (`room_scarce`:
+  creates wait because it refused them, under a cap counting creates; promptgrid.quota.adaptive),
   a slot seen free is taken at once: the schedule keeps the poll rate it would have with every slot ours,
   spread over the fewer predictions the API runs for us (`room_share`), between `scarce_polls` and
   `max_polls` per prediction. Before the schedule (the first
@@ -99,10 +100,8 @@ class PollPolicy:
 
     def __post_init__(self) -> None:
         hits = (self.first_hit, self.max_first_hit, self.fine_first_hit, self.unproven_first_hit)
-        if not all(0 < share < 1 for share in (*hits, self.second_hit, self.hold_margin)):
-            raise ValueError("PollPolicy needs its hit shares and hold_margin between 0 and 1")
-        if self.max_first_hit < self.first_hit:
-            raise ValueError("PollPolicy needs max_first_hit >= first_hit")
+        if not all(0 < x < 1 for x in (*hits, self.second_hit, self.hold_margin)) or hits[1] < hits[0]:
+            raise ValueError("PollPolicy needs shares in (0, 1), and max_first_hit >= first_hit")
         if min(self.cold_growth, self.fine_cold_growth) <= 1 or self.retry_growth < 1 or self.scouts < 1:
             raise ValueError("PollPolicy needs cold growths > 1, retry_growth >= 1 and at least one scout")
         knobs = (self.fine_step, self.fine_polls, self.scarce_polls, self.unproven_polls, self.unproven_step)
@@ -150,8 +149,7 @@ class LatencyModel:
         self.polls_free = polls_free
         self.room_scarce = False  # creates wait for room the API refused: a slot seen free is taken at once
         self.room_share = 1.0  # the share of our in-flight cap the API runs for us now
-        # While polls count: how long a prediction may hold its slot before the slots, not the request cap,
-        # set the pace (None: unknown, or the slots are what is short).
+        # While polls count: how long a prediction may hold its slot before the slots, not the cap, bind.
         self.hold_s: float | None = None
         # Free polls may yet count toward a cap no 429 has shown (see `PollPolicy.unproven_polls`).
         self.polls_unproven = False

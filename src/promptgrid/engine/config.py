@@ -87,6 +87,7 @@ class EngineStats:
     rate_limited: int = 0  # 429s about the request rate
     room_waits: int = 0  # creates refused for want of room (429 about concurrency): they waited
     payment_waits: int = 0  # creates refused with 402: they waited for one of ours to finish
+    refused_probes: int = 0  # room probes refused (429 or 402): sent ahead by creates already waiting
     adopted_limit: str | None = None  # the request cap read off the API under `rate_limit: auto`
     spend: str | None = None  # spent against the spend caps (promptgrid.engine.spend); None without caps
     late_successes: int = 0  # predictions cancelled as stuck that succeeded after all (fetched, paid)

@@ -230,7 +230,7 @@ class Engine:
         inputs: Mapping[str, Any] | None = None
         refused_since: float | None = None
         while True:
-            await gate.enter(first=refused_since is not None)
+            probe = await gate.enter(first=refused_since is not None)  # a room probe (SlotGate)
             token = await self.budget.take_slot()
             self.stats.in_flight += 1
             running = False
@@ -246,7 +246,7 @@ class Engine:
                         prediction_id = await self._create(job, inputs, outcome)
                     except NoRoom as no:
                         self.spend.unsent(job)
-                        refused_since = self._no_room(no.refusal, refused_since)
+                        refused_since, probe = self._no_room(no.refusal, refused_since, probe), False
                         continue
                     except BaseException as exc:
                         self.spend.create_raised(job, exc)
@@ -254,7 +254,7 @@ class Engine:
                 else:
                     prediction_id = known_id
                 created_at = self._clock()  # polls are timed from here, not from after the journal
-                gate.accepted()
+                gate.accepted(probe)
                 self.stall.progressed()
                 running = True
                 await self._started(job, outcome, attempt, prediction_id, resumed=known_id is not None)
@@ -269,7 +269,7 @@ class Engine:
             finally:
                 self.stats.in_flight -= 1
                 await self.budget.release_slot(token)
-                gate.leave(running)
+                gate.leave(running, probe)
 
     async def _started(
         self, job: Job, outcome: JobOutcome, attempt: int, prediction_id: str, *, resumed: bool
@@ -283,10 +283,10 @@ class Engine:
         else:
             await self.events.on_created(job, prediction_id, attempt)
 
-    def _no_room(self, refusal: ApiError, since: float | None) -> float:
+    def _no_room(self, refusal: ApiError, since: float | None, probe: bool = False) -> float:
         """Note a create refused for want of room; end the job past `room_wait_s` or when the run halts."""
         self._halt_on(lambda: self.stall.refused(refusal))
-        if self.limits.refused(refusal):
+        if self.limits.refused(refusal, probe):
             self.halt.stop(refusal)
             raise create_refused(refusal)
         now = self._clock()

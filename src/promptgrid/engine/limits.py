@@ -18,8 +18,10 @@ request-rate limit, and a cap on concurrent executions shared by every key of th
 - about room: a 429 about concurrency, or an unexplained one on a create while our cap is full, or a 402
   (the executions in flight cost more than the balance). Nothing pauses: polls go on, since ours finishing
   is what makes room. The `SlotGate` lowers the in-flight cap to what the API took and opens again as ours
-  finish; the refused job waits for room, up to `room_wait_s`, instead of failing. A 402 met with nothing
-  of ours in flight, `payment_tries` times in a row over spaced tries, halts the run (PAYMENT_REQUIRED).
+  finish; the refused job waits for room, up to `room_wait_s`, instead of failing. While creates are free
+  of any cap, the gate also sends a waiting create ahead as a room probe, paced by our finishes (a refused
+  one is free and moves nothing). A 402 met with nothing of ours in flight, `payment_tries` times in a row
+  over spaced tries, halts the run (PAYMENT_REQUIRED).
 
 Polls are timed for the regime (promptgrid.api.polling): finely while they are free (no cap known, or polls
 not counted), sparingly once a cap counts them, and sparingly too under `rate_limit: auto` until one of ours
@@ -144,11 +146,18 @@ class ApiLimits:
                 self._adopt(kind, exc)
         await self.budget.on_throttled(exc.retry_after_s, kind)
 
-    def refused(self, exc: ApiError) -> bool:
-        """A create met no room; the gate closes down to what the API took. True: halt the run (402)."""
+    def refused(self, exc: ApiError, probe: bool = False) -> bool:
+        """A create met no room; the gate closes down to what the API took. True: halt the run (402).
+
+        A room probe refused (promptgrid.quota.adaptive.SlotGate) is counted apart: its job was waiting
+        already, and nothing moves."""
         idle = self.gate.running == 0
         retry_after = exc.retry_after_s if isinstance(exc, Throttled) else None
-        self.gate.refused(retry_after, self.config.idle_retry_s, self.config.max_backoff_s)
+        self.gate.refused(retry_after, self.config.idle_retry_s, self.config.max_backoff_s, probe)
+        if probe:
+            self.stats.refused_probes += 1
+            self.stats.throttled += isinstance(exc, Throttled)
+            return False
         self._tell_latency(room_scarce=True)
         if isinstance(exc, PaymentRequired):
             self.stats.payment_waits += 1
@@ -170,7 +179,10 @@ class ApiLimits:
         prediction may wait for its poll before the slots rather than the cap set the pace: the slots over
         the images per second the cap allows at a create and a poll each."""
         latency, gate, limits = self.latency, self.gate, self.limits
-        latency.room_scarce, latency.room_share = room_scarce, gate.cap / gate.limit
+        # Room probes find the slots that free at the API; polls need not hurry to see them.
+        gate.room_probes = not limits.counts("create")
+        latency.room_scarce = room_scarce and not gate.room_probes
+        latency.room_share = gate.cap / gate.limit
         counted = limits.requests is not None and limits.polls_count
         latency.hold_s = gate.cap * 2 * limits.floor_interval_s if counted else None
 

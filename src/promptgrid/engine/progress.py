@@ -227,6 +227,8 @@ def limit_rows(stats: EngineStats | None) -> list[dict[str, Any]]:
         {"metric": "creates that waited for room (429, concurrency)", "value": stats.room_waits},
         {"metric": "creates that waited for the balance (402)", "value": stats.payment_waits},
     ]
+    if stats.refused_probes:
+        rows.append({"metric": "room probes refused (free)", "value": stats.refused_probes})
     if stats.spend:
         rows.append({"metric": "spent against the cap", "value": stats.spend})
     if stats.late_successes:

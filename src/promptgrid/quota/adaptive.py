@@ -22,6 +22,11 @@ across the organisation (the current documentation), so a run starts with no req
   a while. A probe refused makes the next one wait twice as long,
   so slots held by other keys cost a few 429s per run, not one per image. When nothing of ours is in
   flight, no finish can be waited for: the gate closes for `Retry-After`, or for a doubling backoff.
+  A slot frees at the API when a prediction ends, not when a poll sees it end. So while creates are free
+  of any request cap (`room_probes`), the gate sends a waiting create ahead as a probe about
+  `probes_per_finish` times per finish of ours (at that share of the recent time between them), one at a
+  time: a refused probe is free and changes nothing, an accepted one shows one of ours ended unseen (or the
+  organisation freed a slot), and it runs in that place (`unseen`) until a poll sees the end.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from promptgrid.quota.base import Limits
 WINDOW_MARGIN = 1.25
 # Each 429 about the rate met under an adopted cap lowers the cap by this share.
 CAP_DECREASE = 0.1
+# Our latest finishes whose mean spacing paces the room probes.
+_FINISHES_KEPT = 16
 
 
 def most_in_window(times: Sequence[float], window_s: float) -> int:
@@ -99,6 +106,7 @@ class SlotGate:
         *,
         clock: Callable[[], float] = time.monotonic,
         max_patience: int = 8,
+        probes_per_finish: float = 6.0,
     ):
         if limit < 1:
             raise ValueError("SlotGate needs a limit of at least 1")
@@ -113,56 +121,83 @@ class SlotGate:
         self._finished_since = 0  # predictions finished since the cap last moved
         self._probe: int | None = None  # a cap raised and not yet confirmed by an accepted create
         self._closed_until = float("-inf")
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[asyncio.Future[bool]] = deque()
         self._timer: asyncio.TimerHandle | None = None
+        # Room probes (module docstring): on while creates are free of any request cap.
+        self.room_probes = False
+        self.probes_per_finish = probes_per_finish
+        self.unseen = 0  # ours taken as ended at the API (a probe got in) that no poll has seen end yet
+        self._probe_out = False
+        self._last_probe = float("-inf")
+        self._probe_timer: asyncio.TimerHandle | None = None
+        # When our last finishes were seen: their mean spacing paces the probes (finishes come in bursts).
+        self._finishes: deque[float] = deque(maxlen=_FINISHES_KEPT)
 
     @property
     def lowered(self) -> bool:
         return self.cap < self.limit
 
-    async def enter(self, first: bool = False) -> None:
-        """Wait for room; `first` goes ahead of other waiters (a job refused once already)."""
+    async def enter(self, first: bool = False) -> bool:
+        """Wait for room; `first` goes ahead of other waiters (a job refused once already). True: let in as
+        a room probe, whose create's answer is then reported with `probe=True`."""
         if not self._waiters and self._has_room():
             self.active += 1
-            return
-        future = asyncio.get_running_loop().create_future()
+            return False
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         if first:
             self._waiters.appendleft(future)
         else:
             self._waiters.append(future)
         self._serve()
         try:
-            await future
+            return await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
+                self._probe_out = self._probe_out and not future.result()
                 self.leave()  # let in just as the waiter was cancelled: pass the room on
             raise
 
-    def leave(self, running: bool = False) -> None:
-        """Give the entry back; `running` when its prediction had been accepted by the API."""
+    def leave(self, running: bool = False, probe: bool = False) -> None:
+        """Give the entry back; `running` when its prediction had been accepted by the API, `probe` when it
+        was let in as a room probe (not yet refused: one that failed otherwise is no longer out)."""
         self.active -= 1
-        self.running -= 1 if running else 0
+        self._probe_out = self._probe_out and not (probe and not running)
+        if running:
+            self.running -= 1
+            if self.unseen:
+                self.unseen -= 1  # its place at the API was taken already, by a probe
+            self._finishes.append(self._clock())
         self._serve()
 
-    def accepted(self) -> None:
-        """A create got through (or a prediction is resumed): it runs, and a raised cap held."""
+    def accepted(self, probe: bool = False) -> None:
+        """A create got through (or a prediction is resumed): it runs, and a raised cap held. A room probe
+        got through: one of ours ended unseen (or the organisation freed a slot)."""
         self.running += 1
         self.idle_refusals = 0
-        if self._probe is not None and self.running >= self._probe:
+        if probe:
+            self._probe_out = False
+            self.unseen = min(self.unseen + 1, max(0, self.running - 1))
+        if self._probe is not None and self.running - self.unseen >= self._probe:
             self._probe = None
             self._patience = max(1, self._patience // 2)
 
-    def refused(self, retry_after_s: float | None, backoff_s: float, max_backoff_s: float) -> None:
+    def refused(
+        self, retry_after_s: float | None, backoff_s: float, max_backoff_s: float, probe: bool = False
+    ) -> None:
         """A create holding an entry met no room: lower the cap to what the API took without it.
 
         With nothing else of ours in flight no finish will open the gate, so it closes for `retry_after_s`,
         else for `backoff_s` doubled per refusal in a row (at most `max_backoff_s`). Refusals met while it
-        is closed answer creates sent together with the one that closed it: they count as one try.
+        is closed answer creates sent together with the one that closed it: they count as one try. A room
+        probe refused says only that nothing ended yet.
         """
-        if self._probe is not None and self.running + 1 >= self._probe:
+        if probe:
+            self._probe_out = False
+            return
+        if self._probe is not None and self.running - self.unseen + 1 >= self._probe:
             self._patience = min(self._patience * 2, self.max_patience)
         self._probe = None
-        self.cap = max(1, min(self.cap, self.running))
+        self.cap = max(1, min(self.cap, self.running - self.unseen))  # what the API runs of ours
         self._finished_since = 0
         now = self._clock()
         if self.running > 0 or now < self._closed_until:
@@ -186,17 +221,51 @@ class SlotGate:
             self._serve()
 
     def _has_room(self) -> bool:
-        return self.active < self.cap and self._clock() >= self._closed_until
+        return self.active < self.cap + self.unseen and self._clock() >= self._closed_until
 
     def _serve(self) -> None:
         while self._waiters and self._has_room():
-            future = self._waiters.popleft()
-            if not future.done():
-                self.active += 1
-                future.set_result(None)
+            self._let_in(probe=False)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._waiters and self.active < self.cap:  # closed for a while: wake up when it opens
+        if self._waiters and self.active < self.cap + self.unseen:  # closed for a while: wake when it opens
             delay = max(0.0, self._closed_until - self._clock())
             self._timer = asyncio.get_running_loop().call_later(delay + 1e-4, self._serve)
+        self._plan_probe()
+
+    def _let_in(self, *, probe: bool) -> None:
+        while self._waiters:
+            future = self._waiters.popleft()
+            if not future.done():
+                self.active += 1
+                future.set_result(probe)
+                return
+
+    def _probing(self) -> bool:
+        """Whether a room probe may go now: creates wait, ours run and will end, a place is left below
+        the limit, and none is out already."""
+        return (
+            self.room_probes
+            and bool(self._waiters)
+            and not self._probe_out
+            and self.running > 0
+            and self.active < self.limit
+            and len(self._finishes) >= 2
+            and self._clock() >= self._closed_until
+        )
+
+    def _plan_probe(self) -> None:
+        if self._probe_timer is not None or not self._probing():
+            return
+        finishes = self._finishes
+        every = (finishes[-1] - finishes[0]) / (len(finishes) - 1) / self.probes_per_finish
+        wait = max(0.0, self._last_probe + every - self._clock())  # counted from when the last one left
+        self._probe_timer = asyncio.get_running_loop().call_later(wait, self._send_probe)
+
+    def _send_probe(self) -> None:
+        self._probe_timer = None
+        if self._probing():
+            self._probe_out, self._last_probe = True, self._clock()
+            self._let_in(probe=True)
+        self._plan_probe()
