@@ -142,7 +142,7 @@ def report(name: str, case: Case, done: subprocess.CompletedProcess[str], stats:
         flush=True,
     )
     for line in (done.stdout + done.stderr).splitlines():
-        said = re.search(r"(request cap adopted|429s about|creates that waited).*", line)
+        said = re.search(r"(request cap adopted|429s about|creates that waited|room probes).*", line)
         if said:
             print(f"{'':<13}   summary: {said.group(0)}")
     if done.returncode != 0 and not rows:
@@ -157,7 +157,7 @@ def run_loop(name: str, case: Case) -> None:
         inputs, _ = check_input(MODEL, {"prompt": prompt, "seed": seed, "output_format": "jpg"})
         jobs.append(Job(job_id=f"job-{n}", model=MODEL, inputs=inputs))
     with sandbox_process("--time-scale", str(SCALE), "--seed", "1", *case.sandbox) as url:
-        images, transport = asyncio.run(run_seed_loop(url, jobs, SCALE))
+        images, transport, _ = asyncio.run(run_seed_loop(url, jobs, SCALE))
         stats = json.load(urllib.request.urlopen(f"{url}/sandbox/stats"))
     span = transport.sent[-1] - transport.sent[0]
     floor = floor_s(case, stats)
