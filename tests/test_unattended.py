@@ -23,6 +23,7 @@ from tests.test_run_safety import (
     against,
     environment,
     finish,
+    rerun_then_backfill_unknown_creates,
     start_run,
     successes_per_job,
     wait_for_images,
@@ -98,19 +99,7 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_the_rerun_finishes_cleanly(tmp_p
     assert "interrupted (SIGTERM)" in text and not any(noise in text for noise in NOISE), text
     assert sandbox.stats()["creates"] < 60, "the run finished before SIGTERM"
 
-    code, text = finish(start_run(spec, tmp_path / "home-2", *against(sandbox)))
-    unknown = [row for row in read_manifest(open_sink(str(out))).to_pylist() if row["status"] != "success"]
-    if unknown:
-        # A create the signal caught after its first byte left, of which the listing shows nothing: never
-        # re-sent on a guess, but named, and the documented backfill makes it.
-        assert code == 1 and {row["error_code"] for row in unknown} == {"CREATE_OUTCOME_UNKNOWN"}, text
-        where = "error_code = 'CREATE_OUTCOME_UNKNOWN'"
-        backfill = promptgrid(
-            *("backfill", str(out), "--where", where, *against(sandbox)),
-            env=environment(tmp_path / "home-3"),
-            timeout=300,
-        )
-        code, text = backfill.returncode, backfill.stdout + backfill.stderr
+    code, text = rerun_then_backfill_unknown_creates(spec, out, tmp_path, sandbox)
     assert code == 0, text
     rows = read_manifest(open_sink(str(out))).to_pylist()
     assert len(rows) == 60 and {row["status"] for row in rows} == {"success"}
