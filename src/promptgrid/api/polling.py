@@ -151,8 +151,7 @@ class LatencyModel:
         self.room_share = 1.0  # the share of our in-flight cap the API runs for us now
         # While polls count: how long a prediction may hold its slot before the slots, not the cap, bind.
         self.hold_s: float | None = None
-        # Free polls may yet count toward a cap no 429 has shown (see `PollPolicy.unproven_polls`).
-        self.polls_unproven = False
+        self.polls_unproven = False  # free polls may yet count toward a cap (PollPolicy.unproven_polls)
         self._keys: dict[LatencyKey, _KeyState] = {}
         self._rng = random.Random(0)  # where in its last interval a completion is placed
 
@@ -164,15 +163,17 @@ class LatencyModel:
         return self.policy.unproven_first_hit if self.polls_unproven else self.policy.fine_first_hit
 
     def first_hit_for(self, key: LatencyKey) -> float:
-        """The share of first polls meant to hit for `key`: while polls count and the slots have time to
-        spare (`hold_s`), the share of recent completions that ended by the first poll's latest time."""
-        policy = self.policy
-        state = self._state(key)
-        if self.polls_free or self.hold_s is None or len(state.done_at) < _MIN_RESTART_SAMPLES:
+        """The first-hit target for `key`; with time to spare, up to the share of recent ends by then."""
+        state, latest = self._state(key), self._latest_first_poll_s
+        if self.polls_free or latest is None or len(state.done_at) < _MIN_RESTART_SAMPLES:
             return self.first_hit
-        latest = self.hold_s * policy.hold_margin
         ended = sum(1 for t in state.done_at if t <= latest) / len(state.done_at)
-        return min(policy.max_first_hit, max(policy.first_hit, ended))
+        return min(self.policy.max_first_hit, max(self.policy.first_hit, ended))
+
+    @property
+    def _latest_first_poll_s(self) -> float | None:
+        """The latest a first poll may come while the slots have time to spare (`hold_s`)."""
+        return None if self.hold_s is None else self.hold_s * self.policy.hold_margin
 
     def set_polls_unproven(self, unproven: bool) -> None:
         """Say whether free polls may yet count (`PollPolicy.unproven_polls`); delays restart as below."""
@@ -224,10 +225,9 @@ class LatencyModel:
         target = self.first_hit_for(key)
         state.delay_s = delay * self._factor(state, target, done)
         state.samples += 1
-        if target > self.policy.first_hit and self.hold_s is not None:
+        if target > self.policy.first_hit and (latest := self._latest_first_poll_s) is not None:
             # Time to spare: start the first poll where that share of recent completions had ended, not
             # one miss at a time from below.
-            latest = self.hold_s * self.policy.hold_margin
             state.delay_s = max(state.delay_s, min(latest, quantile(sorted(state.done_at), target)))
 
     def record_second_poll(self, key: LatencyKey, gap_used: float, done: bool) -> None:

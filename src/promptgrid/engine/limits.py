@@ -87,7 +87,7 @@ class ApiLimits:
         self._recent: deque[float] | None = deque() if self.auto and config.limits.polls_count else None
         latency.set_polls_unproven(self._recent is not None)
         latency.set_polls_free(self.polls_free)
-        self._tell_latency(room_scarce=False)
+        self._note_room(room_scarce=False)
 
     @property
     def polls_free(self) -> bool:
@@ -158,7 +158,7 @@ class ApiLimits:
             self.stats.refused_probes += 1
             self.stats.throttled += isinstance(exc, Throttled)
             return False
-        self._tell_latency(room_scarce=True)
+        self._note_room(room_scarce=True)
         if isinstance(exc, PaymentRequired):
             self.stats.payment_waits += 1
             return idle and self.gate.idle_refusals >= self.config.payment_tries
@@ -172,12 +172,13 @@ class ApiLimits:
             self._warm = True
             self.latency.set_polls_free(self.polls_free)
         self.gate.finished()
-        self._tell_latency(room_scarce=self.gate.lowered)
+        self._note_room(room_scarce=self.gate.lowered)
 
-    def _tell_latency(self, *, room_scarce: bool) -> None:
-        """Tell the poll timing how much room the API gives us, and, under a cap counting polls, how long a
-        prediction may wait for its poll before the slots rather than the cap set the pace: the slots over
-        the images per second the cap allows at a create and a poll each."""
+    def _note_room(self, *, room_scarce: bool) -> None:
+        """Tell the gate whether room probes may go (creates free of any cap), and the poll timing how much
+        room the API gives us and, under a cap counting polls, how long a prediction may wait for its poll
+        before the slots rather than the cap set the pace: the slots over the images per second the cap
+        allows at a create and a poll each."""
         latency, gate, limits = self.latency, self.gate, self.limits
         # Room probes find the slots that free at the API; polls need not hurry to see them.
         gate.room_probes = not limits.counts("create")
@@ -215,7 +216,7 @@ class ApiLimits:
         self.limits, self._adopted_at = limits, now
         self._proven_free()  # a cap is known: polls are timed for it
         self.latency.set_polls_free(self.polls_free)
-        self._tell_latency(room_scarce=self.gate.lowered)
+        self._note_room(room_scarce=self.gate.lowered)
         self.stats.adopted_limit = limits.describe()
         verb = "lowered to" if adopted is not None else "adopted"
         log.warning(
