@@ -177,7 +177,7 @@ class SlotGate:
         if probe:
             self._probe_out = False
             self.unseen = min(self.unseen + 1, max(0, self.running - 1))
-        if self._probe is not None and self.running - self.unseen >= self._probe:
+        if self._probe is not None and self.at_api >= self._probe:
             self._probe = None
             self._patience = max(1, self._patience // 2)
 
@@ -194,10 +194,10 @@ class SlotGate:
         if probe:
             self._probe_out = False
             return
-        if self._probe is not None and self.running - self.unseen + 1 >= self._probe:
+        if self._probe is not None and self.at_api + 1 >= self._probe:
             self._patience = min(self._patience * 2, self.max_patience)
         self._probe = None
-        self.cap = max(1, min(self.cap, self.running - self.unseen))  # what the API runs of ours
+        self.cap = max(1, min(self.cap, self.at_api))
         self._finished_since = 0
         now = self._clock()
         if self.running > 0 or now < self._closed_until:
@@ -220,8 +220,18 @@ class SlotGate:
             self._finished_since = 0
             self._serve()
 
+    @property
+    def at_api(self) -> int:
+        """Ours the API still runs, as far as we know: those running less those a probe showed ended."""
+        return self.running - self.unseen
+
+    @property
+    def _allowed(self) -> int:
+        """Entries allowed now: the cap, and the places of ours that ended unseen, taken by probes."""
+        return self.cap + self.unseen
+
     def _has_room(self) -> bool:
-        return self.active < self.cap + self.unseen and self._clock() >= self._closed_until
+        return self.active < self._allowed and self._clock() >= self._closed_until
 
     def _serve(self) -> None:
         while self._waiters and self._has_room():
@@ -229,7 +239,7 @@ class SlotGate:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        if self._waiters and self.active < self.cap + self.unseen:  # closed for a while: wake when it opens
+        if self._waiters and self.active < self._allowed:  # closed for a while: wake up when it opens
             delay = max(0.0, self._closed_until - self._clock())
             self._timer = asyncio.get_running_loop().call_later(delay + 1e-4, self._serve)
         self._plan_probe()
