@@ -24,6 +24,8 @@ from promptgrid.quota.base import Limits
 from promptgrid.quota.local import LocalBudget
 from promptgrid.sandbox.predictions import input_hash
 from promptgrid.settings import ApiKey
+from promptgrid.spec.schema import ApiConfig
+from promptgrid.tasks.pipeline import engine_config
 from promptgrid.types import Job, JobOutcome, JobStatus
 from tests.support.sandbox import TEST_TIME_SCALE
 
@@ -84,6 +86,25 @@ async def test_slots_held_by_other_keys_are_shared_with_few_waits_and_probes_pac
     assert engine.stats.refused_probes <= engine.limits.gate.probes_per_finish * 40
     assert stats["max_in_flight"] <= 10 and stats["duplicate_creates"] == 0
     assert engine.stats.adopted_limit is None
+
+
+async def test_with_room_probes_off_no_create_goes_ahead_of_a_finish_and_every_job_still_runs(
+    sandbox_factory,
+):
+    """`api.room_probes: false`, for an account where refusals are frowned on: a waiting create goes only
+    once one of ours is seen finished (or the gate's own retry), so the refusals are the room waits alone."""
+    sb = sandbox_factory(limit_model="docs", held_by_others=3)
+    outcomes, engine = await run_all(sb.url, jobs(30), replace(AUTO, room_probes=False))
+    stats = sb.stats()
+    assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 30}
+    assert engine.stats.refused_probes == 0 and not engine.limits.gate.room_probes
+    assert stats["throttled"] == engine.stats.room_waits >= 1
+    assert stats["max_in_flight"] <= 10 and stats["duplicate_creates"] == 0
+
+
+def test_the_spec_turns_room_probes_off_for_the_engine():
+    on, off = ApiConfig(), ApiConfig(room_probes=False)
+    assert engine_config(on, 1.0).room_probes and not engine_config(off, 1.0).room_probes
 
 
 async def test_slots_the_other_keys_give_back_are_taken_again_by_probing(sandbox_factory):

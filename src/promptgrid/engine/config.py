@@ -53,6 +53,7 @@ class EngineConfig:
     # take a moment to be listed, and "not listed" is what lets it be sent again.
     listing_lag_s: float = 1.0
     poll: PollPolicy = field(default_factory=PollPolicy)
+    room_probes: bool = True  # promptgrid.quota.adaptive.SlotGate: creates sent ahead while creates are free
     # The model page's window: under `rate_limit: auto`, a first 429 read as coming after a longer window
     # is read within this one (promptgrid.quota.adaptive.infer_rate_limit).
     page_window_s: float = RATE_LIMIT_WINDOW_S

@@ -181,7 +181,7 @@ class ApiLimits:
         allows at a create and a poll each."""
         latency, gate, limits = self.latency, self.gate, self.limits
         # Room probes find the slots that free at the API; polls need not hurry to see them.
-        gate.room_probes = not limits.counts("create")
+        gate.room_probes = self.config.room_probes and not limits.counts("create")
         latency.room_scarce = room_scarce and not gate.room_probes
         latency.room_share = gate.cap / gate.limit
         counted = limits.requests is not None and limits.polls_count

@@ -117,6 +117,9 @@ class ApiConfig(_Frozen):
     # strict: YAML's `true` is not 1
     max_concurrent: int = Field(default=defaults.MAX_CONCURRENT, strict=True)
     polls_count: bool = True
+    # While creates are free of any cap: send a waiting create ahead to find the room a finish made at the
+    # API before our poll sees it (promptgrid.quota.adaptive.SlotGate); refused ones are free but visible.
+    room_probes: bool = True
     quota_url: str | None = None  # redis://... when several runs share one key's quota
     max_cost: float | None = Field(default=None, gt=0)  # USD caps and price: promptgrid.engine.spend
     max_cost_per_day: float | None = Field(default=None, gt=0)

@@ -164,7 +164,10 @@ def input_images(sink: Sink, plan: RunPlan) -> Iterator[PrepareInputs]:
 def engine_config(api: ApiConfig, time_scale: float) -> EngineConfig:
     # Limits come from the spec as given (a sandbox run's are already scaled); only the engine's own
     # clocks (deadlines, backoff, poll intervals) follow the API's time scale.
-    return EngineConfig(limits=spec_limits(api), stall_timeout_s=api.stall_timeout).scaled(time_scale)
+    config = EngineConfig(
+        limits=spec_limits(api), stall_timeout_s=api.stall_timeout, room_probes=api.room_probes
+    )
+    return config.scaled(time_scale)
 
 
 async def run_plan(
