@@ -85,7 +85,8 @@ def test_the_listing_pages_filters_and_leaves_inputs_out(sandbox_factory):
             "started_at",
             "completed_at",
             "output",
-            "cost",
+            "execution_cost",
+            "run_time",
         }
         later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
         assert client.get("/v1/executions", params={"from": later}).json()["total_count"] == 0

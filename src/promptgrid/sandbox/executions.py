@@ -120,7 +120,8 @@ def _foreign(count: int, query: ListingQuery, wall_now: float, spelling: str) ->
             "started_at": _iso(moment),
             "completed_at": None,
             "output": None,
-            "cost": 0.0,
+            "execution_cost": 0.0,
+            "run_time": None,
         }
         for n, moment in enumerate(moments)
         if (query.since is None or moment >= query.since) and (query.until is None or moment <= query.until)
@@ -150,5 +151,6 @@ def _row(
         "started_at": _iso(epoch + prediction.started_at) if now >= prediction.started_at else None,
         "completed_at": _iso(epoch + prediction.finished_at) if finished else None,
         "output": prediction.output_value(base_url) if status == "success" else None,
-        "cost": cost_usd * prediction.images if status == "success" else 0.0,
+        "execution_cost": cost_usd * prediction.images if status == "success" else 0.0,
+        "run_time": round(prediction.fate.run_s, 4) if finished else None,
     }
