@@ -9,19 +9,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from promptgrid.api.prediction import PredictionStatus, parse_status
+from promptgrid.api.prediction import TERMINAL, Prediction, PredictionStatus, parse_prediction, parse_status
 
 MAX_PAGE = 100  # the API's largest `limit`
 
 
 @dataclass(frozen=True)
 class Execution:
-    """One row of the listing: no inputs (the API leaves them out), so a match needs a get."""
+    """One row of the listing: no inputs (the API leaves them out), so a match needs a get.
+
+    `ended`: a finished row read as a get's answer would be (its output, `execution_cost` as the cost,
+    `run_time` as the predict time); None while it runs."""
 
     id: str
     model: str
     status: PredictionStatus
     created_at: datetime
+    ended: Prediction | None = None
 
 
 @dataclass(frozen=True)
@@ -49,7 +53,13 @@ def _execution(row: Mapping[str, Any]) -> Execution | None:
     identifier, created = row.get("id"), parse_time(row.get("created_at"))
     if not isinstance(identifier, str) or not identifier or created is None:
         return None
-    return Execution(identifier, str(row.get("model") or ""), parse_status(row.get("status")), created)
+    status = parse_status(row.get("status"))
+    ended = None
+    if status in TERMINAL:
+        metrics = {"predict_time": row.get("run_time"), "cost": row.get("execution_cost")}
+        body = {"status": row.get("status"), "output": row.get("output"), "metrics": metrics}
+        ended = parse_prediction(identifier, body)
+    return Execution(identifier, str(row.get("model") or ""), status, created, ended)
 
 
 def parse_time(value: Any) -> datetime | None:
