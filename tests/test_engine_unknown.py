@@ -5,12 +5,14 @@ nothing was made, and never on a guess."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import httpx
 import pytest
 
+from promptgrid.engine.config import WatchPolicy
 from promptgrid.types import JobStatus
-from tests.test_engine import ScriptedApi, engine_for, make_job
+from tests.test_engine import FAST, ScriptedApi, engine_for, make_job
 
 
 def made_then_failed(api: ScriptedApi, answer: httpx.Response | Exception):
@@ -53,7 +55,7 @@ async def test_a_5xx_create_the_listing_shows_made_nothing_is_sent_again():
     api.on_create = lambda request, n: (
         httpx.Response(500, json={"error": "Failed to create prediction"}) if n == 1 else None
     )
-    engine = engine_for(api)
+    engine = engine_for(api, replace(FAST, watch=WatchPolicy(enabled=False)))  # the search's listing alone
     outcome = await engine.run_job(make_job(1))
     assert outcome.status is JobStatus.SUCCESS and api.calls["create"] == 2
     assert api.calls["executions"] == 1 and engine.stats.unverified_resends == 0

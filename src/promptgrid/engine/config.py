@@ -21,6 +21,21 @@ PrepareInputs = Callable[[Job], Awaitable[Mapping[str, Any]]]
 
 
 @dataclass(frozen=True)
+class WatchPolicy:
+    """The listing's pace and when to give it up; seconds of the API's clock."""
+
+    enabled: bool = True
+    listing_every: float = 6.0  # one listing per this many spacings of the cap
+    clock_margin_s: float = 60.0
+    listing_failures: int = 3
+    missed_share: float = 0.2
+    min_checked: int = 10
+    # A watched prediction's own poll comes this many times as late as its schedule says (and two listings
+    # later): only there for what the listing misses.
+    late_poll: float = 2.0
+
+
+@dataclass(frozen=True)
 class EngineConfig:
     """How the engine runs; every duration is in seconds of the API's clock (see `scaled`)."""
 
@@ -54,6 +69,7 @@ class EngineConfig:
     listing_lag_s: float = 1.0
     poll: PollPolicy = field(default_factory=PollPolicy)
     room_probes: bool = True  # promptgrid.quota.adaptive.SlotGate: creates sent ahead while creates are free
+    watch: WatchPolicy = field(default_factory=WatchPolicy)  # promptgrid.engine.ends_watch
     # The model page's window: under `rate_limit: auto`, a first 429 read as coming after a longer window
     # is read within this one (promptgrid.quota.adaptive.infer_rate_limit).
     page_window_s: float = RATE_LIMIT_WINDOW_S
@@ -88,6 +104,7 @@ class EngineStats:
     rate_limited: int = 0  # 429s about the request rate
     room_waits: int = 0  # creates refused for want of room (429 about concurrency): they waited
     payment_waits: int = 0  # creates refused with 402: they waited for one of ours to finish
+    listed_ends: int = 0  # successes collected from the executions listing, without a get of their own
     refused_probes: int = 0  # room probes refused (429 or 402): sent ahead by creates already waiting
     adopted_limit: str | None = None  # the request cap read off the API under `rate_limit: auto`
     spend: str | None = None  # spent against the spend caps (promptgrid.engine.spend); None without caps

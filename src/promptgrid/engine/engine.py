@@ -101,7 +101,7 @@ class Engine:
         self._clock = clock
         self.limits = ApiLimits(config, budget, self.latency, self.stats, clock, self.halt.reachability)
         self.gateway = Gateway(client, budget, self.limits, requests=self.stats.requests, clock=clock)
-        self.waits = PredictionWaits(self.gateway, config, self.latency, self.stats, self.halt, clock)
+        self.waits = PredictionWaits(self.gateway, self.limits, self.halt, self.routes, clock)
         retry = ReadRetry(tries=8, base_s=config.retry_backoff_s, cap_s=config.max_backoff_s)
         self.lost_creates = LostCreates(self.gateway, self.routes.slug_for, prepare_inputs, retry=retry)
         self.spend = SpendGuard(config.spend)
@@ -253,13 +253,13 @@ class Engine:
                         raise
                 else:
                     prediction_id = known_id
-                created_at = self._clock()  # polls are timed from here, not from after the journal
+                began = self._clock()  # polls are timed from here, not from after the journal
                 gate.accepted(probe)
                 self.stall.progressed()
                 running = True
                 await self._started(job, outcome, attempt, prediction_id, resumed=known_id is not None)
                 try:
-                    prediction = await self.waits.until_finished(job, prediction_id, outcome, created_at)
+                    prediction = await self.waits.until_finished(job, prediction_id, outcome, began, known_id)
                 finally:
                     self.stats.waiting.pop(prediction_id, None)
                 self.limits.finished()

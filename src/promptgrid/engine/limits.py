@@ -26,7 +26,9 @@ request-rate limit, and a cap on concurrent executions shared by every key of th
 Polls are timed for the regime (promptgrid.api.polling): finely while they are free (no cap known, or polls
 not counted), sparingly once a cap counts them, and sparingly too under `rate_limit: auto` until one of ours
 has finished: the cold start's fine schedule (scouts probing every few hundredths of a second) would spend
-most of a counting API's first window on polls before its first 429 could tell.
+most of a counting API's first window on polls before its first 429 could tell. While polls count toward a
+cap, ends are also seen through the executions listing, one request for all of ours in flight
+(promptgrid.engine.ends_watch).
 """
 
 from __future__ import annotations

@@ -229,6 +229,9 @@ def limit_rows(stats: EngineStats | None) -> list[dict[str, Any]]:
     ]
     if stats.refused_probes:
         rows.append({"metric": "room probes refused (free)", "value": stats.refused_probes})
+    if stats.listed_ends:
+        listed = "successes seen in the executions listing (no get)"
+        rows.append({"metric": listed, "value": stats.listed_ends})
     if stats.spend:
         rows.append({"metric": "spent against the cap", "value": stats.spend})
     if stats.late_successes:

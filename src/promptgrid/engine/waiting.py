@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 from promptgrid.aio import wait_event
 from promptgrid.api.gateway import Gateway, ReadRetry
-from promptgrid.api.polling import LatencyModel, PollPlan
+from promptgrid.api.polling import PollPlan
 from promptgrid.api.prediction import Prediction, PredictionStatus
-from promptgrid.engine.config import EngineConfig, EngineStats
+from promptgrid.api.routes import ModelRoutes
+from promptgrid.engine.ends_watch import EndsWatch, Sighting
+from promptgrid.engine.limits import ApiLimits
 from promptgrid.engine.retry import Halt, JobEnded, failed
 from promptgrid.errors import ApiError, AuthenticationFailed, PredictionNotFound, Throttled
 from promptgrid.types import ErrorCode, Job, JobOutcome, JobStatus
@@ -28,43 +31,71 @@ class PredictionWaits:
     """The waits on one prediction: polls on the learned schedule, the deadline, a best-effort cancel."""
 
     def __init__(
-        self,
-        gateway: Gateway,
-        config: EngineConfig,
-        latency: LatencyModel,
-        stats: EngineStats,
-        halt: Halt,
-        clock: Callable[[], float],
+        self, gateway: Gateway, limits: ApiLimits, halt: Halt, routes: ModelRoutes, clock: Callable[[], float]
     ):
-        self.gateway, self.config, self.latency, self.stats = gateway, config, latency, stats
-        self.halt = halt
+        self.gateway, self.config, self.latency, self.stats = (
+            gateway,
+            limits.config,
+            limits.latency,
+            limits.stats,
+        )
+        self.halt, self.routes = halt, routes
         self._clock = clock
+        self.ends = EndsWatch(gateway, limits, self.config.watch, clock)
 
     async def until_finished(
-        self, job: Job, prediction_id: str, outcome: JobOutcome, start: float
+        self, job: Job, prediction_id: str, outcome: JobOutcome, start: float, resumed: str | None = None
     ) -> Prediction:
         """Poll on the learned schedule until the prediction is terminal; past the deadline, cancel it.
 
-        `start` is when the create was answered (or the wait began, for a resumed prediction).
+        `start` is when the create was answered, or when the wait began for a prediction an earlier run made
+        (`resumed`: its id): the listing is not watched for that one, whose creation time is not known.
         """
         key = latency_key(job)
         plan = self.latency.plan(key)
-        while True:
-            limit_s = self._deadline_s(key)
-            deadline = start + limit_s
-            self.stats.waiting[prediction_id] = (start, deadline)  # removed by the engine once it ends
-            await self._sleep_until_poll(plan, start, deadline)
-            sent = self._clock()
-            prediction = await self._poll(prediction_id, outcome, deadline)
-            now = self._clock()
-            if prediction is not None:
-                plan.record_poll(now - start, prediction.finished, sent - start)
-                if prediction.finished:
-                    return prediction
-            if prediction is None or now >= deadline:
-                seen = "never answered a poll" if prediction is None else f"still {prediction.raw_status!r}"
-                seen = f"{seen} after {limit_s:.3g} s"
-                return await self._cancel_and_watch(prediction_id, outcome, seen, key)
+        listed = None if resumed else self.ends.watch(prediction_id, self.routes.slug_for(job.model), start)
+        try:
+            while True:
+                limit_s = self._deadline_s(key)
+                deadline = start + limit_s
+                self.stats.waiting[prediction_id] = (start, deadline)  # removed by the engine once it ends
+                await self._sleep_until_poll(plan, start, deadline, listed)
+                if listed is not None and listed.done():
+                    sighting = None if listed.cancelled() else listed.result()
+                    listed = None
+                    if sighting is None:
+                        continue  # the watch stopped: polls on the schedule alone
+                    if (ended := self._listed_success(key, start, sighting)) is not None:
+                        return ended
+                    # An error (a get tells its detail and whether to retry), or a success without output.
+                sent = self._clock()
+                prediction = await self._poll(prediction_id, outcome, deadline)
+                now = self._clock()
+                if prediction is not None:
+                    if listed is not None:
+                        self.ends.polled_late(prediction.finished)
+                    plan.record_poll(now - start, prediction.finished, sent - start)
+                    if prediction.finished:
+                        return prediction
+                if prediction is None or now >= deadline:
+                    seen = (
+                        "never answered a poll" if prediction is None else f"still {prediction.raw_status!r}"
+                    )
+                    seen = f"{seen} after {limit_s:.3g} s"
+                    return await self._cancel_and_watch(prediction_id, outcome, seen, key)
+        finally:
+            self.ends.unwatch(prediction_id)
+
+    def _listed_success(self, key: tuple[str, int], start: float, sighting: Sighting) -> Prediction | None:
+        """A success the listing showed, with its output: collected without a get (an error is polled, for
+        its detail)."""
+        ended = sighting.row.ended
+        if ended is None or ended.status is not PredictionStatus.SUCCESS or not ended.output_urls:
+            return None
+        after = None if sighting.after is None else sighting.after - start
+        self.latency.record_done(key, sighting.sent - start, after_s=after)
+        self.stats.listed_ends += 1
+        return ended
 
     def _deadline_s(self, key: tuple[str, int]) -> float:
         """The configured deadline, shortened once this kind of prediction's latency has been learned."""
@@ -74,19 +105,43 @@ class PredictionWaits:
         stuck_after = max(self.config.min_deadline_s, self.config.stuck_factor * delay)
         return min(self.config.deadline_s, stuck_after)
 
-    async def _sleep_until_poll(self, plan: PollPlan, start: float, deadline: float) -> None:
-        """Sleep until the next poll; a cold schedule is cut short once another prediction sets the delay."""
+    async def _sleep_until_poll(
+        self, plan: PollPlan, start: float, deadline: float, listed: asyncio.Future[Sighting] | None
+    ) -> None:
+        """Sleep until the next poll; a cold schedule is cut short once another prediction sets the delay.
+
+        While the listing watches it (promptgrid.engine.ends_watch), the poll comes late: `late_poll` times
+        the schedule's, and a listing's interval or two after; a sighting wakes it at once."""
         while True:
-            wake = min(start + plan.next_poll_at(), deadline)
+            at = plan.next_poll_at()
+            if listed is not None:
+                if listed.done():
+                    return
+                at = at * self.config.watch.late_poll + 2 * self.ends.interval_s
+            wake = min(start + at, deadline)
             delay = wake - self._clock()
             if delay <= 0:
                 return
+            if listed is not None:
+                await self._listed_or_learned(listed, plan, delay)
+                continue
             learned = plan.learned
             if learned.is_set():
                 await asyncio.sleep(delay)
                 return
             if not await wait_event(learned, delay):
                 return
+
+    @staticmethod
+    async def _listed_or_learned(listed: asyncio.Future[Sighting], plan: PollPlan, timeout: float) -> None:
+        """Wait for a sighting, for another prediction to set the delay (a cold schedule), or `timeout`."""
+        learned = None if plan.learned.is_set() else asyncio.ensure_future(plan.learned.wait())
+        try:
+            waits: set[asyncio.Future[Any]] = {listed} if learned is None else {listed, learned}
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if learned is not None:
+                learned.cancel()
 
     async def _poll(self, prediction_id: str, outcome: JobOutcome, deadline: float) -> Prediction | None:
         """One get, sent again after transient failures (the gateway's rule for reads); None when the

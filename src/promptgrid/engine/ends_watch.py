@@ -1,0 +1,150 @@
+"""Seeing predictions end through the executions listing: one request for every prediction of ours in flight.
+
+Where polls count toward a request cap, each poll takes a place a create could have had, and a prediction
+polled once when it is likely done still costs a request per image, plus the polls that come too early. The
+listing (`GET /v1/executions`) answers for all of ours at once: one listing every `listing_every` spacings
+of the cap (a sixth of the cap's requests) sees each end about half an interval after it, and a finished row
+carries what a get would (status, output, `execution_cost`, `run_time`), so a success seen there is
+collected without its get. An error is polled at once, for its detail and whether it may be retried.
+
+The listing is best effort by the API's own account (it was once pulled from the docs for failing in
+production), so it only hastens what polls would see: every watched prediction keeps a poll of its own, late
+(`PredictionWaits`), in case the listing misses it. The watch stops for the rest of the run, with one log
+line, after `listing_failures` listings in a row failed or when polls it made late found predictions the
+listing had not shown (`missed_share` of at least `min_checked` polls): a best-effort endpoint that lags
+would otherwise hold every slot for its lag.
+
+Rows are matched by prediction id, which our create returned: exact, whatever the organisation's other keys
+run. The listing is asked from the oldest watched prediction's creation (less `clock_margin_s`, since the
+API's clock is not ours), newest first, one page of at most 100: a prediction not on it is left to its
+own poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from promptgrid.api.executions import MAX_PAGE, Execution
+from promptgrid.api.gateway import Gateway, ReadRetry
+from promptgrid.api.prediction import TERMINAL
+from promptgrid.engine.config import WatchPolicy
+from promptgrid.engine.limits import ApiLimits
+from promptgrid.errors import ApiError, Throttled
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """A watched prediction's finished row, and when the listing that showed it left (engine clock); it
+    ended after the listing before, if that one saw it (`after`)."""
+
+    row: Execution
+    sent: float
+    after: float | None
+
+
+@dataclass
+class _Watched:
+    slug: str
+    since: datetime  # our clock's creation time
+    seen: asyncio.Future[Sighting]
+    started: float  # engine clock: when its wait began
+
+
+class EndsWatch:
+    """The listing task and the predictions it watches for; see the module docstring."""
+
+    def __init__(self, gateway: Gateway, limits: ApiLimits, policy: WatchPolicy, clock: Callable[[], float]):
+        self.gateway, self.limits, self.policy = gateway, limits, policy
+        self._clock = clock
+        self._watched: dict[str, _Watched] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._failures = 0
+        self._checked = self._missed = 0
+        self.given_up: str | None = None  # why the watch stopped for the run
+        self._last_look_s: float | None = None  # engine clock: when the last listing that answered left
+
+    @property
+    def active(self) -> bool:
+        """Whether ends are watched now: polls count toward a known cap, and the listing has not failed."""
+        limits = self.limits.limits
+        return self.policy.enabled and self.given_up is None and limits.capped and limits.polls_count
+
+    def watch(self, prediction_id: str, slug: str, started: float) -> asyncio.Future[Sighting] | None:
+        """Watch for `prediction_id` to end (its wait began at `started`); None while the watch is off."""
+        if not self.active:
+            return None
+        elapsed = self._clock() - started
+        since = datetime.now(UTC) - timedelta(seconds=elapsed)
+        seen: asyncio.Future[Sighting] = asyncio.get_running_loop().create_future()
+        self._watched[prediction_id] = _Watched(slug, since, seen, started)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="promptgrid-ends-watch")
+        return seen
+
+    def unwatch(self, prediction_id: str) -> None:
+        watched = self._watched.pop(prediction_id, None)
+        if watched is not None and not watched.seen.done():
+            watched.seen.cancel()
+        if not self._watched and self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def polled_late(self, found_done: bool) -> None:
+        """A watched prediction's own poll came: finding it done means the listing had not shown it."""
+        self._checked += 1
+        self._missed += found_done
+        policy = self.policy
+        if self._checked >= policy.min_checked and self._missed > policy.missed_share * self._checked:
+            self._give_up(f"{self._missed} of {self._checked} late polls found ends it had not shown")
+
+    @property
+    def interval_s(self) -> float:
+        """`listing_every` spacings of the cap, and never closer than polls are sent (`min_interval_s`)."""
+        spacing = self.limits.limits.floor_interval_s
+        return max(self.policy.listing_every * spacing, self.limits.config.poll.min_interval_s)
+
+    async def _run(self) -> None:
+        while self._watched and self.active:
+            await asyncio.sleep(self.interval_s)
+            if self._watched and self.active:
+                await self._look()
+
+    async def _look(self) -> None:
+        slugs = {watched.slug for watched in self._watched.values()}
+        since = min(watched.since for watched in self._watched.values())
+        since -= timedelta(seconds=self.policy.clock_margin_s)
+        until = datetime.now(UTC) + timedelta(seconds=self.policy.clock_margin_s)
+        sent = self._clock()
+        retry = ReadRetry(tries=1, throttled_tries=1)
+        try:
+            page = await self.gateway.list_executions(
+                retry, model=next(iter(slugs)) if len(slugs) == 1 else "", since=since, until=until,
+                offset=0, limit=MAX_PAGE,
+            )  # fmt: skip
+        except Throttled:
+            return  # the budget pauses for it; the listing did not fail
+        except ApiError as exc:
+            self._failures += 1
+            if self._failures >= self.policy.listing_failures:
+                self._give_up(f"{self._failures} listings in a row failed (last: {exc.message})")
+            return
+        self._failures = 0
+        before, self._last_look_s = self._last_look_s, sent
+        for row in page.executions:
+            watched = self._watched.get(row.id)
+            if watched is not None and row.status in TERMINAL and not watched.seen.done():
+                after = before if before is not None and before >= watched.started else None
+                watched.seen.set_result(Sighting(row, sent, after))
+
+    def _give_up(self, why: str) -> None:
+        self.given_up = why
+        log.warning("the executions listing is no longer used to see predictions end: %s", why)
+        for watched in self._watched.values():
+            if not watched.seen.done():
+                watched.seen.cancel()

@@ -1,0 +1,114 @@
+"""Where polls count toward a request cap, ends are seen through the executions listing, against the sandbox:
+one listing for every prediction in flight, a poll of each only late, in case the listing misses it; a
+listing that fails or does not show ours is given up for polls alone."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+
+from promptgrid.api.client import ApiClient
+from promptgrid.api.executions import parse_executions
+from promptgrid.api.prediction import PredictionStatus
+from promptgrid.engine.config import EngineConfig
+from promptgrid.engine.engine import Engine
+from promptgrid.quota.base import Limits
+from promptgrid.quota.local import LocalBudget
+from promptgrid.settings import ApiKey
+from promptgrid.types import JobOutcome, JobStatus
+from tests.test_engine_limits import jobs
+
+SCALE = 10.0  # at x100 a round trip is a good share of a prediction: first polls would find most done
+# The page's cap at x10, polls counted, as a spec's `rate_limit: 60/6s` says it.
+COUNTED = EngineConfig(limits=Limits(60, 60.0, 10, polls_count=True)).scaled(SCALE)
+COUNTED = replace(COUNTED, limits=Limits(60, 6.0, 10, polls_count=True))
+
+
+async def run_all(url: str, count: int, config: EngineConfig = COUNTED) -> tuple[list[JobOutcome], Engine]:
+    async with ApiClient(url, ApiKey("sk-watch-test")) as client:
+        engine = Engine(client, LocalBudget(config.limits), config)
+        outcomes = [outcome async for outcome in engine.run(jobs(count))]
+    return outcomes, engine
+
+
+async def test_under_a_cap_counting_polls_most_ends_are_seen_in_the_listing_at_well_under_two_per_image(
+    sandbox_factory,
+):
+    sb = sandbox_factory(time_scale=SCALE)
+    outcomes, engine = await run_all(sb.url, 30)
+    stats = sb.stats()
+    assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 30}
+    assert all(o.image and o.sha256 and o.cost_usd for o in outcomes)  # the listed output fetched, cost kept
+    assert stats["throttled"] == 0 and stats["duplicate_creates"] == 0
+    assert engine.stats.listed_ends >= 20 and engine.waits.ends.given_up is None
+    assert stats["requests"]["executions"] >= 1
+    # A create each, the listings (every 0.6 s), and the few polls of predictions the listing had not shown
+    # by their late poll: per-prediction polls cost at least two requests per image.
+    sent = sum(stats["requests"][kind] for kind in ("create", "get", "executions"))
+    assert sent <= 1.6 * 30
+    assert engine.stats.requests["poll"] == stats["requests"]["get"] + stats["requests"]["executions"]
+
+
+async def test_a_listing_that_fails_is_given_up_after_three_and_polls_see_every_end(sandbox_factory, caplog):
+    sb = sandbox_factory(time_scale=SCALE, executions_fail_rate=1.0)
+    outcomes, engine = await run_all(sb.url, 20)
+    assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 20}
+    assert engine.waits.ends.given_up == (
+        "3 listings in a row failed (last: GET /v1/executions: HTTP 500: Failed to list executions)"
+    )
+    assert sb.stats()["requests"]["executions"] == 3 and engine.stats.listed_ends == 0
+    assert "no longer used to see predictions end" in caplog.text
+
+
+async def test_a_listing_that_does_not_show_ours_is_given_up_when_late_polls_find_the_ends(sandbox_factory):
+    """A busy organisation: 100 newer executions of other members fill the one page asked for."""
+    sb = sandbox_factory(time_scale=SCALE, foreign_executions=100)
+    outcomes, engine = await run_all(sb.url, 20)
+    assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 20}
+    assert engine.stats.listed_ends == 0
+    assert (engine.waits.ends.given_up or "").endswith("late polls found ends it had not shown")
+
+
+async def test_an_error_the_listing_shows_is_polled_for_its_detail(sandbox_factory):
+    sb = sandbox_factory(time_scale=SCALE, error_rate=1.0, error_codes=(("PROVIDER_REJECTED", False),))
+    outcomes, engine = await run_all(sb.url, 12)
+    assert {(o.status, o.error_code) for o in outcomes} == {(JobStatus.FAILED, "PROVIDER_REJECTED")}
+    assert engine.stats.listed_ends == 0 and sb.stats()["requests"]["executions"] >= 1
+
+
+async def test_where_polls_are_free_nothing_is_listed(sandbox_factory):
+    sb = sandbox_factory(time_scale=SCALE, limit_model="docs")
+    auto = EngineConfig(limits=Limits.auto(max_in_flight=10)).scaled(SCALE)
+    outcomes, engine = await run_all(sb.url, 20, auto)
+    assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 20}
+    assert sb.stats()["requests"]["executions"] == 0 and not engine.waits.ends.active
+
+
+def test_a_finished_row_reads_as_a_get_would_and_a_running_one_as_nothing_yet():
+    rows = [
+        {"id": "a", "model": "m", "status": "success", "created_at": "2026-12-07T10:00:00Z",
+         "output": ["https://cdn.example/a.0.png", {"url": "https://cdn.example/a.1.png"}],
+         "execution_cost": 0.13, "run_time": 7.5},
+        {"id": "b", "model": "m", "status": "error", "created_at": "2026-12-07T10:00:01Z",
+         "output": {"error_code": "PROVIDER_REJECTED", "error_message": "filtered"}},
+        {"id": "c", "model": "m", "status": "processing", "created_at": "2026-12-07T10:00:02Z"},
+    ]  # fmt: skip
+    done, failed, running = parse_executions({"executions": rows}).executions
+    assert done.ended is not None and done.ended.status is PredictionStatus.SUCCESS
+    assert done.ended.output_urls == ("https://cdn.example/a.0.png", "https://cdn.example/a.1.png")
+    assert (done.ended.cost_usd, done.ended.predict_time_s, done.ended.id) == (0.13, 7.5, "a")
+    assert failed.ended is not None and failed.ended.error_code == "PROVIDER_REJECTED"
+    assert running.ended is None
+
+
+async def test_predictions_an_earlier_run_made_are_polled_not_looked_for_in_the_listing(sandbox_factory):
+    """Their creation time is not known here, so the listing's window could miss them."""
+    sb = sandbox_factory(time_scale=SCALE)
+    batch = jobs(6)
+    async with ApiClient(sb.url, ApiKey("sk-watch-test")) as client:
+        made = {job.job_id: await client.create(job.model, job.version, job.inputs) for job in batch}
+        engine = Engine(client, LocalBudget(COUNTED.limits), COUNTED)
+        outcomes = [outcome async for outcome in engine.run(batch, resume=made)]
+    assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 6}
+    assert {o.prediction_id for o in outcomes} == set(made.values())
+    assert sb.stats()["requests"]["executions"] == 0 and engine.stats.listed_ends == 0
