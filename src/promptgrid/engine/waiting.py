@@ -49,20 +49,24 @@ class PredictionWaits:
         """Poll on the learned schedule until the prediction is terminal; past the deadline, cancel it.
 
         `start` is when the create was answered, or when the wait began for a prediction an earlier run made
-        (`resumed`: its id): the listing is not watched for that one, whose creation time is not known.
+        (`resumed`: its id): the listing is not watched for that one, whose creation time is not known. One
+        made before the watch began (a cap adopted since) is watched from then on.
         """
         key = latency_key(job)
         plan = self.latency.plan(key)
-        listed = None if resumed else self.ends.watch(prediction_id, self.routes.slug_for(job.model), start)
+        listed: asyncio.Future[Sighting] | None = None
+        watchable = not resumed
         try:
             while True:
+                if watchable and listed is None and self.ends.active:
+                    listed = self.ends.watch(prediction_id, self.routes.slug_for(job.model), start)
                 limit_s = self._deadline_s(key)
                 deadline = start + limit_s
                 self.stats.waiting[prediction_id] = (start, deadline)  # removed by the engine once it ends
                 await self._sleep_until_poll(plan, start, deadline, listed)
                 if listed is not None and listed.done():
                     sighting = None if listed.cancelled() else listed.result()
-                    listed = None
+                    listed, watchable = None, False
                     if sighting is None:
                         continue  # the watch stopped: polls on the schedule alone
                     if (ended := self._listed_success(key, start, sighting)) is not None:
