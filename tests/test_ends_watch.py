@@ -112,3 +112,18 @@ async def test_predictions_an_earlier_run_made_are_polled_not_looked_for_in_the_
     assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 6}
     assert {o.prediction_id for o in outcomes} == set(made.values())
     assert sb.stats()["requests"]["executions"] == 0 and engine.stats.listed_ends == 0
+
+
+async def test_under_a_cap_far_above_the_need_listings_stay_fewer_than_the_polls_they_stand_in_for(
+    sandbox_factory,
+):
+    """6,000 requests a minute: six spacings of it would list every 6 ms; a quarter of the first-poll delay
+    holds the pace to a few listings per prediction's life."""
+    sb = sandbox_factory(limit_model="docs")  # x100: a prediction takes ~80 ms
+    config = EngineConfig(limits=Limits(6000, 60.0, 10, polls_count=True)).scaled(100.0)
+    config = replace(config, limits=Limits(6000, 0.6, 10, polls_count=True))
+    outcomes, engine = await run_all(sb.url, 30, config)
+    stats = sb.stats()
+    assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 30}
+    assert engine.stats.listed_ends >= 1
+    assert stats["requests"]["executions"] <= stats["requests"]["create"]

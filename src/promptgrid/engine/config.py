@@ -33,6 +33,7 @@ class WatchPolicy:
     # A watched prediction's own poll comes this many times as late as its schedule says (and two listings
     # later): only there for what the listing misses.
     late_poll: float = 2.0
+    per_latency: float = 0.25  # listings at most 1/this per learned first-poll delay
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 
 from promptgrid.api.executions import MAX_PAGE, Execution
 from promptgrid.api.gateway import Gateway, ReadRetry
+from promptgrid.api.polling import LatencyKey
 from promptgrid.api.prediction import TERMINAL
 from promptgrid.engine.config import WatchPolicy
 from promptgrid.engine.limits import ApiLimits
@@ -51,6 +52,7 @@ class Sighting:
 @dataclass
 class _Watched:
     slug: str
+    key: LatencyKey
     since: datetime  # our clock's creation time
     seen: asyncio.Future[Sighting]
     started: float  # engine clock: when its wait began
@@ -75,14 +77,17 @@ class EndsWatch:
         limits = self.limits.limits
         return self.policy.enabled and self.given_up is None and limits.capped and limits.polls_count
 
-    def watch(self, prediction_id: str, slug: str, started: float) -> asyncio.Future[Sighting] | None:
-        """Watch for `prediction_id` to end (its wait began at `started`); None while the watch is off."""
+    def watch(
+        self, prediction_id: str, slug: str, key: LatencyKey, started: float
+    ) -> asyncio.Future[Sighting] | None:
+        """Watch for `prediction_id` (sent as `slug`, its latency learned under `key`) to end; its wait began
+        at `started`. None while the watch is off."""
         if not self.active:
             return None
         elapsed = self._clock() - started
         since = datetime.now(UTC) - timedelta(seconds=elapsed)
         seen: asyncio.Future[Sighting] = asyncio.get_running_loop().create_future()
-        self._watched[prediction_id] = _Watched(slug, since, seen, started)
+        self._watched[prediction_id] = _Watched(slug, key, since, seen, started)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="promptgrid-ends-watch")
         return seen
@@ -105,9 +110,15 @@ class EndsWatch:
 
     @property
     def interval_s(self) -> float:
-        """`listing_every` spacings of the cap, and never closer than polls are sent (`min_interval_s`)."""
-        spacing = self.limits.limits.floor_interval_s
-        return max(self.policy.listing_every * spacing, self.limits.config.poll.min_interval_s)
+        """`listing_every` spacings of the cap; and under a cap far above what the slots need, no closer
+        than a `per_latency` share of the shortest first-poll delay watched (the cold start's first probe
+        while none is known), so listings stay fewer than the polls they stand in for."""
+        latency, poll = self.limits.latency, self.limits.config.poll
+        delays = [latency.estimate(watched.key) for watched in self._watched.values()]
+        known = [delay for delay in delays if delay is not None]
+        typical = min(known) if known else poll.cold_start_s
+        share_of_cap = self.policy.listing_every * self.limits.limits.floor_interval_s
+        return max(share_of_cap, typical * self.policy.per_latency, poll.min_interval_s)
 
     async def _run(self) -> None:
         while self._watched and self.active:

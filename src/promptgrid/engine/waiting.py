@@ -59,7 +59,7 @@ class PredictionWaits:
         try:
             while True:
                 if watchable and listed is None and self.ends.active:
-                    listed = self.ends.watch(prediction_id, self.routes.slug_for(job.model), start)
+                    listed = self.ends.watch(prediction_id, self.routes.slug_for(job.model), key, start)
                 limit_s = self._deadline_s(key)
                 deadline = start + limit_s
                 self.stats.waiting[prediction_id] = (start, deadline)  # removed by the engine once it ends
