@@ -127,3 +127,15 @@ async def test_under_a_cap_far_above_the_need_listings_stay_fewer_than_the_polls
     assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 30}
     assert engine.stats.listed_ends >= 1
     assert stats["requests"]["executions"] <= stats["requests"]["create"]
+
+
+async def test_a_prediction_cancelled_as_stuck_is_no_longer_listed_for_while_its_cancel_is_watched(
+    sandbox_factory,
+):
+    """The cancel's watch polls on its own: listing for it too would spend the cap on nothing."""
+    sb = sandbox_factory(time_scale=SCALE, never_finish_rate=1.0, cancel_ignored_rate=1.0)
+    config = replace(COUNTED, deadline_s=0.5, min_deadline_s=0.5, cancel_wait_s=2.4)
+    outcomes, engine = await run_all(sb.url, 1, config)
+    assert [o.status for o in outcomes] == [JobStatus.TIMED_OUT]
+    # A listing every 0.6 s: at most one before the deadline (0.5 s), none in the 2.4 s of the cancel's watch.
+    assert sb.stats()["requests"]["executions"] <= 1

@@ -86,6 +86,7 @@ class PredictionWaits:
                         "never answered a poll" if prediction is None else f"still {prediction.raw_status!r}"
                     )
                     seen = f"{seen} after {limit_s:.3g} s"
+                    self.ends.unwatch(prediction_id)  # the cancel's watch polls on its own
                     return await self._cancel_and_watch(prediction_id, outcome, seen, key)
         finally:
             self.ends.unwatch(prediction_id)
