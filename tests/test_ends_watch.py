@@ -139,3 +139,14 @@ async def test_a_prediction_cancelled_as_stuck_is_no_longer_listed_for_while_its
     assert [o.status for o in outcomes] == [JobStatus.TIMED_OUT]
     # A listing every 0.6 s: at most one before the deadline (0.5 s), none in the 2.4 s of the cancel's watch.
     assert sb.stats()["requests"]["executions"] <= 1
+
+
+async def test_under_auto_the_listing_takes_over_once_a_poll_429_shows_polls_count(sandbox_factory):
+    """Before the cap is known polls may be free, and nothing is listed; from the 429 on, the predictions
+    in flight then and after are watched."""
+    sb = sandbox_factory(time_scale=SCALE)
+    auto = EngineConfig(limits=Limits.auto(max_in_flight=10)).scaled(SCALE)
+    outcomes, engine = await run_all(sb.url, 60, auto)
+    assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 60}
+    assert "(polls count)" in (engine.stats.adopted_limit or "")  # the window read off the 429's timing
+    assert engine.stats.listed_ends >= 20 and sb.stats()["duplicate_creates"] == 0
