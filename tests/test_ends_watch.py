@@ -12,6 +12,7 @@ from promptgrid.api.executions import parse_executions
 from promptgrid.api.prediction import PredictionStatus
 from promptgrid.engine.config import EngineConfig
 from promptgrid.engine.engine import Engine
+from promptgrid.engine.progress import RunProgress
 from promptgrid.quota.base import Limits
 from promptgrid.quota.local import LocalBudget
 from promptgrid.settings import ApiKey
@@ -47,6 +48,12 @@ async def test_under_a_cap_counting_polls_most_ends_are_seen_in_the_listing_at_w
     sent = sum(stats["requests"][kind] for kind in ("create", "get", "executions"))
     assert sent <= 1.6 * 30
     assert engine.stats.requests["poll"] == stats["requests"]["get"] + stats["requests"]["executions"]
+    # The run summary's count has the listings too, though no job is charged for them.
+    progress = RunProgress(total=30, engine=engine.stats)
+    for outcome in outcomes:
+        progress.record(outcome)
+    assert engine.stats.listings == stats["requests"]["executions"]
+    assert progress.requests_sent == sent
 
 
 async def test_a_listing_that_fails_is_given_up_after_three_and_polls_see_every_end(sandbox_factory, caplog):

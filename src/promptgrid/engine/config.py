@@ -106,6 +106,7 @@ class EngineStats:
     room_waits: int = 0  # creates refused for want of room (429 about concurrency): they waited
     payment_waits: int = 0  # creates refused with 402: they waited for one of ours to finish
     listed_ends: int = 0  # successes collected from the executions listing, without a get of their own
+    listings: int = 0  # executions listings sent to watch for ends (charged to no job)
     refused_probes: int = 0  # room probes refused (429 or 402): sent ahead by creates already waiting
     adopted_limit: str | None = None  # the request cap read off the API under `rate_limit: auto`
     spend: str | None = None  # spent against the spend caps (promptgrid.engine.spend); None without caps

@@ -58,6 +58,12 @@ class _Watched:
     started: float  # engine clock: when its wait began
 
 
+class _Sent:
+    """The gateway's tally of one listing: 1 once it left (the budget admitted it)."""
+
+    api_requests = 0
+
+
 class EndsWatch:
     """The listing task and the predictions it watches for; see the module docstring."""
 
@@ -133,10 +139,11 @@ class EndsWatch:
         until = datetime.now(UTC) + timedelta(seconds=self.policy.clock_margin_s)
         sent = self._clock()
         retry = ReadRetry(tries=1, throttled_tries=1)
+        count = _Sent()
         try:
             page = await self.gateway.list_executions(
                 retry, model=next(iter(slugs)) if len(slugs) == 1 else "", since=since, until=until,
-                offset=0, limit=MAX_PAGE,
+                offset=0, limit=MAX_PAGE, tally=count,
             )  # fmt: skip
         except Throttled:
             return  # the budget pauses for it; the listing did not fail
@@ -145,6 +152,8 @@ class EndsWatch:
             if self._failures >= self.policy.listing_failures:
                 self._give_up(f"{self._failures} listings in a row failed (last: {exc.message})")
             return
+        finally:
+            self.limits.stats.listings += count.api_requests  # sent, not merely planned
         self._failures = 0
         before, self._last_look_s = self._last_look_s, sent
         for row in page.executions:

@@ -87,6 +87,11 @@ class RunProgress:
         elif outcome.submitted_at and outcome.completed_at:
             self.latencies_s.append((outcome.completed_at - outcome.submitted_at).total_seconds())
 
+    @property
+    def requests_sent(self) -> int:
+        """The requests charged to jobs, and the listings that watched for their ends (charged to none)."""
+        return self.api_requests + (self.engine.listings if self.engine is not None else 0)
+
     def snapshot(self) -> dict[str, Any]:
         now = self.clock()
         elapsed = max(now - self.started, 1e-9)
@@ -98,7 +103,7 @@ class RunProgress:
             "in_flight": self.in_flight,
             "throttled": self.throttled,
             "images_per_min": per_min,
-            "api_requests": self.api_requests,
+            "api_requests": self.requests_sent,
             "eta_s": self.eta_s(now),
             "elapsed_s": elapsed,
         }
@@ -206,10 +211,10 @@ def summary_rows(progress: RunProgress) -> list[dict[str, Any]]:
     rows += [
         {"metric": "latency p50 (s)", "value": None if p50 is None else round(p50, 3)},
         {"metric": "latency p95 (s)", "value": None if p95 is None else round(p95, 3)},
-        {"metric": "API requests", "value": progress.api_requests},
+        {"metric": "API requests", "value": progress.requests_sent},
         {
             "metric": "requests per image",
-            "value": round(progress.api_requests / images, 3) if images else None,
+            "value": round(progress.requests_sent / images, 3) if images else None,
         },
         {"metric": "cost (USD)", "value": round(progress.cost_usd, 4)},
         {"metric": "wall time (s)", "value": round(progress.snapshot()["elapsed_s"], 1)},

@@ -104,7 +104,7 @@ async def finish_run(
         failed=progress.failed,
         skipped=tally.skipped,
         previously_failed=tally.previously_failed,
-        api_requests=progress.api_requests,
+        api_requests=progress.requests_sent,
         run_id=run_id,
         report=report_uri,
         fail_when=str(fail_when),
