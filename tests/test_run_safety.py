@@ -155,10 +155,12 @@ def test_kill_9_then_a_run_after_the_links_expired_keeps_every_stored_image(tmp_
         assert Path(rows[job_id]["image_uri"]) == path
     assert sandbox.stats()["duplicate_creates"] == 0
     assert set(successes_per_job(out).values()) == {1}
-    # Only predictions created but not yet stored at the kill can have lost their output.
+    # Only predictions created but not yet stored at the kill can have lost their output: the 10 in flight,
+    # and those past their slot whose output was being fetched or stored (a listing shows several ends at
+    # once); the run keeps at most max_concurrent + its queue (10 + 10) jobs going.
     lost = [row for row in rows.values() if row["status"] != "success"]
     assert all(row["error_code"] in ("OUTPUT_EXPIRED", "CREATE_OUTCOME_UNKNOWN") for row in lost), lost
-    assert len(lost) <= 10 and code == (1 if lost else 0), text
+    assert len(lost) <= 20 and code == (1 if lost else 0), text
 
 
 @pytest.mark.slow
