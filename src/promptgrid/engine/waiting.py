@@ -14,7 +14,7 @@ from typing import Any
 
 from promptgrid.aio import wait_event
 from promptgrid.api.gateway import Gateway, ReadRetry
-from promptgrid.api.polling import PollPlan
+from promptgrid.api.polling import LatencyKey, PollPlan
 from promptgrid.api.prediction import Prediction, PredictionStatus
 from promptgrid.api.routes import ModelRoutes
 from promptgrid.engine.ends_watch import EndsWatch, Sighting
@@ -33,13 +33,8 @@ class PredictionWaits:
     def __init__(
         self, gateway: Gateway, limits: ApiLimits, halt: Halt, routes: ModelRoutes, clock: Callable[[], float]
     ):
-        self.gateway, self.config, self.latency, self.stats = (
-            gateway,
-            limits.config,
-            limits.latency,
-            limits.stats,
-        )
-        self.halt, self.routes = halt, routes
+        self.gateway, self.halt, self.routes = gateway, halt, routes
+        self.config, self.latency, self.stats = limits.config, limits.latency, limits.stats
         self._clock = clock
         self.ends = EndsWatch(gateway, limits, self.config.watch, clock)
 
@@ -91,7 +86,7 @@ class PredictionWaits:
         finally:
             self.ends.unwatch(prediction_id)
 
-    def _listed_success(self, key: tuple[str, int], start: float, sighting: Sighting) -> Prediction | None:
+    def _listed_success(self, key: LatencyKey, start: float, sighting: Sighting) -> Prediction | None:
         """A success the listing showed, with its output: collected without a get (an error is polled, for
         its detail)."""
         ended = sighting.row.ended
