@@ -4,18 +4,23 @@ listing that fails or does not show ours is given up for polls alone."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 from dataclasses import replace
 
 from promptgrid.api.client import ApiClient
 from promptgrid.api.executions import parse_executions
-from promptgrid.api.prediction import PredictionStatus
+from promptgrid.api.prediction import TERMINAL, PredictionStatus
 from promptgrid.engine.config import EngineConfig
 from promptgrid.engine.engine import Engine
 from promptgrid.engine.progress import RunProgress
+from promptgrid.engine.waiting import latency_key
 from promptgrid.quota.base import Limits
 from promptgrid.quota.local import LocalBudget
 from promptgrid.settings import ApiKey
+from promptgrid.spec.schema import ApiConfig
+from promptgrid.tasks.pipeline import engine_config
 from promptgrid.types import JobOutcome, JobStatus
 from tests.test_engine_limits import jobs
 
@@ -157,3 +162,36 @@ async def test_under_auto_the_listing_takes_over_once_a_poll_429_shows_polls_cou
     assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 60}
     assert "(polls count)" in (engine.stats.adopted_limit or "")  # the window read off the 429's timing
     assert engine.stats.listed_ends >= 20 and sb.stats()["duplicate_creates"] == 0
+
+
+async def test_the_spec_can_turn_the_listing_off_and_each_prediction_is_then_polled(sandbox_factory):
+    """`api.listing_watch: false`, for an account whose listing is known to lag."""
+    assert engine_config(ApiConfig(), 1.0).watch.enabled
+    off = engine_config(ApiConfig(listing_watch=False), 1.0)
+    assert not off.watch.enabled
+    sb = sandbox_factory(time_scale=SCALE)
+    outcomes, engine = await run_all(sb.url, 12, replace(COUNTED, watch=off.watch))
+    assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 12}
+    assert sb.stats()["requests"]["executions"] == 0 and engine.stats.listed_ends == 0
+
+
+async def test_a_listing_the_budget_held_back_dates_the_ends_it_shows_when_it_left(sandbox_factory):
+    """The latency learned from a sighting runs to when the listing was sent: a listing that waited for
+    room in the window would otherwise date the end early, and the learned latencies lean short."""
+    sb = sandbox_factory(time_scale=100.0)
+    config = replace(COUNTED, limits=Limits(3, 1.5, 10, polls_count=True))
+    job = jobs(1)[0]
+    async with ApiClient(sb.url, ApiKey("sk-watch-test")) as client:
+        engine = Engine(client, LocalBudget(config.limits), config)
+        prediction_id = await engine.gateway.create(job.model, job.version, job.inputs)
+        await asyncio.sleep(0.3)  # ended: a prediction takes ~80 ms at x100
+        for _ in range(2):  # the create and these fill the window: the listing waits ~1.5 s for room
+            (await engine.limits.budget.take_request("poll")).settle()
+        watch, asked = engine.waits.ends, time.monotonic()
+        seen = watch.watch(prediction_id, job.model, latency_key(job), asked)
+        assert seen is not None
+        await watch._look()
+        sighting = seen.result()
+        watch.unwatch(prediction_id)
+    assert sighting.row.status in TERMINAL
+    assert sighting.sent - asked >= 1.0

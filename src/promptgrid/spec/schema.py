@@ -120,6 +120,9 @@ class ApiConfig(_Frozen):
     # While creates are free of any cap: send a waiting create ahead to find the room a finish made at the
     # API before our poll sees it (promptgrid.quota.adaptive.SlotGate); refused ones are free but visible.
     room_probes: bool = True
+    # Where polls count toward a cap: see predictions end in the executions listing, one request for all of
+    # them (promptgrid.engine.ends_watch); false polls each one, for an account whose listing is unreliable.
+    listing_watch: bool = True
     quota_url: str | None = None  # redis://... when several runs share one key's quota
     max_cost: float | None = Field(default=None, gt=0)  # USD caps and price: promptgrid.engine.spend
     max_cost_per_day: float | None = Field(default=None, gt=0)

@@ -26,7 +26,7 @@ from promptgrid import interrupts
 from promptgrid.api.client import ApiClient
 from promptgrid.api.routes import ModelRoutes
 from promptgrid.defaults import PRICE_PER_IMAGE_USD
-from promptgrid.engine.config import EngineConfig, PrepareInputs
+from promptgrid.engine.config import EngineConfig, PrepareInputs, WatchPolicy
 from promptgrid.engine.engine import Engine
 from promptgrid.engine.lost_creates import LostCreates
 from promptgrid.engine.planning import RunPlan, Selection, Tally, select_jobs
@@ -165,7 +165,10 @@ def engine_config(api: ApiConfig, time_scale: float) -> EngineConfig:
     # Limits come from the spec as given (a sandbox run's are already scaled); only the engine's own
     # clocks (deadlines, backoff, poll intervals) follow the API's time scale.
     config = EngineConfig(
-        limits=spec_limits(api), stall_timeout_s=api.stall_timeout, room_probes=api.room_probes
+        limits=spec_limits(api),
+        stall_timeout_s=api.stall_timeout,
+        room_probes=api.room_probes,
+        watch=WatchPolicy(enabled=api.listing_watch),
     )
     return config.scaled(time_scale)
 
