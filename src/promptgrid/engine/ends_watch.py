@@ -59,9 +59,21 @@ class _Watched:
 
 
 class _Sent:
-    """The gateway's tally of one listing: 1 once it left (the budget admitted it)."""
+    """The gateway's tally of one listing: counted once it left (the budget admitted it), and dated then,
+    so a listing the budget held back does not date the ends it shows early."""
 
-    api_requests = 0
+    def __init__(self, clock: Callable[[], float]):
+        self._clock = clock
+        self.count = 0
+        self.at = clock()
+
+    @property
+    def api_requests(self) -> int:
+        return self.count
+
+    @api_requests.setter
+    def api_requests(self, value: int) -> None:
+        self.count, self.at = value, self._clock()
 
 
 class EndsWatch:
@@ -137,9 +149,8 @@ class EndsWatch:
         since = min(watched.since for watched in self._watched.values())
         since -= timedelta(seconds=self.policy.clock_margin_s)
         until = datetime.now(UTC) + timedelta(seconds=self.policy.clock_margin_s)
-        sent = self._clock()
         retry = ReadRetry(tries=1, throttled_tries=1)
-        count = _Sent()
+        count = _Sent(self._clock)
         try:
             page = await self.gateway.list_executions(
                 retry, model=next(iter(slugs)) if len(slugs) == 1 else "", since=since, until=until,
@@ -153,8 +164,9 @@ class EndsWatch:
                 self._give_up(f"{self._failures} listings in a row failed (last: {exc.message})")
             return
         finally:
-            self.limits.stats.listings += count.api_requests  # sent, not merely planned
+            self.limits.stats.listings += count.count  # sent, not merely planned
         self._failures = 0
+        sent = count.at
         before, self._last_look_s = self._last_look_s, sent
         for row in page.executions:
             watched = self._watched.get(row.id)
