@@ -11,7 +11,9 @@ first create to last answer, output fetch included; loop: first to last API requ
 the larger of images x mean latency / slots available and, when requests are limited, the requests needed
 at the allowed rate (2 per image when polls count, 1 when not); where polls count, the floor with the
 creates alone too, since the engine sees most ends in the executions listing (counted among the requests).
-The pipeline's exit code and the waits its summary counted are printed too.
+Without faults, each also gives its span against a client with no lag on the latencies that run drew
+(`engine_bench.ideal_span_s`): the floor plus what the batch's last predictions add, which no client can
+avoid. The pipeline's exit code and the waits its summary counted are printed too.
 
     python benchmarks/pipeline_bench.py                  # every case (~10 min)
     python benchmarks/pipeline_bench.py docs docs-held   # some of them
@@ -32,7 +34,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from engine_bench import MODEL, run_seed_loop
+from engine_bench import MODEL, ideal_span_s, run_seed_loop
 from support import sandbox_process
 
 from promptgrid.models.check import check_input
@@ -97,6 +99,14 @@ def floor_s(case: Case, stats: dict) -> float:
     return floor
 
 
+def ideal_s(case: Case, stats: dict) -> float | None:
+    """A client with no lag on the latencies the run drew (engine_bench.ideal_span_s); None under faults."""
+    if stats["creates"] != JOBS or stats["predictions_by_status"]["success"] != JOBS:
+        return None
+    cap = (60, 6.0) if case.rate_per_image else None
+    return ideal_span_s(stats["latencies_s"], case.slots, cap)
+
+
 def run_pipeline(name: str, case: Case) -> None:
     options = ("--time-scale", str(SCALE), "--api-key", KEY, "--seed", "1", *case.sandbox)
     with tempfile.TemporaryDirectory() as folder, sandbox_process(*options) as api_base:
@@ -155,6 +165,8 @@ def report(name: str, case: Case, done: subprocess.CompletedProcess[str], stats:
     if case.rate_per_image == 2:  # polls count: ends seen in the listing need only the creates
         alone = max(JOBS * (stats["mean_success_latency_s"] or 0.0) / case.slots, JOBS * 6.0 / 60)
         print(f"{'':<13}   floor with the creates alone: {alone:.1f} s, {span / alone:.2f}x")
+    if (ideal := ideal_s(case, stats)) is not None:
+        print(f"{'':<13}   a client with no lag on the same latencies: {ideal:.1f} s, {span / ideal:.2f}x")
 
 
 def run_loop(name: str, case: Case) -> None:
@@ -171,7 +183,8 @@ def run_loop(name: str, case: Case) -> None:
         f"{'':<13} seed loop images {images:>3}/{JOBS}  429s {stats['throttled']:>4} "
         f"({stats['throttled'] / len(transport.sent):.1%})  402s {stats['payment_required']:>3}  "
         f"dups {stats['duplicate_creates']}  req/img {len(transport.sent) / JOBS:5.2f}  "
-        f"span {span:5.1f} s / floor {floor:4.1f} s = {span / floor:.2f}x",
+        f"span {span:5.1f} s / floor {floor:4.1f} s = {span / floor:.2f}x"
+        + ("" if (ideal := ideal_s(case, stats)) is None else f", {span / ideal:.2f}x the no-lag client's"),
         flush=True,
     )
 

@@ -134,6 +134,8 @@ class Counters:
             "cancels_ignored": self.cancels_ignored,
             # Sandbox seconds from create to success, for floors: images x mean latency / slots.
             "mean_success_latency_s": sum(succeeded) / len(succeeded) if succeeded else None,
+            # Every prediction's drawn latency in creation order: what a client with no lag would have met.
+            "latencies_s": [p.latency_s for p in self.predictions],
             "max_window_requests": self.max_window_requests,
             "max_in_flight": self.max_in_flight,
             "creates": self.creates,
