@@ -9,6 +9,8 @@ import time
 from collections import Counter
 from dataclasses import replace
 
+import httpx
+
 from promptgrid.api.client import ApiClient
 from promptgrid.api.executions import parse_executions
 from promptgrid.api.prediction import TERMINAL, PredictionStatus
@@ -195,3 +197,47 @@ async def test_a_listing_the_budget_held_back_dates_the_ends_it_shows_when_it_le
         watch.unwatch(prediction_id)
     assert sighting.row.status in TERMINAL
     assert sighting.sent - asked >= 1.0
+
+
+def _is_get(path: str) -> bool:
+    return path.startswith("/v1/prediction/") and path != "/v1/prediction/"
+
+
+class _Sent(httpx.AsyncHTTPTransport):
+    """When each API request left and when its answer came, with its path and status."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[tuple[float, float, str, int]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        left = time.monotonic()
+        response = await super().handle_async_request(request)
+        if request.url.path.startswith("/v1/"):
+            self.log.append((left, time.monotonic(), request.url.path, response.status_code))
+        return response
+
+
+async def test_under_auto_no_poll_goes_after_the_429_that_shows_polls_count_until_the_listing_answered(
+    sandbox_factory,
+):
+    """The polls due while the window is full (and those the 429 met) are handed to the listing: after the
+    pause one listing answers for all in flight, not a poll each. Their late polls wait for two listings,
+    so one pause does not read as a listing that misses ends."""
+    sb = sandbox_factory(time_scale=SCALE)
+    auto = EngineConfig(limits=Limits.auto(max_in_flight=10)).scaled(SCALE)
+    transport = _Sent()
+    async with ApiClient(sb.url, ApiKey("sk-watch-test"), transport=transport) as client:
+        engine = Engine(client, LocalBudget(auto.limits), auto)
+        outcomes = [outcome async for outcome in engine.run(jobs(40))]
+    assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 40}
+    assert "(polls count)" in (engine.stats.adopted_limit or "")
+    log = transport.log
+    shown = min(answered for _, answered, path, status in log if _is_get(path) and status == 429)
+    listed = min(
+        answered for _, answered, path, status in log if path.endswith("/executions") and status == 200
+    )
+    assert listed > shown
+    between = [path for left, _, path, _ in log if shown < left < listed and _is_get(path)]
+    assert between == []
+    assert engine.waits.ends.given_up is None and engine.stats.listed_ends >= 20

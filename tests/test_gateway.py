@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import replace
 
 import httpx
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from promptgrid.api.client import ApiClient
 from promptgrid.api.gateway import Gateway, ReadRetry
 from promptgrid.api.resolve import resolve_models
-from promptgrid.errors import PredictionNotFound, ServerFailure, TransportFailure
+from promptgrid.errors import PredictionNotFound, ServerFailure, Throttled, TransportFailure
 from promptgrid.quota.base import Limits
 from promptgrid.quota.local import LocalBudget
 from promptgrid.settings import ApiKey
@@ -80,6 +81,19 @@ async def test_a_read_answered_429_waits_the_retry_after_then_goes_again():
     started = time.monotonic()
     await gate.get("p1", QUICK)
     assert time.monotonic() - started >= 0.2 and budget.stats().throttled == 1
+    await gate.client.aclose()
+
+
+async def test_a_read_no_longer_wanted_after_a_429_is_not_sent_again():
+    """`after_throttled`: the engine hands a poll to the executions listing once a 429 shows polls count."""
+    throttled = httpx.Response(429, json={"error": "too many requests"}, headers={"Retry-After": "0.01"})
+    script = Script(prediction=[throttled, throttled, PREDICTION])
+    gate, _ = gateway(script)
+    with pytest.raises(Throttled):
+        await gate.get("p1", replace(QUICK, throttled_tries=None, after_throttled=lambda: True))
+    assert script.calls["prediction"] == 1
+    assert (await gate.get("p1", replace(QUICK, after_throttled=lambda: False))).id == "p1"
+    assert script.calls["prediction"] == 3  # still wanted: sent again after its 429
     await gate.client.aclose()
 
 

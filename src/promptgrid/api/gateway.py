@@ -114,7 +114,8 @@ class ReadRetry:
 
     The pause after a failure that is not a 429 is jittered, between half and all of `base_s * 2**n`, at most
     `cap_s`. `on_failure` is told of each failure the read goes again after (the engine counts them and
-    notices an API that cannot be reached).
+    notices an API that cannot be reached). `after_throttled`, asked after each 429, says whether the read
+    is no longer wanted (its 429 is then raised): another way to learn what it asked has opened meanwhile.
     """
 
     tries: int | None = 4
@@ -123,6 +124,7 @@ class ReadRetry:
     base_s: float = 0.2
     cap_s: float = 30.0
     on_failure: Callable[[ApiError], None] | None = None
+    after_throttled: Callable[[], bool] | None = None
 
     def pause_s(self, failures: int) -> float:
         ceiling = min(self.cap_s, self.base_s * 2**failures)
@@ -240,6 +242,8 @@ class Gateway:
             except Throttled:
                 throttles += 1
                 if retry.throttled_tries is not None and throttles >= retry.throttled_tries:
+                    raise
+                if retry.after_throttled is not None and retry.after_throttled():
                     raise
                 pause = 0.0  # the budget itself holds the next request back
                 if retry.until is not None and self._clock() >= retry.until:

@@ -56,6 +56,7 @@ class _Watched:
     since: datetime  # our clock's creation time
     seen: asyncio.Future[Sighting]
     started: float  # engine clock: when its wait began
+    answers_before: int  # listings answered before it was watched
 
 
 class _Sent:
@@ -88,6 +89,7 @@ class EndsWatch:
         self._checked = self._missed = 0
         self.given_up: str | None = None  # why the watch stopped for the run
         self._last_look_s: float | None = None  # engine clock: when the last listing that answered left
+        self._answers = 0  # listings answered
 
     @property
     def active(self) -> bool:
@@ -105,7 +107,7 @@ class EndsWatch:
         elapsed = self._clock() - started
         since = datetime.now(UTC) - timedelta(seconds=elapsed)
         seen: asyncio.Future[Sighting] = asyncio.get_running_loop().create_future()
-        self._watched[prediction_id] = _Watched(slug, key, since, seen, started)
+        self._watched[prediction_id] = _Watched(slug, key, since, seen, started, self._answers)
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._run(), name="promptgrid-ends-watch")
         return seen
@@ -117,6 +119,12 @@ class EndsWatch:
         if not self._watched and self._task is not None:
             self._task.cancel()
             self._task = None
+
+    def had_chance(self, prediction_id: str) -> bool:
+        """Whether two listings answered since `prediction_id` was watched: its late poll is only for an end
+        they did not show (listings a 429's pause held back had no chance to)."""
+        watched = self._watched.get(prediction_id)
+        return watched is None or self._answers - watched.answers_before >= 2
 
     def polled_late(self, found_done: bool) -> None:
         """A watched prediction's own poll came: finding it done means the listing had not shown it."""
@@ -166,6 +174,7 @@ class EndsWatch:
         finally:
             self.limits.stats.listings += count.count  # sent, not merely planned
         self._failures = 0
+        self._answers += 1
         sent = count.at
         before, self._last_look_s = self._last_look_s, sent
         for row in page.executions:

@@ -58,7 +58,9 @@ class PredictionWaits:
                 limit_s = self._deadline_s(key)
                 deadline = start + limit_s
                 self.stats.waiting[prediction_id] = (start, deadline)  # removed by the engine once it ends
-                await self._sleep_until_poll(plan, start, deadline, listed)
+                await self._sleep_until_poll(plan, start, deadline, listed, prediction_id)
+                if watchable and listed is None and self.ends.active:
+                    continue  # a cap counting polls was learned meanwhile: the listing sees the end
                 if listed is not None and listed.done():
                     sighting = None if listed.cancelled() else listed.result()
                     listed, watchable = None, False
@@ -68,7 +70,12 @@ class PredictionWaits:
                         return ended
                     # An error (a get tells its detail and whether to retry), or a success without output.
                 sent = self._clock()
-                prediction = await self._poll(prediction_id, outcome, deadline)
+                try:
+                    prediction = await self._poll(
+                        prediction_id, outcome, deadline, watchable and listed is None
+                    )
+                except _HandedOver:
+                    continue
                 now = self._clock()
                 if prediction is not None:
                     if listed is not None:
@@ -106,12 +113,18 @@ class PredictionWaits:
         return min(self.config.deadline_s, stuck_after)
 
     async def _sleep_until_poll(
-        self, plan: PollPlan, start: float, deadline: float, listed: asyncio.Future[Sighting] | None
+        self,
+        plan: PollPlan,
+        start: float,
+        deadline: float,
+        listed: asyncio.Future[Sighting] | None,
+        prediction_id: str,
     ) -> None:
         """Sleep until the next poll; a cold schedule is cut short once another prediction sets the delay.
 
         While the listing watches it (promptgrid.engine.ends_watch), the poll comes late: `late_poll` times
-        the schedule's, and a listing's interval or two after; a sighting wakes it at once."""
+        the schedule's, a listing's interval or two after, and not before two listings answered since the
+        watch began (a 429's pause holds them back); a sighting wakes it at once."""
         while True:
             at = plan.next_poll_at()
             if listed is not None:
@@ -120,6 +133,13 @@ class PredictionWaits:
                 at = at * self.config.watch.late_poll + 2 * self.ends.interval_s
             wake = min(start + at, deadline)
             delay = wake - self._clock()
+            if (
+                delay <= 0
+                and listed is not None
+                and wake < deadline
+                and not self.ends.had_chance(prediction_id)
+            ):
+                delay = self.ends.interval_s  # the listing has not yet had the chance to show it
             if delay <= 0:
                 return
             if listed is not None:
@@ -143,9 +163,12 @@ class PredictionWaits:
             if learned is not None:
                 learned.cancel()
 
-    async def _poll(self, prediction_id: str, outcome: JobOutcome, deadline: float) -> Prediction | None:
+    async def _poll(
+        self, prediction_id: str, outcome: JobOutcome, deadline: float, watchable: bool = False
+    ) -> Prediction | None:
         """One get, sent again after transient failures (the gateway's rule for reads); None when the
-        deadline comes first."""
+        deadline comes first. A `watchable` prediction's poll met by a 429 that showed polls count is not
+        sent again after the pause (`_HandedOver`): the listing, one request for all in flight, sees it."""
         retry = ReadRetry(
             tries=None,
             throttled_tries=None,
@@ -153,9 +176,14 @@ class PredictionWaits:
             base_s=self.config.retry_backoff_s,
             cap_s=self.config.max_backoff_s,
             on_failure=self._transient,
+            after_throttled=(lambda: self.ends.active) if watchable else None,
         )
         try:
             return await self.gateway.get(prediction_id, retry, tally=outcome)
+        except Throttled:
+            if watchable and self.ends.active:
+                raise _HandedOver from None
+            return None  # the deadline came first
         except PredictionNotFound as exc:
             raise failed(ErrorCode.PREDICTION_NOT_FOUND, exc.message) from None
         except AuthenticationFailed as exc:
@@ -205,6 +233,10 @@ class PredictionWaits:
                 continue
             except ApiError:
                 return
+
+
+class _HandedOver(Exception):
+    """A poll given up for the executions listing, which began watching for ends meanwhile."""
 
 
 def latency_key(job: Job) -> tuple[str, int]:
