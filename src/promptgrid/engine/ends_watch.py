@@ -34,7 +34,7 @@ from promptgrid.api.polling import LatencyKey
 from promptgrid.api.prediction import TERMINAL
 from promptgrid.engine.config import WatchPolicy
 from promptgrid.engine.limits import ApiLimits
-from promptgrid.errors import ApiError, Throttled
+from promptgrid.errors import ApiError, PromptgridError, Throttled
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +121,11 @@ class EndsWatch:
             self._task = None
 
     def had_chance(self, prediction_id: str) -> bool:
-        """Whether two listings answered since `prediction_id` was watched: its late poll is only for an end
-        they did not show (listings a 429's pause held back had no chance to)."""
+        """Whether two listings answered since `prediction_id` was watched, or none will (the listing
+        stopped): its late poll is only for an end they did not show (a 429's pause holds listings back)."""
         watched = self._watched.get(prediction_id)
-        return watched is None or self._answers - watched.answers_before >= 2
+        listing = self._task is not None and not self._task.done()
+        return watched is None or not listing or self._answers - watched.answers_before >= 2
 
     def polled_late(self, found_done: bool) -> None:
         """A watched prediction's own poll came: finding it done means the listing had not shown it."""
@@ -147,10 +148,13 @@ class EndsWatch:
         return max(share_of_cap, typical * self.policy.per_latency, poll.min_interval_s)
 
     async def _run(self) -> None:
-        while self._watched and self.active:
-            await asyncio.sleep(self.interval_s)
-            if self._watched and self.active:
-                await self._look()
+        try:
+            while self._watched and self.active:
+                await asyncio.sleep(self.interval_s)
+                if self._watched and self.active:
+                    await self._look()
+        except PromptgridError as exc:  # the budget itself failed (a shared quota lost): each wait polls
+            self._give_up(f"its request could not be sent ({exc})")  # and meets it, and the run halts
 
     async def _look(self) -> None:
         slugs = {watched.slug for watched in self._watched.values()}
