@@ -31,7 +31,7 @@ import sys
 import tempfile
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from engine_bench import MODEL, ideal_span_s, run_seed_loop
@@ -163,7 +163,7 @@ def report(name: str, case: Case, done: subprocess.CompletedProcess[str], stats:
     if len(outcomes) > 1:
         print(f"{'':<13}   outcomes: {dict(outcomes)}")
     if case.rate_per_image == 2:  # polls count: ends seen in the listing need only the creates
-        alone = max(JOBS * (stats["mean_success_latency_s"] or 0.0) / case.slots, JOBS * 6.0 / 60)
+        alone = floor_s(replace(case, rate_per_image=1), stats)
         print(f"{'':<13}   floor with the creates alone: {alone:.1f} s, {span / alone:.2f}x")
     if (ideal := ideal_s(case, stats)) is not None:
         print(f"{'':<13}   a client with no lag on the same latencies: {ideal:.1f} s, {span / ideal:.2f}x")
