@@ -1,6 +1,7 @@
-"""Where polls count toward a request cap, ends are seen through the executions listing, against the sandbox:
-one listing for every prediction in flight, a poll of each only late, in case the listing misses it; a
-listing that fails or does not show ours is given up for polls alone."""
+"""Where polls count toward a request cap, and where they are shown free, ends are seen through the
+executions listing, against the sandbox: one listing for every prediction in flight, a poll of each only
+late, in case the listing misses it; a listing that fails or does not show ours is given up for polls
+alone."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import time
 from collections import Counter
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import httpx
 
@@ -15,6 +17,7 @@ from promptgrid.api.client import ApiClient
 from promptgrid.api.executions import parse_executions
 from promptgrid.api.prediction import TERMINAL, PredictionStatus
 from promptgrid.engine.config import EngineConfig
+from promptgrid.engine.ends_watch import Sighting, _Watched
 from promptgrid.engine.engine import Engine
 from promptgrid.engine.progress import RunProgress
 from promptgrid.engine.waiting import latency_key
@@ -90,12 +93,69 @@ async def test_an_error_the_listing_shows_is_polled_for_its_detail(sandbox_facto
     assert engine.stats.listed_ends == 0 and sb.stats()["requests"]["executions"] >= 1
 
 
-async def test_where_polls_are_free_nothing_is_listed(sandbox_factory):
+async def test_where_polls_are_free_the_listing_sees_ends_once_auto_has_shown_no_cap(sandbox_factory):
+    """The documentation's model: no request cap. Once `auto`'s first window passed without a 429, one
+    listing sees every end of ours within its interval: fewer requests than a poll schedule each, and most
+    successes collected without a get."""
     sb = sandbox_factory(time_scale=SCALE, limit_model="docs")
     auto = EngineConfig(limits=Limits.auto(max_in_flight=10)).scaled(SCALE)
-    outcomes, engine = await run_all(sb.url, 20, auto)
-    assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 20}
-    assert sb.stats()["requests"]["executions"] == 0 and not engine.waits.ends.active
+    outcomes, engine = await run_all(sb.url, 60, auto)
+    stats = sb.stats()
+    assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 60}
+    assert engine.stats.adopted_limit is None and engine.waits.ends.given_up is None
+    assert stats["requests"]["executions"] >= 1 and engine.stats.listed_ends >= 20
+    # The free schedule alone spends `fine_polls` per prediction (8): the listings, late polls and the cold
+    # start's polls stay well under it.
+    sent = sum(stats["requests"][kind] for kind in ("create", "get", "executions"))
+    assert sent <= 6 * 60
+
+
+async def test_free_listings_go_at_the_pace_the_slots_turn_over_and_not_before_polls_are_shown_free(
+    sandbox_factory,
+):
+    """`free_listings` listings per end while every slot is busy: the interval is the median latency over
+    the slots times that; none while `auto` has not yet shown that polls do not count (its first window),
+    and none with the policy at 0."""
+    sb = sandbox_factory(time_scale=SCALE, limit_model="docs")
+    auto = EngineConfig(limits=Limits.auto(max_in_flight=10)).scaled(SCALE)
+    async with ApiClient(sb.url, ApiKey("sk-watch-test")) as client:
+        engine = Engine(client, LocalBudget(auto.limits), auto)
+        ends, limits = engine.waits.ends, engine.limits
+        limits.finished()  # the cold start is over
+        assert limits.latency.polls_unproven and not ends.active
+        limits._proven_free()
+        assert ends.active and ends.free and not ends.counted
+        key = ("sandbox/model", 0)
+        for elapsed in (0.6, 0.8, 1.0):  # each after a poll that missed it then
+            limits.latency.record_done(key, elapsed, after_s=elapsed)
+        ends._watched["p"] = _watched_for(key)
+        assert ends.interval_s == 0.8 / (10 * auto.watch.free_listings)
+        engine.waits.ends.policy = replace(auto.watch, free_listings=0)
+        assert not ends.active
+
+
+async def test_a_creates_only_cap_read_off_a_429_does_not_start_free_listings_but_one_the_spec_gives_does(
+    sandbox_factory,
+):
+    """Under `auto`, a cap read off a create's 429 may yet count polls (the next poll's 429 tells): a fast
+    listing would fill its window. The spec's `polls_count: false` says they never do."""
+    sb = sandbox_factory(time_scale=SCALE, limit_model="docs")
+    auto = EngineConfig(limits=Limits.auto(max_in_flight=10)).scaled(SCALE)
+    given = replace(auto, limits=Limits(600, 6.0, 10, polls_count=False))
+    async with ApiClient(sb.url, ApiKey("sk-watch-test")) as client:
+        read = Engine(client, LocalBudget(auto.limits), auto)
+        read.limits.finished()
+        read.limits.limits = Limits(60, 6.0, 10, polls_count=False)  # as `_adopt` leaves it
+        read.limits._proven_free()
+        assert read.limits.polls_free and not read.waits.ends.active
+        spec = Engine(client, LocalBudget(given.limits), given)
+        spec.limits.finished()
+        assert spec.waits.ends.active and spec.waits.ends.free
+
+
+def _watched_for(key: tuple[str, int]) -> _Watched:
+    future: asyncio.Future[Sighting] = asyncio.get_running_loop().create_future()
+    return _Watched("sandbox/model", key, datetime.now(UTC), future, 0.0, 0)
 
 
 def test_a_finished_row_reads_as_a_get_would_and_a_running_one_as_nothing_yet():

@@ -13,11 +13,11 @@ Two regimes, switched as the engine learns the API's limits (`LatencyModel.polls
   spaced as one over the square root of the hazard rate, so they crowd where predictions end and a slot
   turns over a few percent of the latency after it frees, for a fixed number of polls whatever the spread or
   the latency. While the API is short of room for us and no room probe finds freed slots (`room_scarce`:
-  creates wait because it refused them, under a cap counting creates; promptgrid.quota.adaptive),
-  a slot seen free is taken at once: the schedule keeps the poll rate it would have with every slot ours,
-  spread over the fewer predictions the API runs for us (`room_share`), between `scarce_polls` and
-  `max_polls` per prediction. Before the schedule (the first
-  completions) and past its end (the tail), one poll every `fine_step` of the time elapsed.
+  creates wait because it refused them, under a cap counting creates; promptgrid.quota.adaptive), a slot
+  seen free is taken at once: the schedule keeps the poll rate it would have with every slot ours, spread
+  over the fewer predictions the API runs for us (`room_share`), between `scarce_polls` and `max_polls` per
+  prediction. Before the schedule (the first completions) and past its end, a poll every `fine_step` of the
+  time elapsed. (The engine also watches the executions listing there: promptgrid.engine.ends_watch.)
 
 For each (model, steps) the `LatencyModel` learns two numbers with the stochastic-approximation quantile rule,
 which needs only the yes/no answer a poll gives, and keeps the recent completion times:
@@ -202,6 +202,10 @@ class LatencyModel:
         """The current first-poll delay for `key`, or None while nothing is known."""
         return self._state(key).delay_s
 
+    def median_s(self, key: LatencyKey) -> float | None:
+        """The median of recent completion times for `key`, or None while none is known."""
+        return quantile(sorted(done), 0.5) if (done := self._state(key).done_at) else None
+
     def gap(self, key: LatencyKey) -> float:
         """The current wait after a missed first poll, as a fraction of the delay."""
         return self._state(key).gap
@@ -321,8 +325,7 @@ class PollPlan:
         self._scout_index = scout_index
         self.polls = 0
         self._misses = 0  # polls that found it unfinished since the delay was known
-        self._last_poll_s = 0.0  # when the last poll's answer came
-        self._last_sent_s = 0.0  # when it left
+        self._last_poll_s = self._last_sent_s = 0.0  # when the last poll's answer came, and when it left
         self._gap_used = 0.0
         # The free schedule this prediction follows, kept for its life (unless the spend changes): switching
         # to one redrawn from newer samples would put the next poll at a random point of an interval.
@@ -332,7 +335,7 @@ class PollPlan:
         self._due_index: int | None = None  # the point the next poll is due at
 
     @property
-    def learned(self) -> asyncio.Event:
+    def learned(self) -> asyncio.Event:  # set once the delay is known
         return self._model.learned_event(self.key)
 
     def next_poll_at(self) -> float:
@@ -356,9 +359,8 @@ class PollPlan:
             step = policy.unproven_step if self._model.polls_unproven else policy.fine_step
             interval = min(policy.max_interval_s, self._last_sent_s * step)
             return max(self._last_sent_s + interval, soonest)
-        else:
-            self._gap_used = self._model.gap(self.key) * policy.retry_growth ** (self._misses - 1)
-            wait = delay * self._gap_used
+        self._gap_used = self._model.gap(self.key) * policy.retry_growth ** (self._misses - 1)
+        wait = delay * self._gap_used
         return self._last_poll_s + min(policy.max_interval_s, max(policy.min_interval_s, wait))
 
     def _followed_schedule(self) -> tuple[float, ...]:
@@ -378,10 +380,8 @@ class PollPlan:
                 self._model.record_second_poll(self.key, self._gap_used, done)
             self._misses += 0 if done else 1
         if done:
-            waited = 0.0 if sent_s is None else elapsed_s - sent_s
-            prompt = waited <= max(
-                self._model.policy.late_share * elapsed_s, self._model.policy.min_interval_s
-            )
+            waited, policy = 0.0 if sent_s is None else elapsed_s - sent_s, self._model.policy
+            prompt = waited <= max(policy.late_share * elapsed_s, policy.min_interval_s)
             after = self._last_sent_s if self.polls else None
             self._model.record_done(self.key, elapsed_s, prompt=prompt, after_s=after)
         if self._due_index is not None:

@@ -34,6 +34,8 @@ class WatchPolicy:
     # later): only there for what the listing misses.
     late_poll: float = 2.0
     per_latency: float = 0.25  # listings at most 1/this per learned first-poll delay
+    # Where polls are free: listings per prediction end with every slot busy (0: polls alone).
+    free_listings: float = 2.5
 
 
 @dataclass(frozen=True)

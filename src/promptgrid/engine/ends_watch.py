@@ -7,6 +7,12 @@ of the cap (a sixth of the cap's requests) sees each end about half an interval 
 carries what a get would (status, output, `execution_cost`, `run_time`), so a success seen there is
 collected without its get. An error is polled at once, for its detail and whether it may be retried.
 
+Where polls are free (no cap, once `auto`'s first window showed none; or the spec says polls never count),
+the listing is the quicker eye, not the thriftier one: a poll sees one end, a listing all of ours, so the
+listing goes `free_listings` times per end while every slot is busy (the median latency over the slots)
+and each prediction's own poll comes late. Not under a creates-only cap read off a create's 429: polls
+may yet count there, and a listing that often would fill the window before the next 429 could tell.
+
 The listing is best effort by the API's own account (it was once pulled from the docs for failing in
 production), so it only hastens what polls would see: every watched prediction keeps a poll of its own, late
 (`PredictionWaits`), in case the listing misses it. The watch stops for the rest of the run, with one log
@@ -93,9 +99,25 @@ class EndsWatch:
 
     @property
     def active(self) -> bool:
-        """Whether ends are watched now: polls count toward a known cap, and the listing has not failed."""
+        """Whether ends are watched now: the listing has not failed, and polls count toward a known cap or
+        are known to be free (`free`)."""
+        return self.policy.enabled and self.given_up is None and (self.counted or self.free)
+
+    @property
+    def counted(self) -> bool:
+        """Polls count toward a known cap: a listing stands in for the polls it saves."""
         limits = self.limits.limits
-        return self.policy.enabled and self.given_up is None and limits.capped and limits.polls_count
+        return limits.capped and limits.polls_count
+
+    @property
+    def free(self) -> bool:
+        """Polls are free, and shown to be: no cap known once `auto`'s first window has passed, or the spec
+        says polls never count (a creates-only cap read off a create's 429 may yet count them); not in the
+        cold start. A listing sees every end of ours within its interval, where each poll sees one."""
+        limits = self.limits
+        known = not limits.limits.capped or not limits.config.limits.polls_count  # not a cap read off a 429
+        shown = limits.polls_free and not limits.latency.polls_unproven
+        return self.policy.free_listings > 0 and shown and known
 
     def watch(
         self, prediction_id: str, slug: str, key: LatencyKey, started: float
@@ -137,15 +159,28 @@ class EndsWatch:
 
     @property
     def interval_s(self) -> float:
-        """`listing_every` spacings of the cap; and under a cap far above what the slots need, no closer
-        than a `per_latency` share of the shortest first-poll delay watched (the cold start's first probe
-        while none is known), so listings stay fewer than the polls they stand in for."""
+        """Where polls are free, see `_free_interval_s`. Else `listing_every` spacings of the cap; and under
+        a cap far above what the slots need, no closer than a `per_latency` share of the shortest first-poll
+        delay watched (the cold start's first probe while none is known), so listings stay fewer than the
+        polls they stand in for."""
         latency, poll = self.limits.latency, self.limits.config.poll
+        if not self.counted:
+            return self._free_interval_s()
         delays = [latency.estimate(watched.key) for watched in self._watched.values()]
         known = [delay for delay in delays if delay is not None]
         typical = min(known) if known else poll.cold_start_s
         share_of_cap = self.policy.listing_every * self.limits.limits.floor_interval_s
         return max(share_of_cap, typical * self.policy.per_latency, poll.min_interval_s)
+
+    def _free_interval_s(self) -> float:
+        """Where polls are free: `free_listings` listings per end while every slot is ours and busy, from
+        the median latency of the quickest kind watched."""
+        latency, poll = self.limits.latency, self.limits.config.poll
+        medians = [latency.median_s(watched.key) for watched in self._watched.values()]
+        known = [median for median in medians if median is not None]
+        typical = min(known) if known else poll.cold_start_s
+        slots = self.limits.limits.max_in_flight
+        return max(typical / (slots * self.policy.free_listings), poll.min_interval_s)
 
     async def _run(self) -> None:
         try:
