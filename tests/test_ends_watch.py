@@ -153,6 +153,25 @@ async def test_a_creates_only_cap_read_off_a_429_does_not_start_free_listings_bu
         assert spec.waits.ends.active and spec.waits.ends.free
 
 
+async def test_a_creates_only_cap_read_off_a_429_hands_the_watched_back_to_their_own_polls(sandbox_factory):
+    """The page's cap counting creates alone, met after polls were shown free: the listing stops, and the
+    predictions it watched are polled on their schedules at once, not late for a listing that will not come
+    (which read as a listing missing ends, gave it up, and held each slot to its late poll)."""
+    sb = sandbox_factory(time_scale=SCALE, limit_model="docs")
+    auto = EngineConfig(limits=Limits.auto(max_in_flight=10)).scaled(SCALE)
+    async with ApiClient(sb.url, ApiKey("sk-watch-test")) as client:
+        engine = Engine(client, LocalBudget(auto.limits), auto)
+        ends, limits = engine.waits.ends, engine.limits
+        limits.finished()
+        limits._proven_free()
+        seen = ends.watch("p-1", "sandbox/model", ("sandbox/model", 0), ends._clock())
+        assert seen is not None and ends.active
+        limits.limits = Limits(60, 6.0, 10, polls_count=False)  # as `_adopt` leaves it after a create's 429
+        await asyncio.wait({seen}, timeout=5)
+        assert seen.cancelled() and ends.given_up is None and not ends.active
+        ends.unwatch("p-1")
+
+
 def _watched_for(key: tuple[str, int]) -> _Watched:
     future: asyncio.Future[Sighting] = asyncio.get_running_loop().create_future()
     return _Watched("sandbox/model", key, datetime.now(UTC), future, 0.0, 0)

@@ -190,6 +190,14 @@ class EndsWatch:
                     await self._look()
         except PromptgridError as exc:  # the budget itself failed (a shared quota lost): each wait polls
             self._give_up(f"its request could not be sent ({exc})")  # and meets it, and the run halts
+        # The regime changed under it (a creates-only cap read off a 429 where polls were shown free): the
+        # predictions it watched go back to their own schedules, not to polls made late for a listing.
+        self._release()
+
+    def _release(self) -> None:
+        for watched in self._watched.values():
+            if not watched.seen.done():
+                watched.seen.cancel()
 
     async def _look(self) -> None:
         slugs = {watched.slug for watched in self._watched.values()}
@@ -225,6 +233,4 @@ class EndsWatch:
     def _give_up(self, why: str) -> None:
         self.given_up = why
         log.warning("the executions listing is no longer used to see predictions end: %s", why)
-        for watched in self._watched.values():
-            if not watched.seen.done():
-                watched.seen.cancel()
+        self._release()
