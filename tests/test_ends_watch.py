@@ -149,8 +149,10 @@ async def test_a_creates_only_cap_read_off_a_429_does_not_start_free_listings_bu
         read.limits._proven_free()
         assert read.limits.polls_free and not read.waits.ends.active
         spec = Engine(client, LocalBudget(given.limits), given)
-        spec.limits.finished()
-        assert spec.waits.ends.active and spec.waits.ends.free
+        assert spec.waits.ends.active and spec.waits.ends.free  # from the start: nothing to prove
+        # Until something has ended no median is known: a listing per cold-start delay, not per 20 ms.
+        spec.waits.ends._watched["p"] = _watched_for(("sandbox/model", 0))
+        assert spec.waits.ends.interval_s == given.poll.cold_start_s
 
 
 async def test_a_creates_only_cap_read_off_a_429_hands_the_watched_back_to_their_own_polls(sandbox_factory):
@@ -169,6 +171,7 @@ async def test_a_creates_only_cap_read_off_a_429_hands_the_watched_back_to_their
         limits.limits = Limits(60, 6.0, 10, polls_count=False)  # as `_adopt` leaves it after a create's 429
         await asyncio.wait({seen}, timeout=5)
         assert seen.cancelled() and ends.given_up is None and not ends.active
+        assert not ends._watched  # none left to keep a later listing task going once polls count
         ends.unwatch("p-1")
 
 

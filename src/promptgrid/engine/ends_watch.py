@@ -111,9 +111,10 @@ class EndsWatch:
 
     @property
     def free(self) -> bool:
-        """Polls are free, and shown to be: no cap known once `auto`'s first window has passed, or the spec
-        says polls never count (a creates-only cap read off a create's 429 may yet count them); not in the
-        cold start. A listing sees every end of ours within its interval, where each poll sees one."""
+        """Polls are free, and shown to be: no cap known once more requests than the page's cap were
+        answered in its window, or the spec says polls never count (a creates-only cap read off a create's
+        429 may yet count them). A listing sees every end of ours within its interval, where each poll sees
+        one."""
         limits = self.limits
         known = not limits.limits.capped or not limits.config.limits.polls_count  # not a cap read off a 429
         shown = limits.polls_free and not limits.latency.polls_unproven
@@ -174,13 +175,15 @@ class EndsWatch:
 
     def _free_interval_s(self) -> float:
         """Where polls are free: `free_listings` listings per end while every slot is ours and busy, from
-        the median latency of the quickest kind watched."""
+        the median latency of the quickest kind watched; until something has ended, one per cold-start
+        delay (the scouts' first probe)."""
         latency, poll = self.limits.latency, self.limits.config.poll
         medians = [latency.median_s(watched.key) for watched in self._watched.values()]
         known = [median for median in medians if median is not None]
-        typical = min(known) if known else poll.cold_start_s
+        if not known:  # nothing has ended yet (a spec saying polls never count is free from the start)
+            return max(poll.cold_start_s, poll.min_interval_s)
         slots = self.limits.limits.max_in_flight
-        return max(typical / (slots * self.policy.free_listings), poll.min_interval_s)
+        return max(min(known) / (slots * self.policy.free_listings), poll.min_interval_s)
 
     async def _run(self) -> None:
         try:
@@ -195,7 +198,9 @@ class EndsWatch:
         self._release()
 
     def _release(self) -> None:
-        for watched in self._watched.values():
+        """Every watched prediction back to its own polls; none is left to keep a later listing going."""
+        released, self._watched = self._watched, {}
+        for watched in released.values():
             if not watched.seen.done():
                 watched.seen.cancel()
 
