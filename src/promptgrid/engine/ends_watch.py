@@ -164,12 +164,10 @@ class EndsWatch:
         a cap far above what the slots need, no closer than a `per_latency` share of the shortest first-poll
         delay watched (the cold start's first probe while none is known), so listings stay fewer than the
         polls they stand in for."""
-        latency, poll = self.limits.latency, self.limits.config.poll
         if not self.counted:
             return self._free_interval_s()
-        delays = [latency.estimate(watched.key) for watched in self._watched.values()]
-        known = [delay for delay in delays if delay is not None]
-        typical = min(known) if known else poll.cold_start_s
+        poll = self.limits.config.poll
+        typical = self._quickest(self.limits.latency.estimate) or poll.cold_start_s
         share_of_cap = self.policy.listing_every * self.limits.limits.floor_interval_s
         return max(share_of_cap, typical * self.policy.per_latency, poll.min_interval_s)
 
@@ -177,13 +175,17 @@ class EndsWatch:
         """Where polls are free: `free_listings` listings per end while every slot is ours and busy, from
         the median latency of the quickest kind watched; until something has ended, one per cold-start
         delay (the scouts' first probe)."""
-        latency, poll = self.limits.latency, self.limits.config.poll
-        medians = [latency.median_s(watched.key) for watched in self._watched.values()]
-        known = [median for median in medians if median is not None]
-        if not known:  # nothing has ended yet (a spec saying polls never count is free from the start)
+        poll = self.limits.config.poll
+        median = self._quickest(self.limits.latency.median_s)
+        if median is None:  # nothing has ended yet (a spec saying polls never count is free from the start)
             return max(poll.cold_start_s, poll.min_interval_s)
         slots = self.limits.limits.max_in_flight
-        return max(min(known) / (slots * self.policy.free_listings), poll.min_interval_s)
+        return max(median / (slots * self.policy.free_listings), poll.min_interval_s)
+
+    def _quickest(self, measure: Callable[[LatencyKey], float | None]) -> float | None:
+        """The least of `measure` over the kinds watched, or None while it knows none."""
+        known = [value for watched in self._watched.values() if (value := measure(watched.key)) is not None]
+        return min(known, default=None)
 
     async def _run(self) -> None:
         try:
