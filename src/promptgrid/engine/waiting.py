@@ -60,7 +60,7 @@ class PredictionWaits:
                 self.stats.waiting[prediction_id] = (start, deadline)  # removed by the engine once it ends
                 await self._sleep_until_poll(plan, start, deadline, listed, prediction_id)
                 if watchable and listed is None and self.ends.active:
-                    continue  # a cap counting polls was learned meanwhile: the listing sees the end
+                    continue  # the listing began meanwhile (polls shown to count, or free): it sees the end
                 if listed is not None and listed.done():
                     sighting = None if listed.cancelled() else listed.result()
                     listed, watchable = None, False
