@@ -56,7 +56,7 @@ async def run_all(url: str, batch: list[Job], config: EngineConfig = AUTO) -> tu
 
 
 def requests_sent(stats: dict) -> int:
-    return sum(stats["requests"][kind] for kind in ("create", "get", "cancel"))
+    return sum(stats["requests"][kind] for kind in ("create", "get", "cancel", "executions"))
 
 
 async def test_under_the_docs_model_no_cap_is_adopted_and_polls_are_fine(sandbox_factory):
