@@ -188,6 +188,38 @@ async def test_held_slots_are_renewed_past_the_lease(redis_url, namespace):
         await asyncio.wait_for(budget.aclose(), 5)
 
 
+async def test_a_cancel_the_redis_client_swallows_still_ends_a_slot_wait(redis_url, namespace):
+    # redis-py wraps socket writes in `asyncio.wait_for`, which on Python 3.11 returns the write's result
+    # when a cancel arrives as it finishes (CPython gh-86296): the wait went on as if never cancelled, and
+    # a run stopping its workers hung on it. Here every slot call answers in spite of a cancel, as then.
+    limits = Limits(requests=1000, window_s=1.0, max_in_flight=1)
+    holder = RedisBudget(limits, redis_url, namespace)
+    waiter = RedisBudget(limits, redis_url, namespace, recheck_s=0.02)
+    script, asked = waiter._take_slot, asyncio.Event()
+
+    async def answers_through_a_cancel(**call) -> int:
+        answer = asyncio.ensure_future(script(**call))
+        asked.set()
+        try:
+            return await asyncio.shield(answer)
+        except asyncio.CancelledError:
+            return await answer
+
+    waiter._take_slot = answers_through_a_cancel  # type: ignore[assignment]
+    token = await asyncio.wait_for(holder.take_slot(), 2)
+    waiting = asyncio.ensure_future(waiter.take_slot())
+    await asyncio.wait_for(asked.wait(), 2)
+    waiting.cancel()
+    await asyncio.wait({waiting}, timeout=2)
+    assert waiting.done() and waiting.cancelled(), "the cancelled slot wait went on"
+    await holder.release_slot(token)
+    # Whatever the last call was granted is handed back once it has answered: the slot is free again.
+    again = await asyncio.wait_for(holder.take_slot(), 2)
+    await holder.release_slot(again)
+    for budget in (holder, waiter):
+        await asyncio.wait_for(budget.aclose(), 5)
+
+
 async def test_a_429_pauses_every_budget(redis_url, namespace):
     limits = Limits(requests=1000, window_s=1.0, max_in_flight=10)
     throttled = RedisBudget(limits, redis_url, namespace)

@@ -36,14 +36,14 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError
 from redis.typing import EncodableT
 
-from promptgrid.aio import wait_event
+from promptgrid.aio import cancellable, in_background, wait_ended, wait_event
 from promptgrid.errors import QuotaUnavailable
 from promptgrid.locations import redact_url
 from promptgrid.quota.base import REQUEST_KINDS, pauses_polls
@@ -130,14 +130,14 @@ class RedisBudget:
         self._open: dict[str, str] = {}  # member: kind
         self._seeding = asyncio.Lock()
         self._name = uuid.uuid4().hex  # the prefix of this budget's entries in the window
-        self._settling: set[asyncio.Task[None]] = set()
+        self._background: set[asyncio.Task[None]] = set()  # settles and hand-backs under way
+        self._unfinished: set[asyncio.Future[Any]] = set()  # calls whose caller was cancelled (`_run`)
         self._settled = asyncio.Event()
         self._held: set[str] = set()
         self._renewer: asyncio.Task[None] | None = None
         self._released = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._closing = False
-        self._cleanup: asyncio.Task[None] | None = None
         self._release_failed = False
         self._lost = False  # the last call to Redis failed
         # One caller per kind asks Redis at a time and the rest queue here, first come first served: the
@@ -253,11 +253,10 @@ class RedisBudget:
         self._settle_soon(member)  # dates it if the seed has already entered it
 
     def _settle_soon(self, member: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._settle_now(member))
-        self._settling.add(task)
-        task.add_done_callback(self._settling.discard)
+        in_background(self._settle_now(member), self._background)
 
     async def _settle_now(self, member: str) -> None:
+        await wait_ended(self._unfinished, ANSWER_TIMEOUT_S)  # a cancelled admission may be entering it
         try:
             await self._call(self._settle, [self._window_key], [member])
         except QuotaUnavailable as exc:
@@ -281,10 +280,14 @@ class RedisBudget:
             try:
                 return await self._wait_for_slot(token)
             except asyncio.CancelledError:
-                # Cancelled while Redis may have granted the slot: hand it back rather than leave it to
-                # block everyone until its lease runs out.
-                self._cleanup = asyncio.create_task(self.release_slot(token))
+                # Cancelled while Redis may yet grant the slot: hand it back once it has answered rather
+                # than leave it to block everyone until its lease runs out.
+                in_background(self._hand_back(token), self._background)
                 raise
+
+    async def _hand_back(self, token: str) -> None:
+        await wait_ended(self._unfinished, ANSWER_TIMEOUT_S)
+        await self.release_slot(token)
 
     async def _wait_for_slot(self, token: str) -> str:
         while True:
@@ -320,14 +323,12 @@ class RedisBudget:
     async def aclose(self) -> None:
         """Stop renewing, give back any slot still held, and close the connections."""
         self._closing = True
-        if self._settling:
-            await asyncio.wait(list(self._settling), timeout=5)
+        await wait_ended(self._background, ANSWER_TIMEOUT_S * 2)  # settles, hand-backs
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._renewer
-        if self._cleanup is not None:
-            await asyncio.wait([self._cleanup], timeout=ANSWER_TIMEOUT_S)
+        await wait_ended(self._unfinished, ANSWER_TIMEOUT_S)  # before closing the connections they hold
         with contextlib.suppress(QuotaUnavailable):
             if not self._lost:  # else each would wait out a timeout: their leases expire on their own
                 for token in list(self._held):
@@ -350,7 +351,7 @@ class RedisBudget:
 
     async def _run(self, awaitable: Awaitable[_T]) -> _T:
         try:
-            answer = await awaitable
+            answer = await cancellable(awaitable, self._unfinished)  # redis-py can swallow a cancel
         except (RedisError, OSError) as exc:
             self._lost = True
             raise QuotaUnavailable(f"the shared quota at {self._where} is unreachable: {exc}") from None
