@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Generic, Protocol, TypeVar
 
+from promptgrid.aio import in_background
 from promptgrid.models.catalog import content_type
 from promptgrid.output.journal import ImageRecord, Journal
 from promptgrid.output.keys import image_key
@@ -74,10 +75,7 @@ class OutcomeStore(Generic[P]):
         """Store the outcome (image, then row); shielded, so a cancelled caller never leaves half a save."""
         if self.stopped:
             return  # stopping: the journal lets the next run poll this prediction again, paying nothing
-        task = asyncio.ensure_future(self._save(job, outcome))
-        self._saving.add(task)
-        task.add_done_callback(self._saving.discard)
-        await asyncio.shield(task)
+        await asyncio.shield(in_background(self._save(job, outcome), self._saving))
 
     async def drain(self) -> None:
         """Let the saves in progress finish; save nothing after."""

@@ -26,6 +26,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from promptgrid.aio import wait_event
 from promptgrid.models.catalog import CONTENT_TYPES
 from promptgrid.sandbox.config import SandboxConfig, system_clock
 from promptgrid.sandbox.leaks import echo_key
@@ -268,8 +269,7 @@ class _Server(uvicorn.Server):
         self._stop = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         while not self.should_exit:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), timeout=1.0)
+            await wait_event(self._stop, 1.0)
             self.should_exit = self.should_exit or self._stop.is_set() or await self.on_tick(0)
 
     def handle_exit(self, sig: int, frame: Any) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 
+from promptgrid.aio import in_background
 from promptgrid.sandbox.config import SandboxConfig
 from promptgrid.sandbox.executions import list_page, parse_query
 from promptgrid.sandbox.faults import CreateFault, Dice, GetFault
@@ -157,9 +158,7 @@ class SandboxService:
         self.predictions[prediction.id] = prediction
         self.counters.record_create(prediction, digest, self.admission.started(prediction, now))
         if prediction.input_pending:
-            task = asyncio.get_running_loop().create_task(self._fetch_input(prediction))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            in_background(self._fetch_input(prediction), self._tasks)
         return prediction
 
     async def _fetch_input(self, prediction: Prediction) -> None:
