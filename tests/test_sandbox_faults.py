@@ -110,6 +110,36 @@ def test_a_prediction_that_never_finishes_holds_its_slot_until_cancelled(sandbox
         assert client.post("/v1/prediction/", json=create_body(3)).status_code == 200
 
 
+def test_stats_give_each_draw_and_how_it_ended_in_creation_order(sandbox_factory, manual_clock):
+    # For a benchmark's floor: what a client with no lag would have met, draw by draw.
+    sb = sandbox_factory(
+        clock=manual_clock, error_rate=0.5, never_finish_rate=0.3, cancel_ignored_rate=0.5, max_in_flight=30
+    )
+    with httpx.Client(base_url=sb.url, headers=KEY, timeout=5) as client:
+        ids = [
+            client.post("/v1/prediction/", json=create_body(seed)).json()["predictionID"]
+            for seed in range(30)
+        ]
+        manual_clock.advance(sb.config.scaled(1000))
+        answers = [client.get(f"/v1/prediction/{pid}").json() for pid in ids]
+        endless = [pid for pid, answer in zip(ids, answers, strict=True) if answer["status"] == "processing"]
+        for pid in endless:
+            client.post(f"/v1/prediction/{pid}/cancel")
+    stats = sb.stats()
+    assert len(stats["latencies_s"]) == len(stats["drawn_ends"]) == 30
+    assert stats["cancel_late_s"] == sb.config.scaled(sb.config.cancel_late_s)
+    for answer, end in zip(answers, stats["drawn_ends"], strict=True):
+        if answer["status"] == "success":
+            assert end == "success"
+        elif answer["status"] == "error":
+            assert end == ("retry" if answer["output"]["retryable"] else "final")
+        else:
+            assert end in ("never", "held")
+    held = stats["drawn_ends"].count("held")
+    assert held == stats["cancels_ignored"] and 0 < held < len(endless)  # the draws meet both
+    assert {"success", "retry", "final"} <= set(stats["drawn_ends"])
+
+
 def test_output_urls_expire(sandbox_factory, manual_clock):
     sb = sandbox_factory(clock=manual_clock, url_lifetime_s=120.0, latency_sigma=0.0, latency_median_s=8.0)
     with httpx.Client(base_url=sb.url, headers=KEY, timeout=5) as client:
@@ -167,3 +197,16 @@ def test_a_held_answer_is_silence_then_a_dropped_connection_after_the_create_was
     assert stats["responses"] == {"dropped": 1}
     with pytest.raises(httpx.ReadTimeout):  # a client that gives up first sees only silence
         httpx.post(f"{sb.url}/v1/prediction/", json=create_body(2), headers=KEY, timeout=0.05)
+
+
+def test_a_lagging_listing_shows_each_prediction_as_it_stood_that_long_before(sandbox_factory, manual_clock):
+    sb = sandbox_factory(clock=manual_clock, latency_sigma=0.0, executions_lag_s=60.0)
+    with httpx.Client(base_url=sb.url, headers=KEY, timeout=5) as client:
+        prediction_id = client.post("/v1/prediction/", json=create_body(1)).json()["predictionID"]
+        manual_clock.advance(sb.config.scaled(sb.config.latency_median_s + 1))
+        assert client.get(f"/v1/prediction/{prediction_id}").json()["status"] == "success"
+        (row,) = client.get("/v1/executions").json()["executions"]
+        assert row["id"] == prediction_id and row["status"] == "created" and row["output"] is None
+        manual_clock.advance(sb.config.scaled(60))
+        (row,) = client.get("/v1/executions").json()["executions"]
+        assert row["status"] == "success" and row["output"]

@@ -87,6 +87,8 @@ class SandboxConfig:
     # and `total_count` capped at `executions_count_cap` (then `total_capped: true`: a lower bound).
     foreign_executions: int = 0
     executions_count_cap: int | None = None
+    # A lagging listing: it shows each prediction as it stood `executions_lag_s` (API seconds) before.
+    executions_lag_s: float = 0.0
     # A misbehaving API: error answers and failed predictions echo the caller's key in codes and messages.
     echo_key: bool = False
     cost_per_image_usd: float = PRICE_PER_IMAGE_USD
@@ -123,8 +125,8 @@ class SandboxConfig:
             problems.append("cancel_late_s must be >= 0 and latency_tail_factor >= 1")
         if self.latency_median_s < 0 or self.latency_sigma < 0 or self.url_lifetime_s <= 0:
             problems.append("latency_median_s and latency_sigma must be >= 0, url_lifetime_s positive")
-        if self.output_drip_s < 0 or self.held_answer_s < 0:
-            problems.append("output_drip_s and held_answer_s must be >= 0")
+        if self.output_drip_s < 0 or self.held_answer_s < 0 or self.executions_lag_s < 0:
+            problems.append("output_drip_s, held_answer_s and executions_lag_s must be >= 0")
         if self.foreign_executions < 0 or (self.executions_count_cap or 1) < 1:
             problems.append("foreign_executions must be >= 0 and executions_count_cap at least 1")
         rates = (

@@ -77,13 +77,15 @@ def list_page(
     foreign: int = 0,
     count_cap: int | None = None,
     spelling: str = "any",
+    lag_s: float = 0.0,
 ) -> dict[str, Any]:
     """One page of the listing; `epoch` turns the sandbox clock into wall-clock seconds; `foreign` other
-    members' executions are listed ahead of ours."""
+    members' executions are listed ahead of ours; each of ours shown as it stood `lag_s` before `now`."""
     ours: list[tuple[float, dict[str, Any]]] = []
+    shown_at = now - lag_s
     for prediction in predictions:
         created = epoch + prediction.created_at
-        status = prediction.status(now)
+        status = prediction.status(shown_at)
         if query.model is not None and prediction.model != query.model:
             continue
         if query.status is not None and status != query.status:
@@ -92,7 +94,7 @@ def list_page(
             query.until is not None and created > query.until
         ):
             continue
-        ours.append((created, _row(prediction, status, now, epoch, base_url, cost_usd, spelling)))
+        ours.append((created, _row(prediction, status, shown_at, epoch, base_url, cost_usd, spelling)))
     ours.sort(key=lambda pair: pair[0], reverse=True)
     rows = [row for _, row in ours]
     if query.model != "" and query.status in (None, "processing"):

@@ -63,6 +63,16 @@ class Prediction:
     def latency_s(self) -> float:
         return self.fate.queue_s + self.fate.run_s
 
+    @property
+    def drawn_end(self) -> str:
+        """How the draw ends, for a benchmark's floor: success; retry or final (an error a client runs
+        again or not); never, or held (never, and its cancel ignored: the slot is held on a while)."""
+        if self.fate.never_finishes:
+            return "held" if self.cancel_ignored else "never"
+        if self.input_failure or self.fate.error_code:
+            return "retry" if self.fate.retryable and not self.input_failure else "final"
+        return "success"
+
     def status(self, now: float) -> str:
         if self.cancelled_at is not None and now >= self.cancelled_at:
             return "cancelled"
@@ -136,6 +146,7 @@ class Counters:
             "mean_success_latency_s": sum(succeeded) / len(succeeded) if succeeded else None,
             # Every prediction's drawn latency in creation order: what a client with no lag would have met.
             "latencies_s": [p.latency_s for p in self.predictions],
+            "drawn_ends": [p.drawn_end for p in self.predictions],
             "max_window_requests": self.max_window_requests,
             "max_in_flight": self.max_in_flight,
             "creates": self.creates,

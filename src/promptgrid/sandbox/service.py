@@ -250,6 +250,7 @@ class SandboxService:
             foreign=self.config.foreign_executions,
             count_cap=self.config.executions_count_cap,
             spelling=self.config.slug_spelling,
+            lag_s=self.config.scaled(self.config.executions_lag_s),
         )
         return Reply(200, page)
 
@@ -304,7 +305,11 @@ class SandboxService:
         return 200, data, fmt
 
     def stats(self) -> dict[str, Any]:
-        return {**self.counters.snapshot(self.clock()), "held_by_others": self.admission.held_by_others}
+        return {
+            **self.counters.snapshot(self.clock()),
+            "held_by_others": self.admission.held_by_others,
+            "cancel_late_s": self.config.scaled(self.config.cancel_late_s),  # an ignored cancel's delay
+        }
 
     def reset(self) -> None:
         self.counters = Counters()
