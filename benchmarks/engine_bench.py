@@ -26,10 +26,12 @@ the loop: the API's 300 s), which no client can know sooner; so each fault case 
 last image in hand, the figure that compares with the floor. Where polls count, the floor is that of a
 client polling each prediction; the engine sees most ends in the executions listing instead (one request
 for all in flight), so it can go under it: under such rows, the floor with one request per image (the
-creates alone) too. Without faults, each case also gives the span of a client with no lag on the latencies
-each run drew (`ideal_span_s`): the floor plus what the batch's last predictions add, which no client can
-avoid, since a prediction's latency is not known before it runs; under a fault mix, the time to as many
-images as the engine and the loop both got, since the engine also runs the retryable failures again.
+creates alone) too. Each case also gives the time a client with no lag would take on the draws each run met
+(`ideal_last_image_s`): the floor plus what the batch's last predictions add, which no client can avoid,
+since a prediction's latency is not known before it runs. Under a fault mix that client also runs retryable
+errors again and knows at once a prediction that never finishes, so its time to the last image bounds the
+engine's (and the loop's, which gives failures up); and the time to as many images as the engine and the
+loop both got.
 
     .venv/bin/python benchmarks/engine_bench.py                      # every case (~20 min)
     .venv/bin/python benchmarks/engine_bench.py --spreads 0.25 --models docs,docs-held --faults none
@@ -121,7 +123,7 @@ class Figures:
     images_at_s: list[float]  # from the first API request to each image in hand, in order
     creates_floor_s: float | None = None  # where polls count: the floor with one request per image
     adopted: str | None = None
-    ideal_s: float | None = None  # a client with no lag on the latencies this run drew (no faults only)
+    ideal_s: float | None = None  # a client with no lag on the draws this run met, to its last image
 
     def row(self, case: str, runner: str, count: int, against: Figures | None = None) -> str:
         versus = f"{self.span_s / against.span_s:>10.2f}x" if against else " " * 11
@@ -234,10 +236,10 @@ def measure(runner: Runner, jobs: list[Job], options: tuple[str, ...], model: st
         floor = max(slots_floor, len(jobs) * per_image / 60 * (60.0 / scale))
         if model == "page-counted":
             creates_floor = max(slots_floor, len(jobs) / 60 * (60.0 / scale))
-    ideal = None
-    if stats["creates"] == len(jobs) == images:  # no retries, no faults: every draw one job's image
-        cap = (60, 60.0 / scale) if model.startswith("page") else None
-        ideal = ideal_span_s(stats["latencies_s"], SLOTS[model], cap)
+    cap = (60, 60.0 / scale) if model.startswith("page") else None
+    draws = list(zip(stats["latencies_s"], stats["drawn_ends"], strict=True))
+    # To as many images as this run got: one it gave up (a prediction that never finished) is not run again.
+    ideal = ideal_last_image_s(draws, SLOTS[model], cap, images, stats["cancel_late_s"])
     return Figures(
         images=images,
         throttled=stats["throttled"],
@@ -254,20 +256,38 @@ def measure(runner: Runner, jobs: list[Job], options: tuple[str, ...], model: st
     )
 
 
-def ideal_span_s(latencies: list[float], slots: int, cap: tuple[int, float] | None) -> float:
-    """The span of a client that knows each end the instant it comes and sends the next create at once
-    (one request per image, under `cap`'s requests per window if any), on the latencies drawn in creation
-    order: the floor of `images x mean latency / slots` plus what the batch's last predictions add, which
-    no client that cannot see a prediction's latency before it is drawn can avoid."""
-    free = [0.0] * slots  # when each slot is next free
+def ideal_last_image_s(
+    draws: list[tuple[float, str]], slots: int, cap: tuple[int, float] | None, jobs: int, held_s: float
+) -> float | None:
+    """When a client with no lag has `jobs` images, on the draws a run met in creation order (latency,
+    how it ends: the sandbox's `drawn_ends`): it sees each end the instant it comes and sends the next
+    create at once (one request per image, under `cap`'s requests per window if any); it sends another at
+    once when a draw ends in an error, and knows a draw that never finishes the moment it is drawn (its
+    slot is free at once, or after `held_s` when the run's cancel of it was ignored). Without
+    faults, the floor of `images x mean latency / slots` plus what the batch's last predictions add, which
+    no client that cannot see a prediction's latency before it is drawn can avoid. None when the run drew
+    too few for `jobs` images."""
+    ahead = iter(draws)
+    ends: list[tuple[float, str]] = []  # when each busy slot frees, and how its draw ended
     sent: list[float] = []
-    for latency in latencies:
-        start = heapq.heappop(free)
-        if cap is not None and len(sent) >= cap[0]:
-            start = max(start, sent[-cap[0]] + cap[1])
-        sent.append(start)
-        heapq.heappush(free, start + latency)
-    return max(free)
+    pending, settled, now, last = jobs, 0, 0.0, 0.0  # settled: images in hand
+    while settled < jobs:
+        if pending and len(ends) < slots:
+            draw = next(ahead, None)
+            if draw is None:
+                return None
+            latency, end = draw
+            start = now if cap is None or len(sent) < cap[0] else max(now, sent[-cap[0]] + cap[1])
+            sent.append(start)
+            pending -= 1
+            heapq.heappush(ends, (start + {"never": 0.0, "held": held_s}.get(end, latency), end))
+            continue
+        now, end = heapq.heappop(ends)
+        if end == "success":
+            settled, last = settled + 1, now
+        else:
+            pending += 1  # an error or a draw that never finishes: the job runs again (or the next one)
+    return last
 
 
 def tiny_png() -> bytes:
@@ -340,7 +360,7 @@ def cases(args: argparse.Namespace, jobs: list[Job], run_engine: Runner) -> list
                     flush=True,
                 )
             print(loop.row(case, "seed loop", args.images), flush=True)
-            if engine.ideal_s is not None and loop.ideal_s is not None:
+            if faults == "none" and engine.ideal_s is not None and loop.ideal_s is not None:
                 ideal = engine.ideal_s
                 print(
                     f"|   a client with no lag on the same latencies: {ideal:.1f} s "
@@ -355,6 +375,16 @@ def cases(args: argparse.Namespace, jobs: list[Job], run_engine: Runner) -> list
                     f"seed loop {theirs:.1f} s = {theirs / loop.floor_s:.2f}x",
                     flush=True,
                 )
+                # Both runs met the same draws in creation order (the sandbox's seed): a client with no lag,
+                # running retryable errors again, to as many images as each got bounds each.
+                if engine.ideal_s is not None and loop.ideal_s is not None:
+                    print(
+                        f"|   a client with no lag on the same draws, to as many images: "
+                        f"{engine.ideal_s:.1f} s ({engine.ideal_s / engine.floor_s:.2f}x the floor), engine "
+                        f"{engine.last_image_s / engine.ideal_s:.2f}x that; {loop.ideal_s:.1f} s, seed loop "
+                        f"{loop.last_image_s / loop.ideal_s:.2f}x",
+                        flush=True,
+                    )
                 # The engine runs again the predictions that failed retryably, which the loop gives up: its
                 # last image is often such a retry. To as many images as the loop got, the two compare.
                 both = min(len(engine.images_at_s), len(loop.images_at_s))
