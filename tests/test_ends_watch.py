@@ -77,9 +77,21 @@ async def test_a_listing_that_fails_is_given_up_after_three_and_polls_see_every_
     assert "no longer used to see predictions end" in caplog.text
 
 
-async def test_a_listing_that_does_not_show_ours_is_given_up_when_late_polls_find_the_ends(sandbox_factory):
+async def test_a_listing_whose_full_pages_show_none_of_ours_is_given_up_after_three(sandbox_factory):
     """A busy organisation: 100 newer executions of other members fill the one page asked for."""
     sb = sandbox_factory(time_scale=SCALE, foreign_executions=100)
+    outcomes, engine = await run_all(sb.url, 20)
+    assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 20}
+    assert engine.stats.listed_ends == 0
+    assert engine.waits.ends.given_up == (
+        "3 full pages in a row showed none of ours (newer executions fill them)"
+    )
+    assert sb.stats()["requests"]["executions"] == 3
+
+
+async def test_a_listing_that_lags_is_given_up_when_late_polls_find_the_ends(sandbox_factory):
+    """It shows each prediction as it stood a minute before: the late polls find the ends first."""
+    sb = sandbox_factory(time_scale=SCALE, executions_lag_s=60.0)
     outcomes, engine = await run_all(sb.url, 20)
     assert Counter(o.status for o in outcomes) == {JobStatus.SUCCESS: 20}
     assert engine.stats.listed_ends == 0
@@ -323,3 +335,28 @@ async def test_under_auto_no_poll_goes_after_the_429_that_shows_polls_count_unti
     between = [path for left, _, path, _ in log if shown < left < listed and _is_get(path)]
     assert between == []
     assert engine.waits.ends.given_up is None and engine.stats.listed_ends >= 20
+
+
+async def test_a_prediction_older_than_a_full_listing_page_goes_back_to_its_own_polls(sandbox_factory):
+    """A page holds the newest hundred: one watched that ran long while a hundred more were created is not
+    on it, and its poll, made late for the listing, would read as an end the listing missed."""
+    sb = sandbox_factory(time_scale=100.0, max_in_flight=200, rate_limit=1000)
+    config = replace(COUNTED, limits=Limits(1000, 6.0, 200, polls_count=True))
+    job = jobs(1)[0]
+    async with ApiClient(sb.url, ApiKey("sk-watch-test")) as client:
+        engine = Engine(client, LocalBudget(config.limits), config)
+        watch, key = engine.waits.ends, latency_key(job)
+        oldest, began = await engine.gateway.create(job.model, job.version, job.inputs), watch._clock()
+        newer = [
+            await engine.gateway.create(job.model, job.version, {**job.inputs, "seed": seed})
+            for seed in range(100)
+        ]
+        # Watched from when its wait began, before the hundred: no listing has gone since.
+        old_seen = watch.watch(oldest, job.model, key, began)
+        new_seen = watch.watch(newer[-1], job.model, key, watch._clock())
+        assert old_seen is not None and new_seen is not None
+        await watch._look()
+        assert old_seen.cancelled() and oldest not in watch._watched  # back to its own polls
+        assert newer[-1] in watch._watched or new_seen.done()  # on the page: still watched, or seen
+        assert watch.given_up is None
+        watch.unwatch(newer[-1])

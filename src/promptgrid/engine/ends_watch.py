@@ -16,14 +16,16 @@ may yet count there, and a listing that often would fill the window before the n
 The listing is best effort by the API's own account (it was once pulled from the docs for failing in
 production), so it only hastens what polls would see: every watched prediction keeps a poll of its own, late
 (`PredictionWaits`), in case the listing misses it. The watch stops for the rest of the run, with one log
-line, after `listing_failures` listings in a row failed or when polls it made late found predictions the
-listing had not shown (`missed_share` of at least `min_checked` polls): a best-effort endpoint that lags
-would otherwise hold every slot for its lag.
+line, after `listing_failures` listings in a row failed or came back full without one of ours, or when
+polls it made late found predictions the listing had not shown (`missed_share` of at least `min_checked`
+polls): a best-effort endpoint that lags would otherwise hold every slot for its lag.
 
 Rows are matched by prediction id, which our create returned: exact, whatever the organisation's other keys
 run. The listing is asked from the oldest watched prediction's creation (less `clock_margin_s`, since the
-API's clock is not ours), newest first, one page of at most 100: a prediction not on it is left to its
-own poll.
+API's clock is not ours), newest first, one page of at most 100. A page that comes back full covers only the
+newest: a watched prediction sent before it and not on it (one that has run long, such as one that never
+finishes, with a hundred created since) goes back to its own polls, which would otherwise come late and
+read as ends the listing missed.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ class EndsWatch:
         self._clock = clock
         self._watched: dict[str, _Watched] = {}
         self._task: asyncio.Task[None] | None = None
-        self._failures = 0
+        self._failures = self._blind = 0  # listings in a row that failed, full pages without ours
         self._checked = self._missed = 0
         self.given_up: str | None = None  # why the watch stopped for the run
         self._last_look_s: float | None = None  # engine clock: when the last listing that answered left
@@ -236,6 +238,31 @@ class EndsWatch:
             if watched is not None and row.status in TERMINAL and not watched.seen.done():
                 after = before if before is not None and before >= watched.started else None
                 watched.seen.set_result(Sighting(row, sent, after))
+        if len(page.executions) >= MAX_PAGE:
+            self._release_beyond(page.executions, sent)
+        else:
+            self._blind = 0
+
+    def _release_beyond(self, rows: list[Execution], sent: float) -> None:
+        """A full page covers the newest alone: those watched before the listing left and not on it go
+        back to their own polls. Pages showing none of ours `listing_failures` times in a row (the
+        organisation's other keys create faster than ours end) give the listing up."""
+        listed = {row.id for row in rows}
+        shown = not listed.isdisjoint(self._watched)
+        beyond = [pid for pid, each in self._watched.items() if pid not in listed and each.started < sent]
+        for prediction_id in beyond:
+            watched = self._watched.pop(prediction_id)
+            if not watched.seen.done():
+                watched.seen.cancel()
+        self._blind = 0 if shown or not beyond else self._blind + 1
+        if self._blind >= self.policy.listing_failures:
+            self._give_up(
+                f"{self._blind} full pages in a row showed none of ours (newer executions fill them)"
+            )
+        elif beyond:
+            log.debug(
+                "%d watched prediction(s) older than a full listing page: to their own polls", len(beyond)
+            )
 
     def _give_up(self, why: str) -> None:
         self.given_up = why
