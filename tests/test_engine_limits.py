@@ -226,7 +226,7 @@ RATE_429 = "too many requests: rate limit exceeded"
 TEN_X = replace(AUTO, page_window_s=6.0)
 
 
-async def test_a_429_on_a_create_caps_creates_and_one_on_a_poll_then_counts_polls():
+async def test_a_429_on_a_create_caps_creates_and_one_on_a_poll_then_counts_polls(caplog):
     now = [100.0]
     config = replace(TEN_X, limits=Limits.auto(max_in_flight=10))
     budget = LocalBudget(config.limits, clock=lambda: now[0])
@@ -245,6 +245,9 @@ async def test_a_429_on_a_create_caps_creates_and_one_on_a_poll_then_counts_poll
     assert second.polls_count and second.requests == 60 and second.window_s == first.window_s
     assert not limits.latency.polls_free and stats.rate_limited == 2
     assert stats.adopted_limit == second.describe()
+    # Said as it happened: the second cap is higher, with the polls in it, so neither "lowered" nor "adopted".
+    assert f"cap adopted {first.describe()}" in caplog.text
+    assert f"cap revised to {second.describe()}" in caplog.text
     await budget.aclose()
 
 

@@ -220,7 +220,8 @@ class ApiLimits:
         self.latency.set_polls_free(self.polls_free)
         self._note_room(room_scarce=self.gate.lowered)
         self.stats.adopted_limit = limits.describe()
-        verb = "lowered to" if adopted is not None else "adopted"
+        # Again under a cap: lower, or as high with polls counted in it (24 creates, then 60 with the polls).
+        verb = "revised to" if adopted is not None else "adopted"
         log.warning(
             "the API limits requests (HTTP 429 on a %s): cap %s %s for the rest of the run",
             kind,
