@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -18,6 +19,15 @@ def create_body(seed: int) -> dict:
         "version": "0.0.1",
         "input": {"prompt": "a boat", "seed": seed},
     }
+
+
+def created_then_got(client: httpx.Client, count: int, meanwhile: Callable[[], object]) -> tuple[list, list]:
+    """`count` predictions created, then (after `meanwhile`) each one's get: their ids and answers."""
+    ids = [
+        client.post("/v1/prediction/", json=create_body(seed)).json()["predictionID"] for seed in range(count)
+    ]
+    meanwhile()
+    return ids, [client.get(f"/v1/prediction/{pid}").json() for pid in ids]
 
 
 def test_create_5xx_creates_nothing_but_counts_in_the_window(sandbox_factory, manual_clock):
@@ -82,12 +92,7 @@ def test_get_faults_5xx_and_drop(sandbox_factory, manual_clock):
 def test_failed_predictions_carry_error_codes(sandbox_factory, manual_clock):
     sb = sandbox_factory(clock=manual_clock, error_rate=1.0, max_in_flight=20)
     with httpx.Client(base_url=sb.url, headers=KEY, timeout=5) as client:
-        ids = [
-            client.post("/v1/prediction/", json=create_body(seed)).json()["predictionID"]
-            for seed in range(20)
-        ]
-        manual_clock.advance(sb.config.scaled(1000))
-        results = [client.get(f"/v1/prediction/{pid}").json() for pid in ids]
+        _, results = created_then_got(client, 20, lambda: manual_clock.advance(sb.config.scaled(1000)))
     retryable = dict(DEFAULT_ERROR_CODES)
     assert {r["status"] for r in results} == {"error"}
     codes = {r["output"]["error_code"] for r in results}
@@ -116,12 +121,7 @@ def test_stats_give_each_draw_and_how_it_ended_in_creation_order(sandbox_factory
         clock=manual_clock, error_rate=0.5, never_finish_rate=0.3, cancel_ignored_rate=0.5, max_in_flight=30
     )
     with httpx.Client(base_url=sb.url, headers=KEY, timeout=5) as client:
-        ids = [
-            client.post("/v1/prediction/", json=create_body(seed)).json()["predictionID"]
-            for seed in range(30)
-        ]
-        manual_clock.advance(sb.config.scaled(1000))
-        answers = [client.get(f"/v1/prediction/{pid}").json() for pid in ids]
+        ids, answers = created_then_got(client, 30, lambda: manual_clock.advance(sb.config.scaled(1000)))
         endless = [pid for pid, answer in zip(ids, answers, strict=True) if answer["status"] == "processing"]
         for pid in endless:
             client.post(f"/v1/prediction/{pid}/cancel")
