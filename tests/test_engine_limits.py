@@ -55,10 +55,6 @@ async def run_all(url: str, batch: list[Job], config: EngineConfig = AUTO) -> tu
     return outcomes, engine
 
 
-def requests_sent(stats: dict) -> int:
-    return sum(stats["requests"][kind] for kind in ("create", "get", "cancel", "executions"))
-
-
 async def test_under_the_docs_model_no_cap_is_adopted_and_polls_are_fine(sandbox_factory):
     sb = sandbox_factory(limit_model="docs")
     outcomes, engine = await run_all(sb.url, jobs(30))
@@ -122,7 +118,10 @@ async def test_slots_the_other_keys_give_back_are_taken_again_by_probing(sandbox
     stats = sb.stats()
     assert min(caps[:20]) <= 7  # six of ours fit beside the other keys' four
     assert caps[-1] == 10  # probed back up to the whole cap once the slots were free
-    assert stats["max_in_flight"] <= 10 and stats["throttled"] <= 0.05 * requests_sent(stats)
+    # The four creates that found the organisation full at the start, then a refused probe now and then (4-9
+    # seen): counted per image, not per request, since the listing stands in for most polls where polls are
+    # free (5% of requests left 9 of ~200 a thin margin). A create refused each time would be ~100.
+    assert stats["max_in_flight"] <= 10 and stats["throttled"] <= 4 + len(batch) / 10
 
 
 @pytest.mark.parametrize("polls_count", [True, False])
