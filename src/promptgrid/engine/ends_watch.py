@@ -201,10 +201,11 @@ class EndsWatch:
         # predictions it watched go back to their own schedules, not to polls made late for a listing.
         self._release()
 
-    def _release(self) -> None:
-        """Every watched prediction back to its own polls; none is left to keep a later listing going."""
-        released, self._watched = self._watched, {}
-        for watched in released.values():
+    def _release(self, prediction_ids: list[str] | None = None) -> None:
+        """Watched predictions (all, by default: none is left to keep a later listing going) back to their
+        own polls."""
+        for prediction_id in list(self._watched) if prediction_ids is None else prediction_ids:
+            watched = self._watched.pop(prediction_id)
             if not watched.seen.done():
                 watched.seen.cancel()
 
@@ -250,10 +251,7 @@ class EndsWatch:
         listed = {row.id for row in rows}
         shown = not listed.isdisjoint(self._watched)
         beyond = [pid for pid, each in self._watched.items() if pid not in listed and each.started < sent]
-        for prediction_id in beyond:
-            watched = self._watched.pop(prediction_id)
-            if not watched.seen.done():
-                watched.seen.cancel()
+        self._release(beyond)
         self._blind = 0 if shown or not beyond else self._blind + 1
         if self._blind >= self.policy.listing_failures:
             self._give_up(
