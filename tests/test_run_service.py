@@ -57,9 +57,15 @@ def test_the_command_and_the_notebook_run_a_spec_alike_on_a_sandbox(tmp_path, mo
     assert limits == settings_in_force(capsys.readouterr().err)
     assert "api.rate_limit      60/0.6s  (x100 time)" in limits
     assert (summary.planned, summary.succeeded, summary.failed) == (8, 8, 0)
-    # The same counts, requests included, in the same words: the command's text is the summary's.
-    assert command.stdout.strip() == summary.describe().replace(by_notebook, by_cli)
-    assert summary.api_requests == int(re.search(r"(\d+) API requests", command.stdout).group(1))
+    # The same counts in the same words: the command's text is the summary's. The requests each run sent
+    # depend on when its predictions ended against its polls and listings (12 against 13 seen on a loaded
+    # machine), so that one count is read from each text and held to a create each plus reads.
+    requests = re.compile(r"(\d+) API requests")
+    said, described = command.stdout.strip(), summary.describe().replace(by_notebook, by_cli)
+    assert requests.sub("N API requests", said) == requests.sub("N API requests", described)
+    assert int(requests.search(described).group(1)) == summary.api_requests
+    for sent in (summary.api_requests, int(requests.search(said).group(1))):
+        assert summary.planned < sent <= 3 * summary.planned
 
 
 def test_a_rerun_with_nothing_to_do_says_where_the_report_is(tmp_path, monkeypatch):
